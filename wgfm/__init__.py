@@ -1,0 +1,53 @@
+"""wgfm: is the network really learning a score? Wasserstein-gradient-flow matching in JAX.
+
+The core (processes, fields, the Gaussian-mixture oracle, losses, diagnostics, transport and
+metrics) is pure JAX; networks live in ``wgfm.models`` and reach the core as plain fields.
+"""
+
+from . import fields, gmm, losses, processes
+from .fields import as_field, conditional_velocity, convert, wgf_velocity
+from .gmm import (
+    GaussianMixture,
+    dt_log_density_field,
+    log_density_field,
+    score_field,
+    velocity_field,
+)
+from .processes import (
+    EDM,
+    OU,
+    VE,
+    VP,
+    AbstractProcess,
+    LinearInterpolant,
+    SubVP,
+    VPCosine,
+    VPSigmoid,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EDM",
+    "OU",
+    "VE",
+    "VP",
+    "AbstractProcess",
+    "GaussianMixture",
+    "LinearInterpolant",
+    "SubVP",
+    "VPCosine",
+    "VPSigmoid",
+    "as_field",
+    "conditional_velocity",
+    "convert",
+    "dt_log_density_field",
+    "fields",
+    "gmm",
+    "log_density_field",
+    "losses",
+    "processes",
+    "score_field",
+    "velocity_field",
+    "wgf_velocity",
+]

@@ -1,0 +1,102 @@
+"""Closed-form conversions between score, eps, x0 and the WGF velocity (DESIGN.md §1).
+
+For ``x_t = alpha_t x0 + sigma_t eps`` (Tweedie):
+
+* ``score = -eps / sigma_t``  and  ``score = -(x - alpha_t x0) / sigma_t^2``;
+* WGF velocity ``v = f(x, t) - g(t)^2/2 score = a_t x + b_t score`` with
+  ``a_t = d log alpha_t/dt``, ``b_t = -g_t^2/2``; equivalently ``v = alpha_t' x0 + sigma_t' eps``.
+
+A *field* is ``field(x, t) -> array shaped like x`` for one unbatched sample ``x``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import equinox as eqx
+from jaxtyping import Array, ArrayLike, Float
+
+from .processes import AbstractProcess
+
+Quantity = Literal["score", "eps", "x0", "velocity"]
+QUANTITIES: tuple[str, ...] = ("score", "eps", "x0", "velocity")
+Field = Callable[..., Array]
+Scalar = Float[ArrayLike, ""]
+
+
+def to_score(process: AbstractProcess, x: Array, t: Scalar, value: Array, kind: Quantity) -> Array:
+    """Convert a prediction ``value`` of quantity ``kind`` at ``(x, t)`` into the score."""
+    _check_kind(kind)
+    if kind == "score":
+        return value
+    if kind == "eps":
+        return -value / process.sigma(t)
+    if kind == "x0":
+        return -(x - process.alpha(t) * value) / process.sigma(t) ** 2
+    a, b = process.velocity_coefficients(t)
+    return (value - a * x) / b
+
+
+def from_score(
+    process: AbstractProcess, x: Array, t: Scalar, score: Array, kind: Quantity
+) -> Array:
+    """Convert a score at ``(x, t)`` into quantity ``kind``."""
+    _check_kind(kind)
+    if kind == "score":
+        return score
+    if kind == "eps":
+        return -process.sigma(t) * score
+    if kind == "x0":
+        return (x + process.sigma(t) ** 2 * score) / process.alpha(t)
+    a, b = process.velocity_coefficients(t)
+    return a * x + b * score
+
+
+def convert(
+    process: AbstractProcess, x: Array, t: Scalar, value: Array, *, src: Quantity, dst: Quantity
+) -> Array:
+    """Convert ``value`` (a prediction of ``src`` at ``(x, t)``) into ``dst``."""
+    if src == dst:
+        _check_kind(src)
+        return value
+    return from_score(process, x, t, to_score(process, x, t, value, src), dst)
+
+
+def conditional_velocity(process: AbstractProcess, x0: Array, eps: Array, t: Scalar) -> Array:
+    """Flow-matching target ``u_t = d/dt (alpha_t x0 + sigma_t eps) = alpha_t' x0 + sigma_t' eps``."""
+    return process.dalpha(t) * x0 + process.dsigma(t) * eps
+
+
+class ConvertedField(eqx.Module):
+    """The field ``(x, t) -> convert(field(x, t), src -> dst)``; a PyTree, so jit-friendly."""
+
+    process: AbstractProcess
+    field: Field
+    src: str = eqx.field(static=True)
+    dst: str = eqx.field(static=True)
+
+    def __check_init__(self):
+        _check_kind(self.src, "src")
+        _check_kind(self.dst, "dst")
+
+    def __call__(self, x: Array, t: Scalar) -> Array:
+        return convert(self.process, x, t, self.field(x, t), src=self.src, dst=self.dst)  # type: ignore[arg-type]
+
+
+def wgf_velocity(process: AbstractProcess, score_field: Field) -> ConvertedField:
+    """The WGF velocity field ``v(x, t) = f(x, t) - g(t)^2/2 s(x, t)`` of a score field."""
+    return ConvertedField(process, score_field, "score", "velocity")
+
+
+def as_field(process: AbstractProcess, field: Field, *, src: Quantity, dst: Quantity) -> Field:
+    """View a field predicting ``src`` as a field predicting ``dst`` (identity if equal)."""
+    if src == dst:
+        _check_kind(src, "src")
+        return field
+    return ConvertedField(process, field, src, dst)
+
+
+def _check_kind(kind: str, name: str = "kind") -> None:
+    if kind not in QUANTITIES:
+        raise ValueError(f"`{name}` must be one of {QUANTITIES}, got {kind!r}.")
