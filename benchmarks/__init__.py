@@ -1,0 +1,1 @@
+"""Timed comparisons; run with `wgfm bench [--quick] [--out DIR]`."""

@@ -1,0 +1,120 @@
+"""Shared timing harness for ``benchmarks/``: compile time apart from steady state, JSON records.
+
+Every benchmark module exposes ``run(quick: bool) -> list[dict]``; each dict is a record made by
+:func:`record` (schema in ``RECORD_KEYS``). ``write_results`` writes them as JSON and Markdown.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+
+RECORD_KEYS = ("benchmark", "case", "impl", "compile_s", "median_s", "repeats", "extra")
+
+
+def block(x: Any) -> Any:
+    """Wait for every array in a PyTree (JAX is asynchronous)."""
+    return jax.block_until_ready(x)
+
+
+def time_call(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> tuple[float, float]:
+    """``(first_call_s, median_s)``: the first call (compile + run) apart from the median of
+    ``repeats`` steady-state calls after ``warmup`` extra calls. ``fn`` takes no arguments and
+    must block on its result (use :func:`block`)."""
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return first, statistics.median(times)
+
+
+def time_jitted(jitted, *args, repeats: int = 5) -> tuple[float, float]:
+    """``(compile_s, median_s)`` for a ``jax.jit``-ed function: lowering + compilation timed by
+    the AOT API (``lower(...).compile()``), steady state as the median of ``repeats`` runs."""
+    t0 = time.perf_counter()
+    compiled = jitted.lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    _, median = time_call(lambda: block(compiled(*args)), repeats=repeats)
+    return compile_s, median
+
+
+def record(
+    benchmark: str,
+    case: str,
+    impl: str,
+    *,
+    compile_s: float | None,
+    median_s: float,
+    repeats: int,
+    **extra: Any,
+) -> dict:
+    """One result row. ``extra`` holds numbers such as NFE, errors, FLOP rates or ratios."""
+    return {
+        "benchmark": benchmark,
+        "case": case,
+        "impl": impl,
+        "compile_s": compile_s,
+        "median_s": median_s,
+        "repeats": repeats,
+        "extra": extra,
+    }
+
+
+def machine_info() -> dict:
+    """Where the numbers were measured (never compare across devices)."""
+    dev = jax.devices()[0]
+    return {
+        "platform": dev.platform,
+        "device_kind": dev.device_kind,
+        "num_devices": jax.device_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def write_results(records: list[dict], out_dir: Path, name: str = "benchmarks") -> Path:
+    """Write ``{name}.json`` (machine info + records) and ``{name}.md`` (a table); returns JSON path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payload = {"machine": machine_info(), "records": records}
+    path = out_dir / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2, default=float))
+    (out_dir / f"{name}.md").write_text(markdown_table(records, payload["machine"]))
+    return path
+
+
+def markdown_table(records: list[dict], machine: dict) -> str:
+    head = (
+        f"Measured on {machine['platform']} ({machine['device_kind']}), jax {machine['jax']}.\n\n"
+    )
+    rows = [
+        "| benchmark | case | impl | compile (s) | steady (ms) | notes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        comp = "" if r["compile_s"] is None else f"{r['compile_s']:.3f}"
+        notes = ", ".join(f"{k}={_fmt(v)}" for k, v in r["extra"].items())
+        rows.append(
+            f"| {r['benchmark']} | {r['case']} | {r['impl']} | {comp} | {1e3 * r['median_s']:.3f} | {notes} |"
+        )
+    return head + "\n".join(rows) + "\n"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
