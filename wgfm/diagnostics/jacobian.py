@@ -1,0 +1,138 @@
+"""Jacobians of a field: full, principal sub-blocks, exact and probe (Hutchinson) divergences.
+
+All are forward mode: ``jax.linearize`` evaluates the field once, then the linear map
+``v -> J v`` is applied to one-hot tangents (columns of ``J``) with ``jax.vmap``, in chunks of
+``chunk_size`` via ``jax.lax.map(..., batch_size=)`` so memory stays bounded at image sizes.
+Inputs ``x`` of any shape are flattened to ``D = x.size``; ``J[i, j] = d f_i / d x_j``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
+
+from .._checks import concrete
+from ._common import check_finite, flat_field
+
+Scalar = Float[ArrayLike, ""]
+Field = Callable[..., Array]
+ProbeKind = Literal["rademacher", "gaussian"]
+
+
+def _linearized(field: Field, x: Array, t: Scalar) -> tuple[Array, Callable[[Array], Array]]:
+    """``(f(x) flat, v -> J v)``: one primal evaluation shared by every tangent (which must
+    have the dtype of ``x``)."""
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"`x` must be a floating-point array, got dtype {x.dtype}.")
+    fx, jvp = jax.linearize(flat_field(field, x, t), jnp.reshape(x, (-1,)))
+    return fx, jvp
+
+
+def _map_tangents(fn: Callable[[Array], Array], items: Array, chunk_size: int | None) -> Array:
+    """``fn`` over the leading axis of ``items``: one ``vmap`` or ``lax.map`` in chunks."""
+    if chunk_size is None or chunk_size >= items.shape[0]:
+        return jax.vmap(fn)(items)
+    if chunk_size < 1:
+        raise ValueError(f"`chunk_size` must be a positive integer or None, got {chunk_size}.")
+    return jax.lax.map(fn, items, batch_size=int(chunk_size))
+
+
+def jacobian(
+    field: Field, x: Array, t: Scalar, *, chunk_size: int | None = None
+) -> Float[Array, "d d"]:
+    """Exact Jacobian ``J[i, j] = d field_i / d x_j`` of the flattened field (D JVPs)."""
+    fx, jvp = _linearized(field, x, t)
+    d, dt = fx.shape[0], jnp.result_type(x)
+    cols = _map_tangents(lambda j: jvp(jax.nn.one_hot(j, d, dtype=dt)), jnp.arange(d), chunk_size)
+    return check_finite((cols.T, fx), x, t, "values or Jacobian entries")[0]
+
+
+def sub_jacobian(
+    field: Field, x: Array, t: Scalar, idx: Int[ArrayLike, " k"]
+) -> Float[Array, "k k"]:
+    """Principal block ``J[idx][:, idx]`` from ``len(idx)`` one-hot JVPs (not D)."""
+    d = int(np.prod(jnp.shape(x)))
+    idx = _check_indices(idx, d)
+    fx, jvp = _linearized(field, x, t)
+    dt = jnp.result_type(x)
+    cols = jax.vmap(lambda j: jvp(jax.nn.one_hot(j, d, dtype=dt))[idx])(idx)
+    return check_finite((cols.T, fx), x, t, "values or Jacobian entries")[0]
+
+
+def random_indices(key: PRNGKeyArray, dim: int, k: int) -> Int[Array, " k"]:
+    """``k`` distinct coordinates out of ``dim``, uniformly (for :func:`sub_jacobian`)."""
+    if not 0 < k <= dim:
+        raise ValueError(f"`k` must lie in [1, dim={dim}], got {k}.")
+    return jax.random.choice(key, dim, (k,), replace=False)
+
+
+def divergence(field: Field, x: Array, t: Scalar, *, chunk_size: int | None = None) -> Array:
+    """Exact ``div field = tr J = sum_i e_i^T J e_i`` (D JVPs, chunked; never stores J)."""
+    fx, jvp = _linearized(field, x, t)
+    d, dt = fx.shape[0], jnp.result_type(x)
+    diag = _map_tangents(
+        lambda j: jvp(jax.nn.one_hot(j, d, dtype=dt))[j], jnp.arange(d), chunk_size
+    )
+    return check_finite((jnp.sum(diag), fx), x, t, "values or divergence")[0]
+
+
+def probe_divergence(field: Field, x: Array, t: Scalar, probes: Float[Array, "k ..."]) -> Array:
+    """Hutchinson estimate ``(1/K) sum_k v_k^T J v_k`` over the given probes (``E[v v^T] = I``).
+
+    Pass the same probes for a whole ODE solve (resampling per step breaks adaptive solvers)."""
+    shape = jnp.shape(x)
+    if jnp.ndim(probes) != len(shape) + 1 or jnp.shape(probes)[1:] != shape:
+        raise ValueError(
+            f"`probes` must have shape (K, *x.shape) = (K, {', '.join(map(str, shape))}), "
+            f"got {jnp.shape(probes)}."
+        )
+    fx, jvp = _linearized(field, x, t)
+    flat = jnp.reshape(probes, (probes.shape[0], -1)).astype(jnp.result_type(x))
+    est = jnp.mean(jax.vmap(lambda v: jnp.vdot(v, jvp(v)))(flat))
+    return check_finite((est, fx), x, t, "values or probe divergence")[0]
+
+
+def make_probes(
+    key: PRNGKeyArray,
+    num_probes: int,
+    shape: tuple[int, ...],
+    *,
+    kind: ProbeKind = "rademacher",
+    dtype=None,
+) -> Float[Array, "k ..."]:
+    """``num_probes`` i.i.d. probes of ``shape`` with ``E[v v^T] = I`` (Rademacher +-1 or N(0, I))."""
+    if int(num_probes) < 1:
+        raise ValueError(f"`num_probes` must be a positive integer, got {num_probes}.")
+    dtype = dtype or jnp.result_type(float)
+    full = (int(num_probes), *tuple(shape))
+    if kind == "rademacher":
+        return jax.random.rademacher(key, full, dtype=dtype)
+    if kind == "gaussian":
+        return jax.random.normal(key, full, dtype=dtype)
+    raise ValueError(f"`kind` must be 'rademacher' or 'gaussian', got {kind!r}.")
+
+
+def _check_indices(idx: ArrayLike, d: int) -> Array:
+    arr = jnp.asarray(idx)
+    if arr.ndim != 1 or arr.shape[0] < 1 or not jnp.issubdtype(arr.dtype, jnp.integer):
+        raise ValueError(
+            f"`idx` must be a non-empty 1-D integer array, got {arr.dtype}{arr.shape}."
+        )
+    c = concrete(arr)
+    if c is not None:
+        if np.any(c < 0) or np.any(c >= d):
+            raise ValueError(f"`idx` must lie in [0, {d}) (x has {d} entries), got {c}.")
+        if np.unique(c).size != c.size:
+            raise ValueError(f"`idx` must not contain duplicates, got {c}.")
+    else:
+        s = jnp.sort(arr)
+        bad = (s[0] < 0) | (s[-1] >= d) | jnp.any(s[1:] == s[:-1])
+        arr = eqx.error_if(arr, bad, f"`idx` must be distinct indices in [0, {d}).")
+    return arr
