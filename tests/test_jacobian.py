@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 
 from wgfm.diagnostics.jacobian import (
+    asymmetry,
+    curl_2d,
     divergence,
     jacobian,
     make_probes,
+    probe_asymmetry,
     probe_divergence,
     random_indices,
     sub_jacobian,
@@ -157,3 +160,92 @@ def test_bad_inputs():
         divergence(bad, -x, 0.0)
     with pytest.raises(eqx.EquinoxRuntimeError, match="non-finite"):
         eqx.filter_jit(lambda y: jacobian(bad, y, 0.0))(-x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Asymmetry statistics
+
+
+def mlp_potential_gradient(dim, key, dtype):
+    """``x -> grad phi(x, t)`` for a random 2-hidden-layer tanh MLP potential ``phi``."""
+    k1, k2, k3 = jax.random.split(key, 3)
+    w1 = (jax.random.normal(k1, (16, dim)) / np.sqrt(dim)).astype(dtype)
+    w2 = (jax.random.normal(k2, (16, 16)) / 4).astype(dtype)
+    w3 = jax.random.normal(k3, (16,)).astype(dtype)
+
+    def phi(x, t):
+        return w3 @ jnp.tanh(w2 @ jnp.tanh(w1 @ x + t))
+
+    return jax.grad(phi)
+
+
+def gmm_score(dim, key, dtype):
+    from wgfm import gmm
+    from wgfm.processes import VP
+
+    m = gmm.random_mixture(dim, 3, key=key)
+    m = gmm.GaussianMixture(m.weights.astype(dtype), m.means.astype(dtype), m.covs.astype(dtype))
+    return gmm.score_field(m, VP())
+
+
+@pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-5), (jnp.float64, 1e-12)])
+@pytest.mark.parametrize("dim", [2, 5, 16])
+@pytest.mark.parametrize("make", [mlp_potential_gradient, gmm_score])
+def test_gradient_fields_are_symmetric(make, dim, dtype, tol):
+    field = make(dim, jax.random.key(dim), dtype)
+    xs = jax.random.normal(jax.random.key(1), (3, dim), dtype=dtype)
+    t = jnp.asarray(0.3, dtype)
+    # A Hessian computed by autodiff is symmetric up to rounding: the issue's tolerances
+    # (1e-5 in float32, 1e-12 in float64) sit ~100x above eps * condition of these fields.
+    ratios = jax.jit(jax.vmap(lambda x: asymmetry(jacobian(field, x, t)).ratio))(xs)
+    assert ratios.dtype == dtype
+    assert float(jnp.max(ratios)) <= tol
+
+
+def test_linear_field_ratio_closed_form():
+    m = jax.random.normal(jax.random.key(20), (7, 7))
+    stats = asymmetry(jacobian(lambda x, t: m @ x, jnp.zeros(7), 0.0))
+    a, f = np.linalg.norm(m - m.T), np.linalg.norm(m)
+    np.testing.assert_allclose(stats.ratio, a / f, rtol=1e-13)
+    np.testing.assert_allclose(stats.asym, a**2 / 2, rtol=1e-13)
+    np.testing.assert_allclose(stats.nasym, a**2 / (4 * f**2), rtol=1e-13)
+    np.testing.assert_allclose([stats.fro, stats.asym_fro], [f, a], rtol=1e-13)
+    anti = m - m.T
+    np.testing.assert_allclose(asymmetry(anti).ratio, 2.0, rtol=1e-14)
+    assert float(asymmetry(jnp.zeros((3, 3))).ratio) == 0.0
+    with pytest.raises(ValueError, match="square"):
+        asymmetry(jnp.zeros((2, 3)))
+
+
+def test_curl_2d_of_rotation():
+    a = jnp.array([[0.3, -1.5], [1.5, 0.2]])
+    # curl of x -> A x is A[1, 0] - A[0, 1], everywhere
+    np.testing.assert_allclose(curl_2d(lambda x, t: a @ x, jnp.array([0.4, -2.0]), 0.0), 3.0)
+    with pytest.raises(ValueError, match="planar"):
+        curl_2d(lambda x, t: x, jnp.zeros(3), 0.0)
+
+
+@pytest.mark.parametrize("kind", ["rademacher", "gaussian"])
+def test_probe_asymmetry_unbiased_and_se_scaling(kind):
+    f = nonlinear_field(6, jax.random.key(21))
+    x = jax.random.normal(jax.random.key(22), (6,))
+    exact = asymmetry(jacobian(f, x, 0.5))
+    est = jax.jit(
+        jax.vmap(
+            lambda k, n: probe_asymmetry(f, x, 0.5, key=k, num_probes=n, kind=kind),
+            in_axes=(0, None),
+        ),
+        static_argnums=1,
+    )
+    keys = jax.random.split(jax.random.key(23), 2000)
+    e1, e16 = est(keys, 1), est(keys, 16)
+    for e in (e1, e16):
+        for got, want in [(e.asym_sq, exact.asym_fro**2), (e.fro_sq, exact.fro**2)]:
+            got = np.asarray(got)
+            # unbiased: mean over 2000 keys within 3 standard errors of the exact value
+            assert abs(got.mean() - want) < 3 * got.std() / np.sqrt(got.size)
+    # spread ~ 1/sqrt(K): 16 probes -> 1/4 (2000 keys: ~2-3% sampling error of a std)
+    np.testing.assert_allclose(np.std(e16.asym_sq) / np.std(e1.asym_sq), 0.25, rtol=0.15)
+    # the reported per-call SE (16 probes) matches the spread across keys, on average
+    np.testing.assert_allclose(np.mean(e16.asym_sq_se), np.std(e16.asym_sq), rtol=0.15)
+    assert np.all(np.isinf(e1.fro_sq_se))

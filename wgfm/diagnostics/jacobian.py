@@ -119,6 +119,84 @@ def make_probes(
     raise ValueError(f"`kind` must be 'rademacher' or 'gaussian', got {kind!r}.")
 
 
+# ---------------------------------------------------------------------------------------------
+# Asymmetry statistics (differential constraint: a gradient field has a symmetric Jacobian).
+
+
+class Asymmetry(eqx.Module):
+    """Asymmetry of one Jacobian. ``ratio = ||J - J^T||_F / ||J||_F`` (0 for a gradient, 2 for an
+    antisymmetric J; defined as 0 when J = 0); QCSBM's ``asym = ||J - J^T||_F^2 / 2`` and
+    ``nasym = ||J - J^T||_F^2 / (4 ||J||_F^2)``; ``fro = ||J||_F``, ``asym_fro = ||J - J^T||_F``."""
+
+    ratio: Array
+    asym: Array
+    nasym: Array
+    fro: Array
+    asym_fro: Array
+
+
+def asymmetry(jac: Float[Array, "d d"]) -> Asymmetry:
+    """Asymmetry statistics of a square Jacobian (vmap for batches)."""
+    if jnp.ndim(jac) != 2 or jnp.shape(jac)[0] != jnp.shape(jac)[1]:
+        raise ValueError(f"`jac` must be a square (D, D) matrix, got shape {jnp.shape(jac)}.")
+    return _asym_from_squares(jnp.sum((jac - jac.T) ** 2), jnp.sum(jac**2))
+
+
+def _asym_from_squares(a2: Array, f2: Array) -> Asymmetry:
+    safe = jnp.where(f2 > 0, f2, 1.0)
+    nasym = jnp.where(f2 > 0, a2 / (4 * safe), 0.0)
+    return Asymmetry(2 * jnp.sqrt(nasym), a2 / 2, nasym, jnp.sqrt(f2), jnp.sqrt(a2))
+
+
+class ProbeAsymmetry(eqx.Module):
+    """Probe estimates: ``asym_sq`` of ``||J - J^T||_F^2`` and ``fro_sq`` of ``||J||_F^2`` (both
+    unbiased) with their standard errors; ``stats`` plugs them into :class:`Asymmetry` (the
+    ratio is then consistent, not unbiased)."""
+
+    asym_sq: Array
+    fro_sq: Array
+    asym_sq_se: Array
+    fro_sq_se: Array
+    stats: Asymmetry
+
+
+def probe_asymmetry(
+    field: Field,
+    x: Array,
+    t: Scalar,
+    *,
+    key: PRNGKeyArray,
+    num_probes: int,
+    kind: ProbeKind = "rademacher",
+) -> ProbeAsymmetry:
+    """``E_v ||J v - J^T v||^2 = ||J - J^T||_F^2`` and ``E_v ||J v||^2 = ||J||_F^2`` for
+    ``E[v v^T] = I``: one JVP and one VJP per probe, J never formed."""
+    fx, jvp = _linearized(field, x, t)
+    vjp = jax.linear_transpose(jvp, jnp.reshape(x, (-1,)))
+    probes = make_probes(key, num_probes, fx.shape, kind=kind, dtype=jnp.result_type(x))
+
+    def one(v):
+        jv, jtv = jvp(v), vjp(v.astype(fx.dtype))[0]
+        return jnp.sum((jv - jtv) ** 2), jnp.sum(jv**2)
+
+    a2, f2 = jax.vmap(one)(probes)
+    k = a2.shape[0]
+
+    def se(s):
+        return jnp.std(s, ddof=1) / jnp.sqrt(k) if k > 1 else jnp.full((), jnp.inf, s.dtype)
+
+    a2m, f2m = check_finite((a2.mean(), f2.mean(), fx), x, t, "values or probe estimates")[:2]
+    return ProbeAsymmetry(a2m, f2m, se(a2), se(f2), _asym_from_squares(a2m, f2m))
+
+
+def curl_2d(field: Field, x: Float[Array, " 2"], t: Scalar) -> Array:
+    """Scalar curl ``d v_y / d x - d v_x / d y`` of a planar field at one point (for plots)."""
+    if jnp.shape(x) != (2,):
+        raise ValueError(f"`x` must be one planar point of shape (2,), got {jnp.shape(x)}.")
+    jac = jacobian(field, x, t)
+    return jac[1, 0] - jac[0, 1]
+
+
 def _check_indices(idx: ArrayLike, d: int) -> Array:
     arr = jnp.asarray(idx)
     if arr.ndim != 1 or arr.shape[0] < 1 or not jnp.issubdtype(arr.dtype, jnp.integer):
