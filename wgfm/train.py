@@ -1,0 +1,276 @@
+"""Training by any loss of :mod:`wgfm.losses`: optax AdamW with warm-up + cosine decay and
+gradient clipping, an EMA of the parameters, JSON-lines metrics, a tqdm progress bar and orbax
+checkpoints that a run resumes from exactly.
+
+The objective at a step is ``mean_i w(t_i) loss(model, process, x0_i, t_i, eps_i)`` with the loss
+chosen by what the model predicts (eps -> ``eps_loss``, score -> ``dsm_loss``, x0 -> ``x0_loss``,
+velocity -> ``fm_loss``). Every random draw of step ``s`` comes from ``fold_in(key, s)`` and its
+batch from :func:`wgfm.data.batch_indices`, so the run is a pure function of ``(key, step)``:
+resuming from a checkpoint at step ``N`` and training to ``2N`` reproduces, bit for bit on CPU,
+the parameters of ``2N`` uninterrupted steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array, PRNGKeyArray
+from tqdm.auto import tqdm
+
+from .checkpoint import Checkpointer
+from .data import batch_indices, data_position
+from .losses import TIME_SAMPLERS, get_loss, get_weighting
+from .processes import AbstractProcess
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings (all steps count optimiser updates)."""
+
+    steps: int = 1000
+    batch_size: int = 256
+    lr: float = 2e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    clip_norm: float = 1.0
+    ema_decay: float = 0.999
+    weighting: str = "uniform"
+    """A name in ``wgfm.losses.WEIGHTINGS``: uniform, likelihood, min-snr, eps-to-fm."""
+    time_sampler: str = "stratified"
+    """A name in ``wgfm.losses.TIME_SAMPLERS``."""
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    log_every: int = 50
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"`ema_decay` must be in [0, 1), got {self.ema_decay}.")
+        get_weighting(self.weighting)
+        if self.time_sampler not in TIME_SAMPLERS:
+            raise ValueError(
+                f"`time_sampler` must be one of {tuple(TIME_SAMPLERS)}, got {self.time_sampler!r}."
+            )
+
+
+class TrainState(eqx.Module):
+    """Everything a run needs to continue: parameters, optimiser state, EMA, step, RNG key and
+    the first step whose loss was non-finite (-1 if none)."""
+
+    params: Any
+    opt_state: Any
+    ema: Any
+    step: Array
+    key: Array
+    bad_step: Array
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became non-finite; the last good checkpoint is kept."""
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """Global-norm clipping, then AdamW on a linear warm-up + cosine decay schedule."""
+    return optax.chain(
+        optax.clip_by_global_norm(config.clip_norm),
+        optax.adamw(make_optimizer_schedule(config), weight_decay=config.weight_decay),
+    )
+
+
+def init_state(model, config: TrainConfig, sample_shape, *, key: PRNGKeyArray, dtype=jnp.float32):
+    """A fresh :class:`TrainState` (``key`` is split into initialisation and training keys)."""
+    k_init, k_train = jax.random.split(key)
+    params = model.init(k_init, tuple(sample_shape), dtype)
+    opt_state = make_optimizer(config).init(params)
+    step, bad = jnp.asarray(0, jnp.int32), jnp.asarray(-1, jnp.int32)
+    return TrainState(params, opt_state, params, step, k_train, bad)
+
+
+def make_train_step(model, process: AbstractProcess, config: TrainConfig):
+    """``step(state, data, indices) -> (state, loss)``, jit-compiled once per data shape.
+
+    A non-finite loss or gradient leaves the state unchanged and records the step in
+    ``state.bad_step`` (checked by the host, which then stops)."""
+    optimizer = make_optimizer(config)
+    loss_fn, weight_fn = get_loss(model.predicts), get_weighting(config.weighting)
+    sampler = TIME_SAMPLERS[config.time_sampler]
+
+    def objective(params, x0, key):
+        k_t, k_eps = jax.random.split(key)
+        t = sampler(x0.shape[0], key=k_t, t_min=process.t_min, t_max=process.t_max, dtype=x0.dtype)
+        eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
+        field = model.field(params)
+        per_example = jax.vmap(lambda x, ti, e: loss_fn(field, process, x, ti, e))(x0, t, eps)
+        return jnp.mean(jax.vmap(lambda ti: weight_fn(process, ti))(t) * per_example)
+
+    @jax.jit
+    def step(state: TrainState, data: Array, indices: Array):
+        x0 = data[indices]
+        loss, grads = jax.value_and_grad(objective)(
+            state.params, x0, jax.random.fold_in(state.key, state.step)
+        )
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = optax.incremental_update(params, state.ema, 1.0 - config.ema_decay)
+        new = TrainState(params, opt_state, ema, state.step + 1, state.key, state.bad_step)
+        ok = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads)) & (state.bad_step < 0)
+        kept = eqx.tree_at(
+            lambda s: s.bad_step, state, jnp.where(state.bad_step < 0, state.step, state.bad_step)
+        )
+        new = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, kept)
+        return new, loss
+
+    return step
+
+
+class TrainResult(eqx.Module):
+    """The final state, its EMA parameters and the logged ``(step, loss)`` pairs of this call."""
+
+    state: TrainState
+    logged_steps: np.ndarray
+    logged_losses: np.ndarray
+
+    @property
+    def params(self):
+        return self.state.params
+
+    @property
+    def ema(self):
+        return self.state.ema
+
+
+def fit(
+    model,
+    process: AbstractProcess,
+    data,
+    config: TrainConfig,
+    *,
+    key: PRNGKeyArray,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    stop_at: int | None = None,
+    progress: bool = True,
+    extra_meta: dict | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``data`` (``(N, *sample_shape)``) for ``config.steps`` updates.
+
+    With ``run_dir``: metrics go to ``run_dir/metrics.jsonl`` and checkpoints to
+    ``run_dir/checkpoints`` every ``config.checkpoint_every`` steps and at the end; ``resume``
+    continues from the newest readable one. ``stop_at`` ends the call early after that step
+    (with a checkpoint), as an interruption would. Raises ``ValueError`` on non-finite data
+    before the first step, :class:`NonFiniteLossError` (naming the step) if the loss diverges."""
+    data = _check_data(data)
+    n = data.shape[0]
+    data_position(n, config.batch_size, 0)  # validates batch_size against the data size
+    k_run, k_data = jax.random.split(key)
+    state = init_state(model, config, data.shape[1:], key=k_run, dtype=data.dtype)
+    ckpt = None
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt = Checkpointer(run_dir / "checkpoints", max(2, config.keep_checkpoints))
+        if resume and (restored := ckpt.restore_latest(state.as_dict())) is not None:
+            state = TrainState(**restored[0])
+    elif resume:
+        raise ValueError("`resume=True` needs a `run_dir` to resume from.")
+    step_fn = make_train_step(model, process, config)
+    data_dev = jnp.asarray(data)
+    start, end = int(state.step), min(config.steps, stop_at or config.steps)
+    meta = {"config": dataclasses.asdict(config), **(extra_meta or {})}
+    logged: list[tuple[int, float]] = []
+    bar = tqdm(total=config.steps, initial=start, disable=not progress, desc="train")
+    t_last, s_last, window = time.perf_counter(), start, []
+    try:
+        for s in range(start, end):
+            idx = jnp.asarray(batch_indices(k_data, n, config.batch_size, s), jnp.int32)
+            state, loss = step_fn(state, data_dev, idx)
+            window.append(loss)
+            bar.update(1)
+            done = s + 1
+            if done % config.log_every == 0 or done == end:
+                _check_finite(state, ckpt)
+                mean_loss = float(np.mean(jax.device_get(window)))
+                now = time.perf_counter()
+                rate = (done - s_last) / max(now - t_last, 1e-9)
+                t_last, s_last, window = now, done, []
+                logged.append((done, mean_loss))
+                bar.set_postfix(loss=f"{mean_loss:.4g}", steps_per_s=f"{rate:.1f}")
+                if run_dir is not None:
+                    _log_metrics(run_dir, done, mean_loss, rate, n, config)
+            if ckpt is not None and (done % config.checkpoint_every == 0 or done == end):
+                _check_finite(state, ckpt)
+                _save(ckpt, state, done, n, config, meta)
+    except KeyboardInterrupt:
+        # Keep what was done: the state after the last completed step, if it is sound.
+        if ckpt is not None and int(state.bad_step) < 0 and int(state.step) > 0:
+            _save(ckpt, state, int(state.step), n, config, meta)
+        raise
+    finally:
+        bar.close()
+        if ckpt is not None:
+            ckpt.close()
+    steps_arr = np.array([s for s, _ in logged], dtype=np.int64)
+    return TrainResult(state, steps_arr, np.array([v for _, v in logged]))
+
+
+def _check_data(data) -> np.ndarray:
+    arr = np.asarray(data)
+    if arr.ndim < 2 or arr.shape[0] < 1:
+        raise ValueError(f"`data` must have shape (N, *sample_shape), got {arr.shape}.")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"`data` must be floating point, got dtype {arr.dtype}.")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        first = int(np.argwhere(bad.reshape(arr.shape[0], -1).any(axis=1))[0, 0])
+        raise ValueError(
+            f"`data` contains {int(bad.sum())} non-finite values (first in example {first}); "
+            "training was not started."
+        )
+    return arr
+
+
+def _check_finite(state: TrainState, ckpt: Checkpointer | None) -> None:
+    bad = int(state.bad_step)
+    if bad >= 0:
+        kept = f"; last good checkpoint kept in {ckpt.directory}" if ckpt is not None else ""
+        if ckpt is not None and ckpt.steps():
+            kept += f" (step {ckpt.steps()[-1]})"
+        raise NonFiniteLossError(
+            f"loss or gradient became non-finite at step {bad + 1}; training stopped{kept}."
+        )
+
+
+def _save(ckpt: Checkpointer, state: TrainState, step: int, n: int, config, meta) -> None:
+    epoch, index = data_position(n, config.batch_size, step)
+    ckpt.save(step, state.as_dict(), {**meta, "epoch": epoch, "batch_in_epoch": index})
+
+
+def _log_metrics(run_dir: Path, step: int, loss: float, rate: float, n: int, config) -> None:
+    lr = float(np.asarray(make_optimizer_schedule(config)(step)))
+    epoch, _ = data_position(n, config.batch_size, step)
+    rec = {"step": step, "loss": loss, "lr": lr, "steps_per_s": rate, "epoch": epoch,
+           "time": time.time()}  # fmt: skip
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def make_optimizer_schedule(config: TrainConfig):
+    """The learning-rate schedule of :func:`make_optimizer`."""
+    decay_steps = max(config.steps, config.warmup_steps + 1)
+    return optax.warmup_cosine_decay_schedule(
+        0.0, config.lr, config.warmup_steps, decay_steps, end_value=0.01 * config.lr
+    )
