@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import Annotated
 
 import tyro
+
+from .presets import PRESETS
 
 
 def check(dim: int = 2, num_points: int = 64, seed: int = 0) -> int:
@@ -39,7 +42,25 @@ def check(dim: int = 2, num_points: int = 64, seed: int = 0) -> int:
     return 0 if ok else 1
 
 
-COMMANDS: dict[str, Callable[..., int | None]] = {"check": check}
+def train(
+    config: Annotated[
+        tyro.extras.subcommand_type_from_defaults(PRESETS),  # type: ignore[valid-type]
+        tyro.conf.OmitSubcommandPrefixes,
+        tyro.conf.arg(name=""),
+    ],
+) -> int:
+    """Train a network (presets: gmm2d, toy, digits, mnist --data DIR, cifar10-paper --data DIR).
+
+    Writes a run directory with the resolved config, orbax checkpoints, metrics.jsonl and
+    samples.png; ``--resume`` continues from its newest readable checkpoint."""
+    from .presets import run
+
+    run_dir = run(config)
+    print(f"Run written to {run_dir}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[..., int | None]] = {"check": check, "train": train}
 
 
 def main(argv: list[str] | None = None) -> int:

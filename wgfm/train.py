@@ -16,7 +16,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import equinox as eqx
 import jax
@@ -26,10 +26,12 @@ import optax
 from jaxtyping import Array, PRNGKeyArray
 from tqdm.auto import tqdm
 
-from .checkpoint import Checkpointer
 from .data import batch_indices, data_position
 from .losses import TIME_SAMPLERS, get_loss, get_weighting
 from .processes import AbstractProcess
+
+if TYPE_CHECKING:
+    from .checkpoint import Checkpointer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +127,11 @@ def make_train_step(model, process: AbstractProcess, config: TrainConfig):
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        ema = optax.incremental_update(params, state.ema, 1.0 - config.ema_decay)
+        # EMA decay warmed up as min(decay, (1 + s) / (10 + s)) (TF's num_updates rule) so that
+        # short runs are not dominated by the initial parameters.
+        s = state.step.astype(jnp.float32)
+        decay = jnp.minimum(config.ema_decay, (1.0 + s) / (10.0 + s))
+        ema = optax.incremental_update(params, state.ema, 1.0 - decay)
         new = TrainState(params, opt_state, ema, state.step + 1, state.key, state.bad_step)
         ok = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads)) & (state.bad_step < 0)
         kept = eqx.tree_at(
@@ -180,6 +186,8 @@ def fit(
     state = init_state(model, config, data.shape[1:], key=k_run, dtype=data.dtype)
     ckpt = None
     if run_dir is not None:
+        from .checkpoint import Checkpointer  # orbax is imported only for runs that checkpoint
+
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt = Checkpointer(run_dir / "checkpoints", max(2, config.keep_checkpoints))
