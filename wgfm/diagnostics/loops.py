@@ -1,0 +1,325 @@
+"""Integral constraint: loop families and line integrals (DESIGN.md §1).
+
+A gradient field has zero circulation around every closed loop and path-independent line
+integrals. A *path* is an array ``(n + 1, *shape)`` of points; a *loop* is a path whose last point
+equals its first (every constructor here returns one, exactly closed). Sampled paths are taken as
+piecewise linear and integrated by the midpoint or trapezoid rule (second order, exact for
+linear fields); smooth parametric loops ``theta -> x`` by composite Gauss–Legendre.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
+from .._checks import check_positive, concrete
+from ..processes import AbstractProcess
+from ._common import check_closed, check_finite
+
+Scalar = Float[ArrayLike, ""]
+Field = Callable[..., Array]
+Rule = Literal["midpoint", "trapezoid"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loop constructors (all return (n + 1, *shape) with path[-1] == path[0] exactly).
+
+
+def _close(path: Array) -> Array:
+    return jnp.concatenate([path, path[:1]], axis=0)
+
+
+def _angles(n: int, dtype) -> Array:
+    if int(n) < 3:
+        raise ValueError(f"`num_points` must be >= 3, got {n}.")
+    return 2 * jnp.pi * jnp.arange(int(n), dtype=dtype) / n
+
+
+def circle(center: Array, u: Array, v: Array, radius: Scalar, num_points: int) -> Array:
+    """``center + r (cos th u + sin th v)`` at ``num_points`` angles; ``u, v`` orthonormal."""
+    center, u, v = jnp.asarray(center), jnp.asarray(u), jnp.asarray(v)
+    _check_orthonormal(center, u, v)
+    check_positive("radius", radius)
+    th = _angles(num_points, jnp.result_type(center, float))
+    c, s = jnp.cos(th), jnp.sin(th)
+    pts = center + radius * (_outer(c, u) + _outer(s, v))
+    return _close(pts)
+
+
+def rectangle(
+    center: Array, u: Array, v: Array, width: Scalar, height: Scalar, points_per_side: int
+) -> Array:
+    """Planar rectangle ``width x height`` around ``center`` with sides along ``u`` and ``v``."""
+    center, u, v = jnp.asarray(center), jnp.asarray(u), jnp.asarray(v)
+    _check_orthonormal(center, u, v)
+    check_positive("width", width)
+    check_positive("height", height)
+    a, b = 0.5 * width * u, 0.5 * height * v
+    corners = jnp.stack([center - a - b, center + a - b, center + a + b, center - a + b])
+    return polyline(corners, points_per_side, closed=True)
+
+
+def polyline(points: Array, points_per_segment: int, *, closed: bool = False) -> Array:
+    """Piecewise-linear path through ``points`` (``(m, *shape)``), ``points_per_segment``
+    sub-segments each; ``closed=True`` also joins the last point back to the first."""
+    points = jnp.asarray(points)
+    if points.ndim < 2 or points.shape[0] < 2:
+        raise ValueError(f"`points` must have shape (m >= 2, *shape), got {points.shape}.")
+    k = int(points_per_segment)
+    if k < 1:
+        raise ValueError(f"`points_per_segment` must be >= 1, got {points_per_segment}.")
+    ends = jnp.concatenate([points[1:], points[:1]]) if closed else points[1:]
+    starts = points[: ends.shape[0]]
+    s = jnp.arange(k, dtype=jnp.result_type(points, float)) / k
+    seg = starts[:, None] + jnp.moveaxis(_outer(s, ends - starts), 0, 1)  # (m', k, *shape)
+    body = seg.reshape(-1, *points.shape[1:])
+    return jnp.concatenate([body, (points[:1] if closed else points[-1:])], axis=0)
+
+
+def refine(path: Array, factor: int) -> Array:
+    """Subdivide every segment of a sampled path into ``factor`` equal pieces (same curve)."""
+    return polyline(path, factor, closed=False)
+
+
+def brownian_bridge(x: Array, num_steps: int, step_scale: Scalar, *, key: PRNGKeyArray) -> Array:
+    """Brownian bridge from ``x`` back to ``x``: ``W_k - (k/n) W_n`` with ``N(0, step_scale^2)``
+    increments, added to ``x``."""
+    x = jnp.asarray(x)
+    n = int(num_steps)
+    if n < 3:
+        raise ValueError(f"`num_steps` must be >= 3, got {num_steps}.")
+    check_positive("step_scale", step_scale)
+    steps = step_scale * jax.random.normal(key, (n, *x.shape), dtype=jnp.result_type(x, float))
+    w = jnp.concatenate([jnp.zeros_like(x)[None], jnp.cumsum(steps, axis=0)])
+    frac = jnp.arange(n + 1, dtype=w.dtype) / n
+    bridge = w - _outer(frac, w[-1])
+    return (x + bridge).at[-1].set(x)
+
+
+def pair_rotation(x: Array, center: Array, num_points: int, *, key: PRNGKeyArray) -> Array:
+    """Pair the coordinates at random and rotate every pair of ``x - center`` by the same angle
+    ``th in [0, 2 pi)`` (an odd one out stays put): ``||x - center||`` is constant on the loop."""
+    x, center = jnp.asarray(x), jnp.broadcast_to(jnp.asarray(center), jnp.shape(x))
+    d = jnp.reshape(x - center, (-1,))
+    if d.shape[0] < 2:
+        raise ValueError(f"`x` needs at least 2 entries to pair, got shape {x.shape}.")
+    perm = jax.random.permutation(key, d.shape[0])
+    m = d.shape[0] // 2
+    i, j = perm[:m], perm[m : 2 * m]
+    th = _angles(num_points, jnp.result_type(x, float))
+
+    def at(a):
+        c, s = jnp.cos(a), jnp.sin(a)
+        return d.at[i].set(c * d[i] - s * d[j]).at[j].set(s * d[i] + c * d[j])
+
+    pts = center + jax.vmap(at)(th).reshape(-1, *x.shape)
+    return _close(pts)
+
+
+def noisy_copy_cycle(
+    process: AbstractProcess,
+    x0: Array,
+    t: Scalar,
+    *,
+    num_copies: int,
+    points_per_segment: int,
+    key: PRNGKeyArray,
+) -> Array:
+    """Cycle through ``num_copies`` draws ``alpha_t x0 + sigma_t eps_i``, joined linearly and
+    cyclically. Each point's offset from ``alpha_t x0`` is rescaled to the norm interpolated
+    between its two end copies, so the loop stays on the noise shell (radius ~ sigma_t sqrt D)."""
+    process.check_time(t)
+    if int(num_copies) < 2:
+        raise ValueError(f"`num_copies` must be >= 2, got {num_copies}.")
+    if int(points_per_segment) < 1:
+        raise ValueError(f"`points_per_segment` must be >= 1, got {points_per_segment}.")
+    x0 = jnp.asarray(x0)
+    dt = jnp.result_type(x0, float)
+    eps = jax.random.normal(key, (int(num_copies), *x0.shape), dtype=dt)
+    offs = process.sigma(t) * eps
+    nxt = jnp.roll(offs, -1, axis=0)
+    s = jnp.arange(int(points_per_segment), dtype=dt) / points_per_segment
+    lin = offs[:, None] + jnp.moveaxis(_outer(s, nxt - offs), 0, 1)  # (k, m, *shape)
+    axes = tuple(range(2, lin.ndim))
+    norm = lambda a: jnp.sqrt(jnp.sum(a**2, axis=tuple(range(1, a.ndim))))  # noqa: E731
+    radius = (1 - s) * norm(offs)[:, None] + s * norm(nxt)[:, None]
+    lin_norm = jnp.sqrt(jnp.sum(lin**2, axis=axes))
+    pts = process.alpha(t) * x0 + lin * jnp.expand_dims(radius / lin_norm, axes)
+    return _close(pts.reshape(-1, *x0.shape))
+
+
+def parametric_loop(curve: Callable[[Array], Array], num_points: int, *, dtype=None) -> Array:
+    """Sample a smooth closed curve ``theta -> x`` (period ``2 pi``) at ``num_points`` angles."""
+    th = _angles(num_points, dtype or jnp.result_type(float))
+    return _close(jax.vmap(curve)(th))
+
+
+# ---------------------------------------------------------------------------------------------
+# Line integrals.
+
+
+def _eval(field: Field, pts: Array, t: Scalar, chunk_size: int | None) -> Array:
+    shape = pts.shape[1:]
+
+    def one(p):
+        out = field(p, t)
+        if jnp.shape(out) != shape:
+            raise ValueError(
+                f"`field` must return an array shaped like its input {shape}, got {jnp.shape(out)}."
+            )
+        return out
+
+    if chunk_size is None:
+        return jax.vmap(one)(pts)
+    return jax.lax.map(one, pts, batch_size=int(chunk_size))
+
+
+def _segments(
+    field: Field, path: Array, t: Scalar, rule: Rule, chunk_size: int | None
+) -> tuple[Array, Array]:
+    """Per-segment contributions ``int_seg v . dx`` and the same for ``v / ||v||``."""
+    path = jnp.asarray(path)
+    if path.ndim < 2 or path.shape[0] < 2:
+        raise ValueError(f"`path` must have shape (n + 1 >= 2, *shape), got {path.shape}.")
+    delta = path[1:] - path[:-1]
+    axes = tuple(range(1, path.ndim))
+
+    def unit(v):
+        n = jnp.sqrt(jnp.sum(v**2, axis=axes, keepdims=True))
+        return v / jnp.where(n > 0, n, 1.0)
+
+    if rule == "midpoint":
+        v = _eval(field, 0.5 * (path[1:] + path[:-1]), t, chunk_size)
+        vn = unit(v)
+    elif rule == "trapezoid":
+        w = _eval(field, path, t, chunk_size)
+        wn = unit(w)
+        v, vn = 0.5 * (w[1:] + w[:-1]), 0.5 * (wn[1:] + wn[:-1])
+    else:
+        raise ValueError(f"`rule` must be 'midpoint' or 'trapezoid', got {rule!r}.")
+    contrib = jnp.sum(v * delta, axis=axes), jnp.sum(vn * delta, axis=axes)
+    return check_finite(contrib, path, t, "values along the path")
+
+
+def line_integral(
+    field: Field,
+    path: Array,
+    t: Scalar,
+    *,
+    rule: Rule = "midpoint",
+    chunk_size: int | None = None,
+) -> Array:
+    """``int v(x, t) . dx`` along a sampled piecewise-linear path (midpoint or trapezoid rule)."""
+    return jnp.sum(_segments(field, path, t, rule, chunk_size)[0])
+
+
+def parametric_line_integral(
+    field: Field,
+    curve: Callable[[Array], Array],
+    t: Scalar,
+    *,
+    start: float = 0.0,
+    end: float = 2 * np.pi,
+    order: int = 16,
+    num_panels: int = 8,
+    dtype=None,
+) -> Array:
+    """``int_start^end v(c(th), t) . c'(th) dth`` by composite Gauss–Legendre (``order`` nodes on
+    each of ``num_panels`` panels; ``c'`` by forward-mode autodiff)."""
+    nodes, weights = np.polynomial.legendre.leggauss(int(order))  # float64 reference nodes
+    h = (end - start) / int(num_panels)
+    mids = start + h * (np.arange(int(num_panels))[:, None] + 0.5)
+    th = jnp.asarray((mids + 0.5 * h * nodes).reshape(-1), dtype or jnp.result_type(float))
+    w = jnp.asarray(np.tile(0.5 * h * weights, int(num_panels)), th.dtype)
+
+    def integrand(a):
+        x, dx = jax.jvp(curve, (a,), (jnp.ones_like(a),))
+        v = field(x, t)
+        if jnp.shape(v) != jnp.shape(x):
+            raise ValueError(f"`field` must return an array shaped like x {jnp.shape(x)}.")
+        return jnp.sum(v * dx)
+
+    return jnp.sum(w * jax.vmap(integrand)(th))
+
+
+class LoopReport(eqx.Module):
+    """Circulation ``I``; ``I_norm``, the circulation of the unit field ``v / ||v||`` (each
+    segment's contribution divided by the field's norm at its midpoint); length ``L``; ``I / L``."""
+
+    I: Array  # noqa: E741
+    I_norm: Array
+    L: Array
+    I_over_L: Array
+
+
+def loop_report(
+    field: Field,
+    loop: Array,
+    t: Scalar,
+    *,
+    rule: Rule = "midpoint",
+    chunk_size: int | None = None,
+) -> LoopReport:
+    """Circulation statistics of a closed sampled loop (raises if the loop is not closed)."""
+    loop = check_closed("loop", jnp.asarray(loop))
+    contrib, contrib_norm = _segments(field, loop, t, rule, chunk_size)
+    axes = tuple(range(1, loop.ndim))
+    length = jnp.sum(jnp.sqrt(jnp.sum((loop[1:] - loop[:-1]) ** 2, axis=axes)))
+    circ = jnp.sum(contrib)
+    return LoopReport(circ, jnp.sum(contrib_norm), length, circ / length)
+
+
+class PathDependence(eqx.Module):
+    """Line integrals from ``a`` to ``b``: straight, via a detour point, and their difference."""
+
+    straight: Array
+    detour: Array
+    difference: Array
+
+
+def path_dependence(
+    field: Field, a: Array, b: Array, via: Array, t: Scalar, *, num_points: int = 64
+) -> PathDependence:
+    """Compare ``int_a^b`` along the segment ``a -> b`` with the one along ``a -> via -> b``."""
+    straight = line_integral(field, polyline(jnp.stack([a, b]), 2 * num_points), t)
+    detour = line_integral(field, polyline(jnp.stack([a, via, b]), num_points), t)
+    return PathDependence(straight, detour, straight - detour)
+
+
+def triangle_identity(
+    field: Field, a: Array, b: Array, c: Array, t: Scalar, *, num_points: int = 64
+) -> Array:
+    """``I(b, a) + I(c, b) + I(a, c)`` with ``I(q, p)`` the straight-line integral from ``p`` to
+    ``q``; zero for a gradient field."""
+    pts = [(a, b), (b, c), (c, a)]
+    return sum(
+        (line_integral(field, polyline(jnp.stack(s), num_points), t) for s in pts),
+        start=jnp.zeros((), jnp.result_type(a, float)),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _outer(s: Array, x: Array) -> Array:
+    """``out[k] = s[k] * x``: shape ``(len(s), *x.shape)``."""
+    return jnp.reshape(s, s.shape + (1,) * x.ndim) * x
+
+
+def _check_orthonormal(center: Array, u: Array, v: Array) -> None:
+    for name, a in (("u", u), ("v", v)):
+        if a.shape != center.shape:
+            raise ValueError(
+                f"`{name}` must have the shape of `center` {center.shape}, got {a.shape}."
+            )
+    cu, cv = concrete(u), concrete(v)
+    if cu is not None and cv is not None:
+        g = np.array([[np.vdot(cu, cu), np.vdot(cu, cv)], [np.vdot(cv, cu), np.vdot(cv, cv)]])
+        if not np.allclose(g, np.eye(2), atol=1e-6):
+            raise ValueError(f"`u` and `v` must be orthonormal, got Gram matrix {g.tolist()}.")
