@@ -102,11 +102,29 @@ def init_state(model, config: TrainConfig, sample_shape, *, key: PRNGKeyArray, d
     return TrainState(params, opt_state, params, step, k_train, bad)
 
 
+_STEP_CACHE: dict = {}
+
+
 def make_train_step(model, process: AbstractProcess, config: TrainConfig):
     """``step(state, data, indices) -> (state, loss)``, jit-compiled once per data shape.
 
     A non-finite loss or gradient leaves the state unchanged and records the step in
-    ``state.bad_step`` (checked by the host, which then stops)."""
+    ``state.bad_step`` (checked by the host, which then stops). The same jitted function is
+    returned for equal ``(model, process, config)`` (when hashable), so a resumed or repeated
+    run in one process does not compile again."""
+    try:
+        cache_key = (model, process, config)
+        hash(cache_key)
+    except TypeError:  # a process or model holding arrays: build a fresh step
+        return _build_train_step(model, process, config)
+    if cache_key not in _STEP_CACHE:
+        if len(_STEP_CACHE) >= 8:
+            _STEP_CACHE.pop(next(iter(_STEP_CACHE)))
+        _STEP_CACHE[cache_key] = _build_train_step(model, process, config)
+    return _STEP_CACHE[cache_key]
+
+
+def _build_train_step(model, process: AbstractProcess, config: TrainConfig):
     optimizer = make_optimizer(config)
     loss_fn, weight_fn = get_loss(model.predicts), get_weighting(config.weighting)
     sampler = TIME_SAMPLERS[config.time_sampler]
@@ -133,7 +151,7 @@ def make_train_step(model, process: AbstractProcess, config: TrainConfig):
         decay = jnp.minimum(config.ema_decay, (1.0 + s) / (10.0 + s))
         ema = optax.incremental_update(params, state.ema, 1.0 - decay)
         new = TrainState(params, opt_state, ema, state.step + 1, state.key, state.bad_step)
-        ok = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads)) & (state.bad_step < 0)
+        ok = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads)) & (state.bad_step < 0)
         kept = eqx.tree_at(
             lambda s: s.bad_step, state, jnp.where(state.bad_step < 0, state.step, state.bad_step)
         )
