@@ -3,7 +3,6 @@ checkpoint fallback, non-finite guards, single compilation."""
 
 import json
 import shutil
-import warnings
 
 import jax
 import jax.numpy as jnp
