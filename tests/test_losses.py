@@ -75,6 +75,7 @@ def test_weightings():
     snr = proc.alpha(ts) ** 2 / proc.sigma(ts) ** 2
     np.testing.assert_allclose(losses.min_snr_weight(proc, ts, gamma=5.0), np.minimum(snr, 5) / snr)
     np.testing.assert_allclose(losses.likelihood_weight(proc, ts), proc.g2(ts))
+    np.testing.assert_allclose(losses.sigma2_weight(proc, ts), 1 - proc.alpha(ts) ** 2, rtol=1e-12)
     np.testing.assert_array_equal(losses.uniform_weight(proc, ts), np.ones(7))
     for name in losses.WEIGHTINGS:
         assert losses.get_weighting(name)(proc, ts).shape == (7,)

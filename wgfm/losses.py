@@ -81,6 +81,11 @@ def likelihood_weight(process: AbstractProcess, t: Scalar) -> Array:
     return process.g2(t)
 
 
+def sigma2_weight(process: AbstractProcess, t: Scalar) -> Array:
+    """``w(t) = sigma_t^2`` for the DSM loss (Song et al. 2021's default): equals the eps loss."""
+    return process.sigma(t) ** 2
+
+
 def min_snr_weight(process: AbstractProcess, t: Scalar, gamma: float = 5.0) -> Array:
     """Min-SNR-gamma for the eps loss: ``w(t) = min(SNR_t, gamma) / SNR_t`` (Hang et al.)."""
     snr = process.snr(t)
@@ -96,6 +101,7 @@ def eps_to_fm_weight(process: AbstractProcess, t: Scalar) -> Array:
 WEIGHTINGS: dict[str, Callable[[AbstractProcess, Scalar], Array]] = {
     "uniform": uniform_weight,
     "likelihood": likelihood_weight,
+    "sigma2": sigma2_weight,
     "min-snr": min_snr_weight,
     "eps-to-fm": eps_to_fm_weight,
 }

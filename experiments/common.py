@@ -1,0 +1,182 @@
+"""Shared assets of the reproduction: data, oracles and networks, each built once, lazily.
+
+Every network is trained with :func:`wgfm.train.fit` from a key derived from the master seed and
+its name, so any claim can be rerun alone and gets the same network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+import zlib
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.config import ReproduceConfig, Sizes
+from wgfm import data as wdata
+from wgfm import gmm
+from wgfm.processes import VP, AbstractProcess
+from wgfm.train import TrainConfig, fit
+
+
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    """A trained (or untrained) network with the time it took."""
+
+    name: str
+    model: object  # wgfm.models.Model
+    params: object
+    process: AbstractProcess
+    train_seconds: float
+    steps: int
+    final_loss: float
+
+    def score(self):
+        from wgfm.models import score_field
+
+        return score_field(self.model, self.params, self.process)  # type: ignore[arg-type]
+
+    def velocity(self):
+        from wgfm.models import velocity_field
+
+        return velocity_field(self.model, self.params, self.process)  # type: ignore[arg-type]
+
+
+class Context:
+    """Configuration, keys and lazily built shared assets."""
+
+    def __init__(self, config: ReproduceConfig):
+        self.config = config
+        self.sizes: Sizes = config.sizes
+        self.root_key = jax.random.key(config.seed)
+        self._cache: dict[str, object] = {}
+        self.process: AbstractProcess = VP()
+
+    def key(self, name: str):
+        """A key for ``name``, independent of the order in which assets are built."""
+        return jax.random.fold_in(self.root_key, zlib.crc32(name.encode()))
+
+    # -- oracles --------------------------------------------------------------------------------
+
+    @functools.cached_property
+    def mix2d(self) -> gmm.GaussianMixture:
+        """8 equal Gaussians on a circle of radius 3 (std 0.5)."""
+        return gmm.ring(num_modes=8, radius=3.0, std=0.5, dtype=jnp.float32)
+
+    @functools.cached_property
+    def mix10d(self) -> gmm.GaussianMixture:
+        """4 components in 10-D, unequal weights, anisotropic full covariances."""
+        m = gmm.random_mixture(10, 4, key=self.key("mix10d"), scale=2.0, anisotropy=4.0)
+        return jax.tree.map(lambda a: a.astype(jnp.float32), m)
+
+    def data(self, name: str) -> np.ndarray:
+        if name not in self._cache:
+            n = 20_000
+            if name == "2d":
+                x = self.mix2d.sample(n, key=self.key("data2d"))
+            elif name == "10d":
+                x = self.mix10d.sample(n, key=self.key("data10d"))
+            elif name == "digits":
+                x = wdata.digits()[0]
+            else:
+                raise ValueError(f"unknown data set {name!r}")
+            self._cache[name] = np.asarray(x, np.float32)
+        return self._cache[name]  # type: ignore[return-value]
+
+    # -- networks ---------------------------------------------------------------------------------
+
+    def network(
+        self,
+        data: str,
+        predicts: str = "eps",
+        *,
+        conservative: bool = False,
+        steps: int | None = None,
+        weighting: str = "uniform",
+    ) -> Trained:
+        """The network for ``data`` ('2d', '10d', 'digits') trained to predict ``predicts``
+        for ``steps`` updates (default from the sizes; 0 gives the untrained network)."""
+        from wgfm.models import get_model
+
+        default = {
+            "2d": self.sizes.train_steps_2d,
+            "10d": self.sizes.train_steps_10d,
+            "digits": self.sizes.train_steps_digits,
+        }[data]
+        steps = default if steps is None else steps
+        name = f"{data}-{predicts}-{'cons' if conservative else 'free'}-{steps}-{weighting}"
+        if name in self._cache:
+            return self._cache[name]  # type: ignore[return-value]
+        arch = self.sizes.arch_digits if data == "digits" else self.sizes.arch_vector
+        model = get_model(arch, predicts=predicts, conservative=conservative)
+        x = self.data(data)
+        key = self.key(f"net-{data}")  # same init for every objective: a controlled comparison
+        if steps == 0:
+            params = model.init(key, x.shape[1:], jnp.float32)
+            out = Trained(name, model, params, self.process, 0.0, 0, float("nan"))
+        else:
+            batch = 64 if data == "digits" else self.sizes.batch_size
+            cfg = TrainConfig(
+                steps=steps,
+                batch_size=batch,
+                lr=1e-3 if data == "digits" else 2e-3,
+                warmup_steps=min(100, steps // 10),
+                ema_decay=min(0.999, 1.0 - 10.0 / steps),
+                weighting=weighting,
+                log_every=max(1, min(100, steps)),
+                checkpoint_every=steps,
+            )
+            t0 = time.perf_counter()
+            res = fit(model, self.process, x, cfg, key=key, progress=False)
+            jax.block_until_ready(res.ema)
+            secs = time.perf_counter() - t0
+            loss = float(res.logged_losses[-1]) if len(res.logged_losses) else float("nan")
+            out = Trained(name, model, res.ema, self.process, secs, steps, loss)
+        self._cache[name] = out
+        return out
+
+    def oracle_score(self, data: str):
+        """The exact score of the data law (mixtures), or for images the exact score of the
+        Gaussian fitted to the data: a true gradient field on the same scale, as a control."""
+        if data == "2d":
+            return gmm.score_field(self.mix2d, self.process)
+        if data == "10d":
+            return gmm.score_field(self.mix10d, self.process)
+        x = self.data(data).reshape(len(self.data(data)), -1).astype(np.float64)
+        cov = np.cov(x.T) + 1e-3 * np.eye(x.shape[1])
+        fit = gmm.GaussianMixture(
+            jnp.ones(1, jnp.float32),
+            jnp.asarray(x.mean(0)[None], jnp.float32),
+            jnp.asarray(cov[None], jnp.float32),
+        )
+        return FlatField(gmm.score_field(fit, self.process), self.data(data).shape[1:])
+
+
+class FlatField(eqx.Module):
+    """A field on flat vectors seen as a field on arrays of ``shape`` (e.g. images)."""
+
+    field: object
+    shape: tuple[int, ...] = eqx.field(static=True)
+
+    def __call__(self, x, t):
+        return self.field(x.reshape(-1), t).reshape(self.shape)  # type: ignore[operator]
+
+
+def times_grid(process: AbstractProcess, num_levels: int) -> np.ndarray:
+    """The authors' grid t = 1, 11, ..., 991 of 1000 (100 levels), thinned to ``num_levels``,
+    mapped to ``[t_min, t_max]``."""
+    steps = np.arange(1, 1000, 10)
+    if num_levels < len(steps):
+        steps = steps[np.linspace(0, len(steps) - 1, num_levels).round().astype(int)]
+    t = steps / 1000.0
+    return np.clip(t, process.t_min, process.t_max)
+
+
+def filter_vmap_field(fn):
+    """``equinox.filter_jit`` of a per-sample function of ``(field, x, t)`` vmapped over samples
+    and times: one compilation per field structure and shape."""
+    return eqx.filter_jit(jax.vmap(jax.vmap(fn, in_axes=(None, 0, None)), in_axes=(None, None, 0)))
