@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.common import Context, times_grid
-from experiments.differential import noised_samples
 from experiments.report import ClaimRow, Report, field_with_curl, fmt, lines_by_level
 from wgfm.diagnostics import loops
 from wgfm.diagnostics.jacobian import curl_2d
