@@ -109,3 +109,11 @@ def test_adapters_convert_by_the_closed_forms(mlp):
     np.testing.assert_allclose(
         s2, fields.convert(VP, x, t, vmodel.apply(vp, x, t), src="velocity", dst="score")
     )
+
+
+def test_core_cli_and_train_do_not_import_flax():
+    import subprocess
+    import sys
+
+    code = "import sys, wgfm, wgfm.cli, wgfm.train, wgfm.data; assert 'flax' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -4,7 +4,7 @@ The core (processes, fields, the Gaussian-mixture oracle, losses, diagnostics, t
 metrics) is pure JAX; networks live in ``wgfm.models`` and reach the core as plain fields.
 """
 
-from . import fields, gmm, losses, processes
+from . import data, fields, gmm, losses, processes
 from .fields import as_field, conditional_velocity, convert, wgf_velocity
 from .gmm import (
     GaussianMixture,
@@ -41,6 +41,7 @@ __all__ = [
     "as_field",
     "conditional_velocity",
     "convert",
+    "data",
     "dt_log_density_field",
     "fields",
     "gmm",
