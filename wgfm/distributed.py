@@ -19,14 +19,16 @@ Rules (one per kind of work):
   orbax restores into the sharding of the ``like`` tree, so a checkpoint written on any mesh
   restores on one device (a plain ``like``) or on a mesh (``like = replicate(state, mesh)``).
 
-Multi-host launch (one process per host, the same command everywhere)::
+Multi-host launch (one process per host, the same command everywhere; every process sees
+the same data and computes the same global batch indices)::
 
     WGFM_COORDINATOR=host0:1234 WGFM_NUM_PROCESSES=4 WGFM_PROCESS_ID=$RANK wgfm train ...
 
-or ``--coordinator host0:1234 --num-processes 4 --process-id $RANK``; on SLURM/TPU pods
+(add ``--devices N`` to use N of the devices), or from Python ``distributed_init("host0:1234",
+4, rank)`` before any other JAX call; on SLURM/TPU pods
 ``WGFM_DISTRIBUTED=1`` lets ``jax.distributed.initialize()`` detect the cluster. The mesh then
-spans ``jax.devices()`` of all hosts and each host feeds its own slice of the batch
-(:func:`shard_batch` uses ``jax.make_array_from_process_local_data``).
+spans ``jax.devices()`` of all hosts; :func:`shard_batch` places the global batch (or, with
+``process_local=True``, each host's own slice) over it.
 """
 
 from __future__ import annotations
@@ -119,21 +121,22 @@ def _leading(tree: Any, name: str) -> int:
     return sizes.pop()
 
 
-def shard_batch(batch: Any, mesh: Mesh) -> Any:
+def shard_batch(batch: Any, mesh: Mesh, *, process_local: bool = False) -> Any:
     """Place a batch (PyTree, leading axis = samples) with its samples split over ``mesh``.
 
     Raises ``ValueError`` if the batch size does not divide the device count (use
-    :func:`pad_batch` and a mask). Multi-host: each process passes its OWN slice and the global
-    batch is their concatenation."""
+    :func:`pad_batch` and a mask). Multi-host: by default ``batch`` is the GLOBAL batch, the same
+    on every process; with ``process_local`` each process passes only its own slice and the
+    global batch is their concatenation (``jax.make_array_from_process_local_data``)."""
     n = _leading(batch, "batch")
     sharding = data_sharding(mesh)
-    local = mesh.devices.size // jax.process_count()
+    local = mesh.devices.size // (jax.process_count() if process_local else 1)
     if n % local:
         raise ValueError(
             f"`batch` has {n} samples, which does not divide over {local} device(s); pick a "
             f"batch size that is a multiple of {local} or use wgfm.distributed.pad_batch."
         )
-    if jax.process_count() > 1:
+    if process_local:
         return jax.tree.map(
             lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch
         )
@@ -234,9 +237,7 @@ def data_parallel(
         raise ValueError(
             f"`batch_argnums`={sorted(which)} must name arguments of `step` ({nargs})."
         )
-    data, rep = data_sharding(mesh), replicated_sharding(mesh)
-    shardings = tuple(data if i in which else rep for i in range(nargs))
-    jitted = jax.jit(step, in_shardings=shardings, out_shardings=rep, donate_argnums=donate_argnums)
+    jitted = _data_parallel_jit(step, mesh, which, nargs, _argnums(donate_argnums))
 
     @functools.wraps(step)
     def run(*args):
@@ -251,6 +252,14 @@ def data_parallel(
 
     run.lower = jitted.lower  # type: ignore[attr-defined]
     return run
+
+
+@functools.lru_cache(maxsize=16)
+def _data_parallel_jit(step, mesh: Mesh, which, nargs: int, donate) -> Any:
+    # Cached so that re-wrapping the same step (e.g. on resume) does not recompile.
+    data, rep = data_sharding(mesh), replicated_sharding(mesh)
+    shardings = tuple(data if i in which else rep for i in range(nargs))
+    return jax.jit(step, in_shardings=shardings, out_shardings=rep, donate_argnums=tuple(donate))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -45,6 +45,9 @@ class RunConfig:
     resume: bool = False
     figure_samples: int = 256
     progress: bool = True
+    devices: int | None = None
+    """Train data parallel over this many devices (``wgfm.distributed``; None: one device).
+    Multi-host: set WGFM_COORDINATOR, WGFM_NUM_PROCESSES, WGFM_PROCESS_ID on every host."""
 
     def run_dir(self) -> Path:
         return self.out / (self.name or f"{self.dataset}-{self.model}-{self.predicts}")
@@ -99,9 +102,11 @@ def load_data(config: RunConfig, *, key) -> np.ndarray:
 def run(config: RunConfig) -> Path:
     """Train as configured and write the run directory; returns its path."""
     from . import processes
+    from .distributed import setup_devices
     from .models import get_model
     from .train import fit
 
+    mesh = setup_devices(config.devices)  # first: multi-host init must precede other JAX calls
     if config.process not in processes.ALL_PROCESSES:
         raise ValueError(
             f"`process` must be one of {tuple(processes.ALL_PROCESSES)}, got {config.process!r}."
@@ -115,7 +120,7 @@ def run(config: RunConfig) -> Path:
     resolved = json.dumps(dataclasses.asdict(config), indent=2, default=str)
     (run_dir / "config.json").write_text(resolved)
     result = fit(model, process, x, config.train, key=k_train, run_dir=run_dir,
-                 resume=config.resume, progress=config.progress)  # fmt: skip
+                 resume=config.resume, progress=config.progress, mesh=mesh)  # fmt: skip
     save_sample_figure(model, result.ema, process, x, run_dir / "samples.png",
                        num=config.figure_samples, key=k_fig)  # fmt: skip
     return run_dir

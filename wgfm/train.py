@@ -189,8 +189,13 @@ def fit(
     stop_at: int | None = None,
     progress: bool = True,
     extra_meta: dict | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``data`` (``(N, *sample_shape)``) for ``config.steps`` updates.
+
+    With ``mesh`` (:func:`wgfm.distributed.make_mesh`) the step is data parallel: each batch
+    sharded over the mesh (``batch_size`` must divide its device count), state and data
+    replicated; checkpoints are the same and restore on any device count.
 
     With ``run_dir``: metrics go to ``run_dir/metrics.jsonl`` and checkpoints to
     ``run_dir/checkpoints`` every ``config.checkpoint_every`` steps and at the end; ``resume``
@@ -215,6 +220,11 @@ def fit(
         raise ValueError("`resume=True` needs a `run_dir` to resume from.")
     step_fn = make_train_step(model, process, config)
     data_dev = jnp.asarray(data)
+    if mesh is not None:
+        from .distributed import data_parallel, replicate
+
+        step_fn = data_parallel(step_fn, mesh, batch_argnums=2)
+        state, data_dev = replicate((state, data_dev), mesh)
     start, end = int(state.step), min(config.steps, stop_at or config.steps)
     meta = {"config": dataclasses.asdict(config), **(extra_meta or {})}
     logged: list[tuple[int, float]] = []
