@@ -11,6 +11,7 @@ checkpoint onto the mesh and writes an 8-device checkpoint with its expected val
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -134,15 +135,27 @@ def diagnostics(mesh) -> dict:
     return out
 
 
-def training(mesh, out_dir: Path, ckpt_from_1: Path) -> dict:
+def train_setup():
+    """The tiny training problem shared with the test process: ``(model, process, config,
+    data, key)`` (2-D MLP, 64 float32 points, 4 steps of 16, a checkpoint every 2 steps)."""
     from wgfm.models import get_model
-    from wgfm.train import TrainConfig, TrainState, init_state, make_train_step
+    from wgfm.train import TrainConfig
 
     model = get_model("mlp-small", predicts="eps")
-    config = TrainConfig(steps=10, batch_size=16, warmup_steps=2, weighting="min-snr")
-    data = jax.random.normal(jax.random.key(1), (64, 2), jnp.float32)
-    state0 = init_state(model, config, (2,), key=jax.random.key(2))
-    step = make_train_step(model, processes.VP(), config)
+    config = TrainConfig(
+        steps=4, batch_size=16, warmup_steps=1, weighting="min-snr", checkpoint_every=2,
+        log_every=2,
+    )  # fmt: skip
+    data = np.asarray(jax.random.normal(jax.random.key(1), (64, 2), jnp.float32))
+    return model, processes.VP(), config, data, jax.random.key(2)
+
+
+def training(mesh, out_dir: Path, ckpt_from_1: Path) -> dict:
+    from wgfm.train import TrainState, fit, init_state, make_train_step
+
+    model, process, config, data, key = train_setup()
+    state0 = init_state(model, config, (2,), key=key)
+    step = make_train_step(model, process, config)
     batches = [jnp.arange(16) + 16 * s for s in range(2)]
 
     ref, ref_losses = state0, []
@@ -175,6 +188,14 @@ def training(mesh, out_dir: Path, ckpt_from_1: Path) -> dict:
     ck8.close()
     leaves = jax.tree_util.tree_leaves(jax.tree.map(np.asarray, st.params))
     np.savez(out_dir / "expected8.npz", *leaves)
+
+    # fit(mesh=): resume the 1-device run (stopped at step 2) on 8 devices to step 4, and write
+    # an 8-device run stopped at step 2 for the test process to resume on 1 device.
+    shutil.copytree(out_dir / "run1", out_dir / "run1to8")
+    kw = dict(key=key, progress=False, mesh=mesh)
+    r18 = fit(model, process, data, config, run_dir=out_dir / "run1to8", resume=True, **kw)
+    np.savez(out_dir / "fit_1to8.npz", *jax.tree_util.tree_leaves(r18.params))
+    fit(model, process, data, config, run_dir=out_dir / "run8", stop_at=2, **kw)
     return {
         "param_diff": max_diff(ref.params, st.params),
         "opt_diff": max_diff(ref.opt_state, st.opt_state),
@@ -189,6 +210,8 @@ def training(mesh, out_dir: Path, ckpt_from_1: Path) -> dict:
         "restored_1_to_8_diff": max_diff(restored.params, state0.params),
         "restored_devices": n_devices(restored.params),
         "restored_step": int(restored.step),
+        "fit_1to8_logged_steps": [int(v) for v in r18.logged_steps],
+        "fit_1to8_devices": n_devices(r18.params),
     }
 
 

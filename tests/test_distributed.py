@@ -8,6 +8,7 @@ subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -22,29 +23,41 @@ import pytest
 from wgfm import distributed as dist
 from wgfm.checkpoint import Checkpointer
 
+
+def _load_worker():
+    spec = importlib.util.spec_from_file_location(
+        "_distributed_worker", Path(__file__).with_name("_distributed_worker.py")
+    )
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 WORKER = Path(__file__).with_name("_distributed_worker.py")
+W = _load_worker()
 
 
 # ---------------------------------------------------------------------------------------------
 # The 8-device subprocess.
 
 
-def _train_setup():
-    from wgfm.models import get_model
-    from wgfm.train import TrainConfig, init_state
-
-    model = get_model("mlp-small", predicts="eps")
-    config = TrainConfig(steps=10, batch_size=16, warmup_steps=2, weighting="min-snr")
-    return init_state(model, config, (2,), key=jax.random.key(2))
+def _leaves(tree) -> list[np.ndarray]:
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
+    from wgfm.train import fit, init_state
+
     tmp = tmp_path_factory.mktemp("dist")
-    state0 = _train_setup()  # same model, config and key as the worker's
+    model, process, config, data, key = W.train_setup()  # the worker's problem
+    state0 = init_state(model, config, (2,), key=key)
     ck = Checkpointer(tmp / "ckpt1")
     ck.save(0, state0.as_dict(), {"devices": 1})
     ck.close()
+    # A 1-device run stopped at step 2, for the worker to resume on 8 devices.
+    fit(model, process, data, config, key=key, run_dir=tmp / "run1", stop_at=2, progress=False)
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     env["JAX_PLATFORMS"] = "cpu"
     # Two processes at once (diagnostics, training): each compiles on its own core.
@@ -59,7 +72,7 @@ def report(tmp_path_factory):
         )
         for part, extra in args.items()
     }
-    out = {"tmp": str(tmp), "state0": state0}
+    out = {"tmp": str(tmp), "state0": state0, "setup": (model, process, config, data, key)}
     for part, proc in procs.items():
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, f"{part} worker failed:\n{err[-4000:]}"
@@ -242,3 +255,24 @@ def test_distributed_init_env_and_validation(monkeypatch):
     monkeypatch.setenv("WGFM_NUM_PROCESSES", "two")
     with pytest.raises(ValueError, match="WGFM_NUM_PROCESSES"):
         dist.distributed_init()
+
+
+def test_fit_resume_across_device_counts(report):
+    """``fit`` stopped at step 2 on 1 device and resumed on 8 (and the reverse) ends where the
+    uninterrupted 1-device run of 4 steps ends."""
+    from wgfm.train import fit
+
+    model, process, config, data, key = report["setup"]
+    tmp = Path(report["tmp"])
+    ref = _leaves(fit(model, process, data, config, key=key, progress=False).params)
+    t = report["training"]
+    assert t["fit_1to8_logged_steps"] == [4]  # resumed at 2, not restarted
+    assert t["fit_1to8_devices"] == 8
+    r81 = fit(model, process, data, config, key=key, run_dir=tmp / "run8", resume=True,
+              progress=False)  # fmt: skip
+    assert list(r81.logged_steps) == [4]
+    one_to_8 = np.load(tmp / "fit_1to8.npz")
+    for i, (a, b) in enumerate(zip(ref, _leaves(r81.params), strict=True)):
+        # float32, 8 partial sums per batch mean on half the steps (see the step test): ~1e-7.
+        np.testing.assert_allclose(b, a, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(one_to_8[f"arr_{i}"], a, atol=1e-5, rtol=0)
