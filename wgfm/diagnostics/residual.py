@@ -13,15 +13,18 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
+from .jacobian import divergence as _divergence
+from .jacobian import probe_divergence
+from ._common import check_finite
+
 Scalar = Float[ArrayLike, ""]
 ScalarField = Callable[..., Array]
 
 
 def exact_divergence(field: Callable, x: Array, t: Scalar) -> Array:
-    """``div v(x, t) = tr dv/dx`` by forward-mode Jacobian (exact; D JVPs)."""
-    flat = x.reshape(-1)
-    jac = jax.jacfwd(lambda y: field(y.reshape(x.shape), t).reshape(-1))(flat)
-    return jnp.trace(jac)
+    """``div v(x, t) = tr dv/dx`` by forward mode (exact; D JVPs). See
+    :func:`wgfm.diagnostics.jacobian.divergence` for the chunked version."""
+    return _divergence(field, x, t)
 
 
 def transport_residual(
@@ -32,16 +35,27 @@ def transport_residual(
     log_density: ScalarField,
     dt_log_density: ScalarField,
     divergence: Callable[[Callable, Array, Scalar], Array] = exact_divergence,
+    probes: Array | None = None,
+    chunk_size: int | None = None,
 ) -> Array:
     """``d_t log p_t + div v + v . grad log p_t`` at one point ``x``.
 
     ``log_density(x, t)`` and ``dt_log_density(x, t)`` describe the target marginals (for a
-    Gaussian mixture: ``wgfm.gmm.log_density_field`` and ``wgfm.gmm.dt_log_density_field``);
-    ``divergence(field, x, t)`` defaults to the exact trace."""
+    Gaussian mixture: ``wgfm.gmm.log_density_field`` and ``wgfm.gmm.dt_log_density_field``).
+    The divergence is exact (``divergence(field, x, t)``, default the trace; ``chunk_size``
+    bounds its memory) unless ``probes`` ``(K, *x.shape)`` are given: then it is the unbiased
+    Hutchinson estimate, for large D (see :func:`wgfm.diagnostics.jacobian.make_probes`)."""
     v = field(x, t)
     if jnp.shape(v) != jnp.shape(x):
         raise ValueError(
             f"`field` must return an array shaped like x {jnp.shape(x)}, got {jnp.shape(v)}."
         )
+    if probes is not None:
+        div = probe_divergence(field, x, t, probes)
+    elif chunk_size is not None:
+        div = _divergence(field, x, t, chunk_size=chunk_size)
+    else:
+        div = divergence(field, x, t)
     grad_logp = jax.grad(log_density)(x, t)
-    return dt_log_density(x, t) + divergence(field, x, t) + jnp.sum(v * grad_logp)
+    out = dt_log_density(x, t) + div + jnp.sum(v * grad_logp)
+    return check_finite(out, x, t, "transport residual")

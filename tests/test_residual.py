@@ -1,0 +1,101 @@
+"""Tests for wgfm.diagnostics.residual: which velocity errors harm transport."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from wgfm import gmm
+from wgfm.diagnostics.jacobian import asymmetry, jacobian, make_probes
+from wgfm.diagnostics.residual import exact_divergence, transport_residual
+from wgfm.processes import VP
+
+PROC = VP()
+T = 0.3
+
+
+def setup(dim=2):
+    mix = (
+        gmm.ring(dtype=jnp.float64)
+        if dim == 2
+        else gmm.random_mixture(dim, 3, key=jax.random.key(dim))
+    )
+    v = gmm.velocity_field(mix, PROC)
+    score = gmm.score_field(mix, PROC)
+    kw = dict(
+        log_density=gmm.log_density_field(mix, PROC),
+        dt_log_density=gmm.dt_log_density_field(mix, PROC),
+    )
+    xs = mix.marginal(PROC, T).sample(128, key=jax.random.key(0))
+    return v, score, kw, xs
+
+
+def l2p(w, xs):
+    """Monte-Carlo ``||w||_{L2(p_t)}`` over samples of p_t."""
+    return jnp.sqrt(jnp.mean(jnp.sum(jax.vmap(lambda x: w(x, T))(xs) ** 2, axis=-1)))
+
+
+def test_oracle_and_harmless_perturbation_vanish_generic_does_not():
+    v, score, kw, xs = setup()
+    anti = jnp.array([[0.0, 1.0], [-1.0, 0.0]])
+    harmless = lambda x, t: anti @ score(x, t)  # noqa: E731  div(p A grad log p) = 0
+    generic = lambda x, t: jnp.array([[0.6, 0.2], [-0.1, 0.4]]) @ x + jnp.sin(x)  # noqa: E731
+    scale = l2p(harmless, xs) / l2p(generic, xs)  # same L2(p) size as the harmless error
+    fields = {
+        "oracle": v,
+        "harmless": lambda x, t: v(x, t) + harmless(x, t),
+        "generic": lambda x, t: v(x, t) + scale * generic(x, t),
+    }
+    res = {
+        k: jax.jit(jax.vmap(lambda x: transport_residual(f, x, T, **kw)))(xs)
+        for k, f in fields.items()
+    }
+    ref = float(jnp.sqrt(jnp.mean(jax.vmap(lambda x: kw["dt_log_density"](x, T))(xs) ** 2)))
+    # float64 closed forms: the exact residual is rounding-level relative to d_t log p
+    assert float(jnp.max(jnp.abs(res["oracle"]))) < 1e-9 * (1 + ref)
+    assert float(jnp.max(jnp.abs(res["harmless"]))) < 1e-9 * (1 + ref)
+    assert float(jnp.sqrt(jnp.mean(res["generic"] ** 2))) > 0.1 * (1 + ref)
+    # ... although the harmless error makes the field strongly non-conservative
+    lam = jax.vmap(lambda x: asymmetry(jacobian(fields["harmless"], x, T)).ratio)(xs[:16])
+    assert float(jnp.median(lam)) > 0.3
+
+
+def test_probe_and_chunked_divergence_options():
+    v, _, kw, xs = setup(dim=4)
+    x = xs[0]
+    exact = transport_residual(v, x, T, **kw)
+    np.testing.assert_allclose(transport_residual(v, x, T, **kw, chunk_size=4), exact, atol=1e-12)
+    pert = lambda y, t: v(y, t) + jnp.tanh(y[::-1])  # noqa: E731
+    want = transport_residual(pert, x, T, **kw)
+    est = jax.jit(
+        jax.vmap(lambda k: transport_residual(pert, x, T, **kw, probes=make_probes(k, 4, (4,))))
+    )(jax.random.split(jax.random.key(1), 1000))
+    # Hutchinson divergence is unbiased: mean within 3 standard errors of the exact residual
+    assert abs(float(est.mean() - want)) < 3 * float(est.std()) / np.sqrt(est.size)
+    assert float(est.std()) > 0  # the probe path really ran
+
+
+def test_default_signature_and_trace_once():
+    v, _, kw, xs = setup()
+    # the original keyword `divergence=` (used by wgfm.check) still works
+    a = transport_residual(v, xs[0], T, **kw, divergence=exact_divergence)
+    b = transport_residual(v, xs[0], T, **kw)
+    np.testing.assert_allclose(a, b, atol=1e-14)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def r(x, t):
+        return transport_residual(v, x, t, **kw)
+
+    chex.clear_trace_counter()
+    got = [r(x, jnp.asarray(t)) for x, t in zip(xs[:3], (0.2, 0.3, 0.4), strict=True)]
+    np.testing.assert_allclose(got[1], transport_residual(v, xs[1], 0.3, **kw), atol=1e-12)
+
+
+def test_bad_inputs():
+    v, _, kw, xs = setup()
+    with pytest.raises(ValueError, match="shaped like"):
+        transport_residual(lambda x, t: x[:1], xs[0], T, **kw)
+    with pytest.raises(ValueError, match=r"non-finite.*x="):
+        transport_residual(lambda x, t: v(x, t) + jnp.log(x - 100.0), xs[0], T, **kw)
