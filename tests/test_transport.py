@@ -1,0 +1,194 @@
+"""Probability-flow sampling and likelihood against the Gaussian-mixture oracle.
+
+Compilation dominates the cost of these tests (a few seconds per distinct solve), so shapes and
+settings are shared between tests wherever possible.
+"""
+
+import chex
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from wgfm import gmm, metrics, processes, transport
+
+N = 2000  # samples per sampling test: binomial SE of a 1/8 weight is 0.0074
+
+
+def _floor_check(mix, process, samples, *, key, repeats=8):
+    """Sliced-W2 and MMD of ``samples`` against fresh oracle samples of p_{t_min}, next to the
+    noise floor (same metric between two oracle sets of the same size). 'Within the floor'
+    means below mean + 3 std of the floor values."""
+    target = mix.marginal(process, process.t_min)
+    kp = jax.random.key(99)
+    d = mix.dim
+    h = float(jnp.sqrt(jnp.trace(mix.covariance()) / d))
+    bws = (0.5 * h, h, 2 * h)
+
+    def sw(a, b):
+        return metrics.sliced_wasserstein(a, b, key=kp, num_projections=64)
+
+    def mm(a, b):
+        return metrics.mmd(a, b, bandwidths=bws)
+
+    ref = target.sample(samples.shape[0], key=key)
+    for metric in (sw, mm):
+        floor = np.asarray(
+            metrics.noise_floor(
+                metric, target.sample, samples.shape[0], key=jax.random.key(7), num_repeats=repeats
+            )
+        )
+        value = float(metric(samples, ref))
+        assert value < floor.mean() + 3 * floor.std(), (metric, value, floor)
+
+
+def _mode_check(mix, samples):
+    z = np.asarray(metrics.mode_weight_zscores(mix, samples))
+    assert np.all(np.abs(z) < 3.0), z
+
+
+@pytest.mark.parametrize("process", [processes.VP(), processes.VE()], ids=["vp", "ve"])
+def test_sample_ode_ring_reproduces_oracle(process):
+    mix = gmm.ring()
+    field = gmm.velocity_field(mix, process)
+    res = transport.sample_ode(field, process, key=jax.random.key(1), num_samples=N, shape=(2,))
+    assert res.samples.shape == (N, 2)
+    assert res.stats.converged and res.stats.nfe.shape == (N,)
+    _mode_check(mix, res.samples)
+    _floor_check(mix, process, res.samples, key=jax.random.key(2))
+
+
+def test_sample_ode_mixture_10d_subvp():
+    mix = gmm.random_mixture(10, 4, key=jax.random.key(3))
+    process = processes.SubVP()
+    field = gmm.velocity_field(mix, process)
+    res = transport.sample_ode(field, process, key=jax.random.key(4), num_samples=N, shape=(10,))
+    assert res.stats.converged
+    _mode_check(mix, res.samples)
+    _floor_check(mix, process, res.samples, key=jax.random.key(5))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "process", [processes.VP(), processes.SubVP(), processes.VE()], ids=["vp", "subvp", "ve"]
+)
+@pytest.mark.parametrize("which", ["ring", "mix10"])
+def test_sample_ode_full_matrix(process, which):
+    mix = gmm.ring() if which == "ring" else gmm.random_mixture(10, 4, key=jax.random.key(3))
+    field = gmm.velocity_field(mix, process)
+    res = transport.sample_ode(
+        field, process, key=jax.random.key(6), num_samples=N, shape=(mix.dim,)
+    )
+    assert res.stats.converged
+    _mode_check(mix, res.samples)
+    _floor_check(mix, process, res.samples, key=jax.random.key(8))
+
+
+def test_sample_ode_joint_matches_per_sample_and_saves_trajectory():
+    # The joint solve uses one step sequence for the batch; both are accurate to ~tol, so they
+    # agree to a few 1e-4 (tolerance 1e-5 relative/absolute, errors accumulate over ~100 steps).
+    mix, process = gmm.ring(), processes.VP()
+    field = gmm.velocity_field(mix, process)
+    x = process.prior_sample((16, 2), key=jax.random.key(9))
+    ts = jnp.array([0.5, 0.1])
+    a = transport.sample_ode(field, process, x, save_times=ts)
+    b = transport.sample_ode(field, process, x, per_sample=False, save_times=ts)
+    np.testing.assert_allclose(a.samples, b.samples, atol=1e-3)
+    assert a.trajectory is not None and b.trajectory is not None
+    assert a.trajectory.shape == b.trajectory.shape == (16, 2, 2)
+    np.testing.assert_allclose(a.trajectory, b.trajectory, atol=1e-3)
+    assert b.stats.nfe.shape == ()
+    # vmap == loop: a single-sample solve equals its row of the batched solve.
+    one = transport.sample_ode(field, process, x[3:4], save_times=ts)
+    np.testing.assert_allclose(one.samples[0], a.samples[3], rtol=1e-12, atol=1e-12)
+
+
+def _counting(field, counter):
+    """The field, plus a host callback that counts how often it is really evaluated."""
+
+    def cb():
+        counter[0] += 1
+
+    def counted(x, t):
+        jax.debug.callback(cb)
+        return field(x, t)
+
+    return counted
+
+
+@pytest.mark.parametrize(
+    "solver, fixed", [(diffrax.Tsit5(), False), (diffrax.Heun(), True), (diffrax.Euler(), True)]
+)
+def test_nfe_equals_real_evaluation_count(solver, fixed):
+    mix, process = gmm.ring(), processes.VP()
+    counter = [0]
+    field = _counting(gmm.velocity_field(mix, process), counter)
+    x = process.prior_sample((1, 2), key=jax.random.key(10))
+    if fixed:
+        res = transport.sample_fixed_step(field, process, x, num_steps=20, solver=solver)
+        assert int(res.stats.num_steps[0]) == 20
+    else:
+        res = transport.sample_ode(field, process, x, solver=solver)
+    jax.block_until_ready(res)
+    assert int(res.stats.nfe[0]) == counter[0]
+    np.testing.assert_array_equal(
+        res.stats.nfe,
+        transport.count_nfe(
+            solver,
+            diffrax.StepTo(jnp.zeros(2)) if fixed else diffrax.PIDController(1e-5, 1e-5),
+            res.stats.num_steps,
+        ),
+    )
+
+
+def test_new_tolerances_do_not_retrace(monkeypatch):
+    mix, process = gmm.ring(), processes.VP()
+    field = gmm.velocity_field(mix, process)
+    counted = chex.assert_max_traces(transport._sample_impl, n=1)
+    monkeypatch.setattr(transport, "_sample_jit", eqx.filter_jit(counted))
+    x = process.prior_sample((8, 2), key=jax.random.key(11))
+    nfes = []
+    for tol in (1e-3, 1e-5, 1e-7):
+        res = transport.sample_ode(field, process, x, rtol=tol, atol=tol)
+        nfes.append(float(res.stats.nfe.mean()))
+    assert nfes[0] < nfes[1] < nfes[2]  # the tolerances really reached the controller
+    chex.clear_trace_counter()
+
+
+def test_strict_mode_max_steps_and_nonfinite():
+    mix, process = gmm.ring(), processes.VP()
+    field = gmm.velocity_field(mix, process)
+    x = process.prior_sample((4, 2), key=jax.random.key(12))
+    with pytest.raises(RuntimeError, match="max_steps"):
+        transport.sample_ode(field, process, x, max_steps=3)
+    res = transport.sample_ode(field, process, x, max_steps=3, strict=False)
+    assert not res.stats.converged
+    assert np.all(np.asarray(res.stats.result) == diffrax.RESULTS.max_steps_reached._value)
+    assert any("max" in m for m in res.stats.messages())
+
+    def bad(x, t):  # blows up below t = 0.5
+        return jnp.where(t < 0.5, jnp.nan, 1.0) * field(x, t)
+
+    with pytest.raises(RuntimeError, match="non-finite"):
+        transport.sample_fixed_step(bad, process, x, num_steps=10)
+    res = transport.sample_fixed_step(bad, process, x, num_steps=10, strict=False)
+    assert not np.any(np.asarray(res.ok))
+
+
+def test_shape_and_argument_errors():
+    mix, process = gmm.ring(), processes.VP()
+    field = gmm.velocity_field(mix, process)
+    with pytest.raises(ValueError, match="field"):
+        transport.sample_ode(field, process, jnp.zeros((4, 3)))
+    with pytest.raises(ValueError, match="x_init"):
+        transport.sample_ode(field, process, jnp.zeros(2))
+    with pytest.raises(ValueError, match="key"):
+        transport.sample_ode(field, process)
+    with pytest.raises(ValueError, match="save_times"):
+        transport.sample_ode(field, process, jnp.zeros((4, 2)), save_times=[0.1, 0.5])
+    with pytest.raises(ValueError, match="solver"):
+        transport.sample_ode(field, process, jnp.zeros((4, 2)), solver="tsit5")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="t_end"):
+        transport.sample_ode(field, process, jnp.zeros((4, 2)), t_end=2.0)
