@@ -80,17 +80,18 @@ def test_conservative_head_jacobian_is_symmetric():
     model = get_model("mlp-small", predicts="score", conservative=True)
     params = model.init(KEY, (4,), jnp.float64)
     x = jax.random.normal(KEY, (4,))
-    jac = jax.jacfwd(model.apply, argnums=1)(params, x, 0.4)
+    jac = jax.jit(jax.jacfwd(model.apply, argnums=1))(params, x, 0.4)
     # A Hessian of a float64 potential: symmetric to rounding (|J| ~ 1, so 1e-12 absolute).
     np.testing.assert_allclose(jac, jac.T, rtol=0, atol=1e-12)
     # ... and it is the gradient of the stated potential (finite differences, step 1e-6).
     h, pot = 1e-6, jax.jit(jax.vmap(model.potential, in_axes=(None, 0, None)))
     e = jnp.eye(4)
     fd = (pot(params, x + h * e, 0.4) - pot(params, x - h * e, 0.4)) / (2 * h)
-    np.testing.assert_allclose(model.apply(params, x, 0.4), np.array(fd), rtol=1e-6, atol=1e-8)
+    grad = jax.jit(model.apply)(params, x, 0.4)
+    np.testing.assert_allclose(grad, np.array(fd), rtol=1e-6, atol=1e-8)
     # The free network is not symmetric (the comparison the head exists for).
     free = get_model("mlp-small", predicts="score")
-    jf = jax.jacfwd(free.apply, argnums=1)(free.init(KEY, (4,), jnp.float64), x, 0.4)
+    jf = jax.jit(jax.jacfwd(free.apply, argnums=1))(free.init(KEY, (4,), jnp.float64), x, 0.4)
     assert np.abs(jf - jf.T).max() > 1e-3
 
 

@@ -70,7 +70,7 @@ def test_eps_and_flow_matching_objectives_give_the_same_velocity(eps_run, fm_run
 @pytest.fixture(scope="module")
 def resume_runs(tmp_path_factory):
     cfg = train.TrainConfig(steps=40, batch_size=64, lr=1e-3, warmup_steps=5, checkpoint_every=20,
-                            log_every=20, ema_decay=0.9)  # fmt: skip
+                            log_every=20, ema_decay=0.9, weighting="min-snr")  # fmt: skip
     model = get_model("mlp-small", predicts="eps", width=32)
     data, key = DATA[:512], jax.random.PRNGKey(7)
     root = tmp_path_factory.mktemp("resume")
@@ -91,6 +91,10 @@ def test_resume_is_bit_identical(resume_runs):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
     assert not np.array_equal(jax.tree.leaves(r["first"].params)[0], jax.tree.leaves(b)[0])
+    # The three fit calls share one jitted step (cached per model, process and config).
+    assert train.make_train_step(r["model"], VP, r["cfg"]) is train.make_train_step(
+        r["model"], VP, r["cfg"]
+    )
     lines = (r["root"] / "b" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(s)["step"] for s in lines] == [20, 40]
 
@@ -140,19 +144,6 @@ def test_non_finite_data_is_rejected_before_training(tmp_path):
         train.TrainConfig(weighting="snr")
 
 
-def test_train_step_compiles_once_and_min_snr_weighting():
-    cfg = train.TrainConfig(steps=10, batch_size=32, weighting="min-snr")
-    model = get_model("mlp-small", predicts="eps", width=16)
-    state = train.init_state(model, cfg, (2,), key=jax.random.PRNGKey(0))
-    step = train.make_train_step(model, VP, cfg)
-    data = jnp.asarray(DATA[:256])
-    for s in range(3):
-        idx = jnp.arange(32 * s, 32 * (s + 1), dtype=jnp.int32)
-        state, loss = step(state, data, idx)
-        assert np.isfinite(loss)
-    assert step._cache_size() == 1 and int(state.step) == 3
-
-
 def test_cli_train_writes_a_run_directory(tmp_path):
     rc = main(["train", "gmm2d", "--train.steps", "30", "--train.checkpoint-every", "15",
                "--train.log-every", "15", "--out", str(tmp_path), "--name", "r",
@@ -164,3 +155,15 @@ def test_cli_train_writes_a_run_directory(tmp_path):
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
     assert Checkpointer(run / "checkpoints").steps() == [15, 30]
     assert (run / "samples.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_train_step_traces_once():
+    cfg = train.TrainConfig(steps=10, batch_size=32, weighting="min-snr", ema_decay=0.5)
+    model = get_model("mlp-small", predicts="eps", width=16)
+    state = train.init_state(model, cfg, (2,), key=jax.random.PRNGKey(0))
+    step = train.make_train_step(model, VP, cfg)
+    data = jnp.asarray(DATA[:256])
+    for s in range(3):
+        state, loss = step(state, data, jnp.arange(32 * s, 32 * (s + 1), dtype=jnp.int32))
+        assert np.isfinite(loss)
+    assert step._cache_size() == 1 and int(state.step) == 3
