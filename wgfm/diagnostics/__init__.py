@@ -1,5 +1,6 @@
 """Conservativity diagnostics: Jacobian asymmetry, loop integrals, transport residual."""
 
+from .helmholtz import HelmholtzSplit, grid_2d, helmholtz_split, helmholtz_split_field
 from .jacobian import (
     Asymmetry,
     ProbeAsymmetry,
@@ -33,6 +34,10 @@ from .loops import (
 from .residual import exact_divergence, transport_residual
 
 __all__ = [
+    "HelmholtzSplit",
+    "grid_2d",
+    "helmholtz_split",
+    "helmholtz_split_field",
     "LoopReport",
     "PathDependence",
     "brownian_bridge",

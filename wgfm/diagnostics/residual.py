@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
+from ._common import check_finite
 from .jacobian import divergence as _divergence
 from .jacobian import probe_divergence
-from ._common import check_finite
 
 Scalar = Float[ArrayLike, ""]
 ScalarField = Callable[..., Array]

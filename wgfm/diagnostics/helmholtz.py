@@ -1,0 +1,145 @@
+"""Density-weighted Helmholtz split of a 2D error field ``w`` on a grid (DESIGN.md §1).
+
+``w = grad phi + r`` with ``div(p r) = 0``: ``phi`` solves ``div(p grad phi) = div(p w)``
+(no-flux boundary). Only ``grad phi`` changes the continuity equation, so
+``||grad phi||_{L2(p)}`` is the *harmful* part of the error and ``||w - grad phi||_{L2(p)}`` the
+harmless one. Discretisation: ``phi`` at cell centres, gradients and fluxes on the faces between
+cells, face weights ``p_f`` = mean of the two cells. The discrete problem is the weighted
+least-squares projection ``min_phi ||w_f - G phi||_{p_f}``, whose normal equations
+``G^T P G phi = G^T P w_f`` are the weak form of the PDE; ``G^T`` comes from
+``jax.linear_transpose`` (exact adjoint, so harmful^2 + harmless^2 = total^2 to solver tolerance).
+
+Solver: matrix-free conjugate gradients, ``jax.scipy.sparse.linalg.cg`` with a Jacobi
+preconditioner. The operator is symmetric positive semi-definite (constants form its kernel and
+the right-hand side is orthogonal to them), which is exactly CG's setting; it is jit/vmap
+compatible and part of JAX itself (lineax's CG would do the same with more ceremony).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax.scipy.sparse.linalg import cg
+from jaxtyping import Array, ArrayLike, Float
+
+from .._checks import check_less, check_positive
+
+
+class HelmholtzSplit(eqx.Module):
+    """``phi`` (nx, ny); ``grad_phi`` (nx, ny, 2) at cell centres (for plots); L2(p) norms of the
+    harmful part ``grad phi``, the harmless remainder and ``w`` itself (p normalised on the
+    grid); ``solver_residual`` = ``||A phi - b|| / ||b||``."""
+
+    phi: Array
+    grad_phi: Array
+    harmful: Array
+    harmless: Array
+    total: Array
+    solver_residual: Array
+
+
+def grid_2d(lo: float, hi: float, num: int, dtype=None) -> tuple[Array, float]:
+    """Cell centres ``(num, num, 2)`` of a uniform grid on ``[lo, hi]^2`` and the spacing."""
+    check_less("lo", lo, "hi", hi)
+    if int(num) < 3:
+        raise ValueError(f"`num` must be >= 3, got {num}.")
+    h = (hi - lo) / num
+    c = lo + h * (jnp.arange(int(num), dtype=dtype or jnp.result_type(float)) + 0.5)
+    gx, gy = jnp.meshgrid(c, c, indexing="ij")
+    return jnp.stack([gx, gy], axis=-1), h
+
+
+def helmholtz_split(
+    w: Float[Array, "nx ny 2"],
+    p: Float[Array, "nx ny"],
+    spacing: float | tuple[float, float],
+    *,
+    tol: float = 1e-10,
+    maxiter: int = 10_000,
+) -> HelmholtzSplit:
+    """Split ``w`` (cell-centred, index ``[i, j]`` = (x_i, y_j)) with density ``p`` (>= 0,
+    any normalisation)."""
+    p = jnp.asarray(p)
+    w = jnp.asarray(w)
+    if p.ndim != 2 or min(p.shape) < 3:
+        raise ValueError(f"`p` must be a (nx >= 3, ny >= 3) grid, got shape {p.shape}.")
+    if w.shape != (*p.shape, 2):
+        raise ValueError(f"`w` must have shape {(*p.shape, 2)} to match `p`, got {w.shape}.")
+    hs = jnp.broadcast_to(jnp.asarray(spacing, p.dtype), (2,))
+    hx, hy = hs[0], hs[1]
+    check_positive("spacing", hs)
+    p = eqx.error_if(p, jnp.any(p < 0) | ~jnp.all(jnp.isfinite(p)), "`p` must be finite, >= 0.")
+    w = eqx.error_if(w, ~jnp.all(jnp.isfinite(w)), "`w` must be finite.")
+    p = p / (jnp.sum(p) * hx * hy)
+    # Face weights, floored so no cell is fully decoupled (the floor is invisible in L2(p)).
+    floor = 1e-12 * jnp.max(p)
+    px = 0.5 * (p[1:] + p[:-1]) + floor
+    py = 0.5 * (p[:, 1:] + p[:, :-1]) + floor
+    wf = (0.5 * (w[1:, :, 0] + w[:-1, :, 0]), 0.5 * (w[:, 1:, 1] + w[:, :-1, 1]))
+
+    def grad(phi):
+        return (phi[1:] - phi[:-1]) / hx, (phi[:, 1:] - phi[:, :-1]) / hy
+
+    grad_t = jax.linear_transpose(grad, p)
+
+    def weigh(f):
+        return (px * f[0], py * f[1])
+
+    def op(phi):
+        return grad_t(weigh(grad(phi)))[0]
+
+    diag = (_pad0(px, 0) / hx**2) + (_pad0(py, 1) / hy**2)
+    b = grad_t(weigh(wf))[0]
+    phi, _ = cg(op, b, tol=tol, maxiter=maxiter, M=lambda r: r / diag)
+    phi = phi - jnp.sum(p * phi) * hx * hy  # fix the free constant: E_p[phi] = 0
+    g = grad(phi)
+    cell = hx * hy
+
+    def norm(f):
+        return jnp.sqrt(cell * (jnp.sum(px * f[0] ** 2) + jnp.sum(py * f[1] ** 2)))
+
+    rest = (wf[0] - g[0], wf[1] - g[1])
+    res = jnp.linalg.norm(op(phi) - b) / jnp.maximum(jnp.linalg.norm(b), jnp.finfo(b.dtype).tiny)
+    return HelmholtzSplit(phi, _to_cells(g), norm(g), norm(rest), norm(wf), res)
+
+
+def helmholtz_split_field(
+    error_field: Callable[..., Array],
+    log_density: Callable[..., Array],
+    t: Float[ArrayLike, ""],
+    *,
+    lo: float,
+    hi: float,
+    num: int = 128,
+    **kwargs,
+) -> HelmholtzSplit:
+    """:func:`helmholtz_split` of ``w = error_field(x, t)`` with ``p = exp(log_density(x, t))``
+    on the grid of :func:`grid_2d` (a window holding essentially all of ``p_t``'s mass)."""
+    pts, h = grid_2d(lo, hi, num)
+    flat = pts.reshape(-1, 2)
+    w = jax.vmap(lambda x: error_field(x, t))(flat).reshape(num, num, 2)
+    logp = jax.vmap(lambda x: log_density(x, t))(flat).reshape(num, num)
+    return helmholtz_split(w, jnp.exp(logp - jnp.max(logp)), h, **kwargs)
+
+
+def _pad0(f: Array, axis: int) -> Array:
+    """Sum of the two face values around each cell (zero flux outside the grid)."""
+    pad = [(0, 0), (0, 0)]
+    pad[axis] = (1, 0)
+    lo = jnp.pad(f, pad)
+    pad[axis] = (0, 1)
+    return lo + jnp.pad(f, pad)
+
+
+def _to_cells(g: tuple[Array, Array]) -> Array:
+    """Average face gradients onto cell centres (one-sided at the boundary)."""
+    gx = 0.5 * (
+        jnp.pad(g[0], [(1, 0), (0, 0)], mode="edge") + jnp.pad(g[0], [(0, 1), (0, 0)], mode="edge")
+    )
+    gy = 0.5 * (
+        jnp.pad(g[1], [(0, 0), (1, 0)], mode="edge") + jnp.pad(g[1], [(0, 0), (0, 1)], mode="edge")
+    )
+    return jnp.stack([gx, gy], axis=-1)
