@@ -32,8 +32,13 @@ from .loops import (
     triangle_identity,
 )
 from .residual import exact_divergence, transport_residual
+from .sweep import DIAGNOSTICS, SweepResult, noised_samples, sweep
 
 __all__ = [
+    "DIAGNOSTICS",
+    "SweepResult",
+    "noised_samples",
+    "sweep",
     "HelmholtzSplit",
     "grid_2d",
     "helmholtz_split",

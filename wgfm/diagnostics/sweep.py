@@ -1,0 +1,156 @@
+"""Sweeps: one compiled evaluation of a diagnostic over samples x a grid of times.
+
+``sweep(diagnostic, field, xs, ts)`` evaluates ``diagnostic(field, x, t)`` for every time
+``ts[i]`` and every sample ``xs[i, n]`` (``jax.vmap`` over samples inside ``jax.lax.map`` over
+times, so memory stays that of one time level), under ``equinox.filter_jit``: it compiles once
+per shape and reuses the executable for new sample and time values (pass the same ``field``
+object, e.g. an equinox Module or a ``functools.partial`` kept around, so it is not re-traced).
+Results come back as per-time arrays and quantiles, ready to tabulate or plot by noise level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ..processes import AbstractProcess
+from .jacobian import asymmetry, divergence, jacobian
+
+Diagnostic = Callable[..., Array]
+
+
+def lambda_ratio(field, x, t) -> Array:
+    """Exact asymmetry ratio ``||J - J^T||_F / ||J||_F``."""
+    return asymmetry(jacobian(field, x, t)).ratio
+
+
+def nasym(field, x, t) -> Array:
+    """QCSBM's ``NAsym = ||J - J^T||_F^2 / (4 ||J||_F^2)``, exact."""
+    return asymmetry(jacobian(field, x, t)).nasym
+
+
+def field_norm(field, x, t) -> Array:
+    """``||field(x, t)||``."""
+    return jnp.sqrt(jnp.sum(field(x, t) ** 2))
+
+
+DIAGNOSTICS: dict[str, Diagnostic] = {
+    "lambda": lambda_ratio,
+    "nasym": nasym,
+    "divergence": divergence,
+    "norm": field_norm,
+}
+
+
+class SweepResult(eqx.Module):
+    """``values[i, n]`` at time ``ts[i]`` and sample ``n`` (a PyTree of such arrays if the
+    diagnostic returns one); ``mean[i]`` and ``quantiles[q, i]`` at levels ``levels[q]``."""
+
+    ts: Array
+    values: Array
+    mean: Array
+    levels: Array
+    quantiles: Array
+
+
+def noised_samples(
+    process: AbstractProcess,
+    x0: Float[Array, "n ..."],
+    ts: Float[Array, " T"],
+    *,
+    key: PRNGKeyArray,
+) -> Array:
+    """``x_t = alpha_t x0 + sigma_t eps`` for every time: shape ``(T, n, *x0.shape[1:])``."""
+    keys = jax.random.split(key, jnp.shape(ts)[0])
+    return jax.vmap(lambda t, k: process.sample_marginal(x0, t, key=k)[0])(ts, keys)
+
+
+@eqx.filter_jit
+def _run(diag, field, xs, ts, keys):
+    def at_time(args):
+        x_t, t, k = args
+        if k is None:
+            return jax.vmap(lambda x: diag(field, x, t))(x_t)
+        ks = jax.random.split(k, x_t.shape[0])
+        return jax.vmap(lambda x, kk: diag(field, x, t, key=kk))(x_t, ks)
+
+    return jax.lax.map(at_time, (xs, ts, keys))
+
+
+def sweep(
+    diagnostic: str | Diagnostic,
+    field: Callable[..., Array],
+    xs: Float[Array, "T n ..."],
+    ts: Float[Array, " T"],
+    *,
+    key: PRNGKeyArray | None = None,
+    levels: Sequence[float] = (0.05, 0.25, 0.5, 0.75, 0.95),
+) -> SweepResult:
+    """Evaluate ``diagnostic(field, x, t)`` (a name in ``DIAGNOSTICS`` or a function; given
+    ``key``, it is called with a fresh ``key=`` per sample) on ``xs[i, n]`` at ``ts[i]``."""
+    diag = _resolve(diagnostic)
+    ts = jnp.asarray(ts)
+    xs = jnp.asarray(xs)
+    if ts.ndim != 1 or xs.ndim < 3 or xs.shape[0] != ts.shape[0]:
+        raise ValueError(
+            f"`xs` must have shape (T, n, *sample_shape) with T = len(ts), and `ts` shape (T,); "
+            f"got xs {xs.shape}, ts {ts.shape} (use noised_samples, or broadcast shared samples)."
+        )
+    keys = None if key is None else jax.random.split(key, ts.shape[0])
+    try:
+        values = _run(diag, field, xs, ts, keys)
+    except eqx.EquinoxRuntimeError as err:
+        _name_nonfinite_input(field, xs, ts, err)
+        raise
+    _check_values(values, ts)
+    q = jnp.asarray(levels, dtype=ts.dtype)
+    return SweepResult(
+        ts,
+        values,
+        jax.tree_util.tree_map(lambda v: jnp.mean(v, axis=1), values),
+        q,
+        jax.tree_util.tree_map(lambda v: jnp.quantile(v, q, axis=1), values),
+    )
+
+
+def _resolve(diagnostic: str | Diagnostic) -> Diagnostic:
+    if isinstance(diagnostic, str):
+        if diagnostic not in DIAGNOSTICS:
+            raise ValueError(
+                f"`diagnostic` must be one of {sorted(DIAGNOSTICS)} or a callable, got {diagnostic!r}."
+            )
+        return DIAGNOSTICS[diagnostic]
+    if not callable(diagnostic):
+        raise ValueError(f"`diagnostic` must be a name or a callable, got {diagnostic!r}.")
+    return diagnostic
+
+
+def _raise_at(bad: np.ndarray, ts: Array, what: str, cause=None) -> None:
+    i, n = (int(a) for a in np.argwhere(bad)[0])
+    raise ValueError(
+        f"{what} non-finite at time index {i} (t={float(ts[i])!r}), sample index {n} "
+        f"(xs[{i}, {n}]); {int(bad.sum())} of {bad.size} (time, sample) pairs are affected."
+    ) from cause
+
+
+def _name_nonfinite_input(field, xs, ts, err) -> None:
+    """After an in-jit non-finite error: find and name the first input with bad field values."""
+    vals = eqx.filter_jit(
+        lambda f, x, t: jax.vmap(lambda xi, ti: jax.vmap(lambda y: f(y, ti))(xi))(x, t)
+    )(field, xs, ts)
+    bad = np.asarray(~jnp.all(jnp.isfinite(vals), axis=tuple(range(2, vals.ndim))))
+    if bad.any():
+        _raise_at(bad, ts, "`field` values are", err)
+
+
+def _check_values(values, ts) -> None:
+    for leaf in jax.tree_util.tree_leaves(values):
+        arr = np.asarray(leaf)
+        bad = np.asarray(~np.isfinite(arr).reshape(arr.shape[0], arr.shape[1], -1).all(axis=-1))
+        if bad.any():
+            _raise_at(bad, ts, "diagnostic values are")
