@@ -132,6 +132,16 @@ def diagnostics(mesh) -> dict:
     # Proof that the work was split: each device sees ceil(13 / 8) = 2 samples, not 13.
     local = dist.shard_over_samples(lambda x: jnp.full(x.shape[:1], x.shape[0]), mesh)(xs)
     out["local_batch"] = sorted({int(v) for v in np.asarray(local)})
+    # A non-finite Jacobian on SOME devices only must raise (equinox.error_if), not deadlock.
+    logs = jnp.abs(xs).at[::3].multiply(-1.0)  # log of a negative entry on every third sample
+    try:
+        bad = dist.shard_over_samples(
+            lambda x: jax.vmap(lambda a: J.jacobian(lambda y, t: jnp.log(y), a, 0.5))(x), mesh
+        )(logs)
+        jax.block_until_ready(bad)
+        out["nan_error"] = "none"
+    except Exception as e:  # equinox's runtime error type is private
+        out["nan_error"] = type(e).__name__ + (": non-finite" if "non-finite" in str(e) else "")
     return out
 
 

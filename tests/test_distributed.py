@@ -111,6 +111,11 @@ def test_sharded_diagnostics_equal_unsharded(report, name):
     assert r["max_diff"] <= 1e-10 * max(1.0, r["ref_scale"])
 
 
+def test_sharded_sweep_raises_on_non_finite(report):
+    # Samples 0, 3, 6, 9, 12 give NaN Jacobians: devices holding them fail, the others do not.
+    assert "non-finite" in report["diagnostics"]["nan_error"]
+
+
 def test_sharded_train_step_equals_single_device(report):
     t = report["training"]
     assert t["batch_devices"] == 8 and t["batch_shard_shape"] == [2]  # 16 samples, 2 per device

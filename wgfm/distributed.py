@@ -181,18 +181,21 @@ def shard_over_samples(
     axis, size = _axis(mesh), mesh.devices.size
     which = _argnums(sharded_argnums)
 
-    @eqx.filter_jit
-    def run(*args):
+    def count(args) -> int:
         if not which or max(which) >= len(args):
             raise ValueError(
                 f"`sharded_argnums`={sorted(which)} must name arguments of the call "
                 f"(got {len(args)} arguments)."
             )
-        dyn, static = eqx.partition(args, eqx.is_array)
+        dyn = eqx.filter(args, eqx.is_array)
         ns = {_leading(dyn[i], f"argument {i}") for i in which}
         if len(ns) != 1:
             raise ValueError(f"sharded arguments {sorted(which)} disagree on sample count {ns}.")
-        n = ns.pop()
+        return ns.pop()
+
+    @eqx.filter_jit
+    def padded(*args):
+        dyn, static = eqx.partition(args, eqx.is_array)
         dyn = tuple(pad_batch(a, size)[0] if i in which else a for i, a in enumerate(dyn))
         specs = tuple(P(axis) if i in which else P() for i in range(len(dyn)))
 
@@ -201,11 +204,22 @@ def shard_over_samples(
 
         # check_vma=False: diffrax's while loops and equinox's error_if do not annotate
         # varying-manual-axes; every output is per-sample, so out_specs P(axis) is exact.
-        out = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=P(axis), check_vma=False)(
+        return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=P(axis), check_vma=False)(
             *dyn
         )
+
+    def run(*args):
+        n = count(args)
+        out = padded(*args)
+        if -(-n // size) * size == n:
+            return out
+        # The program above has no cross-device communication, so an equinox.error_if raised on
+        # some devices only surfaces here as an error. Cutting the padding needs a gather: run it
+        # only once every device has finished (a collective after a partial failure deadlocks).
+        jax.block_until_ready(out)
         return jax.tree.map(lambda y: y[:n], out)
 
+    run.lower = padded.lower  # type: ignore[attr-defined]
     return run
 
 
