@@ -4,7 +4,7 @@ The core (processes, fields, the Gaussian-mixture oracle, losses, diagnostics, t
 metrics) is pure JAX; networks live in ``wgfm.models`` and reach the core as plain fields.
 """
 
-from . import data, fields, gmm, losses, processes
+from . import data, distributed, fields, gmm, losses, processes
 from .fields import as_field, conditional_velocity, convert, wgf_velocity
 from .gmm import (
     GaussianMixture,
@@ -42,6 +42,7 @@ __all__ = [
     "conditional_velocity",
     "convert",
     "data",
+    "distributed",
     "dt_log_density_field",
     "fields",
     "gmm",
