@@ -29,6 +29,7 @@ from wgfm import gmm, processes, transport  # noqa: E402
 from wgfm.checkpoint import Checkpointer  # noqa: E402
 from wgfm.diagnostics import jacobian as _jac_fn  # noqa: E402, F401
 from wgfm.diagnostics import loops  # noqa: E402
+from wgfm.diagnostics.sweep import sweep  # noqa: E402
 
 J = sys.modules["wgfm.diagnostics.jacobian"]  # the package re-exports a function of that name
 
@@ -121,6 +122,17 @@ def diagnostics(mesh) -> dict:
         ),
     }
     out = {}
+    # diagnostics.sweep over 3 noise levels x 13 samples, with and without per-sample keys.
+    xs_t = jnp.stack([xs, 0.5 * xs, 2.0 * xs])
+    ts3 = jnp.array([0.1, 0.5, 0.9])
+
+    def probe_ratio(f, x, t, *, key):
+        return J.probe_asymmetry(f, x, t, key=key, num_probes=2).stats.ratio
+
+    for name, diag, key in (("sweep_lambda", "lambda", None), ("sweep_probe", probe_ratio, kk)):
+        ref = sweep(diag, field, xs_t, ts3, key=key).values
+        got = sweep(diag, field, xs_t, ts3, key=key, mesh=mesh).values
+        out[name] = {"max_diff": max_diff(ref, got), "ref_scale": max_diff(ref, 0 * ref)}
     for name, (fn, args, argnums) in cases.items():
         ref = eqx.filter_jit(fn)(*args)  # the single-device path (compiled: eager is slower)
         got = dist.shard_over_samples(fn, mesh, sharded_argnums=argnums)(*args)

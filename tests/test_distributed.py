@@ -99,6 +99,8 @@ def test_worker_really_has_8_devices(report):
         "loop_integral",
         "log_likelihood",
         "sample_ode",
+        "sweep_lambda",
+        "sweep_probe",
     ],
 )
 def test_sharded_diagnostics_equal_unsharded(report, name):

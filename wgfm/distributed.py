@@ -61,6 +61,7 @@ __all__ = [
     "setup_devices",
     "shard_batch",
     "shard_over_samples",
+    "sweep_over_mesh",
 ]
 
 
@@ -221,6 +222,35 @@ def shard_over_samples(
 
     run.lower = padded.lower  # type: ignore[attr-defined]
     return run
+
+
+def sweep_over_mesh(diag, field, xs, ts, keys, mesh: Mesh) -> Any:
+    """``wgfm.diagnostics.sweep``'s values ``(T, n)`` with the n samples split over ``mesh``.
+
+    The per-time ``keys`` are split into per-sample keys HERE, exactly as the unsharded sweep
+    splits them, so a keyed (probe) diagnostic sees the same random numbers."""
+    sample_keys = None
+    if keys is not None:  # (T,) -> (n, T), key [n, i] = split(keys[i], n)[n]
+        sample_keys = jnp.swapaxes(jax.vmap(lambda k: jax.random.split(k, xs.shape[1]))(keys), 0, 1)
+    argnums = (2,) if sample_keys is None else (2, 4)
+    values = shard_over_samples(_sweep_local, mesh, sharded_argnums=argnums)(
+        diag, field, jnp.swapaxes(xs, 0, 1), ts, sample_keys
+    )
+    return jax.tree.map(lambda v: jnp.swapaxes(v, 0, 1), values)
+
+
+def _sweep_local(diag, field, xs_nt, ts, keys_nt):
+    """One device's samples ``xs_nt (n_local, T, ...)``: ``lax.map`` over times as in sweep."""
+
+    def at_time(args):
+        x_t, t, k = args
+        if k is None:
+            return jax.vmap(lambda x: diag(field, x, t))(x_t)
+        return jax.vmap(lambda x, kk: diag(field, x, t, key=kk))(x_t, k)
+
+    keys_tn = None if keys_nt is None else jnp.swapaxes(keys_nt, 0, 1)
+    out = jax.lax.map(at_time, (jnp.swapaxes(xs_nt, 0, 1), ts, keys_tn))
+    return jax.tree.map(lambda v: jnp.swapaxes(v, 0, 1), out)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -90,9 +90,11 @@ def sweep(
     *,
     key: PRNGKeyArray | None = None,
     levels: Sequence[float] = (0.05, 0.25, 0.5, 0.75, 0.95),
+    mesh=None,
 ) -> SweepResult:
     """Evaluate ``diagnostic(field, x, t)`` (a name in ``DIAGNOSTICS`` or a function; given
-    ``key``, it is called with a fresh ``key=`` per sample) on ``xs[i, n]`` at ``ts[i]``."""
+    ``key``, it is called with a fresh ``key=`` per sample) on ``xs[i, n]`` at ``ts[i]``.
+    ``mesh`` (``wgfm.distributed.make_mesh``) splits the samples over its devices: same values."""
     diag = _resolve(diagnostic)
     ts = jnp.asarray(ts)
     xs = jnp.asarray(xs)
@@ -103,7 +105,12 @@ def sweep(
         )
     keys = None if key is None else jax.random.split(key, ts.shape[0])
     try:
-        values = _run(diag, field, xs, ts, keys)
+        if mesh is None:
+            values = _run(diag, field, xs, ts, keys)
+        else:
+            from ..distributed import sweep_over_mesh
+
+            values = sweep_over_mesh(diag, field, xs, ts, keys, mesh)
     except eqx.EquinoxRuntimeError as err:
         _name_nonfinite_input(field, xs, ts, err)
         raise
