@@ -99,6 +99,39 @@ def reproduce(
     return 0
 
 
+def bench(
+    quick: bool = False, out: Path = Path("results/bench"), only: tuple[str, ...] = ()
+) -> int:
+    """Benchmarks side by side with PyTorch (torch.func, per-coordinate loops) and SciPy, plus
+    wgfm's own: benchmarks.json + benchmarks.md under --out (benchmarks_gpu.* on a GPU).
+    Full: ~10 minutes on 2 CPU cores; --quick: a few minutes. PyTorch comparisons need the
+    `bench` extra (pip install -e ".[bench]") and are skipped without it.
+
+    Args:
+        quick: smaller sizes and fewer repeats.
+        out: output directory.
+        only: run only modules whose name contains one of these (e.g. jacobian sampling).
+    """
+    root = _locate_benchmarks(Path(__file__).resolve().parent.parent)
+    if root is None:
+        print(
+            "wgfm bench: `benchmarks/run_all.py` not found next to the installed wgfm package; "
+            "run from a source checkout installed with `pip install -e .`.",
+            file=sys.stderr,
+        )
+        return 2
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks.run_all import main as run_all
+
+    return run_all(quick=quick, out=out, only=only)
+
+
+def _locate_benchmarks(root: Path) -> Path | None:
+    """``root`` if it is a source checkout holding ``benchmarks/run_all.py``, else None."""
+    return root if (root / "benchmarks" / "run_all.py").is_file() else None
+
+
 def _repo_on_path(package: str) -> None:
     """Put the source checkout holding ``package/`` (next to ``wgfm/``) on ``sys.path``."""
     root = Path(__file__).resolve().parent.parent
@@ -115,6 +148,7 @@ COMMANDS: dict[str, Callable[..., int | None]] = {
     "check": check,
     "train": train,
     "reproduce": reproduce,
+    "bench": bench,
 }
 
 

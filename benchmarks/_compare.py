@@ -1,0 +1,178 @@
+"""Helpers shared by the ``compare_*`` benchmarks: optional PyTorch, identical MLP weights in both
+frameworks, a matmul peak measured in the same process, and a trace counter.
+
+PyTorch is optional (the ``bench`` extra); :func:`torch_or_none` returns ``None`` with a message
+when it is absent, and the comparisons that need it are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._harness import block
+
+TORCH_MISSING = (
+    "PyTorch is not installed: skipping the torch comparisons "
+    '(install the bench extra: pip install -e ".[bench]").'
+)
+
+
+def torch_or_none(what: str) -> Any:
+    """Import torch (threads matched to the cores JAX uses) or print why ``what`` is skipped."""
+    try:
+        import torch
+    except ImportError:
+        print(f"[{what}] {TORCH_MISSING}", file=sys.stderr)
+        return None
+    torch.set_num_threads(os.cpu_count() or 1)
+    return torch
+
+
+# ---------------------------------------------------------------------------------------------
+# A plain MLP field (x, t) -> R^D with the same weights in JAX and PyTorch.
+
+
+def mlp_params(
+    dim: int, width: int = 256, depth: int = 3, seed: int = 0, dtype=np.float32
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """He-initialised ``[(W, b)]`` for input ``[x, t]`` (D+1), ``depth`` hidden layers, output D.
+    ``W`` is ``(in, out)``."""
+    rng = np.random.default_rng(seed)
+    sizes = [dim + 1] + [width] * depth + [dim]
+    return [
+        (
+            (rng.standard_normal((i, o)) * np.sqrt(2.0 / i)).astype(dtype),
+            (0.1 * rng.standard_normal(o)).astype(dtype),
+        )
+        for i, o in zip(sizes[:-1], sizes[1:], strict=True)
+    ]
+
+
+def mlp_jax(params):
+    """The MLP as a wgfm field ``(x (D,), t) -> (D,)`` closed over ``params`` (SiLU)."""
+    ps = [(jnp.asarray(w), jnp.asarray(b)) for w, b in params]
+
+    def field(x, t):
+        h = jnp.concatenate([x, jnp.reshape(t, (1,)).astype(x.dtype)])
+        for w, b in ps[:-1]:
+            h = jax.nn.silu(h @ w + b)
+        w, b = ps[-1]
+        return h @ w + b
+
+    return field
+
+
+def mlp_torch(torch, params):
+    """The same MLP as a ``torch.nn.Sequential`` taking ``[x, t]`` rows."""
+    layers = []
+    for i, (w, b) in enumerate(params):
+        lin = torch.nn.Linear(*w.shape)
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)))
+            lin.bias.copy_(torch.from_numpy(b))
+        layers.append(lin)
+        if i < len(params) - 1:
+            layers.append(torch.nn.SiLU())
+    return torch.nn.Sequential(*layers)
+
+
+def mlp_flops(dim: int, width: int = 256, depth: int = 3) -> int:
+    """Multiply-add FLOPs (2 per MAC) of one forward pass of :func:`mlp_params`'s MLP."""
+    sizes = [dim + 1] + [width] * depth + [dim]
+    return sum(2 * i * o for i, o in zip(sizes[:-1], sizes[1:], strict=True))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def matmul_peak(n: int = 1024, repeats: int = 7) -> dict[str, float]:
+    """Best achieved float32 GFLOP/s of an ``n x n`` matmul in JAX and (when present) torch: the
+    machine's practical peak, measured in the same process as the benchmarks (best of
+    ``repeats``, since a peak is a best case)."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    mm = jax.jit(lambda x: x @ x)
+    out = {"jax_gflops": 2 * n**3 / _best(lambda: block(mm(a)), repeats) / 1e9}
+    try:
+        import torch
+
+        b = torch.from_numpy(np.array(a))
+        out["torch_gflops"] = 2 * n**3 / _best(lambda: b @ b, repeats) / 1e9
+    except ImportError:
+        pass
+    out["peak_gflops"] = max(out.values())
+    return out
+
+
+def _best(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+class TraceCounter:
+    """Wrap a field; ``count`` goes up each time JAX traces it (Python runs only while tracing)."""
+
+    def __init__(self, field):
+        self.field, self.count = field, 0
+
+    def __call__(self, x, t):
+        if isinstance(x, jax.core.Tracer):  # pyright: ignore[reportAttributeAccessIssue]
+            self.count += 1
+        return self.field(x, t)
+
+
+def sync_torch(out):
+    """PyTorch CPU ops are synchronous; kept for symmetry with :func:`block`."""
+    return out
+
+
+class FastMixtureVelocity(eqx.Module):
+    """The exact WGF velocity of a Gaussian mixture's marginals, as ``wgfm.gmm.velocity_field``,
+    but with each component's precision matrix formed once per ``t`` (it does not depend on x, so
+    under ``vmap`` it is computed once per batch) and the per-sample work reduced to matmuls.
+
+    Hand-written because ``gmm.MarginalVelocity`` solves against every covariance per sample:
+    under ``vmap`` that becomes n*K small batched triangular/LU solves, ~100x slower at D = 64
+    on CPU. Checked against ``gmm.velocity_field`` in the benchmarks (``oracle_max_diff``)."""
+
+    mixture: Any
+    process: Any
+
+    def __call__(self, x, t):
+        a, b = self.process.velocity_coefficients(t)
+        al, sg = self.process.alpha(t), self.process.sigma(t)
+        d = self.mixture.dim
+        covs = al**2 * self.mixture.covs + sg**2 * jnp.eye(d, dtype=self.mixture.covs.dtype)
+        chol = jnp.linalg.cholesky(covs)
+        prec = jax.vmap(lambda c: jax.scipy.linalg.cho_solve((c, True), jnp.eye(d, dtype=c.dtype)))(
+            chol
+        )
+        logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+        diff = x - al * self.mixture.means  # (K, D)
+        pd = jnp.einsum("kij,kj->ki", prec, diff)
+        logits = jnp.log(self.mixture.weights) - 0.5 * (jnp.sum(diff * pd, axis=-1) + logdet)
+        score = -jax.nn.softmax(logits) @ pd
+        return a * x + b * score
+
+
+def oracle_max_diff(fast, oracle, dim: int, n: int = 8) -> float:
+    """Max relative difference of two fields on ``n`` points at 3 times (float64 expected)."""
+    x = 2 * jax.random.normal(jax.random.key(3), (n, dim), jnp.float64)
+    worst = 0.0
+    for t in (0.01, 0.3, 1.0):
+        a = eqx.filter_vmap(fast, in_axes=(0, None))(x, t)
+        b = eqx.filter_vmap(oracle, in_axes=(0, None))(x, t)
+        worst = max(worst, float(jnp.max(jnp.abs(a - b)) / (1 + jnp.max(jnp.abs(b)))))
+    return worst

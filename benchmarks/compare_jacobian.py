@@ -1,0 +1,134 @@
+"""Exact Jacobian asymmetry ``||J - J^T||_F / ||J||_F`` of an MLP field, batch of samples:
+``wgfm`` (jit + vmap of ``diagnostics.jacobian``) vs ``torch.func`` (``vmap(jacfwd)``) vs a
+per-coordinate autograd loop (one backward pass per output coordinate, the authors' method).
+
+Same weights and inputs in both frameworks (float32). Achieved FLOP rates are reported as a
+fraction of a float32 matmul peak measured in the same process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _compare as C
+from ._harness import record, time_call, time_jitted, write_results
+
+BENCH = "jacobian_asymmetry"
+WIDTH, DEPTH = 256, 3
+
+
+def wgfm_asymmetry_fn(field, t):
+    """Batched exact asymmetry ratio with wgfm's public diagnostics."""
+    from wgfm.diagnostics import asymmetry, jacobian
+
+    return jax.jit(jax.vmap(lambda x: asymmetry(jacobian(field, x, t)).ratio))
+
+
+def plain_jax_asymmetry_fn(field, t):
+    """The same with a bare ``jax.jacfwd`` (no checks): what wgfm's wrapper costs."""
+
+    def one(x):
+        jac = jax.jacfwd(lambda y: field(y, t))(x)
+        return jnp.linalg.norm(jac - jac.T) / jnp.linalg.norm(jac)
+
+    return jax.jit(jax.vmap(one))
+
+
+def torch_impls(torch, model, t: float):
+    """``(torch.func, per-coordinate loop)`` asymmetry functions of a ``(B, D)`` tensor."""
+    from torch.func import jacfwd, vmap
+
+    def f(x):  # one sample
+        return model(torch.cat([x, x.new_full((1,), t)]))
+
+    def ratio(jac):
+        return torch.linalg.matrix_norm(jac - jac.transpose(-1, -2)) / torch.linalg.matrix_norm(jac)
+
+    def func_asym(x):
+        with torch.no_grad():
+            return ratio(vmap(jacfwd(f))(x))
+
+    def loop_asym(x):
+        x = x.detach().requires_grad_(True)
+        y = model(torch.cat([x, x.new_full((x.shape[0], 1), t)], dim=1))
+        rows = [
+            torch.autograd.grad(y[:, i].sum(), x, retain_graph=i < x.shape[1] - 1)[0]
+            for i in range(x.shape[1])
+        ]
+        return ratio(torch.stack(rows, dim=1)).detach()
+
+    return func_asym, loop_asym
+
+
+def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
+    dims = [2, 8] if tiny else ([2, 64] if quick else [2, 16, 64, 256])
+    batch = 16 if tiny else (128 if quick else 512)
+    repeats = 1 if tiny else 3
+    torch = C.torch_or_none(BENCH)
+    peak = C.matmul_peak(n=256 if tiny else 1024, repeats=repeats)
+    rows = [
+        record(
+            BENCH, "matmul peak", "float32", compile_s=None, median_s=0.0, repeats=repeats, **peak
+        )
+    ]
+    t = 0.3
+    for dim in dims:
+        params = C.mlp_params(dim, WIDTH, DEPTH)
+        x = np.random.default_rng(1).standard_normal((batch, dim)).astype(np.float32)
+        flops = batch * (dim + 1) * C.mlp_flops(dim, WIDTH, DEPTH)  # primal + D tangents
+        case = f"D={dim}, B={batch}"
+
+        def extra(s, ref=None, val=None):
+            gf = flops / s / 1e9
+            out = {"gflops": gf, "peak_frac": gf / peak["peak_gflops"]}
+            if ref is not None:
+                out["max_abs_diff_vs_wgfm"] = float(np.max(np.abs(np.asarray(val) - ref)))
+            return out
+
+        xj = jnp.asarray(x)
+        fn = wgfm_asymmetry_fn(C.mlp_jax(params), jnp.float32(t))
+        compile_s, med = time_jitted(fn, xj, repeats=repeats)
+        ref = np.asarray(fn(xj))
+        rows.append(
+            record(BENCH, case, "wgfm jacobian + asymmetry", compile_s=compile_s, median_s=med,
+                   repeats=repeats, **extra(med))
+        )  # fmt: skip
+        plain = plain_jax_asymmetry_fn(C.mlp_jax(params), jnp.float32(t))
+        compile_p, med_p = time_jitted(plain, xj, repeats=repeats)
+        rows.append(
+            record(BENCH, case, "bare jax vmap(jacfwd)", compile_s=compile_p, median_s=med_p,
+                   repeats=repeats, **extra(med_p, ref, plain(xj)))
+        )  # fmt: skip
+        if torch is None:
+            continue
+        model = C.mlp_torch(torch, params)
+        xt = torch.from_numpy(x)
+        for name, f in zip(
+            ("torch.func vmap(jacfwd)", "torch per-coordinate loop"),
+            torch_impls(torch, model, t),
+            strict=True,
+        ):
+            first, med_t = time_call(lambda f=f: f(xt), repeats=repeats, warmup=3)
+            val = f(xt).numpy()
+            rows.append(
+                record(
+                    BENCH,
+                    case,
+                    name,
+                    compile_s=None,
+                    median_s=med_t,
+                    repeats=repeats,
+                    first_call_s=first,
+                    wgfm_speedup=med_t / med,
+                    **extra(med_t, ref, val),
+                )
+            )
+    return rows
+
+
+if __name__ == "__main__":
+    write_results(run(), Path("results/bench"), name=BENCH)

@@ -1,0 +1,169 @@
+"""64x64 sub-Jacobian of a small U-Net on images: ``wgfm.diagnostics.sub_jacobian`` (jit, vmap
+over images) vs PyTorch one-hot JVPs in chunks of 16 (the authors' method), identical weights.
+
+The U-Net is defined here in both frameworks (NCHW, torch weight layout, ported from the same
+numpy arrays) so that the weights are provably identical: two 3x3 convs, a stride-2 down conv,
+a bottleneck, nearest-neighbour upsampling, a skip concatenation and a 3x3 output conv, SiLU,
+time added as a per-channel bias. wgfm's flax U-Net has GroupNorm and attention whose exact
+torch twins would be more code than the benchmark itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _compare as C
+from ._harness import record, time_call, time_jitted, write_results
+
+BENCH = "sub_jacobian_64"
+# (name, in, out, stride) of the 3x3 convs; "up" is preceded by a 2x nearest upsample and
+# followed by a concat with "c1"'s output.
+LAYERS = [
+    ("c1", None, "w", 1),
+    ("down", "w", "2w", 2),
+    ("mid", "2w", "2w", 1),
+    ("up", "2w", "w", 1),
+    ("out", "2w", None, 1),
+]
+
+
+def unet_params(
+    channels: int, width: int, seed: int = 0
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    size = {None: channels, "w": width, "2w": 2 * width}
+    out = {}
+    for name, cin, cout, _ in LAYERS:
+        i, o = size[cin], size[cout]
+        w = rng.standard_normal((o, i, 3, 3)) * np.sqrt(2.0 / (9 * i))
+        out[name] = (w.astype(np.float32), (0.1 * rng.standard_normal(o)).astype(np.float32))
+    out["temb"] = (
+        0.5 * rng.standard_normal((2 * width, 1)).astype(np.float32),
+        np.zeros(2 * width, np.float32),
+    )
+    return out
+
+
+def unet_jax(params):
+    """The U-Net as a wgfm field ``(x (C, H, W), t) -> (C, H, W)``."""
+    p = jax.tree.map(jnp.asarray, params)
+
+    def conv(h, name, stride):
+        w, b = p[name]
+        y = jax.lax.conv_general_dilated(
+            h, w, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=("NCHW", "OIHW", "NCHW")
+        )
+        return y + b[None, :, None, None]
+
+    def field(x, t):
+        h = x[None]
+        h1 = jax.nn.silu(conv(h, "c1", 1))
+        h2 = jax.nn.silu(conv(h1, "down", 2))
+        h2 = h2 + (p["temb"][0][:, 0] * t)[None, :, None, None]
+        h3 = jax.nn.silu(conv(h2, "mid", 1))
+        up = jnp.repeat(jnp.repeat(h3, 2, axis=2), 2, axis=3)
+        h4 = jax.nn.silu(conv(up, "up", 1))
+        return conv(jnp.concatenate([h4, h1], axis=1), "out", 1)[0]
+
+    return field
+
+
+def unet_torch(torch, params):
+    """The same U-Net in PyTorch, batched: ``f(x (N, C, H, W), t) -> (N, C, H, W)``."""
+    F = torch.nn.functional
+    p = {k: (torch.from_numpy(w), torch.from_numpy(b)) for k, (w, b) in params.items()}
+
+    def conv(h, name, stride):
+        w, b = p[name]
+        return F.conv2d(h, w, b, stride=stride, padding=1)
+
+    def f(h, t):
+        h1 = F.silu(conv(h, "c1", 1))
+        h2 = F.silu(conv(h1, "down", 2))
+        h2 = h2 + (p["temb"][0][:, 0] * t)[None, :, None, None]
+        h3 = F.silu(conv(h2, "mid", 1))
+        h4 = F.silu(conv(F.interpolate(h3, scale_factor=2, mode="nearest"), "up", 1))
+        return conv(torch.cat([h4, h1], dim=1), "out", 1)
+
+    return f
+
+
+def torch_chunked_subjac(torch, f, t: float, chunk: int = 16):
+    """Authors' method: one-hot JVPs, ``chunk`` tangents at a time (the image repeated ``chunk``
+    times along the batch axis, one forward-mode pass per chunk), one image at a time."""
+    from torch.func import jvp
+
+    def one(x, idx):
+        d = x.numel()
+        cols = []
+        for c in range(0, len(idx), chunk):
+            sel = idx[c : c + chunk]
+            tang = torch.zeros(len(sel), d).index_put_(
+                (torch.arange(len(sel)), sel), torch.tensor(1.0)
+            )
+            tang = tang.reshape(len(sel), *x.shape)
+            rep = x.expand(len(sel), *x.shape).contiguous()
+            out = jvp(lambda y: f(y, t), (rep,), (tang,))[1]
+            cols.append(out.reshape(len(sel), d)[:, idx])
+        return torch.cat(cols).T
+
+    def batch(xs, idxs):
+        with torch.no_grad():
+            return torch.stack([one(x, i) for x, i in zip(xs, idxs, strict=True)])
+
+    return batch
+
+
+def wgfm_subjac_fn(field, t):
+    from wgfm.diagnostics import sub_jacobian
+
+    return jax.jit(jax.vmap(lambda x, i: sub_jacobian(field, x, t, i)))
+
+
+def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
+    channels, size, width = (3, 8, 4) if tiny else (3, 16, 16) if quick else (3, 32, 32)
+    n_img, k = (2, 8) if tiny else (4, 64) if quick else (16, 64)
+    repeats = 1 if tiny else 3
+    rng = np.random.default_rng(0)
+    params = unet_params(channels, width)
+    xs = rng.standard_normal((n_img, channels, size, size)).astype(np.float32)
+    d = channels * size * size
+    idxs = np.stack([rng.choice(d, k, replace=False) for _ in range(n_img)]).astype(np.int32)
+    t = 0.5
+    case = f"{n_img} images {channels}x{size}x{size}, width {width}, K={k}"
+    fn = wgfm_subjac_fn(unet_jax(params), jnp.float32(t))
+    args = (jnp.asarray(xs), jnp.asarray(idxs))
+    compile_s, med = time_jitted(fn, *args, repeats=repeats)
+    ref = np.asarray(fn(*args))
+    rows = [
+        record(BENCH, case, "wgfm sub_jacobian", compile_s=compile_s, median_s=med, repeats=repeats)
+    ]
+    torch = C.torch_or_none(BENCH)
+    if torch is None:
+        return rows
+    tfn = torch_chunked_subjac(torch, unet_torch(torch, params), t)
+    targs = (torch.from_numpy(xs), torch.from_numpy(idxs.astype(np.int64)))
+    first, med_t = time_call(lambda: tfn(*targs), repeats=repeats, warmup=2)
+    err = float(np.max(np.abs(tfn(*targs).numpy() - ref)) / np.max(np.abs(ref)))
+    rows.append(
+        record(
+            BENCH,
+            case,
+            "torch one-hot JVPs, chunks of 16",
+            compile_s=None,
+            median_s=med_t,
+            repeats=repeats,
+            first_call_s=first,
+            wgfm_speedup=med_t / med,
+            rel_diff_vs_wgfm=err,
+        )
+    )
+    return rows
+
+
+if __name__ == "__main__":
+    write_results(run(), Path("results/bench"), name=BENCH)

@@ -1,0 +1,153 @@
+"""Training-step throughput: ``wgfm.train.make_train_step`` (flax MLP width 256, depth 3, eps
+loss, VP process, global-norm clipping + AdamW + EMA) vs the equivalent PyTorch loop with the
+same network (weights ported from the flax parameters), batch, loss, optimiser and EMA, on CPU.
+
+The port is checked: both frameworks' predictions on one batch (``port_max_diff``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wgfm.models import get_model
+from wgfm.processes import VP
+from wgfm.train import TrainConfig, init_state, make_train_step
+
+from . import _compare as C
+from ._harness import block, record, write_results
+
+BENCH = "train_step"
+WIDTH, DEPTH = 256, 3
+
+
+def torch_mlp(torch, params, dim: int):
+    """``wgfm.models.layers.MLP`` in PyTorch with the flax parameters copied in."""
+    nn = torch.nn
+    p = params["params"]
+
+    def lin(d):
+        w = np.asarray(d["kernel"])
+        m = nn.Linear(*w.shape)
+        with torch.no_grad():
+            m.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)))
+            m.bias.copy_(torch.from_numpy(np.asarray(d["bias"])))
+        return m
+
+    class MLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.t0, self.t1 = lin(p["TimeMLP_0"]["dense_0"]), lin(p["TimeMLP_0"]["dense_1"])
+            self.inp = lin(p["Dense_0"])
+            self.emb = nn.ModuleList([lin(p[f"Dense_{1 + 2 * i}"]) for i in range(DEPTH)])
+            self.hid = nn.ModuleList([lin(p[f"Dense_{2 + 2 * i}"]) for i in range(DEPTH)])
+            self.out = lin(p[f"Dense_{1 + 2 * DEPTH}"])
+
+        def forward(self, x, t):
+            half = WIDTH // 4  # TimeMLP(width // 2) embeds into width // 2 = 2 * half features
+            freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, dtype=x.dtype) / (half - 1))
+            a = 1000.0 * t[:, None] * freqs[None]
+            e = self.t1(torch.nn.functional.silu(self.t0(torch.cat([a.sin(), a.cos()], -1))))
+            h = self.inp(x)
+            for le, lh in zip(self.emb, self.hid, strict=True):
+                h = lh(torch.nn.functional.silu(h + le(e)))
+            return self.out(torch.nn.functional.silu(h))
+
+    return MLP()
+
+
+def torch_loop(torch, model, config: TrainConfig, data, batch: int):
+    """The PyTorch step: stratified t, VP noising, eps loss, clip, AdamW, EMA."""
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    ema = [q.detach().clone() for q in model.parameters()]
+    proc = VP()
+    bmin, bmax, t_min = float(proc.beta_min), float(proc.beta_max), float(proc.t_min)
+    data = torch.from_numpy(data)
+    gen = torch.Generator().manual_seed(0)
+
+    def step(indices):
+        x0 = data[indices]
+        t = t_min + (1 - t_min) * (torch.arange(batch) + torch.rand(batch, generator=gen)) / batch
+        alpha = torch.exp(-0.5 * (bmin * t + 0.5 * (bmax - bmin) * t**2))[:, None]
+        eps = torch.randn(x0.shape, generator=gen)
+        xt = alpha * x0 + torch.sqrt(1 - alpha**2) * eps
+        loss = ((model(xt, t) - eps) ** 2).sum(-1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
+        opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, list(model.parameters()), 1 - config.ema_decay)
+        return loss
+
+    return step
+
+
+def run_case(dim: int, batch: int, steps: int, torch) -> list[dict]:
+    config = TrainConfig(steps=steps, batch_size=batch, warmup_steps=10, weight_decay=1e-4)
+    model = get_model("mlp", width=WIDTH, depth=DEPTH)
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((8 * batch, dim)).astype(np.float32)
+    idx = [rng.integers(0, len(data), batch).astype(np.int32) for _ in range(steps)]
+    case = f"D={dim}, B={batch}, {steps} steps"
+
+    state = init_state(model, config, (dim,), key=jax.random.key(0))
+    params0 = state.params
+    step = make_train_step(model, VP(), config)
+    dj = jnp.asarray(data)
+    t0 = time.perf_counter()
+    state, loss = step(state, dj, jnp.asarray(idx[0]))
+    block(loss)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i in idx:
+        state, loss = step(state, dj, jnp.asarray(i))
+    block(state.params)
+    wgfm_s = (time.perf_counter() - t0) / steps
+    rows = [
+        record(BENCH, case, "wgfm make_train_step (jit)", compile_s=first - wgfm_s, median_s=wgfm_s,
+               repeats=steps, steps_per_s=1 / wgfm_s, examples_per_s=batch / wgfm_s)
+    ]  # fmt: skip
+    if torch is None:
+        return rows
+    tm = torch_mlp(torch, params0, dim)
+    xs, ts = data[:batch], np.linspace(0.01, 1, batch, dtype=np.float32)
+    ref = np.asarray(
+        jax.vmap(model.apply, in_axes=(None, 0, 0))(params0, dj[:batch], jnp.asarray(ts))
+    )
+    with torch.no_grad():
+        got = tm(torch.from_numpy(xs), torch.from_numpy(ts)).numpy()
+    port = float(np.max(np.abs(got - ref)) / np.max(np.abs(ref)))
+    tstep = torch_loop(torch, tm, config, data, batch)
+    ti = [torch.from_numpy(i.astype(np.int64)) for i in idx]
+    tstep(ti[0])
+    t0 = time.perf_counter()
+    for i in ti:
+        tstep(i)
+    torch_s = (time.perf_counter() - t0) / steps
+    rows.append(
+        record(BENCH, case, "torch eager loop", compile_s=None, median_s=torch_s, repeats=steps,
+               steps_per_s=1 / torch_s, examples_per_s=batch / torch_s,
+               wgfm_speedup=torch_s / wgfm_s, port_max_diff=port)
+    )  # fmt: skip
+    return rows
+
+
+def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
+    torch = C.torch_or_none(BENCH)
+    if tiny:
+        cases = [(2, 16, 3)]
+    elif quick:
+        cases = [(2, 256, 20)]
+    else:
+        cases = [(2, 512, 100), (64, 512, 100)]
+    return [r for d, b, s in cases for r in run_case(d, b, s, torch)]
+
+
+if __name__ == "__main__":
+    write_results(run(), Path("results/bench"), name=BENCH)
