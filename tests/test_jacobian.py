@@ -189,7 +189,8 @@ def gmm_score(dim, key, dtype):
 
 
 @pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-5), (jnp.float64, 1e-12)])
-@pytest.mark.parametrize("dim", [2, 5, 16])
+# D = 5 repeats D = 2 and 16 with a third size: kept for the slow run only
+@pytest.mark.parametrize("dim", [2, pytest.param(5, marks=pytest.mark.slow), 16])
 @pytest.mark.parametrize("make", [mlp_potential_gradient, gmm_score])
 def test_gradient_fields_are_symmetric(make, dim, dtype, tol):
     field = make(dim, jax.random.key(dim), dtype)

@@ -39,7 +39,7 @@ def setup(dim=2):
 
 def l2p(w, xs):
     """Monte-Carlo ``||w||_{L2(p_t)}`` over samples of p_t."""
-    return jnp.sqrt(jnp.mean(jnp.sum(jax.vmap(lambda x: w(x, T))(xs) ** 2, axis=-1)))
+    return jnp.sqrt(jnp.mean(jnp.sum(jax.jit(jax.vmap(lambda x: w(x, T)))(xs) ** 2, axis=-1)))
 
 
 def test_oracle_and_harmless_perturbation_vanish_generic_does_not():
@@ -57,7 +57,9 @@ def test_oracle_and_harmless_perturbation_vanish_generic_does_not():
         k: jax.jit(jax.vmap(lambda x: transport_residual(f, x, T, **kw)))(xs)
         for k, f in fields.items()
     }
-    ref = float(jnp.sqrt(jnp.mean(jax.vmap(lambda x: kw["dt_log_density"](x, T))(xs) ** 2)))
+    ref = float(
+        jnp.sqrt(jnp.mean(jax.jit(jax.vmap(lambda x: kw["dt_log_density"](x, T)))(xs) ** 2))
+    )
     # float64 closed forms: the exact residual is rounding-level relative to d_t log p
     assert float(jnp.max(jnp.abs(res["oracle"]))) < 1e-9 * (1 + ref)
     assert float(jnp.max(jnp.abs(res["harmless"]))) < 1e-9 * (1 + ref)
@@ -93,8 +95,19 @@ def test_probe_and_chunked_divergence_options():
     assert abs(float(want)) > 1e-3  # the probe path really ran (4 probes are not exact)
 
 
-def test_default_signature_and_trace_once():
-    v, _, kw, xs = setup()
+def gaussian_case():
+    """Cheap closed form for eager checks: p_t = N(0, s_t^2 I) with s_t^2 = 1 + t, transported
+    by v = x / (2 (1 + t)); d_t log p = -D/(2(1+t)) + |x|^2 / (2(1+t)^2)."""
+    kw = dict(
+        log_density=lambda x, t: -0.5 * jnp.sum(x**2) / (1 + t) - 0.5 * x.size * jnp.log(1 + t),
+        dt_log_density=lambda x, t: -0.5 * x.size / (1 + t) + 0.5 * jnp.sum(x**2) / (1 + t) ** 2,
+    )
+    return (lambda x, t: x / (2 * (1 + t))), kw
+
+
+def test_default_signature_jit_equals_eager_and_trace_once():
+    v, kw = gaussian_case()
+    xs = jax.random.normal(jax.random.key(3), (3, 3))
 
     @jax.jit
     @chex.assert_max_traces(n=1)
@@ -102,15 +115,19 @@ def test_default_signature_and_trace_once():
         return transport_residual(v, x, t, **kw)
 
     chex.clear_trace_counter()
-    got = [r(x, jnp.asarray(t)) for x, t in zip(xs[:3], (0.3, 0.2, 0.4), strict=True)]
+    got = [r(x, jnp.asarray(t)) for x, t in zip(xs, (0.3, 0.2, 0.4), strict=True)]
     # the original keyword `divergence=` (used by wgfm.check) still works, eagerly
-    a = transport_residual(v, xs[0], T, **kw, divergence=exact_divergence)
-    np.testing.assert_allclose(got[0], a, atol=1e-12)  # jit == eager
+    a = transport_residual(v, xs[0], 0.3, **kw, divergence=exact_divergence)
+    np.testing.assert_allclose(got[0], a, atol=1e-14)  # jit == eager
+    np.testing.assert_allclose(np.array(got), 0.0, atol=1e-14)  # exact transport: R = 0
+    wrong = transport_residual(lambda x, t: 2 * v(x, t), xs[0], 0.3, **kw)
+    assert abs(float(wrong)) > 0.1
 
 
 def test_bad_inputs():
-    v, _, kw, xs = setup()
+    v, kw = gaussian_case()
+    x = jnp.ones(3)
     with pytest.raises(ValueError, match="shaped like"):
-        transport_residual(lambda x, t: x[:1], xs[0], T, **kw)
+        transport_residual(lambda x, t: x[:1], x, T, **kw)
     with pytest.raises(ValueError, match=r"non-finite.*x="):
-        transport_residual(lambda x, t: v(x, t) + jnp.log(x - 100.0), xs[0], T, **kw)
+        transport_residual(lambda x, t: v(x, t) + jnp.log(x - 100.0), x, T, **kw)

@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wgfm import gmm
 from wgfm.diagnostics.jacobian import asymmetry, jacobian, probe_asymmetry
 from wgfm.diagnostics.sweep import noised_samples, sweep
 from wgfm.processes import VP
@@ -17,12 +16,10 @@ PROC = VP()
 
 @pytest.fixture(scope="module")
 def data():
-    mix = gmm.random_mixture(3, 2, key=jax.random.key(0))
-    oracle = gmm.velocity_field(mix, PROC)
-    rot = jnp.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.5], [0.0, -0.5, 0.0]])
-    field = lambda x, t: oracle(x, t) + rot @ x  # noqa: E731  non-conservative
+    m = jax.random.normal(jax.random.key(0), (3, 3))
+    field = lambda x, t: jnp.tanh(m @ x) * (1 + t) - x  # noqa: E731  non-conservative
     ts = jnp.linspace(0.1, 1.0, 4)
-    xs = noised_samples(PROC, mix.sample(6, key=jax.random.key(1)), ts, key=jax.random.key(2))
+    xs = jax.random.normal(jax.random.key(1), (4, 6, 3))
     return field, xs, ts
 
 
