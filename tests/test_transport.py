@@ -55,7 +55,7 @@ def test_sample_ode_ring_reproduces_oracle(process):
     field = gmm.velocity_field(mix, process)
     res = transport.sample_ode(field, process, key=jax.random.key(1), num_samples=N, shape=(2,))
     assert res.samples.shape == (N, 2)
-    assert res.stats.converged and res.stats.nfe.shape == (N,)
+    assert res.stats.converged and res.stats.nfe.shape == ()
     _mode_check(mix, res.samples)
     _floor_check(mix, process, res.samples, key=jax.random.key(2))
 
@@ -64,7 +64,10 @@ def test_sample_ode_mixture_10d_subvp():
     mix = gmm.random_mixture(10, 4, key=jax.random.key(3))
     process = processes.SubVP()
     field = gmm.velocity_field(mix, process)
-    res = transport.sample_ode(field, process, key=jax.random.key(4), num_samples=N, shape=(10,))
+    # Start from the exact terminal marginal: in 10-D the N(0, sigma_T^2) prior's mismatch
+    # (alpha_T mu ~ 0.06) is visible to MMD at N = 2000 and is not a transport error.
+    x_t = mix.marginal(process, process.t_max).sample(N, key=jax.random.key(4))
+    res = transport.sample_ode(field, process, x_t)
     assert res.stats.converged
     _mode_check(mix, res.samples)
     _floor_check(mix, process, res.samples, key=jax.random.key(5))
@@ -93,15 +96,15 @@ def test_sample_ode_joint_matches_per_sample_and_saves_trajectory():
     field = gmm.velocity_field(mix, process)
     x = process.prior_sample((16, 2), key=jax.random.key(9))
     ts = jnp.array([0.5, 0.1])
-    a = transport.sample_ode(field, process, x, save_times=ts)
-    b = transport.sample_ode(field, process, x, per_sample=False, save_times=ts)
+    a = transport.sample_ode(field, process, x, per_sample=True, save_times=ts)
+    b = transport.sample_ode(field, process, x, save_times=ts)
     np.testing.assert_allclose(a.samples, b.samples, atol=1e-3)
     assert a.trajectory is not None and b.trajectory is not None
     assert a.trajectory.shape == b.trajectory.shape == (16, 2, 2)
     np.testing.assert_allclose(a.trajectory, b.trajectory, atol=1e-3)
     assert b.stats.nfe.shape == ()
     # vmap == loop: a single-sample solve equals its row of the batched solve.
-    one = transport.sample_ode(field, process, x[3:4], save_times=ts)
+    one = transport.sample_ode(field, process, x[3:4], per_sample=True, save_times=ts)
     np.testing.assert_allclose(one.samples[0], a.samples[3], rtol=1e-12, atol=1e-12)
 
 
@@ -128,11 +131,11 @@ def test_nfe_equals_real_evaluation_count(solver, fixed):
     x = process.prior_sample((1, 2), key=jax.random.key(10))
     if fixed:
         res = transport.sample_fixed_step(field, process, x, num_steps=20, solver=solver)
-        assert int(res.stats.num_steps[0]) == 20
+        assert int(res.stats.num_steps) == 20
     else:
         res = transport.sample_ode(field, process, x, solver=solver)
     jax.block_until_ready(res)
-    assert int(res.stats.nfe[0]) == counter[0]
+    assert int(res.stats.nfe) == counter[0]
     np.testing.assert_array_equal(
         res.stats.nfe,
         transport.count_nfe(
@@ -192,3 +195,112 @@ def test_shape_and_argument_errors():
         transport.sample_ode(field, process, jnp.zeros((4, 2)), solver="tsit5")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="t_end"):
         transport.sample_ode(field, process, jnp.zeros((4, 2)), t_end=2.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Likelihood.
+
+
+def _oracle_ll_setup(dtype):
+    mix = gmm.random_mixture(3, 3, key=jax.random.key(20))
+    mix = gmm.GaussianMixture(
+        mix.weights.astype(dtype), mix.means.astype(dtype), mix.covs.astype(dtype)
+    )
+    process = processes.VP()
+    x = mix.marginal(process, process.t_min).sample(6, key=jax.random.key(21)).astype(dtype)
+    logp = gmm.log_density_field(mix, process)
+    ref = jax.vmap(lambda z: logp(z, process.t_min))(x)
+    # The exact terminal marginal instead of the N(0, sigma_T^2) prior, so the comparison
+    # isolates the solver and the divergence (the prior mismatch at T = 1 is ~1e-3).
+    prior = eqx.Partial(lambda f, z: f(z, process.t_max), logp)
+    return mix, process, x, ref, prior
+
+
+@pytest.mark.parametrize(
+    "dtype, tol, atol", [(jnp.float64, 1e-10, 1e-6), (jnp.float32, 1e-6, 1e-3)]
+)
+def test_log_likelihood_matches_oracle(dtype, tol, atol):
+    # Tight solver tolerances; the remaining error is float rounding (float32: ~1e-4 over ~100
+    # steps in 3-D, so 1e-3 as the issue asks) or solver error (float64: ~1e-8).
+    mix, process, x, ref, prior = _oracle_ll_setup(dtype)
+    field = gmm.velocity_field(mix, process)
+    res = transport.log_likelihood(
+        field,
+        process,
+        x,
+        prior_log_density=prior,
+        rtol=tol,
+        atol=tol,
+        max_steps=20000,
+        per_sample=True,
+    )
+    assert res.log_likelihood.dtype == dtype and res.stats.converged
+    np.testing.assert_allclose(res.log_likelihood, ref, atol=atol)
+    # With the default N(0, sigma_T^2) prior the result differs from the oracle exactly by the
+    # prior mismatch at the latents (1e-6 solve: ~1e-5 error in float64, ~1e-3 in float32).
+    loose = transport.log_likelihood(field, process, x, rtol=1e-6, atol=1e-6)
+    mismatch = loose.prior_log_density - jax.vmap(prior)(loose.latents)
+    np.testing.assert_allclose(loose.log_likelihood, ref + mismatch, atol=atol * 10)
+
+
+def test_hutchinson_unbiased_and_variance_one_over_k():
+    # One point, R independent probe sets per K: the mean over R is within 4 SE of the exact
+    # value, and Var(K=1) / Var(K=8) is ~8 (the F-ratio of two sample variances from R = 48
+    # draws lies in [0.5, 2] times the truth with probability > 99%).
+    mix, process, x, ref, prior = _oracle_ll_setup(jnp.float64)
+    field = gmm.velocity_field(mix, process)
+    xr = jnp.repeat(x[:1], 48, axis=0)
+    exact = transport.log_likelihood(field, process, x[:1], prior_log_density=prior)
+    variances = {}
+    for k in (1, 8):
+        est = transport.log_likelihood(
+            field, process, xr, num_probes=k, key=jax.random.key(k), prior_log_density=prior
+        ).log_likelihood
+        se = float(est.std(ddof=1)) / np.sqrt(est.shape[0])
+        assert abs(float(est.mean()) - float(exact.log_likelihood[0])) < 4 * se
+        variances[k] = float(est.var(ddof=1))
+    ratio = variances[1] / variances[8]
+    assert 4.0 < ratio < 16.0, ratio
+
+
+def test_bits_per_dim_and_dequantize():
+    # Uniform density on [-1, 1]^D has log p = -D log 2; after mapping to [0, 256)^D the density
+    # is 256^-D, i.e. exactly 8 bits/dim.
+    d = 12
+    bpd = transport.bits_per_dim(jnp.array([-d * np.log(2.0)]), d)
+    np.testing.assert_allclose(bpd, 8.0, rtol=1e-12)
+    x = jnp.arange(256).reshape(1, 256)
+    y = transport.dequantize(x, key=jax.random.key(0))
+    assert float(y.min()) >= -1.0 and float(y.max()) < 1.0
+    np.testing.assert_array_equal(jnp.floor((y + 1) * 128), x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Baseline samplers (looser tolerances: discretisation bias of 100-step Euler-Maruyama and
+# 50-step DDIM is ~1e-2 in the moments, below the floor at N = 1000 but not at huge N).
+
+
+def test_reverse_sde_reproduces_ring():
+    from wgfm.samplers import sample_sde
+
+    mix, process = gmm.ring(), processes.VP()
+    field = gmm.velocity_field(mix, process)
+    res = sample_sde(
+        field, process, key=jax.random.key(30), num_samples=1000, shape=(2,), num_steps=100
+    )
+    assert res.stats.converged and int(res.stats.nfe[0]) == 100
+    _mode_check(mix, res.samples)
+    _floor_check(mix, process, res.samples, key=jax.random.key(31), repeats=6)
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_ddim_reproduces_ring(eta):
+    from wgfm.samplers import sample_ddim
+
+    mix, process = gmm.ring(), processes.VPSigmoid()
+    field = gmm.velocity_field(mix, process)
+    res = sample_ddim(field, process, key=jax.random.key(32), num_samples=1000, shape=(2,), eta=eta)
+    assert res.stats.converged and int(res.stats.nfe[0]) == 50
+    _mode_check(mix, res.samples)
+    # DDIM returns x0-predictions at t_min (= E[x0 | x_t]), compared with p_{t_min}.
+    _floor_check(mix, process, res.samples, key=jax.random.key(33), repeats=6)

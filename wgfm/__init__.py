@@ -4,7 +4,18 @@ The core (processes, fields, the Gaussian-mixture oracle, losses, diagnostics, t
 metrics) is pure JAX; networks live in ``wgfm.models`` and reach the core as plain fields.
 """
 
-from . import data, distributed, fields, gmm, losses, processes
+from . import (
+    data,
+    distributed,
+    fields,
+    gmm,
+    losses,
+    metrics,
+    perturbations,
+    processes,
+    samplers,
+    transport,
+)
 from .fields import as_field, conditional_velocity, convert, wgf_velocity
 from .gmm import (
     GaussianMixture,
@@ -24,10 +35,21 @@ from .processes import (
     VPCosine,
     VPSigmoid,
 )
+from .samplers import sample_ddim, sample_sde
+from .transport import log_likelihood, sample_fixed_step, sample_ode
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "log_likelihood",
+    "metrics",
+    "perturbations",
+    "sample_ddim",
+    "sample_fixed_step",
+    "sample_ode",
+    "sample_sde",
+    "samplers",
+    "transport",
     "EDM",
     "OU",
     "VE",
