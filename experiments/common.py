@@ -176,7 +176,11 @@ def times_grid(process: AbstractProcess, num_levels: int) -> np.ndarray:
     return np.clip(t, process.t_min, process.t_max)
 
 
-def filter_vmap_field(fn):
-    """``equinox.filter_jit`` of a per-sample function of ``(field, x, t)`` vmapped over samples
-    and times: one compilation per field structure and shape."""
-    return eqx.filter_jit(jax.vmap(jax.vmap(fn, in_axes=(None, 0, None)), in_axes=(None, None, 0)))
+def over_levels(fn, *args):
+    """``fn`` mapped over the leading (noise-level) axis of ``args`` with ``jax.lax.map``.
+
+    Written by hand instead of an outer ``jax.vmap``: on XLA:CPU (jaxlib 0.10) a program that
+    vmaps over times a body holding LAPACK custom calls (the oracle's Cholesky factors) next to
+    random sampling or ``equinox.error_if`` callbacks intermittently deadlocks under load;
+    mapping levels sequentially (samples stay vmapped inside) avoids it at no real cost."""
+    return jax.lax.map(lambda a: fn(*a), args)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import Context, times_grid
+from experiments.common import Context, over_levels, times_grid
 from experiments.report import ClaimRow, Report, boxplot_by_level, fmt
 from wgfm.diagnostics.jacobian import (
     asymmetry,
@@ -34,7 +34,7 @@ def asymmetry_sweep(field, xs, ts):
         a = asymmetry(jacobian(field, x, t))
         return a.ratio, a.nasym
 
-    r, na = jax.vmap(lambda xl, t: jax.vmap(lambda x: one(x, t))(xl))(xs, ts)
+    r, na = over_levels(lambda xl, t: jax.vmap(lambda x: one(x, t))(xl), xs, ts)
     return r.T, na.T
 
 
@@ -51,8 +51,8 @@ def large_d_sweep(field, xs, ts, key):
 
     n = xs.shape[1]
     keys = jax.random.split(key, (xs.shape[0], n))
-    sub, probe = jax.vmap(lambda xl, t, kl: jax.vmap(lambda x, k: one(x, t, k))(xl, kl))(
-        xs, ts, keys
+    sub, probe = over_levels(
+        lambda xl, t, kl: jax.vmap(lambda x, k: one(x, t, k))(xl, kl), xs, ts, keys
     )
     return sub.T, probe.T
 
@@ -63,7 +63,7 @@ def noised_samples(ctx: Context, data: str, ts: np.ndarray, n: int, key) -> jnp.
     if data in ("2d", "10d"):
         mix = ctx.mix2d if data == "2d" else ctx.mix10d
         keys = jax.random.split(key, len(ts))
-        return jax.vmap(lambda t, k: mix.marginal(p, t).sample(n, key=k))(jnp.asarray(ts), keys)
+        return over_levels(lambda t, k: mix.marginal(p, t).sample(n, key=k), jnp.asarray(ts), keys)
     x0 = jnp.asarray(ctx.data(data))
     kx, ke = jax.random.split(key)
     idx = jax.random.choice(kx, x0.shape[0], (len(ts), n), replace=False)

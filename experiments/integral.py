@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import Context, times_grid
+from experiments.common import Context, over_levels, times_grid
 from experiments.report import ClaimRow, Report, field_with_curl, fmt, lines_by_level
 from wgfm.diagnostics import loops
 from wgfm.diagnostics.jacobian import curl_2d
@@ -41,20 +41,30 @@ def _loop(family: str, ctx: Context, x0, xt, t, key):
     )
 
 
-def circulation_sweep(ctx: Context, family: str):
-    """A compiled ``(field, x0s, xts, ts, key) -> (|I|, |I_norm|, |I/L|)``, each ``(n, L)``."""
+def circulation_sweep(ctx: Context, families: tuple[str, ...] = FAMILIES):
+    """A compiled ``(field, x0s, xts, ts, key) -> {family: (|I|, |I_norm|, |I/L|)}``, each
+    ``(n, L)``; all families in one compilation per field structure."""
 
     @eqx.filter_jit
     def sweep(field, x0s, xts, ts, key):
         def one(x0, xt, t, k):
-            rep = loops.loop_report(field, _loop(family, ctx, x0, xt, t, k), t)
-            return jnp.abs(rep.I), jnp.abs(rep.I_norm), jnp.abs(rep.I_over_L)
+            out = {}
+            for i, fam in enumerate(families):
+                rep = loops.loop_report(
+                    field, _loop(fam, ctx, x0, xt, t, jax.random.fold_in(k, i)), t
+                )
+                out[fam] = (jnp.abs(rep.I), jnp.abs(rep.I_norm), jnp.abs(rep.I_over_L))
+            return out
 
         keys = jax.random.split(key, xts.shape[:2])
-        out = jax.vmap(lambda a, b, t, k: jax.vmap(lambda x, y, kk: one(x, y, t, kk))(a, b, k))(
-            x0s, xts, ts, keys
+        out = over_levels(
+            lambda a, b, t, k: jax.vmap(lambda x, y, kk: one(x, y, t, kk))(a, b, k),
+            x0s,
+            xts,
+            ts,
+            keys,
         )
-        return tuple(o.T for o in out)
+        return jax.tree.map(lambda o: o.T, out)
 
     return sweep
 
@@ -89,12 +99,13 @@ def run(ctx: Context, report: Report, title: str) -> None:
             "oracle score": ctx.oracle_score(data),
         }
         numbers[data] = {}
+        sweep = circulation_sweep(ctx)
+        key = ctx.key(f"loop-{data}")  # the same loops for every field
+        per_field = {
+            k: jax.tree.map(np.asarray, sweep(f, x0, xt, tsj, key)) for k, f in fields.items()
+        }
         for family in FAMILIES:
-            sweep = circulation_sweep(ctx, family)
-            key = ctx.key(f"loop-{data}-{family}")  # the same loops for every field
-            res = {
-                k: [np.asarray(a) for a in sweep(f, x0, xt, tsj, key)] for k, f in fields.items()
-            }
+            res = {k: list(v[family]) for k, v in per_field.items()}
             numbers[data][family] = {
                 k: {"median_abs_I": np.median(v[0], 0), "median_abs_I_norm": np.median(v[1], 0),
                     "median_abs_I_over_L": np.median(v[2], 0)}

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from experiments.common import Context
+from experiments.common import Context, over_levels
 from wgfm import gmm, metrics
 from wgfm.diagnostics import transport_residual
 from wgfm.diagnostics.jacobian import asymmetry, jacobian
@@ -18,15 +18,17 @@ from wgfm.transport import sample_ode
 def marginal_samples(ctx: Context, mixture: gmm.GaussianMixture, ts, n: int, key) -> jnp.ndarray:
     """``(L, n, D)``: ``n`` exact samples of ``p_t`` at each level."""
     keys = jax.random.split(key, len(ts))
-    return jax.vmap(lambda t, k: mixture.marginal(ctx.process, t).sample(n, key=k))(
-        jnp.asarray(ts, mixture.means.dtype), keys
+    return over_levels(
+        lambda t, k: mixture.marginal(ctx.process, t).sample(n, key=k),
+        jnp.asarray(ts, mixture.means.dtype),
+        keys,
     )
 
 
 @eqx.filter_jit
 def _ratio_sweep(field, xs, ts):
-    return jax.vmap(lambda xl, t: jax.vmap(lambda x: asymmetry(jacobian(field, x, t)).ratio)(xl))(
-        xs, ts
+    return over_levels(
+        lambda xl, t: jax.vmap(lambda x: asymmetry(jacobian(field, x, t)).ratio)(xl), xs, ts
     )
 
 
@@ -41,7 +43,7 @@ def _residual_sweep(velocity, logp, dlogp, xs, ts):
         r = transport_residual(velocity, x, t, log_density=logp, dt_log_density=dlogp)
         return r, dlogp(x, t)
 
-    return jax.vmap(lambda xl, t: jax.vmap(lambda x: one(x, t))(xl))(xs, ts)
+    return over_levels(lambda xl, t: jax.vmap(lambda x: one(x, t))(xl), xs, ts)
 
 
 def relative_residual(ctx: Context, velocity, mixture: gmm.GaussianMixture, xs, ts) -> np.ndarray:

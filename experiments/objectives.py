@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import Context, times_grid
+from experiments.common import Context, over_levels, times_grid
 from experiments.measures import floors, sample_quality
 from experiments.report import ClaimRow, Report, fmt, samples_vs_oracle
 from wgfm import gmm
@@ -30,7 +30,7 @@ OBJECTIVES = {
 
 @eqx.filter_jit
 def _velocities(field, xs, ts):
-    return jax.vmap(lambda xl, t: jax.vmap(lambda x: field(x, t))(xl))(xs, ts)
+    return over_levels(lambda xl, t: jax.vmap(lambda x: field(x, t))(xl), xs, ts)
 
 
 def l2_rel(a, b, ref) -> np.ndarray:

@@ -50,15 +50,20 @@ class GaussianMixture(eqx.Module):
     def num_components(self) -> int:
         return self.means.shape[0]
 
-    def component_log_densities(self, x: Float[Array, " d"]) -> Float[Array, " k"]:
-        """``log w_k + log N(x; mu_k, Sigma_k)`` for every component."""
+    def _whiten(self, x: Float[Array, " d"]) -> tuple[Array, Array, Array]:
+        """``(log w_k + log N(x; mu_k, Sigma_k), z_k = L_k^{-1}(x - mu_k), L_k)`` with
+        ``Sigma_k = L_k L_k^T``: one Cholesky factor per component serves density and score."""
         _check_point(x, self.dim)
         chol = jnp.linalg.cholesky(self.covs)
-        diff = x - self.means
-        z = jax.vmap(lambda c, r: jsl.solve_triangular(c, r, lower=True))(chol, diff)
+        z = jax.vmap(lambda c, r: jsl.solve_triangular(c, r, lower=True))(chol, x - self.means)
         logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
         quad = jnp.sum(z**2, axis=-1)
-        return jnp.log(self.weights) - 0.5 * (quad + logdet + self.dim * jnp.log(2 * jnp.pi))
+        logc = jnp.log(self.weights) - 0.5 * (quad + logdet + self.dim * jnp.log(2 * jnp.pi))
+        return logc, z, chol
+
+    def component_log_densities(self, x: Float[Array, " d"]) -> Float[Array, " k"]:
+        """``log w_k + log N(x; mu_k, Sigma_k)`` for every component."""
+        return self._whiten(x)[0]
 
     def log_density(self, x: Float[Array, " d"]) -> Float[Array, ""]:
         """``log p(x)`` by a stable log-sum-exp over components."""
@@ -69,10 +74,11 @@ class GaussianMixture(eqx.Module):
         return jax.nn.softmax(self.component_log_densities(x))
 
     def score(self, x: Float[Array, " d"]) -> Float[Array, " d"]:
-        """``grad log p(x) = -sum_k r_k(x) Sigma_k^{-1} (x - mu_k)`` in closed form."""
-        r = self.responsibilities(x)
-        prec_diff = jax.vmap(lambda c, m: jnp.linalg.solve(c, x - m))(self.covs, self.means)
-        return -jnp.einsum("k,kd->d", r, prec_diff)
+        """``grad log p(x) = -sum_k r_k(x) Sigma_k^{-1} (x - mu_k)`` in closed form, with
+        ``Sigma_k^{-1}(x - mu_k) = L_k^{-T} z_k``."""
+        logc, z, chol = self._whiten(x)
+        prec_diff = jax.vmap(lambda c, zk: jsl.solve_triangular(c, zk, lower=True, trans=1))(chol, z)
+        return -jnp.einsum("k,kd->d", jax.nn.softmax(logc), prec_diff)
 
     def sample(self, n: int, *, key: PRNGKeyArray) -> Float[Array, "n d"]:
         """``n`` independent samples."""
