@@ -66,7 +66,7 @@ def _likelihood(dim: int, n: int, num_probes: int | None, repeats: int) -> dict:
     prior = process.prior_log_density
     jitted = jax.jit(
         lambda xx, pp, tl: transport._likelihood_impl(
-            field, prior, xx, pp, t0, t1, tl, solver, controller, adjoint, 4096, None, True, False
+            field, prior, xx, pp, t0, t1, tl, solver, controller, adjoint, 4096, None, False, False
         )
     )
     compile_s, median = time_jitted(jitted, x, probes, tol, repeats=repeats)
