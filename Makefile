@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/wgfm check
+	$(BIN)/wgfm reproduce --quick --out results/reproduce
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -m "not slow" -q

@@ -153,9 +153,6 @@ COMMANDS: dict[str, Callable[..., int | None]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ._runtime import configure_xla_cpu
-
-    configure_xla_cpu()  # before the first computation: see wgfm/_runtime.py
     args = sys.argv[1:] if argv is None else argv
     result = tyro.extras.subcommand_cli_from_dict(COMMANDS, args=args, prog="wgfm")
     return int(result or 0)

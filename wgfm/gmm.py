@@ -50,16 +50,27 @@ class GaussianMixture(eqx.Module):
     def num_components(self) -> int:
         return self.means.shape[0]
 
-    def _whiten(self, x: Float[Array, " d"]) -> tuple[Array, Array, Array]:
-        """``(log w_k + log N(x; mu_k, Sigma_k), z_k = L_k^{-1}(x - mu_k), L_k)`` with
-        ``Sigma_k = L_k L_k^T``: one Cholesky factor per component serves density and score."""
-        _check_point(x, self.dim)
+    def factors(self) -> tuple[Array, Array]:
+        """``(L_k^{-1}, log det Sigma_k)`` with ``Sigma_k = L_k L_k^T``.
+
+        Computed from the covariances alone, so under ``vmap`` over points they are evaluated
+        once; per-point work is then plain matrix products. (Batched LAPACK custom calls per
+        point — a triangular solve for every x — intermittently deadlock XLA:CPU's thread pool
+        in large vmapped programs, jaxlib 0.10.)"""
         chol = jnp.linalg.cholesky(self.covs)
-        z = jax.vmap(lambda c, r: jsl.solve_triangular(c, r, lower=True))(chol, x - self.means)
+        eye = jnp.broadcast_to(jnp.eye(self.dim, dtype=self.covs.dtype), self.covs.shape)
+        chol_inv = jsl.solve_triangular(chol, eye, lower=True)
         logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+        return chol_inv, logdet
+
+    def _whiten(self, x: Float[Array, " d"]) -> tuple[Array, Array, Array]:
+        """``(log w_k + log N(x; mu_k, Sigma_k), z_k = L_k^{-1}(x - mu_k), L_k^{-1})``."""
+        _check_point(x, self.dim)
+        chol_inv, logdet = self.factors()
+        z = jnp.einsum("kij,kj->ki", chol_inv, x - self.means)
         quad = jnp.sum(z**2, axis=-1)
         logc = jnp.log(self.weights) - 0.5 * (quad + logdet + self.dim * jnp.log(2 * jnp.pi))
-        return logc, z, chol
+        return logc, z, chol_inv
 
     def component_log_densities(self, x: Float[Array, " d"]) -> Float[Array, " k"]:
         """``log w_k + log N(x; mu_k, Sigma_k)`` for every component."""
@@ -76,8 +87,8 @@ class GaussianMixture(eqx.Module):
     def score(self, x: Float[Array, " d"]) -> Float[Array, " d"]:
         """``grad log p(x) = -sum_k r_k(x) Sigma_k^{-1} (x - mu_k)`` in closed form, with
         ``Sigma_k^{-1}(x - mu_k) = L_k^{-T} z_k``."""
-        logc, z, chol = self._whiten(x)
-        prec_diff = jax.vmap(lambda c, zk: jsl.solve_triangular(c, zk, lower=True, trans=1))(chol, z)
+        logc, z, chol_inv = self._whiten(x)
+        prec_diff = jnp.einsum("kji,kj->ki", chol_inv, z)
         return -jnp.einsum("k,kd->d", jax.nn.softmax(logc), prec_diff)
 
     def sample(self, n: int, *, key: PRNGKeyArray) -> Float[Array, "n d"]:
@@ -211,14 +222,16 @@ class MarginalDtLogDensity(_OracleField):
         marg = self._marginal(t)
         eye = jnp.eye(self.mixture.dim, dtype=marg.covs.dtype)
 
-        def dlog_component(mu, sig, cov):
+        chol_inv, _ = marg.factors()
+        prec = jnp.einsum("kji,kjl->kil", chol_inv, chol_inv)  # C_k^{-1} = L^{-T} L^{-1}
+
+        def dlog_component(mu, sig, p):
             dcov = 2 * a * da * sig + 2 * s * ds * eye
-            r = x - a * mu
-            cinv_r = jnp.linalg.solve(cov, r)
-            tr = jnp.trace(jnp.linalg.solve(cov, dcov))
+            cinv_r = p @ (x - a * mu)
+            tr = jnp.sum(p * dcov)  # tr(C^{-1} C'), both symmetric
             return -0.5 * tr + cinv_r @ (da * mu) + 0.5 * cinv_r @ dcov @ cinv_r
 
-        d = jax.vmap(dlog_component)(self.mixture.means, self.mixture.covs, marg.covs)
+        d = jax.vmap(dlog_component)(self.mixture.means, self.mixture.covs, prec)
         return marg.responsibilities(x) @ d
 
 
