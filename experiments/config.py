@@ -30,17 +30,17 @@ class Sizes:
 
 
 QUICK = Sizes(
-    num_levels=12,
-    num_diag_samples=16,
-    train_steps_2d=1500,
-    train_steps_10d=1500,
+    num_levels=10,
+    num_diag_samples=12,
+    train_steps_2d=1200,
+    train_steps_10d=1200,
     train_steps_digits=200,
     batch_size=256,
-    num_eval_samples=1000,
+    num_eval_samples=2000,
     loop_points=(16, 32, 64),
     bridge_steps=200,
     noisy_copies=5,
-    noisy_points=20,
+    noisy_points=50,
     strengths=(0.25, 1.0),
     helmholtz_grid=48,
     num_likelihood=64,
