@@ -82,7 +82,8 @@ class Report:
             for r in rows:
                 verdict = "holds" if r.verdict else "**does not hold**"
                 note = f" ({r.note})" if r.note else ""
-                lines.append(f"| {r.claim} | {r.measured} | {r.control} | {verdict}{note} |")
+                cells = (r.claim, r.measured, r.control, f"{verdict}{note}")
+                lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
             lines.append("")
             for f in self.figures.get(section, []):
                 lines += [f"![{Path(f).stem}]({f})", ""]
