@@ -17,7 +17,7 @@ run: $(STAMP)
 	$(BIN)/wgfm reproduce --quick --out results/reproduce
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 -m "not slow" -q
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow" -q
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check wgfm tests experiments benchmarks
