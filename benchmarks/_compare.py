@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from typing import Any
 
 import equinox as eqx
@@ -17,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._harness import block
+from ._harness import block, steady_times
 
 TORCH_MISSING = (
     "PyTorch is not installed: skipping the torch comparisons "
@@ -113,12 +112,7 @@ def matmul_peak(n: int = 1024, repeats: int = 7) -> dict[str, float]:
 
 def _best(fn, repeats: int) -> float:
     fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    return min(steady_times(fn, repeats))
 
 
 class TraceCounter:

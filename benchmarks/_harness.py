@@ -33,12 +33,17 @@ def time_call(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> tu
     first = time.perf_counter() - t0
     for _ in range(warmup):
         fn()
+    return first, statistics.median(steady_times(fn, repeats))
+
+
+def steady_times(fn: Callable[[], Any], repeats: int) -> list[float]:
+    """Wall times of ``repeats`` consecutive calls of ``fn`` (already warm)."""
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return first, statistics.median(times)
+    return times
 
 
 def time_jitted(jitted, *args, repeats: int = 5) -> tuple[float, float]:
