@@ -19,7 +19,7 @@ import numpy as np
 from experiments.config import ReproduceConfig, Sizes
 from wgfm import data as wdata
 from wgfm import gmm
-from wgfm.processes import VP, AbstractProcess
+from wgfm.processes import AbstractProcess
 from wgfm.train import TrainConfig, fit
 
 
@@ -49,12 +49,15 @@ class Trained:
 class Context:
     """Configuration, keys and lazily built shared assets."""
 
-    def __init__(self, config: ReproduceConfig):
+    def __init__(self, config: ReproduceConfig, *, sizes: Sizes | None = None, mesh=None):
         self.config = config
-        self.sizes: Sizes = config.sizes
+        self.sizes: Sizes = sizes or config.sizes
         self.root_key = jax.random.key(config.seed)
         self._cache: dict[str, object] = {}
-        self.process: AbstractProcess = VP()
+        self.process: AbstractProcess = config.make_process()
+        self.mesh = mesh  # a data mesh (wgfm.distributed): networks train data parallel on it
+        self.datasets: tuple[str, ...] = config.datasets
+        self.vector_sets: tuple[str, ...] = config.vector_sets
 
     def key(self, name: str):
         """A key for ``name``, independent of the order in which assets are built."""
@@ -82,6 +85,11 @@ class Context:
                 x = self.mix10d.sample(n, key=self.key("data10d"))
             elif name == "digits":
                 x = wdata.digits()[0]
+            elif name in ("mnist", "cifar10"):
+                if self.config.data is None:
+                    raise ValueError(f"`data` must name a directory holding the {name} files.")
+                loader = wdata.load_mnist if name == "mnist" else wdata.load_cifar10
+                x = loader(self.config.data, "train")[0]
             else:
                 raise ValueError(f"unknown data set {name!r}")
             self._cache[name] = np.asarray(x, np.float32)
@@ -98,20 +106,26 @@ class Context:
         steps: int | None = None,
         weighting: str = "uniform",
     ) -> Trained:
-        """The network for ``data`` ('2d', '10d', 'digits') trained to predict ``predicts``
-        for ``steps`` updates (default from the sizes; 0 gives the untrained network)."""
+        """The network for ``data`` ('2d', '10d' or an image set) trained to predict
+        ``predicts`` for ``steps`` updates (default from the sizes; 0 gives the untrained
+        network). Image networks use the preset's weighting unless ``weighting`` is given.
+
+        MNIST and CIFAR-10 networks are checkpointed under ``OUT/networks/<name>`` and resumed
+        from there, so an interrupted run loses no training and a rerun retrains nothing."""
         from wgfm.models import get_model
 
-        default = {
-            "2d": self.sizes.train_steps_2d,
-            "10d": self.sizes.train_steps_10d,
-            "digits": self.sizes.train_steps_digits,
-        }[data]
+        image = data not in ("2d", "10d")
+        sz = self.sizes
+        default = {"2d": sz.train_steps_2d, "10d": sz.train_steps_10d}.get(
+            data, sz.train_steps_image
+        )
         steps = default if steps is None else steps
+        if image and weighting == "uniform":
+            weighting = sz.image_weighting
         name = f"{data}-{predicts}-{'cons' if conservative else 'free'}-{steps}-{weighting}"
         if name in self._cache:
             return self._cache[name]  # type: ignore[return-value]
-        arch = self.sizes.arch_digits if data == "digits" else self.sizes.arch_vector
+        arch = sz.arch_image if image else sz.arch_vector
         model = get_model(arch, predicts=predicts, conservative=conservative)
         x = self.data(data)
         key = self.key(f"net-{data}")  # same init for every objective: a controlled comparison
@@ -119,19 +133,23 @@ class Context:
             params = model.init(key, x.shape[1:], jnp.float32)
             out = Trained(name, model, params, self.process, 0.0, 0, float("nan"))
         else:
-            batch = 64 if data == "digits" else self.sizes.batch_size
             cfg = TrainConfig(
                 steps=steps,
-                batch_size=batch,
-                lr=1e-3 if data == "digits" else 2e-3,
-                warmup_steps=min(100, steps // 10),
-                ema_decay=min(0.999, 1.0 - 10.0 / steps),
+                batch_size=sz.image_batch if image else sz.batch_size,
+                lr=sz.image_lr if image else 2e-3,
+                warmup_steps=min(100 if steps < 10_000 else 1000, steps // 10),
+                ema_decay=max(0.0, min(0.9999 if steps >= 50_000 else 0.999, 1.0 - 10.0 / steps)),
                 weighting=weighting,
                 log_every=max(1, min(100, steps)),
-                checkpoint_every=steps,
+                checkpoint_every=max(1, min(steps, 5000)),
             )
+            run_dir = None
+            if data in ("mnist", "cifar10"):
+                run_dir = self.config.out / "networks" / name
+            long = steps >= 2000 and image
             t0 = time.perf_counter()
-            res = fit(model, self.process, x, cfg, key=key, progress=False)
+            res = fit(model, self.process, x, cfg, key=key, run_dir=run_dir,
+                      resume=run_dir is not None, progress=long, mesh=self.mesh)  # fmt: skip
             jax.block_until_ready(res.ema)
             secs = time.perf_counter() - t0
             loss = float(res.logged_losses[-1]) if len(res.logged_losses) else float("nan")
@@ -146,7 +164,8 @@ class Context:
             return gmm.score_field(self.mix2d, self.process)
         if data == "10d":
             return gmm.score_field(self.mix10d, self.process)
-        x = self.data(data).reshape(len(self.data(data)), -1).astype(np.float64)
+        x = self.data(data)[:10_000]  # 10^4 images pin the Gaussian down well enough for a control
+        x = x.reshape(len(x), -1).astype(np.float64)
         cov = np.cov(x.T) + 1e-3 * np.eye(x.shape[1])
         fit = gmm.GaussianMixture(
             jnp.ones(1, jnp.float32),
@@ -184,3 +203,30 @@ def over_levels(fn, *args):
     random sampling or ``equinox.error_if`` callbacks intermittently deadlocks under load;
     mapping levels sequentially (samples stay vmapped inside) avoids it at no real cost."""
     return jax.lax.map(lambda a: fn(*a), args)
+
+
+def clean_and_noised(ctx: Context, data: str, ts, n: int, key):
+    """Clean points ``x0`` and ``x_t = alpha_t x0 + sigma_t eps``, ``n`` fresh ones per level:
+    both ``(L, n, *shape)``. ``x0`` comes from the mixture or without replacement from the
+    image set; ``x_t`` then follows ``p_t`` exactly."""
+    k1, k2 = jax.random.split(key)
+    if data in ("2d", "10d"):
+        mix = ctx.mix2d if data == "2d" else ctx.mix10d
+        x0 = mix.sample(len(ts) * n, key=k1).reshape(len(ts), n, -1)
+    else:
+        x = jnp.asarray(ctx.data(data))
+        if len(ts) * n > x.shape[0]:
+            raise ValueError(f"{data}: {len(ts)} levels x {n} samples exceed {x.shape[0]} images.")
+        x0 = x[jax.random.choice(k1, x.shape[0], (len(ts), n), replace=False)]
+    tj = jnp.asarray(ts, x0.dtype)
+    keys = jax.random.split(k2, len(ts))
+    xt = over_levels(lambda xl, t, k: ctx.process.sample_marginal(xl, t, key=k)[0], x0, tj, keys)
+    return x0, xt
+
+
+def over_samples(fn, batch_size: int, *args):
+    """``fn`` of one sample mapped over the leading axis of ``args``, ``batch_size`` at a time
+    (``jax.lax.map(batch_size=...)``): bounds memory for large networks, where a ``vmap`` over
+    hundreds of images times dozens of tangents would not fit."""
+    n = jax.tree.leaves(args)[0].shape[0]
+    return jax.lax.map(lambda a: fn(*a), args, batch_size=min(batch_size, n))

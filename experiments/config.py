@@ -8,13 +8,13 @@ from pathlib import Path
 
 @dataclasses.dataclass(frozen=True)
 class Sizes:
-    """Every size the experiments use. ``quick`` fits in ~3 minutes on 2 CPU cores."""
+    """Every size the experiments use. ``QUICK`` fits in ~3 minutes on 2 CPU cores."""
 
     num_levels: int  # noise levels of the sweeps (the authors: 100, t = 1, 11, ..., 991 of 1000)
     num_diag_samples: int  # samples per level for Jacobian/loop diagnostics
     train_steps_2d: int
     train_steps_10d: int
-    train_steps_digits: int
+    train_steps_image: int  # the image network (digits, MNIST or CIFAR-10)
     batch_size: int
     num_eval_samples: int  # samples for sample-quality metrics
     loop_points: tuple[int, ...]  # points per loop, refinements for the oracle's convergence
@@ -26,7 +26,12 @@ class Sizes:
     num_likelihood: int  # held-out points for the likelihood of claim 5
     snapshots: tuple[float, ...]  # training fractions evaluated in claim 4 (quality vs lambda/R)
     arch_vector: str  # network for the 2D and 10-D mixtures (a name in wgfm.models.CONFIGS)
-    arch_digits: str  # U-Net for the 8x8 digits
+    arch_image: str  # U-Net for the image data set
+    image_batch: int = 64
+    image_lr: float = 1e-3
+    image_weighting: str = "uniform"  # the paper's CIFAR-10 setting: "min-snr" (gamma = 5)
+    sub_jacobian_size: int = 16  # K of the K x K sub-Jacobians (the authors: 64 on CIFAR-10)
+    max_exact_dim: int = 64  # exact Jacobians up to this D; beyond, sub-Jacobians and probes
 
 
 QUICK = Sizes(
@@ -34,7 +39,7 @@ QUICK = Sizes(
     num_diag_samples=12,
     train_steps_2d=1200,
     train_steps_10d=1200,
-    train_steps_digits=200,
+    train_steps_image=200,
     batch_size=256,
     num_eval_samples=2000,
     loop_points=(16, 32, 64),
@@ -46,7 +51,7 @@ QUICK = Sizes(
     num_likelihood=64,
     snapshots=(0.1, 0.3, 1.0),
     arch_vector="mlp-small",
-    arch_digits="unet-tiny",
+    arch_image="unet-tiny",
 )
 
 FULL = Sizes(
@@ -54,7 +59,7 @@ FULL = Sizes(
     num_diag_samples=64,
     train_steps_2d=8000,
     train_steps_10d=8000,
-    train_steps_digits=3000,
+    train_steps_image=3000,
     batch_size=512,
     num_eval_samples=4000,
     loop_points=(16, 32, 64, 128, 256),
@@ -66,10 +71,34 @@ FULL = Sizes(
     num_likelihood=256,
     snapshots=(0.05, 0.1, 0.2, 0.4, 0.7, 1.0),
     arch_vector="mlp",
-    arch_digits="unet-digits",
+    arch_image="unet-digits",
 )
 
-PRESETS = ("default", "digits", "mnist", "cifar10-paper")
+# Image presets: MNIST and the authors' CIFAR-10 configuration (width-64 U-Net, multipliers
+# (1, 2, 4, 8), sigmoid schedule, eps-prediction with min-SNR-5 weighting; 64x64 sub-Jacobians on
+# 128 images and loops on 256 images at 100 levels). Their full sizes are meant for a GPU; the
+# quick sizes check the pipeline end to end on a CPU in minutes, not the paper's numbers.
+MNIST_FULL = dataclasses.replace(
+    FULL, num_diag_samples=128, train_steps_image=20_000, arch_image="unet-mnist",
+    image_batch=128, image_lr=2e-4, image_weighting="min-snr", sub_jacobian_size=64,
+)  # fmt: skip
+MNIST_QUICK = dataclasses.replace(
+    QUICK, num_levels=5, num_diag_samples=8, train_steps_image=100, arch_image="unet-mnist",
+    image_batch=32, image_weighting="min-snr", sub_jacobian_size=64,
+)  # fmt: skip
+CIFAR_FULL = dataclasses.replace(
+    FULL, num_diag_samples=256, train_steps_image=100_000, arch_image="unet-cifar10-paper",
+    image_batch=128, image_lr=2e-4, image_weighting="min-snr", sub_jacobian_size=64,
+)  # fmt: skip
+CIFAR_QUICK = dataclasses.replace(MNIST_QUICK, arch_image="unet-cifar10-paper", image_batch=16)
+
+# preset -> (vector data sets, image data set or None, quick sizes, full sizes)
+PRESETS: dict[str, tuple[tuple[str, ...], str | None, Sizes, Sizes]] = {
+    "default": (("2d", "10d"), "digits", QUICK, FULL),
+    "digits": ((), "digits", QUICK, FULL),
+    "mnist": ((), "mnist", MNIST_QUICK, MNIST_FULL),
+    "cifar10-paper": ((), "cifar10", CIFAR_QUICK, CIFAR_FULL),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,9 +108,12 @@ class ReproduceConfig:
     Args:
         quick: the ~3-minute CPU version (fewer levels, samples and training steps).
         out: output directory for REPORT.md, results.json and figures/.
-        preset: 'default' (2D and 10-D mixtures plus digits), 'digits' (digits only), 'mnist' or
-            'cifar10-paper' (need --data DIR; the latter is the authors' configuration, for GPUs).
+        preset: 'default' (2D and 10-D mixtures plus digits: all five claims), 'digits' (digits
+            only), 'mnist' or 'cifar10-paper' (need --data DIR; the latter is the authors'
+            configuration, sized for a GPU). Image-only presets run claims 1 and 2 (the paper's
+            own experiments); claims 3-5 need the exact mixture oracle and run with 'default'.
         data: directory holding the MNIST IDX or CIFAR-10 python batches for those presets.
+        train_steps: updates of the image network (default: the preset's).
         seed: master random seed; every key derives from it.
         only: run only these claims (1..5); empty runs all.
     """
@@ -92,10 +124,11 @@ class ReproduceConfig:
     data: Path | None = None
     seed: int = 0
     only: tuple[int, ...] = ()
+    train_steps: int | None = None
 
     def __post_init__(self):
         if self.preset not in PRESETS:
-            raise ValueError(f"`preset` must be one of {PRESETS}, got {self.preset!r}.")
+            raise ValueError(f"`preset` must be one of {tuple(PRESETS)}, got {self.preset!r}.")
         if self.preset in ("mnist", "cifar10-paper") and self.data is None:
             raise ValueError(
                 f"`--preset {self.preset}` needs `--data DIR` with the local data set."
@@ -103,7 +136,33 @@ class ReproduceConfig:
         bad = [c for c in self.only if c not in range(1, 6)]
         if bad:
             raise ValueError(f"`only` must list claims among 1..5, got {bad}.")
+        if self.train_steps is not None and self.train_steps < 1:
+            raise ValueError(f"`train_steps` must be a positive integer, got {self.train_steps}.")
 
     @property
     def sizes(self) -> Sizes:
-        return QUICK if self.quick else FULL
+        quick, full = PRESETS[self.preset][2:]
+        sizes = quick if self.quick else full
+        if self.train_steps is not None:
+            sizes = dataclasses.replace(sizes, train_steps_image=self.train_steps)
+        return sizes
+
+    @property
+    def vector_sets(self) -> tuple[str, ...]:
+        """Mixture data sets with an exact oracle ('2d', '10d') this preset runs on."""
+        return PRESETS[self.preset][0]
+
+    @property
+    def image_set(self) -> str | None:
+        """The image data set ('digits', 'mnist', 'cifar10') of this preset."""
+        return PRESETS[self.preset][1]
+
+    @property
+    def datasets(self) -> tuple[str, ...]:
+        return self.vector_sets + ((self.image_set,) if self.image_set else ())
+
+    def make_process(self):
+        """The forward process: the authors' sigmoid schedule for their CIFAR-10 preset."""
+        from wgfm.processes import VP, VPSigmoid
+
+        return VPSigmoid() if self.preset == "cifar10-paper" else VP()

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import Context, over_levels, times_grid
+from experiments.common import Context, clean_and_noised, over_levels, over_samples, times_grid
 from experiments.report import ClaimRow, Report, field_with_curl, fmt, lines_by_level
 from wgfm.diagnostics import loops
 from wgfm.diagnostics.jacobian import curl_2d
@@ -41,9 +41,10 @@ def _loop(family: str, ctx: Context, x0, xt, t, key):
     )
 
 
-def circulation_sweep(ctx: Context, families: tuple[str, ...] = FAMILIES):
+def circulation_sweep(ctx: Context, families: tuple[str, ...] = FAMILIES, batch: int | None = None):
     """A compiled ``(field, x0s, xts, ts, key) -> {family: (|I|, |I_norm|, |I/L|)}``, each
-    ``(n, L)``; all families in one compilation per field structure."""
+    ``(n, L)``; all families in one compilation per field structure. Samples are vmapped, or
+    taken ``batch`` at a time (large images: every loop point is a network evaluation)."""
 
     @eqx.filter_jit
     def sweep(field, x0s, xts, ts, key):
@@ -57,33 +58,16 @@ def circulation_sweep(ctx: Context, families: tuple[str, ...] = FAMILIES):
             return out
 
         keys = jax.random.split(key, xts.shape[:2])
-        out = over_levels(
-            lambda a, b, t, k: jax.vmap(lambda x, y, kk: one(x, y, t, kk))(a, b, k),
-            x0s,
-            xts,
-            ts,
-            keys,
-        )
+
+        def level(a, b, t, k):
+            if batch is None:
+                return jax.vmap(lambda x, y, kk: one(x, y, t, kk))(a, b, k)
+            return over_samples(lambda x, y, kk: one(x, y, t, kk), batch, a, b, k)
+
+        out = over_levels(level, x0s, xts, ts, keys)
         return jax.tree.map(lambda o: o.T, out)
 
     return sweep
-
-
-def _clean_and_noised(ctx: Context, data: str, ts, n: int, key):
-    """Clean points ``x0`` and ``x_t = alpha_t x0 + sigma_t eps`` per level: ``(L, n, *shape)``."""
-    p = ctx.process
-    k1, k2 = jax.random.split(key)
-    if data == "digits":
-        x = jnp.asarray(ctx.data(data))
-        x0 = x[jax.random.choice(k1, x.shape[0], (len(ts), n), replace=False)]
-    else:
-        mix = ctx.mix2d if data == "2d" else ctx.mix10d
-        x0 = mix.sample(len(ts) * n, key=k1).reshape(len(ts), n, -1)
-    eps = jax.random.normal(k2, x0.shape, x0.dtype)
-    tj = jnp.asarray(ts, x0.dtype)
-    a = jax.vmap(p.alpha)(tj).reshape(-1, *([1] * (x0.ndim - 1)))
-    s = jax.vmap(p.sigma)(tj).reshape(-1, *([1] * (x0.ndim - 1)))
-    return x0, a * x0 + s * eps
 
 
 def run(ctx: Context, report: Report, title: str) -> None:
@@ -91,15 +75,16 @@ def run(ctx: Context, report: Report, title: str) -> None:
     ts = times_grid(ctx.process, sz.num_levels)
     tsj = jnp.asarray(ts, jnp.float32)
     numbers: dict = {"levels": ts}
-    for data in ("2d", "10d", "digits"):
-        x0, xt = _clean_and_noised(ctx, data, ts, sz.num_diag_samples, ctx.key(f"int-{data}"))
+    for data in ctx.datasets:
+        x0, xt = clean_and_noised(ctx, data, ts, sz.num_diag_samples, ctx.key(f"int-{data}"))
+        large = int(np.prod(x0.shape[2:])) > sz.max_exact_dim
         fields = {
             "trained": ctx.network(data).score(),
             "untrained": ctx.network(data, steps=0).score(),
             "oracle score": ctx.oracle_score(data),
         }
         numbers[data] = {}
-        sweep = circulation_sweep(ctx)
+        sweep = circulation_sweep(ctx, batch=2 if large else None)
         key = ctx.key(f"loop-{data}")  # the same loops for every field
         per_field = {
             k: jax.tree.map(np.asarray, sweep(f, x0, xt, tsj, key)) for k, f in fields.items()
@@ -113,7 +98,7 @@ def run(ctx: Context, report: Report, title: str) -> None:
             }  # fmt: skip
             tr, orc = np.median(res["trained"][2], 0), np.median(res["oracle score"][2], 0)
             ratio = tr / np.maximum(orc, 1e-30)
-            control = "oracle" if data != "digits" else "Gaussian-fit score"
+            control = "oracle" if data in ("2d", "10d") else "Gaussian-fit score"
             report.add(
                 title,
                 ClaimRow(
@@ -137,8 +122,15 @@ def run(ctx: Context, report: Report, title: str) -> None:
                     "Circulation per length, noisy-copy cycles (10-D)",
                 )  # fmt: skip
                 report.save_figure(title, fig, "circulation_10d_noisy")
-    _oracle_convergence(ctx, report, title, numbers)
-    _curl_figure(ctx, report, title)
+            if data == ctx.config.image_set and family == "bridge":
+                fig = lines_by_level(
+                    ts, {k: v[2] for k, v in res.items()}, "abs(I / L)",
+                    f"Circulation per length, Brownian-bridge loops ({data})",
+                )  # fmt: skip
+                report.save_figure(title, fig, f"circulation_{data}_bridge")
+    if "2d" in ctx.datasets:
+        _oracle_convergence(ctx, report, title, numbers)
+        _curl_figure(ctx, report, title)
     report.numbers["integral"] = numbers
 
 

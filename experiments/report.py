@@ -35,6 +35,7 @@ class Report:
     numbers: dict[str, Any] = dataclasses.field(default_factory=dict)
     figures: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    notes: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def fig_dir(self) -> Path:
@@ -60,6 +61,7 @@ class Report:
             "numbers": _jsonable(self.numbers),
             "figures": self.figures,
             "timings_s": self.timings,
+            "notes": self.notes,
             "all_verdicts_pass": all(r.verdict for rs in self.rows.values() for r in rs),
         }
         jpath = self.out / "results.json"
@@ -72,10 +74,14 @@ class Report:
         lines = ["# wgfm reproduction report", ""]
         lines += [f"- {k}: {v}" for k, v in header.items()]
         lines.append("")
-        for section, rows in self.rows.items():
+        for section in list(self.rows) + [s for s in self.notes if s not in self.rows]:
+            rows = self.rows.get(section, [])
+            lines += [f"## {section}", ""]
+            if section in self.notes:
+                lines += [f"_{self.notes[section]}_", ""]
+            if not rows:
+                continue
             lines += [
-                f"## {section}",
-                "",
                 "| claim | measured | control | verdict |",
                 "|---|---|---|---|",
             ]
