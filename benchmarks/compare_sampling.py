@@ -39,8 +39,8 @@ def run_case(dim: int, n: int, repeats: int, both_steppings: bool = True) -> lis
     key = jax.random.key(dim)
     mix = gmm.ring() if dim == 2 else gmm.random_mixture(dim, 4, key=key)
     mix = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), mix)
-    field = C.FastMixtureVelocity(mix, process)
-    oracle_diff = C.oracle_max_diff(field, gmm.velocity_field(mix, process), dim)
+    field = gmm.velocity_field(mix, process)
+    oracle_diff = C.oracle_max_diff(field, mix, process, dim)
     x0 = process.prior_sample((n, dim), key=jax.random.fold_in(key, 1), dtype=jnp.float64)
     t0, t1 = float(process.t_max), float(process.t_min)
     case = f"{n} particles, D={dim}"

@@ -11,10 +11,12 @@ from wgfm.diagnostics.jacobian import (
     asymmetry,
     curl_2d,
     divergence,
+    exact_trace,
     jacobian,
     make_probes,
     probe_asymmetry,
     probe_divergence,
+    probe_trace,
     random_indices,
     sub_jacobian,
 )
@@ -250,3 +252,21 @@ def test_probe_asymmetry_unbiased_and_se_scaling(kind):
     # the reported per-call SE (16 probes) matches the spread across keys, on average
     np.testing.assert_allclose(np.mean(e16.asym_sq_se), np.std(e16.asym_sq), rtol=0.15)
     assert np.all(np.isinf(e1.fro_sq_se))
+
+
+def test_unchecked_traces_match_the_checked_ones_and_skip_the_check():
+    """``exact_trace``/``probe_trace`` (for ODE right-hand sides) return the same numbers as
+    ``divergence``/``probe_divergence`` plus the field value, and do not raise on non-finite
+    output (the solve checks once at the end)."""
+    f = nonlinear_field(5, jax.random.key(1))
+    x = jax.random.normal(jax.random.key(2), (5,))
+    div, fx = exact_trace(f, x, 0.4, chunk_size=2)
+    np.testing.assert_allclose(div, jnp.trace(reference_jacobian(f, x, 0.4)), rtol=1e-12)
+    np.testing.assert_allclose(fx, f(x, 0.4), rtol=1e-14)
+    probes = make_probes(jax.random.key(3), 7, (5,))
+    est, _ = probe_trace(f, x, 0.4, probes)
+    np.testing.assert_allclose(est, probe_divergence(f, x, 0.4, probes), rtol=1e-14)
+    bad = lambda y, t: y / 0.0  # noqa: E731
+    assert not np.isfinite(exact_trace(bad, x, 0.4)[0])
+    with pytest.raises(ValueError, match="non-finite"):
+        divergence(bad, x, 0.4)

@@ -67,9 +67,7 @@ class GaussianMixture(eqx.Module):
         """``(log w_k + log N(x; mu_k, Sigma_k), z_k = L_k^{-1}(x - mu_k), L_k^{-1})``."""
         _check_point(x, self.dim)
         chol_inv, logdet = self.factors()
-        z = jnp.einsum("kij,kj->ki", chol_inv, x - self.means)
-        quad = jnp.sum(z**2, axis=-1)
-        logc = jnp.log(self.weights) - 0.5 * (quad + logdet + self.dim * jnp.log(2 * jnp.pi))
+        logc, z = _log_components(x, self.weights, self.means, chol_inv, logdet)
         return logc, z, chol_inv
 
     def component_log_densities(self, x: Float[Array, " d"]) -> Float[Array, " k"]:
@@ -87,9 +85,7 @@ class GaussianMixture(eqx.Module):
     def score(self, x: Float[Array, " d"]) -> Float[Array, " d"]:
         """``grad log p(x) = -sum_k r_k(x) Sigma_k^{-1} (x - mu_k)`` in closed form, with
         ``Sigma_k^{-1}(x - mu_k) = L_k^{-T} z_k``."""
-        logc, z, chol_inv = self._whiten(x)
-        prec_diff = jnp.einsum("kji,kj->ki", chol_inv, z)
-        return -jnp.einsum("k,kd->d", jax.nn.softmax(logc), prec_diff)
+        return _score(*self._whiten(x))
 
     def sample(self, n: int, *, key: PRNGKeyArray) -> Float[Array, "n d"]:
         """``n`` independent samples."""
@@ -120,6 +116,20 @@ class GaussianMixture(eqx.Module):
         a, s = process.alpha(t), process.sigma(t)
         eye = jnp.eye(self.dim, dtype=self.covs.dtype)
         return _unchecked(self.weights, a * self.means, a**2 * self.covs + s**2 * eye)
+
+
+def _log_components(x, weights, means, w, logdet) -> tuple[Array, Array]:
+    """``log w_k + log N(x; m_k, C_k)`` and ``z_k = W_k (x - m_k)`` for any ``W_k`` with
+    ``W_k^T W_k = C_k^{-1}`` (``log det C_k`` given)."""
+    z = jnp.einsum("kij,kj->ki", w, x - means)
+    quad = jnp.sum(z**2, axis=-1)
+    d = means.shape[-1]
+    return jnp.log(weights) - 0.5 * (quad + logdet + d * jnp.log(2 * jnp.pi)), z
+
+
+def _score(logc, z, w) -> Array:
+    """``-sum_k r_k C_k^{-1}(x - m_k)`` with ``C_k^{-1}(x - m_k) = W_k^T z_k``."""
+    return -jnp.einsum("k,kd->d", jax.nn.softmax(logc), jnp.einsum("kji,kj->ki", w, z))
 
 
 def _unchecked(weights, means, covs) -> GaussianMixture:
@@ -180,18 +190,42 @@ def _check_point(x: Array, d: int) -> None:
 
 
 class _OracleField(eqx.Module):
+    """Shared by the marginal fields: the eigendecomposition ``Sigma_k = U_k diag(e_k) U_k^T``,
+    computed once when the field is built, gives every marginal in closed form:
+    ``C_k(t) = alpha_t^2 Sigma_k + sigma_t^2 I = U_k diag(alpha_t^2 e_k + sigma_t^2) U_k^T``.
+
+    So evaluating a field at any ``(x, t)`` is matrix products only: no factorisation per time
+    or per point. (Batched LAPACK kernels inside ``vmap``-ed diffrax loops, e.g. a Cholesky
+    per sample when each sample has its own time, deadlock XLA:CPU in jaxlib 0.10: the kernel
+    blocks a pool worker waiting for batch tasks queued on the same, exhausted pool.)"""
+
     mixture: GaussianMixture
     process: AbstractProcess
+    evals: Float[Array, "k d"]
+    evecs: Float[Array, "k d d"]
 
-    def _marginal(self, t):
-        return self.mixture.marginal(self.process, t)
+    def __init__(self, mixture: GaussianMixture, process: AbstractProcess):
+        self.mixture, self.process = mixture, process
+        self.evals, self.evecs = jnp.linalg.eigh(mixture.covs)
+
+    def _components(self, x: Array, t: Scalar) -> tuple[Array, Array, Array, Array]:
+        """``(log w_k + log N(x; m_k(t), C_k(t)), z_k, W_k, eigenvalues of C_k(t))`` with
+        ``W_k = diag(lam_k)^{-1/2} U_k^T`` (so ``W_k^T W_k = C_k(t)^{-1}``)."""
+        _check_point(x, self.mixture.dim)
+        self.process.check_time(t)
+        a, s = self.process.alpha(t), self.process.sigma(t)
+        lam = a**2 * self.evals + s**2
+        w = jnp.swapaxes(self.evecs, -1, -2) * jax.lax.rsqrt(lam)[..., None]
+        logdet = jnp.sum(jnp.log(lam), axis=-1)
+        logc, z = _log_components(x, self.mixture.weights, a * self.mixture.means, w, logdet)
+        return logc, z, w, lam
 
 
 class MarginalScore(_OracleField):
     """``(x, t) -> grad log p_t(x)``."""
 
     def __call__(self, x: Array, t: Scalar) -> Array:
-        return self._marginal(t).score(x)
+        return _score(*self._components(x, t)[:3])
 
 
 class MarginalVelocity(_OracleField):
@@ -199,14 +233,14 @@ class MarginalVelocity(_OracleField):
 
     def __call__(self, x: Array, t: Scalar) -> Array:
         a, b = self.process.velocity_coefficients(t)
-        return a * x + b * self._marginal(t).score(x)
+        return a * x + b * _score(*self._components(x, t)[:3])
 
 
 class MarginalLogDensity(_OracleField):
     """``(x, t) -> log p_t(x)`` (a scalar)."""
 
     def __call__(self, x: Array, t: Scalar) -> Array:
-        return self._marginal(t).log_density(x)
+        return jax.nn.logsumexp(self._components(x, t)[0])
 
 
 class MarginalDtLogDensity(_OracleField):
@@ -214,25 +248,23 @@ class MarginalDtLogDensity(_OracleField):
 
     With ``m_k = alpha mu_k``, ``C_k = alpha^2 Sigma_k + sigma^2 I`` and ``r = x - m_k``:
     ``d_t log N_k = -tr(C^{-1} C')/2 + r^T C^{-1} m' + r^T C^{-1} C' C^{-1} r / 2`` and
-    ``d_t log p_t = sum_k r_k(x) d_t log N_k`` (the weights do not move)."""
+    ``d_t log p_t = sum_k r_k(x) d_t log N_k`` (the weights do not move). In the eigenbasis
+    ``C' = U diag(2 alpha alpha' e + 2 sigma sigma') U^T``, so with ``y = U^T C^{-1} r``
+    every term is diagonal."""
 
     def __call__(self, x: Array, t: Scalar) -> Array:
         p = self.process
         a, s, da, ds = p.alpha(t), p.sigma(t), p.dalpha(t), p.dsigma(t)
-        marg = self._marginal(t)
-        eye = jnp.eye(self.mixture.dim, dtype=marg.covs.dtype)
-
-        chol_inv, _ = marg.factors()
-        prec = jnp.einsum("kji,kjl->kil", chol_inv, chol_inv)  # C_k^{-1} = L^{-T} L^{-1}
-
-        def dlog_component(mu, sig, p):
-            dcov = 2 * a * da * sig + 2 * s * ds * eye
-            cinv_r = p @ (x - a * mu)
-            tr = jnp.sum(p * dcov)  # tr(C^{-1} C'), both symmetric
-            return -0.5 * tr + cinv_r @ (da * mu) + 0.5 * cinv_r @ dcov @ cinv_r
-
-        d = jax.vmap(dlog_component)(self.mixture.means, self.mixture.covs, prec)
-        return marg.responsibilities(x) @ d
+        logc, z, w, lam = self._components(x, t)
+        dlam = 2 * a * da * self.evals + 2 * s * ds  # eigenvalues of C_k'
+        y = z * jax.lax.rsqrt(lam)  # U^T C^{-1} r, per component
+        dmean = jnp.einsum("kji,kj->ki", self.evecs, da * self.mixture.means)  # U^T m'
+        d = (
+            -0.5 * jnp.sum(dlam / lam, axis=-1)
+            + jnp.sum(y * dmean, axis=-1)
+            + 0.5 * jnp.sum(dlam * y**2, axis=-1)
+        )
+        return jax.nn.softmax(logc) @ d
 
 
 def score_field(mixture: GaussianMixture, process: AbstractProcess) -> MarginalScore:

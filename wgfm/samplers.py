@@ -60,7 +60,6 @@ def sample_sde(
         num_samples=num_samples,
         shape=shape,
     )
-    _check_field_output(field, x[0], process.t_max)
     score = as_field(process, field, src=kind, dst="score")
     keys = jax.random.split(k_bm, x.shape[0])
     return _sde_jit(score, process, x, keys, int(num_steps), solver or diffrax.Euler(), strict)
@@ -69,6 +68,7 @@ def sample_sde(
 @eqx.filter_jit
 def _sde_jit(score, process, x, keys, num_steps, solver, strict):
     t1, t0 = jnp.asarray(process.t_max, float), jnp.asarray(process.t_min, float)
+    _check_field_output(score, x[0], t1)  # at trace time only: free on later calls
     dt = (t0 - t1) / num_steps
 
     def drift(t, y, args):
@@ -140,7 +140,6 @@ def sample_ddim(
         num_samples=num_samples,
         shape=shape,
     )
-    _check_field_output(field, x[0], process.t_min)
     t_grid, ab_grid = discrete_schedule(process, int(num_train_steps))
     stride = int(num_train_steps) // int(num_steps)
     idx = (stride * jnp.arange(int(num_steps)))[::-1]
@@ -152,6 +151,8 @@ def sample_ddim(
 
 @eqx.filter_jit
 def _ddim_jit(eps_field, x, ts, ab, ab_next, eta, key, strict):
+    _check_field_output(eps_field, x[0], ts[0])  # at trace time only: free on later calls
+
     def step(y, inp):
         t, a, a_next, k = inp
         eps = jax.vmap(eps_field, in_axes=(0, None))(y, t.astype(y.dtype))

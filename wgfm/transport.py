@@ -143,7 +143,6 @@ def sample_ode(
     ``rtol = atol = 1e-5``; ``rtol``/``atol`` (arrays, no recompile) override the controller's.
     ``save_times`` (decreasing, in ``[t_end, t_start]``) returns the trajectory there."""
     x = _starting_points(process, x_init, key=key, num_samples=num_samples, shape=shape)
-    _check_field_output(field, x[0], process.t_max)
     t_start, t_end = _times(process, t_start, process.t_max, t_end, process.t_min, x.dtype)
     velocity = as_field(process, field, src=kind, dst="velocity")
     ts = _save_times(save_times, t_start, t_end)
@@ -210,7 +209,6 @@ def log_likelihood(
     x = jnp.asarray(x)
     if x.ndim < 2:
         raise ValueError(f"`x` must be a batch of shape (n, *shape), got shape {x.shape}.")
-    _check_field_output(field, x[0], process.t_min)
     t_start, t_end = _times(process, t_start, process.t_min, t_end, process.t_max, x.dtype)
     velocity = as_field(process, field, src=kind, dst="velocity")
     probes = None
@@ -297,6 +295,7 @@ def _sample_impl(
     velocity, x, t_start, t_end, ts, tol, dt0, solver, controller, adjoint,
     max_steps, per_sample, strict,
 ):  # fmt: skip
+    _check_field_output(velocity, x[0], t_start)  # at trace time only: free on later calls
     controller = _with_tol(controller, tol, x.dtype)
     saveat = diffrax.SaveAt(t1=True) if ts is None else diffrax.SaveAt(ts=ts, t1=True)
     term = diffrax.ODETerm(lambda t, y, args: args(y, t).astype(y.dtype))
@@ -326,19 +325,21 @@ def _likelihood_impl(
     velocity, prior, x, probes, t_start, t_end, tol, solver, controller, adjoint,
     max_steps, chunk_size, per_sample, strict,
 ):  # fmt: skip
-    from .diagnostics.jacobian import divergence, probe_divergence
+    from .diagnostics.jacobian import exact_trace, probe_trace
 
+    _check_field_output(velocity, x[0], t_start)  # at trace time only: free on later calls
     controller = _with_tol(controller, tol, x.dtype)
-
-    def div_one(xi, t, pi):
-        if pi is None:
-            return divergence(velocity, xi, t, chunk_size=chunk_size)
-        return probe_divergence(velocity, xi, t, pi)
 
     def vf_one(t, y, p):
         xi, _ = y
+        # One linearisation gives both v and div v; the solve's result is checked for
+        # non-finite values once at the end, not on every evaluation.
+        if p is None:
+            div, v = exact_trace(velocity, xi, t, chunk_size=chunk_size)
+        else:
+            div, v = probe_trace(velocity, xi, t, p)
         # Cast to the state's dtype: diffrax needs a dtype-stable state (float32 solves with x64).
-        return velocity(xi, t).astype(xi.dtype), div_one(xi, t, p).astype(xi.dtype)
+        return v.reshape(xi.shape).astype(xi.dtype), div.astype(xi.dtype)
 
     def vf_batch(t, y, p):
         return jax.vmap(vf_one, in_axes=(None, 0, None if p is None else 0))(t, y, p)

@@ -75,12 +75,22 @@ def random_indices(key: PRNGKeyArray, dim: int, k: int) -> Int[Array, " k"]:
 
 def divergence(field: Field, x: Array, t: Scalar, *, chunk_size: int | None = None) -> Array:
     """Exact ``div field = tr J = sum_i e_i^T J e_i`` (D JVPs, chunked; never stores J)."""
+    div, fx = exact_trace(field, x, t, chunk_size=chunk_size)
+    return check_finite((div, fx), x, t, "values or divergence")[0]
+
+
+def exact_trace(
+    field: Field, x: Array, t: Scalar, *, chunk_size: int | None = None
+) -> tuple[Array, Array]:
+    """``(div field, field(x) flat)`` without the finiteness check of :func:`divergence`: for
+    ODE right-hand sides (``wgfm.transport``), which check the finished solve once instead of
+    branching on every evaluation."""
     fx, jvp = _linearized(field, x, t)
     d, dt = fx.shape[0], jnp.result_type(x)
     diag = _map_tangents(
         lambda j: jvp(jax.nn.one_hot(j, d, dtype=dt))[j], jnp.arange(d), chunk_size
     )
-    return check_finite((jnp.sum(diag), fx), x, t, "values or divergence")[0]
+    return jnp.sum(diag), fx
 
 
 def probe_divergence(field: Field, x: Array, t: Scalar, probes: Float[Array, "k ..."]) -> Array:
@@ -93,10 +103,18 @@ def probe_divergence(field: Field, x: Array, t: Scalar, probes: Float[Array, "k 
             f"`probes` must have shape (K, *x.shape) = (K, {', '.join(map(str, shape))}), "
             f"got {jnp.shape(probes)}."
         )
+    est, fx = probe_trace(field, x, t, probes)
+    return check_finite((est, fx), x, t, "values or probe divergence")[0]
+
+
+def probe_trace(
+    field: Field, x: Array, t: Scalar, probes: Float[Array, "k ..."]
+) -> tuple[Array, Array]:
+    """``(Hutchinson estimate, field(x) flat)`` without the finiteness check (see
+    :func:`exact_trace`); ``probes`` as in :func:`probe_divergence`."""
     fx, jvp = _linearized(field, x, t)
     flat = jnp.reshape(probes, (probes.shape[0], -1)).astype(jnp.result_type(x))
-    est = jnp.mean(jax.vmap(lambda v: jnp.vdot(v, jvp(v)))(flat))
-    return check_finite((est, fx), x, t, "values or probe divergence")[0]
+    return jnp.mean(jax.vmap(lambda v: jnp.vdot(v, jvp(v)))(flat)), fx
 
 
 def make_probes(
