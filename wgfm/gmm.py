@@ -204,9 +204,10 @@ class _OracleField(eqx.Module):
     evals: Float[Array, "k d"]
     evecs: Float[Array, "k d d"]
 
-    def __init__(self, mixture: GaussianMixture, process: AbstractProcess):
-        self.mixture, self.process = mixture, process
-        self.evals, self.evecs = jnp.linalg.eigh(mixture.covs)
+    @classmethod
+    def build(cls, mixture: GaussianMixture, process: AbstractProcess):
+        """The field of ``mixture`` under ``process`` (the public constructors below)."""
+        return cls(mixture, process, *jnp.linalg.eigh(mixture.covs))
 
     def _components(self, x: Array, t: Scalar) -> tuple[Array, Array, Array, Array]:
         """``(log w_k + log N(x; m_k(t), C_k(t)), z_k, W_k, eigenvalues of C_k(t))`` with
@@ -269,24 +270,24 @@ class MarginalDtLogDensity(_OracleField):
 
 def score_field(mixture: GaussianMixture, process: AbstractProcess) -> MarginalScore:
     """The exact score field ``(x, t) -> grad log p_t(x)``."""
-    return MarginalScore(mixture, process)
+    return MarginalScore.build(mixture, process)
 
 
 def velocity_field(mixture: GaussianMixture, process: AbstractProcess) -> MarginalVelocity:
     """The exact WGF velocity field ``(x, t) -> f - g^2/2 grad log p_t``."""
-    return MarginalVelocity(mixture, process)
+    return MarginalVelocity.build(mixture, process)
 
 
 def log_density_field(mixture: GaussianMixture, process: AbstractProcess) -> MarginalLogDensity:
     """``(x, t) -> log p_t(x)``."""
-    return MarginalLogDensity(mixture, process)
+    return MarginalLogDensity.build(mixture, process)
 
 
 def dt_log_density_field(
     mixture: GaussianMixture, process: AbstractProcess
 ) -> MarginalDtLogDensity:
     """``(x, t) -> d/dt log p_t(x)``, the exact time derivative of the marginal log-density."""
-    return MarginalDtLogDensity(mixture, process)
+    return MarginalDtLogDensity.build(mixture, process)
 
 
 # ---------------------------------------------------------------------------------------------
