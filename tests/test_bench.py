@@ -58,8 +58,10 @@ def test_tiny_suite_writes_schema(tmp_path):
             assert e["max_abs_diff_vs_wgfm"] < 1e-4
         if "rel_diff_vs_wgfm" in e:
             assert e["rel_diff_vs_wgfm"] < 1e-4
-        if "field_vs_gmm_oracle" in e:  # float64: the fast oracle equals wgfm.gmm's
+        if "field_vs_gmm_oracle" in e:  # float64: eigendecomposition vs Cholesky path
             assert e["field_vs_gmm_oracle"] < 1e-10
+        if "torch_port_max_diff" in e:  # float64 PyTorch port of the oracle velocity
+            assert e["torch_port_max_diff"] < 1e-10
 
 
 def test_compile_benchmark_reports_no_retrace():
