@@ -125,10 +125,16 @@ def torch_chunked_subjac(torch, f, t: float, chunk: int = 16):
     return batch
 
 
-def wgfm_subjac_fn(field, t):
+def wgfm_subjac_fn(field, t, chunk_size: int | None = None):
+    """``(xs, idxs) -> (n, K, K)``: all images and tangents at once (``chunk_size=None``), or
+    images one at a time with ``chunk_size`` tangents per pass, as the authors chunk (the
+    working set then stays in cache: ~1.8x faster at 32x32, width 32)."""
     from wgfm.diagnostics import sub_jacobian
 
-    return jax.jit(jax.vmap(lambda x, i: sub_jacobian(field, x, t, i)))
+    if chunk_size is None:
+        return jax.jit(jax.vmap(lambda x, i: sub_jacobian(field, x, t, i)))
+    one = lambda xi: sub_jacobian(field, xi[0], t, xi[1], chunk_size=chunk_size)  # noqa: E731
+    return jax.jit(lambda xs, idxs: jax.lax.map(one, (xs, idxs)))
 
 
 def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
@@ -142,13 +148,19 @@ def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
     idxs = np.stack([rng.choice(d, k, replace=False) for _ in range(n_img)]).astype(np.int32)
     t = 0.5
     case = f"{n_img} images {channels}x{size}x{size}, width {width}, K={k}"
-    fn = wgfm_subjac_fn(unet_jax(params), jnp.float32(t))
     args = (jnp.asarray(xs), jnp.asarray(idxs))
-    compile_s, med = time_jitted(fn, *args, repeats=repeats)
-    ref = np.asarray(fn(*args))
-    rows = [
-        record(BENCH, case, "wgfm sub_jacobian", compile_s=compile_s, median_s=med, repeats=repeats)
-    ]
+    rows, ref, meds = [], None, []
+    variants = [(None, "all at once")] + ([(16, "one image, chunks of 16")] if k > 16 else [])
+    for chunk, how in variants:
+        fn = wgfm_subjac_fn(unet_jax(params), jnp.float32(t), chunk)
+        compile_s, med = time_jitted(fn, *args, repeats=repeats)
+        val = np.asarray(fn(*args))
+        extra = {} if ref is None else {"max_abs_diff_vs_wgfm": float(np.max(np.abs(val - ref)))}
+        ref = val if ref is None else ref
+        rows.append(record(BENCH, case, f"wgfm sub_jacobian, {how}", compile_s=compile_s,
+                           median_s=med, repeats=repeats, **extra))  # fmt: skip
+        meds.append(med)
+    med = min(meds)
     torch = C.torch_or_none(BENCH)
     if torch is None:
         return rows
@@ -165,7 +177,7 @@ def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
             median_s=med_t,
             repeats=repeats,
             first_call_s=first,
-            wgfm_speedup=med_t / med,
+            wgfm_speedup=med_t / med,  # against wgfm's faster variant
             rel_diff_vs_wgfm=err,
         )
     )

@@ -73,6 +73,10 @@ def test_sub_jacobian_equals_block():
     idx = jnp.array([7, 2, 9, 0])
     full = jacobian(f, x, 0.1)
     np.testing.assert_allclose(sub_jacobian(f, x, 0.1, idx), full[idx][:, idx], atol=1e-14)
+    for chunk in (1, 3):  # chunked tangents (3 does not divide 4): the same block
+        np.testing.assert_allclose(
+            sub_jacobian(f, x, 0.1, idx, chunk_size=chunk), full[idx][:, idx], atol=1e-14
+        )
     ridx = random_indices(jax.random.key(7), 10, 10)
     assert sorted(np.asarray(ridx).tolist()) == list(range(10))
 

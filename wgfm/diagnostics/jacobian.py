@@ -55,14 +55,20 @@ def jacobian(
 
 
 def sub_jacobian(
-    field: Field, x: Array, t: Scalar, idx: Int[ArrayLike, " k"]
+    field: Field,
+    x: Array,
+    t: Scalar,
+    idx: Int[ArrayLike, " k"],
+    *,
+    chunk_size: int | None = None,
 ) -> Float[Array, "k k"]:
-    """Principal block ``J[idx][:, idx]`` from ``len(idx)`` one-hot JVPs (not D)."""
+    """Principal block ``J[idx][:, idx]`` from ``len(idx)`` one-hot JVPs (not D), ``chunk_size``
+    at a time (None: all at once; chunks bound memory and keep large networks in cache)."""
     d = int(np.prod(jnp.shape(x)))
     idx = _check_indices(idx, d)
     fx, jvp = _linearized(field, x, t)
     dt = jnp.result_type(x)
-    cols = jax.vmap(lambda j: jvp(jax.nn.one_hot(j, d, dtype=dt))[idx])(idx)
+    cols = _map_tangents(lambda j: jvp(jax.nn.one_hot(j, d, dtype=dt))[idx], idx, chunk_size)
     return check_finite((cols.T, fx), x, t, "values or Jacobian entries")[0]
 
 
