@@ -95,6 +95,21 @@ def test_conservative_head_jacobian_is_symmetric():
     assert np.abs(jf - jf.T).max() > 1e-3
 
 
+@pytest.mark.parametrize(("predicts", "expected"), [("eps", 1.0), ("score", -1.0), ("x0", 0.0)])
+def test_conservative_head_has_the_right_tail(predicts, expected):
+    """Where the network outputs ~0 (far from the data; here a zeroed output layer) the head
+    gives eps ~ x, score ~ -x, others ~ 0: the behaviour at high noise. (The old eps head gave
+    -x there and sent probability-flow trajectories from the prior to |x| ~ 1e5.)"""
+    model = get_model("mlp-small", predicts=predicts, conservative=True)
+    params = model.init(KEY, (3,), jnp.float64)
+    dense = params["params"]
+    last = max((k for k in dense if k.startswith("Dense_")), key=lambda k: int(k.split("_")[1]))
+    dense = {**dense, last: jax.tree.map(jnp.zeros_like, dense[last])}
+    x = jax.random.normal(KEY, (3,))
+    out = model.apply({**params, "params": dense}, x, 0.9)
+    np.testing.assert_allclose(out, expected * x, rtol=0, atol=1e-14)
+
+
 def test_adapters_convert_by_the_closed_forms(mlp):
     model, params = mlp
     x, t = jax.random.normal(KEY, (3,)), 0.35

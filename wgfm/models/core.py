@@ -49,8 +49,18 @@ class Model(eqx.Module):
         return self.net.apply(params, x[None], t[None])[0]
 
     def potential(self, params, x: Array, t: Scalar) -> Array:
-        """Scalar potential ``phi(x, t) = -1/2 ||x - net(x, t)||^2`` of the conservative head."""
-        return -0.5 * jnp.sum((x - self.raw(params, x, t)) ** 2)
+        """Scalar potential of the conservative head, with the right behaviour far from the
+        data built in (where the network's output is ~0): ``+1/2 ||x + net||^2`` for eps
+        (gradient ~ x, as eps ~ x_t at high noise), ``-1/2 ||x - net||^2`` for the score
+        (gradient ~ -x) and ``-1/2 ||net||^2`` otherwise (gradient ~ 0). With
+        ``-1/2 ||x - net||^2`` for eps, the gradient is ~ -x off the data, the wrong sign: a few
+        probability-flow trajectories from the prior escape to |x| ~ 1e5."""
+        out = self.raw(params, x, t)
+        if self.predicts == "eps":
+            return 0.5 * jnp.sum((x + out) ** 2)
+        if self.predicts == "score":
+            return -0.5 * jnp.sum((x - out) ** 2)
+        return -0.5 * jnp.sum(out**2)
 
     def apply(self, params, x: Array, t: Scalar) -> Array:
         """Prediction of ``predicts`` at one unbatched sample ``x`` and scalar time ``t``."""
