@@ -141,6 +141,7 @@ def trained_part(ctx: Context, report: Report, title: str) -> dict:
             f"Spearman(residual, SW2) = {fmt(rho_res, 2)} over {len(names)} networks",
             f"Spearman(lambda, SW2) = {fmt(rho_lam, 2)}",
             bool(rho_res > abs(rho_lam)),
+            f"rank correlations over {len(names)} networks are noisy; per-network numbers in results.json",
         ),
     )
     frac = col["harmless"] ** 2 / (col["harmless"] ** 2 + col["harmful"] ** 2)
