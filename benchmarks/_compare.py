@@ -132,6 +132,19 @@ def sync_torch(out):
     return out
 
 
+def oracle_case(dim: int):
+    """``(process, key, mixture, velocity field, check)`` in float64: the 8-mode ring in 2D, a
+    random 4-component mixture otherwise; ``check`` is :func:`oracle_max_diff` of the field."""
+    from wgfm import gmm
+    from wgfm.processes import VP
+
+    process, key = VP(), jax.random.key(dim)
+    mix = gmm.ring() if dim == 2 else gmm.random_mixture(dim, 4, key=key)
+    mix = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), mix)
+    field = gmm.velocity_field(mix, process)
+    return process, key, mix, field, oracle_max_diff(field, mix, process, dim)
+
+
 def oracle_max_diff(field, mixture, process, dim: int, n: int = 8) -> float:
     """Max relative difference, on ``n`` points at 3 times (float64 expected), between ``field``
     and the WGF velocity computed from ``mixture.marginal(process, t).score`` (the Cholesky

@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.integrate import solve_ivp
 
-from wgfm import gmm
 from wgfm.processes import VP
 from wgfm.transport import log_likelihood
 
@@ -112,12 +111,7 @@ def torch_loop_log_likelihood(torch, velocity, prior, x: np.ndarray, t0: float, 
 
 
 def run_case(dim: int, n: int, repeats: int, with_loop: bool, probes=(1, 4, 16)) -> list[dict]:
-    process = VP()
-    key = jax.random.key(dim)
-    mix = gmm.ring() if dim == 2 else gmm.random_mixture(dim, 4, key=key)
-    mix = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), mix)
-    field = gmm.velocity_field(mix, process)
-    oracle_diff = C.oracle_max_diff(field, mix, process, dim)
+    process, key, mix, field, oracle_diff = C.oracle_case(dim)
     t0 = process.t_min
     marg = mix.marginal(process, t0)
     x = marg.sample(n, key=jax.random.fold_in(key, 1))

@@ -18,8 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.integrate import solve_ivp
 
-from wgfm import gmm
-from wgfm.processes import VP
 from wgfm.transport import sample_ode
 
 from . import _compare as C
@@ -35,12 +33,7 @@ def _errors(samples, ref) -> dict[str, float]:
 
 
 def run_case(dim: int, n: int, repeats: int, both_steppings: bool = True) -> list[dict]:
-    process = VP()
-    key = jax.random.key(dim)
-    mix = gmm.ring() if dim == 2 else gmm.random_mixture(dim, 4, key=key)
-    mix = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), mix)
-    field = gmm.velocity_field(mix, process)
-    oracle_diff = C.oracle_max_diff(field, mix, process, dim)
+    process, key, mix, field, oracle_diff = C.oracle_case(dim)
     x0 = process.prior_sample((n, dim), key=jax.random.fold_in(key, 1), dtype=jnp.float64)
     t0, t1 = float(process.t_max), float(process.t_min)
     case = f"{n} particles, D={dim}"

@@ -22,6 +22,12 @@ from wgfm.diagnostics import loops
 from wgfm.diagnostics.jacobian import curl_2d
 
 FAMILIES = ("circle", "bridge", "pair rotation", "noisy copies")
+# (data kind, family) -> (figure suffix, caption) of the circulation-by-level figures.
+FIGURES = {
+    ("2d", "bridge"): ("bridge", "Brownian-bridge loops"),
+    ("10d", "noisy copies"): ("noisy", "noisy-copy cycles"),
+    ("image", "bridge"): ("bridge", "Brownian-bridge loops"),
+}
 
 
 def _loop(family: str, ctx: Context, x0, xt, t, key):
@@ -110,24 +116,13 @@ def run(ctx: Context, report: Report, title: str) -> None:
                     f"trained/control >= {fmt(ratio.min())}",
                 ),
             )
-            if data == "2d" and family == "bridge":
+            fig_name = FIGURES.get((data if data in ("2d", "10d") else "image", family))
+            if fig_name is not None:
                 fig = lines_by_level(
                     ts, {k: v[2] for k, v in res.items()}, "abs(I / L)",
-                    "Circulation per length, Brownian-bridge loops (2D)",
+                    f"Circulation per length, {fig_name[1]} ({data})",
                 )  # fmt: skip
-                report.save_figure(title, fig, "circulation_2d_bridge")
-            if data == "10d" and family == "noisy copies":
-                fig = lines_by_level(
-                    ts, {k: v[2] for k, v in res.items()}, "abs(I / L)",
-                    "Circulation per length, noisy-copy cycles (10-D)",
-                )  # fmt: skip
-                report.save_figure(title, fig, "circulation_10d_noisy")
-            if data == ctx.config.image_set and family == "bridge":
-                fig = lines_by_level(
-                    ts, {k: v[2] for k, v in res.items()}, "abs(I / L)",
-                    f"Circulation per length, Brownian-bridge loops ({data})",
-                )  # fmt: skip
-                report.save_figure(title, fig, f"circulation_{data}_bridge")
+                report.save_figure(title, fig, f"circulation_{data}_{fig_name[0]}")
     if "2d" in ctx.datasets:
         _oracle_convergence(ctx, report, title, numbers)
         _curl_figure(ctx, report, title)

@@ -34,6 +34,11 @@ def test_sweep_matches_a_python_loop_and_numpy_quantiles(data):
         res.quantiles, np.quantile(loop, np.asarray(res.levels), axis=1), rtol=1e-12
     )
     assert res.values.shape == (4, 6) and res.quantiles.shape == (5, 4)
+    for bs in (1, 4):  # samples in chunks (4 does not divide 6): the same numbers
+        np.testing.assert_allclose(sweep("lambda", field, xs, ts, batch_size=bs).values, loop,
+                                   rtol=1e-12)  # fmt: skip
+    with pytest.raises(ValueError, match="batch_size"):
+        sweep("lambda", field, xs, ts, batch_size=0)
 
 
 def test_noised_samples_follow_the_marginal():
