@@ -207,17 +207,20 @@ def over_levels(fn, *args):
 
 def clean_and_noised(ctx: Context, data: str, ts, n: int, key):
     """Clean points ``x0`` and ``x_t = alpha_t x0 + sigma_t eps``, ``n`` fresh ones per level:
-    both ``(L, n, *shape)``. ``x0`` comes from the mixture or without replacement from the
-    image set; ``x_t`` then follows ``p_t`` exactly."""
+    both ``(L, n, *shape)``. ``x0`` comes from the mixture or, ``n`` distinct images per level,
+    from the image set; ``x_t`` then follows ``p_t`` exactly."""
     k1, k2 = jax.random.split(key)
     if data in ("2d", "10d"):
         mix = ctx.mix2d if data == "2d" else ctx.mix10d
         x0 = mix.sample(len(ts) * n, key=k1).reshape(len(ts), n, -1)
     else:
         x = jnp.asarray(ctx.data(data))
-        if len(ts) * n > x.shape[0]:
-            raise ValueError(f"{data}: {len(ts)} levels x {n} samples exceed {x.shape[0]} images.")
-        x0 = x[jax.random.choice(k1, x.shape[0], (len(ts), n), replace=False)]
+        if n > x.shape[0]:
+            raise ValueError(f"{data}: {n} samples per level exceed its {x.shape[0]} images.")
+        # Distinct images within a level, drawn afresh for each level (100 levels x 64 digits
+        # would exceed the 1,797 images without replacement across levels).
+        keys = jax.random.split(k1, len(ts))
+        x0 = x[jax.vmap(lambda k: jax.random.choice(k, x.shape[0], (n,), replace=False))(keys)]
     tj = jnp.asarray(ts, x0.dtype)
     keys = jax.random.split(k2, len(ts))
     xt = over_levels(lambda xl, t, k: ctx.process.sample_marginal(xl, t, key=k)[0], x0, tj, keys)
