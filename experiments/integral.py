@@ -83,14 +83,16 @@ def run(ctx: Context, report: Report, title: str) -> None:
     numbers: dict = {"levels": ts}
     for data in ctx.datasets:
         x0, xt = clean_and_noised(ctx, data, ts, sz.num_diag_samples, ctx.key(f"int-{data}"))
-        large = int(np.prod(x0.shape[2:])) > sz.max_exact_dim
+        # Every loop point is a network evaluation: a U-Net over (samples x ~1000 points) at
+        # once would need ~20 GB at the full sizes, so image sets go a few samples at a time.
+        batch = None if data in ("2d", "10d") else (4 if x0[0, 0].size <= sz.max_exact_dim else 1)
         fields = {
             "trained": ctx.network(data).score(),
             "untrained": ctx.network(data, steps=0).score(),
             "oracle score": ctx.oracle_score(data),
         }
         numbers[data] = {}
-        sweep = circulation_sweep(ctx, batch=2 if large else None)
+        sweep = circulation_sweep(ctx, batch=batch)
         key = ctx.key(f"loop-{data}")  # the same loops for every field
         per_field = {
             k: jax.tree.map(np.asarray, sweep(f, x0, xt, tsj, key)) for k, f in fields.items()
