@@ -32,6 +32,12 @@ class Sizes:
     image_weighting: str = "uniform"  # the paper's CIFAR-10 setting: "min-snr" (gamma = 5)
     sub_jacobian_size: int = 16  # K of the K x K sub-Jacobians (the authors: 64 on CIFAR-10)
     max_exact_dim: int = 64  # exact Jacobians up to this D; beyond, sub-Jacobians and probes
+    # Image sets in claims 1-2 (None: as the mixtures). Every loop point and Jacobian column is
+    # a U-Net evaluation (~0.75 ms for the digits U-Net on the CPU), so the CPU default thins
+    # these; the GPU presets use the authors' numbers.
+    image_diag_samples: int | None = None  # samples per level, claim 1
+    image_loop_levels: int | None = None  # noise levels, claim 2
+    image_loop_samples: int | None = None  # samples per level, claim 2
 
 
 QUICK = Sizes(
@@ -59,7 +65,7 @@ FULL = Sizes(
     num_diag_samples=64,
     train_steps_2d=8000,
     train_steps_10d=8000,
-    train_steps_image=3000,
+    train_steps_image=1500,
     batch_size=512,
     num_eval_samples=4000,
     loop_points=(16, 32, 64, 128, 256),
@@ -72,14 +78,18 @@ FULL = Sizes(
     snapshots=(0.05, 0.1, 0.2, 0.4, 0.7, 1.0),
     arch_vector="mlp",
     arch_image="unet-digits",
+    image_diag_samples=8,
+    image_loop_levels=10,
+    image_loop_samples=4,
 )
 
 # Image presets: MNIST and the authors' CIFAR-10 configuration (width-64 U-Net, multipliers
 # (1, 2, 4, 8), sigmoid schedule, eps-prediction with min-SNR-5 weighting; 64x64 sub-Jacobians on
 # 128 images and loops on 256 images at 100 levels). Their full sizes are meant for a GPU; the
 # quick sizes check the pipeline end to end on a CPU in minutes, not the paper's numbers.
+_AUTHORS = dict(image_diag_samples=None, image_loop_levels=None, image_loop_samples=None)
 MNIST_FULL = dataclasses.replace(
-    FULL, num_diag_samples=128, train_steps_image=20_000, arch_image="unet-mnist",
+    FULL, **_AUTHORS, num_diag_samples=128, train_steps_image=20_000, arch_image="unet-mnist",
     image_batch=128, image_lr=2e-4, image_weighting="min-snr", sub_jacobian_size=64,
 )  # fmt: skip
 MNIST_QUICK = dataclasses.replace(
@@ -87,7 +97,7 @@ MNIST_QUICK = dataclasses.replace(
     image_batch=32, image_weighting="min-snr", sub_jacobian_size=64,
 )  # fmt: skip
 CIFAR_FULL = dataclasses.replace(
-    FULL, num_diag_samples=256, train_steps_image=100_000, arch_image="unet-cifar10-paper",
+    FULL, **_AUTHORS, num_diag_samples=256, train_steps_image=100_000, arch_image="unet-cifar10-paper",
     image_batch=128, image_lr=2e-4, image_weighting="min-snr", sub_jacobian_size=64,
 )  # fmt: skip
 CIFAR_QUICK = dataclasses.replace(MNIST_QUICK, arch_image="unet-cifar10-paper", image_batch=16)

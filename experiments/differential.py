@@ -85,6 +85,12 @@ def run(ctx: Context, report: Report, title: str) -> None:
     report.numbers["differential"] = summary
 
 
+def _samples(ctx: Context, data: str) -> int:
+    sz = ctx.sizes
+    image = data not in ("2d", "10d")
+    return (sz.image_diag_samples if image else None) or sz.num_diag_samples
+
+
 def _control_name(data: str) -> str:
     return "exact oracle score" if data in ("2d", "10d") else "exact score of a Gaussian fit"
 
@@ -99,7 +105,7 @@ def _fields(ctx: Context, data: str) -> dict:
 
 def _exact(ctx: Context, report: Report, title: str, data: str, ts) -> dict:
     """Exact Jacobians of every field at every level (D <= ``max_exact_dim``)."""
-    _, xs = clean_and_noised(ctx, data, ts, ctx.sizes.num_diag_samples, ctx.key(f"diff-x-{data}"))
+    _, xs = clean_and_noised(ctx, data, ts, _samples(ctx, data), ctx.key(f"diff-x-{data}"))
     tsj = jnp.asarray(ts, xs.dtype)
     series = {k: asymmetry_sweep(f, xs, tsj) for k, f in _fields(ctx, data).items()}
     lam = {k: np.asarray(v[0]) for k, v in series.items()}
@@ -120,7 +126,7 @@ def _large(ctx: Context, report: Report, title: str, data: str, ts) -> dict:
     """The authors' large-D path: ``K x K`` sub-Jacobians on random coordinates, with probe
     estimates of the full ratio beside them."""
     sz = ctx.sizes
-    _, xs = clean_and_noised(ctx, data, ts, sz.num_diag_samples, ctx.key(f"diff-x-{data}"))
+    _, xs = clean_and_noised(ctx, data, ts, _samples(ctx, data), ctx.key(f"diff-x-{data}"))
     tsj = jnp.asarray(ts, xs.dtype)
     key = ctx.key(f"diff-sub-{data}")  # the same coordinates and probes for every field
     k = sz.sub_jacobian_size

@@ -80,9 +80,13 @@ def run(ctx: Context, report: Report, title: str) -> None:
     sz = ctx.sizes
     ts = times_grid(ctx.process, sz.num_levels)
     tsj = jnp.asarray(ts, jnp.float32)
-    numbers: dict = {"levels": ts}
+    numbers: dict = {"levels": ts}  # per data set too, where image sets use fewer
     for data in ctx.datasets:
-        x0, xt = clean_and_noised(ctx, data, ts, sz.num_diag_samples, ctx.key(f"int-{data}"))
+        image = data not in ("2d", "10d")
+        ts = times_grid(ctx.process, (sz.image_loop_levels if image else None) or sz.num_levels)
+        tsj = jnp.asarray(ts, jnp.float32)
+        n = (sz.image_loop_samples if image else None) or sz.num_diag_samples
+        x0, xt = clean_and_noised(ctx, data, ts, n, ctx.key(f"int-{data}"))
         # Every loop point is a network evaluation: a U-Net over (samples x ~1000 points) at
         # once would need ~20 GB at the full sizes, so image sets go a few samples at a time.
         batch = None if data in ("2d", "10d") else (4 if x0[0, 0].size <= sz.max_exact_dim else 1)
@@ -91,7 +95,7 @@ def run(ctx: Context, report: Report, title: str) -> None:
             "untrained": ctx.network(data, steps=0).score(),
             "oracle score": ctx.oracle_score(data),
         }
-        numbers[data] = {}
+        numbers[data] = {"levels": ts}
         sweep = circulation_sweep(ctx, batch=batch)
         key = ctx.key(f"loop-{data}")  # the same loops for every field
         per_field = {
