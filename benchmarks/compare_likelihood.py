@@ -71,9 +71,9 @@ def vp_coefficients_host(process: VP, t: float) -> tuple[float, float, float, fl
 
 def torch_mixture_velocity(torch, mix, process: VP):
     """``gmm.velocity_field`` in PyTorch (float64): ``(x (n, D), t float) -> (n, D)``."""
-    w = torch.from_numpy(np.asarray(mix.weights, np.float64))
-    mu = torch.from_numpy(np.asarray(mix.means, np.float64))
-    cov = torch.from_numpy(np.asarray(mix.covs, np.float64))
+    w = torch.from_numpy(np.array(mix.weights, np.float64))
+    mu = torch.from_numpy(np.array(mix.means, np.float64))
+    cov = torch.from_numpy(np.array(mix.covs, np.float64))
     eye = torch.eye(mu.shape[1], dtype=torch.float64)
 
     def velocity(x, t: float):
@@ -166,7 +166,7 @@ def run_case(dim: int, n: int, repeats: int, with_loop: bool, probes=(1, 4, 16))
         torch = C.torch_or_none(BENCH)
         if torch is not None:
             vel = torch_mixture_velocity(torch, mix, process)
-            xt = torch.from_numpy(np.asarray(x[:4]))
+            xt = torch.from_numpy(np.array(x[:4]))
             ref = np.asarray(jax.vmap(field, in_axes=(0, None))(x[:4], 0.3))
             port_diff = float(np.max(np.abs(vel(xt, 0.3).numpy() - ref)))
             xn, t0f, t1f = np.asarray(x), float(process.t_min), float(process.t_max)
