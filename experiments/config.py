@@ -8,7 +8,7 @@ from pathlib import Path
 
 @dataclasses.dataclass(frozen=True)
 class Sizes:
-    """Every size the experiments use. ``QUICK`` fits in ~3 minutes on 2 CPU cores."""
+    """Every size the experiments use. ``QUICK`` takes ~5 minutes on 2 CPU cores (the target is 3)."""
 
     num_levels: int  # noise levels of the sweeps (the authors: 100, t = 1, 11, ..., 991 of 1000)
     num_diag_samples: int  # samples per level for Jacobian/loop diagnostics
@@ -116,7 +116,7 @@ class ReproduceConfig:
     """``wgfm reproduce`` options.
 
     Args:
-        quick: the ~3-minute CPU version (fewer levels, samples and training steps).
+        quick: the ~5-minute CPU version (fewer levels, samples and training steps).
         out: output directory for REPORT.md, results.json and figures/.
         preset: 'default' (2D and 10-D mixtures plus digits: all five claims), 'digits' (digits
             only), 'mnist' or 'cifar10-paper' (need --data DIR; the latter is the authors'

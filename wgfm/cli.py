@@ -72,7 +72,7 @@ def reproduce(
     devices: int | None = None,
 ) -> int:
     """Reproduce the paper: every claim as a number beside an exact control (REPORT.md,
-    results.json and figures/ under --out). --quick takes ~3 minutes on 2 CPU cores.
+    results.json and figures/ under --out). --quick takes ~5 minutes on 2 CPU cores.
 
     Args:
         quick: the short CPU version (fewer noise levels, samples and training steps).
