@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.config import ReproduceConfig, Sizes
+from experiments.config import MIXTURES, ReproduceConfig, Sizes
 from wgfm import data as wdata
 from wgfm import gmm
 from wgfm.processes import AbstractProcess
@@ -114,7 +114,7 @@ class Context:
         from there, so an interrupted run loses no training and a rerun retrains nothing."""
         from wgfm.models import get_model
 
-        image = data not in ("2d", "10d")
+        image = data not in MIXTURES
         sz = self.sizes
         default = {"2d": sz.train_steps_2d, "10d": sz.train_steps_10d}.get(
             data, sz.train_steps_image
@@ -210,7 +210,7 @@ def clean_and_noised(ctx: Context, data: str, ts, n: int, key):
     both ``(L, n, *shape)``. ``x0`` comes from the mixture or, ``n`` distinct images per level,
     from the image set; ``x_t`` then follows ``p_t`` exactly."""
     k1, k2 = jax.random.split(key)
-    if data in ("2d", "10d"):
+    if data in MIXTURES:
         mix = ctx.mix2d if data == "2d" else ctx.mix10d
         x0 = mix.sample(len(ts) * n, key=k1).reshape(len(ts), n, -1)
     else:

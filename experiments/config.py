@@ -102,9 +102,12 @@ CIFAR_FULL = dataclasses.replace(
 )  # fmt: skip
 CIFAR_QUICK = dataclasses.replace(MNIST_QUICK, arch_image="unet-cifar10-paper", image_batch=16)
 
+# Data sets with an exact Gaussian-mixture oracle; every other name is an image set.
+MIXTURES = ("2d", "10d")
+
 # preset -> (vector data sets, image data set or None, quick sizes, full sizes)
 PRESETS: dict[str, tuple[tuple[str, ...], str | None, Sizes, Sizes]] = {
-    "default": (("2d", "10d"), "digits", QUICK, FULL),
+    "default": (MIXTURES, "digits", QUICK, FULL),
     "digits": ((), "digits", QUICK, FULL),
     "mnist": ((), "mnist", MNIST_QUICK, MNIST_FULL),
     "cifar10-paper": ((), "cifar10", CIFAR_QUICK, CIFAR_FULL),

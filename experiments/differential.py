@@ -24,6 +24,7 @@ from experiments.common import (
     over_samples,
     times_grid,
 )
+from experiments.config import MIXTURES
 from experiments.report import ClaimRow, Report, boxplot_by_level, fmt
 from wgfm.diagnostics.jacobian import (
     asymmetry,
@@ -87,12 +88,11 @@ def run(ctx: Context, report: Report, title: str) -> None:
 
 def _samples(ctx: Context, data: str) -> int:
     sz = ctx.sizes
-    image = data not in ("2d", "10d")
-    return (sz.image_diag_samples if image else None) or sz.num_diag_samples
+    return (sz.image_diag_samples if data not in MIXTURES else None) or sz.num_diag_samples
 
 
 def _control_name(data: str) -> str:
-    return "exact oracle score" if data in ("2d", "10d") else "exact score of a Gaussian fit"
+    return "exact oracle score" if data in MIXTURES else "exact score of a Gaussian fit"
 
 
 def _fields(ctx: Context, data: str) -> dict:
@@ -164,7 +164,7 @@ def _verdicts(report: Report, title: str, data: str, med: dict, what: str) -> No
     )
     fifth = max(1, len(med["trained"]) // 5)
     low, high = med["trained"][:fifth], med["trained"][-fifth:]
-    zero_init = data not in ("2d", "10d")
+    zero_init = data not in MIXTURES
     report.add(
         title,
         ClaimRow(

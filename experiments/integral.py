@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.common import Context, clean_and_noised, over_levels, over_samples, times_grid
+from experiments.config import MIXTURES
 from experiments.report import ClaimRow, Report, field_with_curl, fmt, lines_by_level
 from wgfm.diagnostics import loops
 from wgfm.diagnostics.jacobian import curl_2d
@@ -78,18 +79,16 @@ def circulation_sweep(ctx: Context, families: tuple[str, ...] = FAMILIES, batch:
 
 def run(ctx: Context, report: Report, title: str) -> None:
     sz = ctx.sizes
-    ts = times_grid(ctx.process, sz.num_levels)
-    tsj = jnp.asarray(ts, jnp.float32)
-    numbers: dict = {"levels": ts}  # per data set too, where image sets use fewer
+    numbers: dict = {"levels": times_grid(ctx.process, sz.num_levels)}  # image sets: fewer
     for data in ctx.datasets:
-        image = data not in ("2d", "10d")
+        image = data not in MIXTURES
         ts = times_grid(ctx.process, (sz.image_loop_levels if image else None) or sz.num_levels)
         tsj = jnp.asarray(ts, jnp.float32)
         n = (sz.image_loop_samples if image else None) or sz.num_diag_samples
         x0, xt = clean_and_noised(ctx, data, ts, n, ctx.key(f"int-{data}"))
         # Every loop point is a network evaluation: a U-Net over (samples x ~1000 points) at
         # once would need ~20 GB at the full sizes, so image sets go a few samples at a time.
-        batch = None if data in ("2d", "10d") else (4 if x0[0, 0].size <= sz.max_exact_dim else 1)
+        batch = (4 if x0[0, 0].size <= sz.max_exact_dim else 1) if image else None
         fields = {
             "trained": ctx.network(data).score(),
             "untrained": ctx.network(data, steps=0).score(),
@@ -110,7 +109,7 @@ def run(ctx: Context, report: Report, title: str) -> None:
             }  # fmt: skip
             tr, orc = np.median(res["trained"][2], 0), np.median(res["oracle score"][2], 0)
             ratio = tr / np.maximum(orc, 1e-30)
-            control = "oracle" if data in ("2d", "10d") else "Gaussian-fit score"
+            control = "Gaussian-fit score" if image else "oracle"
             report.add(
                 title,
                 ClaimRow(
@@ -122,7 +121,7 @@ def run(ctx: Context, report: Report, title: str) -> None:
                     f"trained/control >= {fmt(ratio.min())}",
                 ),
             )
-            fig_name = FIGURES.get((data if data in ("2d", "10d") else "image", family))
+            fig_name = FIGURES.get(("image" if image else data, family))
             if fig_name is not None:
                 fig = lines_by_level(
                     ts, {k: v[2] for k, v in res.items()}, "abs(I / L)",
