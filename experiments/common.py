@@ -15,6 +15,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from rich.console import Console
 
 from experiments.config import MIXTURES, ReproduceConfig, Sizes
 from wgfm import data as wdata
@@ -34,6 +35,18 @@ class Trained:
     train_seconds: float
     steps: int
     final_loss: float
+    snapshots: dict = dataclasses.field(default_factory=dict)  # step -> EMA params on the way
+
+    def at(self, step: int) -> Trained:
+        """The same run's EMA parameters after ``step`` updates (a training-curve snapshot)."""
+        if step == self.steps:
+            return self
+        if step not in self.snapshots:
+            raise ValueError(f"`step` must be one of {sorted(self.snapshots)}, got {step}.")
+        # Time prorated: the snapshots come out of one run.
+        secs = self.train_seconds * step / max(self.steps, 1)
+        return Trained(f"{self.name}@{step}", self.model, self.snapshots[step], self.process,
+                       secs, step, float("nan"))  # fmt: skip
 
     def score(self):
         from wgfm.models import score_field
@@ -58,6 +71,7 @@ class Context:
         self.mesh = mesh  # a data mesh (wgfm.distributed): networks train data parallel on it
         self.datasets: tuple[str, ...] = config.datasets
         self.vector_sets: tuple[str, ...] = config.vector_sets
+        self.console = Console(stderr=True)
 
     def key(self, name: str):
         """A key for ``name``, independent of the order in which assets are built."""
@@ -147,13 +161,16 @@ class Context:
             if data in ("mnist", "cifar10"):
                 run_dir = self.config.out / "networks" / name
             long = steps >= 2000 and image
+            snaps = sorted({max(1, int(f * steps)) for f in sz.snapshots} - {steps})
             t0 = time.perf_counter()
             res = fit(model, self.process, x, cfg, key=key, run_dir=run_dir,
-                      resume=run_dir is not None, progress=long, mesh=self.mesh)  # fmt: skip
+                      resume=run_dir is not None, progress=long, mesh=self.mesh,
+                      snapshot_steps=snaps)  # fmt: skip
             jax.block_until_ready(res.ema)
             secs = time.perf_counter() - t0
             loss = float(res.logged_losses[-1]) if len(res.logged_losses) else float("nan")
-            out = Trained(name, model, res.ema, self.process, secs, steps, loss)
+            out = Trained(name, model, res.ema, self.process, secs, steps, loss, res.snapshots)
+            self.console.log(f"trained {name} ({arch}): {steps} steps in {secs:.1f} s")
         self._cache[name] = out
         return out
 

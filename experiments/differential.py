@@ -16,6 +16,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array
 
 from experiments.common import (
     Context,
@@ -78,11 +79,11 @@ def run(ctx: Context, report: Report, title: str) -> None:
     for data in ctx.datasets:
         dim = int(np.prod(ctx.data(data).shape[1:]))
         if dim <= sz.max_exact_dim:
-            summary[data] = _exact(ctx, report, title, data, ts)
+            summary[data], xs, lam = _exact(ctx, report, title, data, ts)
+            if data == "digits":
+                _estimators_agree(ctx, report, title, ts, xs, lam["trained"], summary[data])
         else:
             summary[data] = _large(ctx, report, title, data, ts)
-    if "digits" in ctx.datasets:
-        _estimators_agree(ctx, report, title, ts, summary["digits"])
     report.numbers["differential"] = summary
 
 
@@ -103,8 +104,9 @@ def _fields(ctx: Context, data: str) -> dict:
     }
 
 
-def _exact(ctx: Context, report: Report, title: str, data: str, ts) -> dict:
-    """Exact Jacobians of every field at every level (D <= ``max_exact_dim``)."""
+def _exact(ctx: Context, report: Report, title: str, data: str, ts) -> tuple[dict, Array, dict]:
+    """Exact Jacobians of every field at every level (D <= ``max_exact_dim``); returns the
+    summary, the samples ``(L, n, *shape)`` and each field's ratios ``(n, L)``."""
     _, xs = clean_and_noised(ctx, data, ts, _samples(ctx, data), ctx.key(f"diff-x-{data}"))
     tsj = jnp.asarray(ts, xs.dtype)
     series = {k: asymmetry_sweep(f, xs, tsj) for k, f in _fields(ctx, data).items()}
@@ -115,11 +117,12 @@ def _exact(ctx: Context, report: Report, title: str, data: str, ts) -> dict:
     )
     report.save_figure(title, fig, f"lambda_{data}")
     _verdicts(report, title, data, med, "lambda")
-    return {
+    summary = {
         "levels": ts,
         "median_ratio": med,
         "median_nasym": {k: np.median(np.asarray(v[1]), axis=0) for k, v in series.items()},
     }
+    return summary, xs, lam
 
 
 def _large(ctx: Context, report: Report, title: str, data: str, ts) -> dict:
@@ -178,13 +181,13 @@ def _verdicts(report: Report, title: str, data: str, med: dict, what: str) -> No
     )
 
 
-def _estimators_agree(ctx: Context, report: Report, title: str, ts, summary: dict) -> None:
-    """On the digits U-Net (D = 64) the large-D estimators agree with the exact ratio."""
-    n = min(8, ctx.sizes.num_diag_samples)
+def _estimators_agree(ctx: Context, report: Report, title: str, ts, xs, exact, summary) -> None:
+    """On the digits U-Net (D = 64) the large-D estimators agree with the exact ratio
+    (``exact`` ``(n, L)``, computed on ``xs`` by :func:`_exact`; the first 8 samples are used)."""
+    n = min(8, xs.shape[1])
     field = ctx.network("digits").score()
-    _, xs = clean_and_noised(ctx, "digits", ts, n, ctx.key("diff-x-large"))
+    xs, exact = xs[:, :n], exact[:n]
     tsj = jnp.asarray(ts, xs.dtype)
-    exact = np.asarray(asymmetry_sweep(field, xs, tsj)[0])
     sub, probe = (np.asarray(a) for a in large_d_sweep(field, xs, tsj, ctx.key("probe")))
     rel = float(np.median(np.abs(probe - exact) / exact))
     summary["probe_vs_exact_median_rel_err"] = rel

@@ -167,3 +167,22 @@ def test_train_step_traces_once():
         state, loss = step(state, data, jnp.arange(32 * s, 32 * (s + 1), dtype=jnp.int32))
         assert np.isfinite(loss)
     assert step._cache_size() == 1 and int(state.step) == 3
+
+
+def test_snapshots_are_the_ema_of_runs_stopped_there():
+    # `snapshot_steps` keeps the EMA after those updates: exactly what a run stopped there ends
+    # with (same compiled step, same keys and batches), so a training curve needs one run.
+    cfg = train.TrainConfig(steps=30, batch_size=32, lr=1e-3, warmup_steps=3, log_every=10,
+                            ema_decay=0.9)  # fmt: skip
+    model = get_model("mlp-small", predicts="eps", width=16)
+    data, key = DATA[:512], jax.random.PRNGKey(3)
+    res = train.fit(model, VP, data, cfg, key=key, progress=False, snapshot_steps=(12, 30))
+    assert sorted(res.snapshots) == [12, 30]
+    stopped = train.fit(model, VP, data, cfg, key=key, progress=False, stop_at=12)
+    for a, b in zip(jax.tree.leaves(res.snapshots[12]), jax.tree.leaves(stopped.ema), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(res.snapshots[30]), jax.tree.leaves(res.ema), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(jax.tree.leaves(res.snapshots[12])[0], jax.tree.leaves(res.ema)[0])
+    with pytest.raises(ValueError, match="snapshot_steps"):
+        train.fit(model, VP, data, cfg, key=key, progress=False, snapshot_steps=(31,))

@@ -200,10 +200,13 @@ def data_position(num_examples: int, batch_size: int, step: int) -> tuple[int, i
 
 
 _PERM_CACHE: dict[tuple, np.ndarray] = {}
+_KEY_BYTES: list = [None, None]  # (key object, its bytes): reading a key back costs a dispatch
 
 
 def _epoch_permutation(key: PRNGKeyArray, n: int, epoch: int) -> np.ndarray:
-    cache_key = (tuple(np.asarray(jax.random.key_data(key)).ravel().tolist()), n, epoch)
+    if _KEY_BYTES[0] is not key:
+        _KEY_BYTES[:] = [key, np.asarray(jax.random.key_data(key)).tobytes()]
+    cache_key = (_KEY_BYTES[1], n, epoch)
     if cache_key not in _PERM_CACHE:
         _PERM_CACHE.clear()  # one epoch at a time
         _PERM_CACHE[cache_key] = np.asarray(

@@ -92,12 +92,9 @@ class GaussianMixture(eqx.Module):
         return self.sample_with_labels(n, key=key)[0]
 
     def sample_with_labels(self, n: int, *, key: PRNGKeyArray) -> tuple[Array, Array]:
-        """``n`` samples and the index of the component each came from."""
-        k_comp, k_noise = jax.random.split(key)
-        comp = jax.random.choice(k_comp, self.num_components, (n,), p=self.weights)
-        z = jax.random.normal(k_noise, (n, self.dim), dtype=self.means.dtype)
-        chol = jnp.linalg.cholesky(self.covs)
-        return self.means[comp] + jnp.einsum("nij,nj->ni", chol[comp], z), comp
+        """``n`` samples and the index of the component each came from (one compiled program
+        per ``n``: called eagerly, the draw would otherwise compile op by op)."""
+        return _sample_with_labels(self, int(n), key)
 
     def mean(self) -> Float[Array, " d"]:
         return self.weights @ self.means
@@ -116,6 +113,15 @@ class GaussianMixture(eqx.Module):
         a, s = process.alpha(t), process.sigma(t)
         eye = jnp.eye(self.dim, dtype=self.covs.dtype)
         return _unchecked(self.weights, a * self.means, a**2 * self.covs + s**2 * eye)
+
+
+@eqx.filter_jit
+def _sample_with_labels(mix: GaussianMixture, n: int, key) -> tuple[Array, Array]:
+    k_comp, k_noise = jax.random.split(key)
+    comp = jax.random.choice(k_comp, mix.num_components, (n,), p=mix.weights)
+    z = jax.random.normal(k_noise, (n, mix.dim), dtype=mix.means.dtype)
+    chol = jnp.linalg.cholesky(mix.covs)
+    return mix.means[comp] + jnp.einsum("nij,nj->ni", chol[comp], z), comp
 
 
 def _log_components(x, weights, means, w, logdet) -> tuple[Array, Array]:

@@ -7,6 +7,7 @@ floor*: the same metric between two independent oracle sample sets of the same s
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
@@ -54,8 +55,15 @@ def sliced_wasserstein(
     x, y = _check_pair(x, y)
     if int(num_projections) < 1:
         raise ValueError(f"`num_projections` must be >= 1, got {num_projections!r}.")
+    return _sliced_wasserstein(x, y, key, int(num_projections))
+
+
+# The metrics are compiled once per shape: called eagerly on thousands of samples, op-by-op
+# execution materialises every (n, n) intermediate and dominates a reproduction's run time.
+@functools.partial(jax.jit, static_argnums=3)
+def _sliced_wasserstein(x: Array, y: Array, key: PRNGKeyArray, num_projections: int) -> Array:
     dtype = jnp.result_type(x, y)
-    theta = jax.random.normal(key, (int(num_projections), x.shape[1]), dtype=dtype)
+    theta = jax.random.normal(key, (num_projections, x.shape[1]), dtype=dtype)
     theta = theta / jnp.linalg.norm(theta, axis=1, keepdims=True)
     px, py = jnp.sort(x @ theta.T, axis=0), jnp.sort(y @ theta.T, axis=0)
     if x.shape[0] != y.shape[0]:
@@ -86,8 +94,11 @@ def mmd(
     """Unbiased squared MMD with the sum of RBF kernels ``exp(-|a-b|^2 / (2 h^2))`` over
     ``bandwidths`` (Gretton et al. 2012, eq. 3). Can be slightly negative at the noise floor."""
     x, y = _check_pair(x, y)
-    h = jnp.asarray(bandwidths, dtype=jnp.result_type(x, y)).reshape(-1)
+    return _mmd(x, y, jnp.asarray(bandwidths, dtype=jnp.result_type(x, y)).reshape(-1))
 
+
+@jax.jit
+def _mmd(x: Array, y: Array, h: Array) -> Array:
     def k(d2):
         return jnp.sum(jnp.exp(-d2[..., None] / (2 * h**2)), axis=-1)
 
@@ -98,7 +109,11 @@ def mmd(
 def energy_distance(x: Float[ArrayLike, "n d"], y: Float[ArrayLike, "m d"]) -> Float[Array, ""]:
     """Energy distance ``2 E|X - Y| - E|X - X'| - E|Y - Y'|`` (U-statistics; Székely & Rizzo)."""
     x, y = _check_pair(x, y)
+    return _energy_distance(x, y)
 
+
+@jax.jit
+def _energy_distance(x: Array, y: Array) -> Array:
     def dist(a, b):
         # sqrt has an infinite derivative at 0: guard the diagonal so gradients stay finite.
         d2 = _sq_dists(a, b)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -162,11 +163,13 @@ def _build_train_step(model, process: AbstractProcess, config: TrainConfig):
 
 
 class TrainResult(eqx.Module):
-    """The final state, its EMA parameters and the logged ``(step, loss)`` pairs of this call."""
+    """The final state, its EMA parameters, the logged ``(step, loss)`` pairs of this call and
+    the EMA parameters at the requested ``snapshot_steps`` (those this call passed through)."""
 
     state: TrainState
     logged_steps: np.ndarray
     logged_losses: np.ndarray
+    snapshots: dict = eqx.field(default_factory=dict)
 
     @property
     def params(self):
@@ -190,6 +193,7 @@ def fit(
     progress: bool = True,
     extra_meta: dict | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    snapshot_steps: Sequence[int] = (),
 ) -> TrainResult:
     """Train ``model`` on ``data`` (``(N, *sample_shape)``) for ``config.steps`` updates.
 
@@ -200,10 +204,19 @@ def fit(
     With ``run_dir``: metrics go to ``run_dir/metrics.jsonl`` and checkpoints to
     ``run_dir/checkpoints`` every ``config.checkpoint_every`` steps and at the end; ``resume``
     continues from the newest readable one. ``stop_at`` ends the call early after that step
-    (with a checkpoint), as an interruption would. Raises ``ValueError`` on non-finite data
-    before the first step, :class:`NonFiniteLossError` (naming the step) if the loss diverges."""
+    (with a checkpoint), as an interruption would. ``snapshot_steps`` keeps the EMA parameters
+    after those steps (``TrainResult.snapshots``): a training curve without retraining. Raises
+    ``ValueError`` on non-finite data before the first step, :class:`NonFiniteLossError`
+    (naming the step) if the loss diverges."""
     data = _check_data(data)
     n = data.shape[0]
+    snap_at = {int(s) for s in snapshot_steps}
+    if any(not 1 <= s <= config.steps for s in snap_at):
+        raise ValueError(
+            f"`snapshot_steps` must lie in [1, {config.steps}] (config.steps), got "
+            f"{sorted(snapshot_steps)}."
+        )
+    snaps: dict[int, Any] = {}
     data_position(n, config.batch_size, 0)  # validates batch_size against the data size
     k_run, k_data = jax.random.split(key)
     state = init_state(model, config, data.shape[1:], key=k_run, dtype=data.dtype)
@@ -230,6 +243,9 @@ def fit(
     logged: list[tuple[int, float]] = []
     bar = tqdm(total=config.steps, initial=start, disable=not progress, desc="train")
     t_last, s_last, window = time.perf_counter(), start, []
+    # One compiled update per host call: a fori_loop over several updates would save the
+    # dispatch (~15% for a small MLP), but XLA:CPU runs a U-Net's update ~4.5x slower inside a
+    # loop (measured with unet-tiny on digits: 25 against 111 ms per update).
     try:
         for s in range(start, end):
             idx = jnp.asarray(batch_indices(k_data, n, config.batch_size, s), jnp.int32)
@@ -237,6 +253,8 @@ def fit(
             window.append(loss)
             bar.update(1)
             done = s + 1
+            if done in snap_at:
+                snaps[done] = state.ema
             if done % config.log_every == 0 or done == end:
                 _check_finite(state, ckpt)
                 mean_loss = float(np.mean(jax.device_get(window)))
@@ -260,7 +278,7 @@ def fit(
         if ckpt is not None:
             ckpt.close()
     steps_arr = np.array([s for s, _ in logged], dtype=np.int64)
-    return TrainResult(state, steps_arr, np.array([v for _, v in logged]))
+    return TrainResult(state, steps_arr, np.array([v for _, v in logged]), snaps)
 
 
 def _check_data(data) -> np.ndarray:
