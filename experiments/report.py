@@ -43,6 +43,21 @@ class Report:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
+    def merge(self, other: Report) -> None:
+        """Take in the sections of a report filled in another process."""
+        self.rows.update(other.rows)
+        self.numbers.update(other.numbers)
+        self.figures.update(other.figures)
+        self.timings.update(other.timings)
+        self.notes.update(other.notes)
+
+    def order(self, sections: list[str]) -> None:
+        """Put the sections in this order (claims finish out of order across processes)."""
+        rank = {s: i for i, s in enumerate(sections)}
+        for name in ("rows", "figures", "timings", "notes"):
+            d = getattr(self, name)
+            setattr(self, name, dict(sorted(d.items(), key=lambda kv: rank.get(kv[0], 99))))
+
     def add(self, section: str, row: ClaimRow) -> None:
         self.rows.setdefault(section, []).append(row)
 

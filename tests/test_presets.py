@@ -7,7 +7,9 @@ import dataclasses
 import json
 import pickle
 import struct
+from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -120,3 +122,37 @@ def test_image_presets_validate_their_options(tmp_path):
         ReproduceConfig(train_steps=0)
     assert ReproduceConfig(preset="digits", train_steps=7).sizes.train_steps_image == 7
     assert ReproduceConfig(preset="digits").datasets == ("digits",)
+
+
+def test_two_processes_give_the_same_report_as_one(tmp_path):
+    # `jobs=2` runs claims 3-5 in a second Python process with its own networks; every key
+    # derives from the seed and a name, so the report must not change, number for number.
+    sizes = dataclasses.replace(
+        TINY, train_steps_2d=20, train_steps_10d=20, batch_size=64, num_eval_samples=128,
+        num_likelihood=8, helmholtz_grid=16,
+    )  # fmt: skip
+    reports = {
+        jobs: run(
+            ReproduceConfig(quick=True, out=tmp_path / str(jobs), only=(1, 3), jobs=jobs),
+            sizes=sizes,
+        )  # fmt: skip
+        for jobs in (1, 2)
+    }
+    one, two = reports[1], reports[2]
+    assert json.loads((tmp_path / "2" / "results.json").read_text())["header"]["processes"] == 2
+    assert list(two.rows) == list(one.rows) and [t[0] for t in two.rows] == ["1", "3"]
+    assert two.rows == one.rows and two.figures == one.figures
+    flat = [jax.tree.leaves(_untimed(r.numbers)) for r in (one, two)]
+    for a, b in zip(*flat, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # The compiled programs went to the persistent cache (here the test session's).
+    assert any(Path(jax.config.jax_compilation_cache_dir).iterdir())
+    with pytest.raises(ValueError, match="jobs"):
+        ReproduceConfig(jobs=3)
+
+
+def _untimed(d):
+    """``d`` without its wall-clock entries (which differ between any two runs)."""
+    if isinstance(d, dict):
+        return {k: _untimed(v) for k, v in d.items() if "seconds" not in k}
+    return d
