@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import pickle
 import time
 import zlib
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -62,7 +64,9 @@ class Trained:
 class Context:
     """Configuration, keys and lazily built shared assets."""
 
-    def __init__(self, config: ReproduceConfig, *, sizes: Sizes | None = None, mesh=None):
+    def __init__(
+        self, config: ReproduceConfig, *, sizes: Sizes | None = None, mesh=None, share_dir=None
+    ):
         self.config = config
         self.sizes: Sizes = sizes or config.sizes
         self.root_key = jax.random.key(config.seed)
@@ -72,6 +76,8 @@ class Context:
         self.datasets: tuple[str, ...] = config.datasets
         self.vector_sets: tuple[str, ...] = config.vector_sets
         self.console = Console(stderr=True)
+        # A directory where processes of the same run leave the networks they trained.
+        self.share_dir: Path | None = None if share_dir is None else Path(share_dir)
 
     def key(self, name: str):
         """A key for ``name``, independent of the order in which assets are built."""
@@ -162,15 +168,23 @@ class Context:
                 run_dir = self.config.out / "networks" / name
             long = steps >= 2000 and image
             snaps = sorted({max(1, int(f * steps)) for f in sz.snapshots} - {steps})
-            t0 = time.perf_counter()
-            res = fit(model, self.process, x, cfg, key=key, run_dir=run_dir,
-                      resume=run_dir is not None, progress=long, mesh=self.mesh,
-                      snapshot_steps=snaps)  # fmt: skip
-            jax.block_until_ready(res.ema)
-            secs = time.perf_counter() - t0
-            loss = float(res.logged_losses[-1]) if len(res.logged_losses) else float("nan")
-            out = Trained(name, model, res.ema, self.process, secs, steps, loss, res.snapshots)
-            self.console.log(f"trained {name} ({arch}): {steps} steps in {secs:.1f} s")
+
+            def train() -> tuple:
+                t0 = time.perf_counter()
+                res = fit(model, self.process, x, cfg, key=key, run_dir=run_dir,
+                          resume=run_dir is not None, progress=long, mesh=self.mesh,
+                          snapshot_steps=snaps)  # fmt: skip
+                jax.block_until_ready(res.ema)
+                secs = time.perf_counter() - t0
+                loss = float(res.logged_losses[-1]) if len(res.logged_losses) else float("nan")
+                self.console.log(f"trained {name} ({arch}): {steps} steps in {secs:.1f} s")
+                return res.ema, res.snapshots, secs, loss
+
+            # Image networks have their own checkpoints; the others are shared between the
+            # processes of one run, so that only one of them trains each.
+            shared = self.share_dir is not None and run_dir is None
+            ema, snapshots, secs, loss = _shared(self.share_dir, name, train) if shared else train()
+            out = Trained(name, model, ema, self.process, secs, steps, loss, snapshots)
         self._cache[name] = out
         return out
 
@@ -190,6 +204,33 @@ class Context:
             jnp.asarray(cov[None], jnp.float32),
         )
         return FlatField(gmm.score_field(fit, self.process), self.data(data).shape[1:])
+
+
+def _shared(directory: Path, name: str, train):
+    """``train()``'s result for network ``name``, computed by whichever process of the run asks
+    first: it holds an exclusive lock on ``directory/name.lock`` while training and leaves the
+    result in ``name.pkl``; the others wait on the lock and load it (arrays exact, so both
+    processes evaluate the same network)."""
+    import fcntl  # POSIX; the second process is only started where it exists
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.pkl"
+    with open(directory / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if path.exists():
+                ema, snaps, secs, loss = pickle.loads(path.read_bytes())
+                to_jax = functools.partial(jax.tree.map, jnp.asarray)
+                return to_jax(ema), {k: to_jax(v) for k, v in snaps.items()}, secs, loss
+            ema, snaps, secs, loss = train()
+            to_np = functools.partial(jax.tree.map, np.asarray)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(pickle.dumps((to_np(ema), {k: to_np(v) for k, v in snaps.items()},
+                                          secs, loss)))  # fmt: skip
+            tmp.replace(path)
+            return ema, snaps, secs, loss
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class FlatField(eqx.Module):

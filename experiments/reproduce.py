@@ -38,8 +38,9 @@ ORACLE_CLAIMS = (3, 4, 5)
 
 
 # With two processes: claims 1-2 here, 3-5 in a second process. Both halves take about as
-# long; each trains the networks it needs (2D and 10-D eps networks in both, cheap), and the
-# image networks, which checkpoint under OUT/networks, are trained by claims 1-2 only.
+# long. A network both need (the 2D and 10-D eps networks) is trained by whichever asks first
+# and handed to the other through a temporary directory (``common._shared``); the image
+# networks, which checkpoint under OUT/networks, are trained by claims 1-2 only.
 GROUPS = ((1, 2), (3, 4, 5))
 
 
@@ -60,6 +61,8 @@ def run(config: ReproduceConfig, *, sizes: Sizes | None = None, mesh=None) -> Re
         claims = [c for c in claims if c not in ORACLE_CLAIMS]
     jobs = config.jobs or (2 if (os.cpu_count() or 1) >= 2 else 1)
     groups = [[c for c in g if c in claims] for g in GROUPS]
+    # A second process needs the claims of both groups, no device mesh and POSIX file locks.
+    two = jobs > 1 and mesh is None and all(groups) and os.name == "posix"
     t_all = time.perf_counter()
     partitionable = jax.config.jax_threefry_partitionable
     try:
@@ -68,10 +71,11 @@ def run(config: ReproduceConfig, *, sizes: Sizes | None = None, mesh=None) -> Re
             # the random draws in every program in about half the time (a loop sweep ~30%
             # faster to compile). Other random streams, same laws. Restored when done.
             jax.config.update("jax_threefry_partitionable", False)
-        if jobs > 1 and mesh is None and all(groups):
+        if two:
             console.log(f"claims {groups[1]} run in a second process")
             with _Worker(config, sizes, groups[1]) as other:
-                ctx = _run_claims(config, sizes, groups[0], None, report=report)
+                ctx = _run_claims(config, sizes, groups[0], None, report=report,
+                                  share_dir=other.share_dir)  # fmt: skip
                 report.merge(other.result())
         else:
             ctx = _run_claims(config, sizes, claims, None, report=report, mesh=mesh)
@@ -83,7 +87,7 @@ def run(config: ReproduceConfig, *, sizes: Sizes | None = None, mesh=None) -> Re
         "preset": config.preset,
         "data sets": ", ".join(config.datasets),
         "process": type(ctx.process).__name__,
-        "processes": jobs if jobs > 1 and mesh is None and all(groups) else 1,
+        "processes": 2 if two else 1,
         "seed": config.seed,
         "device": f"{jax.devices()[0].platform} ({jax.devices()[0].device_kind})",
         "python": platform.python_version(),
@@ -107,7 +111,9 @@ def use_compile_cache() -> Path:
     return Path(jax.config.jax_compilation_cache_dir)
 
 
-def _run_claims(config, sizes, claims, x64, *, report: Report | None = None, mesh=None):
+def _run_claims(
+    config, sizes, claims, x64, *, report: Report | None = None, mesh=None, share_dir=None
+):
     """Run ``claims`` in this process with their own :class:`Context`. In the second process
     (``report`` None) return the filled report; else fill ``report`` and return the context."""
     if x64 is not None:  # the second process: as in the first
@@ -116,7 +122,7 @@ def _run_claims(config, sizes, claims, x64, *, report: Report | None = None, mes
         if config.compile_cache:
             use_compile_cache()
     console = Console(stderr=True)
-    ctx = Context(config, sizes=sizes, mesh=mesh)
+    ctx = Context(config, sizes=sizes, mesh=mesh, share_dir=share_dir)
     own = report is None
     report = Report(config.out) if own else report
     bar = tqdm(claims, desc="wgfm reproduce", unit="claim", dynamic_ncols=True, disable=own)
@@ -138,6 +144,7 @@ class _Worker:
     def __init__(self, config, sizes, claims):
         self._dir = tempfile.TemporaryDirectory(prefix="wgfm-reproduce-")
         d = Path(self._dir.name)
+        self.share_dir = d / "networks"  # the two processes train each network once
         args = (config, sizes, claims, jax.config.jax_enable_x64, sys.path)
         (d / "args.pkl").write_bytes(pickle.dumps(args))
         cmd = [sys.executable, "-m", "experiments.reproduce", str(d)]
@@ -170,7 +177,7 @@ def _worker_main(directory: str) -> None:
     d = Path(directory)
     config, sizes, claims, x64, path = pickle.loads((d / "args.pkl").read_bytes())
     sys.path[:] = path
-    report = _run_claims(config, sizes, claims, x64)
+    report = _run_claims(config, sizes, claims, x64, share_dir=d / "networks")
     (d / "report.pkl").write_bytes(pickle.dumps(report))
 
 

@@ -156,3 +156,22 @@ def _untimed(d):
     if isinstance(d, dict):
         return {k: _untimed(v) for k, v in d.items() if "seconds" not in k}
     return d
+
+
+def test_processes_of_a_run_train_each_shared_network_once(tmp_path):
+    # The first caller trains and leaves the result; later callers (the other process) load it,
+    # arrays exactly equal, with the trainer's time and loss.
+    from experiments.common import _shared
+
+    calls = []
+
+    def train():
+        calls.append(1)
+        ema = {"w": jax.numpy.arange(6.0).reshape(2, 3)}
+        return ema, {3: {"w": jax.numpy.ones((2, 3))}}, 1.5, 0.25
+
+    first = _shared(tmp_path, "2d-eps", train)
+    again = _shared(tmp_path, "2d-eps", train)
+    assert len(calls) == 1 and again[2:] == (1.5, 0.25) and list(again[1]) == [3]
+    np.testing.assert_array_equal(np.asarray(again[0]["w"]), np.asarray(first[0]["w"]))
+    np.testing.assert_array_equal(np.asarray(again[1][3]["w"]), 1.0)
