@@ -150,7 +150,7 @@ class Context:
         x = self.data(data)
         key = self.key(f"net-{data}")  # same init for every objective: a controlled comparison
         if steps == 0:
-            params = model.init(key, x.shape[1:], jnp.float32)
+            params = _random_output_layer(model.init(key, x.shape[1:], jnp.float32), key)
             out = Trained(name, model, params, self.process, 0.0, 0, float("nan"))
         else:
             cfg = TrainConfig(
@@ -204,6 +204,20 @@ class Context:
             jnp.asarray(cov[None], jnp.float32),
         )
         return FlatField(gmm.score_field(fit, self.process), self.data(data).shape[1:])
+
+
+def _random_output_layer(params, key):
+    """Untrained parameters as a control: the U-Net's output convolution starts at zero (as in
+    DDPM, so that training starts from eps = 0), which would make the untrained field's Jacobian
+    exactly 0 and its asymmetry ratio 0/0. Here it gets flax's default (LeCun-normal) kernel
+    instead, as every other layer has; MLP parameters are returned unchanged."""
+    inner = params.get("params", {}) if isinstance(params, dict) else {}
+    if "conv_out" not in inner:
+        return params
+    kernel = inner["conv_out"]["kernel"]
+    new = jax.nn.initializers.lecun_normal()(jax.random.fold_in(key, 1), kernel.shape, kernel.dtype)
+    conv_out = {**inner["conv_out"], "kernel": new}
+    return {**params, "params": {**inner, "conv_out": conv_out}}
 
 
 def _shared(directory: Path, name: str, train):

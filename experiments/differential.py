@@ -167,14 +167,14 @@ def _verdicts(report: Report, title: str, data: str, med: dict, what: str) -> No
     )
     fifth = max(1, len(med["trained"]) // 5)
     low, high = med["trained"][:fifth], med["trained"][-fifth:]
-    zero_init = data not in MIXTURES
+    image = data not in MIXTURES
     report.add(
         title,
         ClaimRow(
             f"{data}: asymmetry grows towards low noise (paper's trend)",
             f"median {what}, lowest-noise fifth {fmt(low.mean())} vs highest {fmt(high.mean())}",
             f"untrained: {fmt(med['untrained'].mean())} on average"
-            + (" (zero-initialised output layer: J = 0)" if zero_init else ""),
+            + (" (output layer drawn at random, not zero)" if image else ""),
             bool(low.mean() > high.mean()),
             "observation",
         ),

@@ -56,13 +56,13 @@ def circulation_sweep(ctx: Context, families: tuple[str, ...] = FAMILIES, batch:
     @eqx.filter_jit
     def sweep(field, x0s, xts, ts, key):
         def one(x0, xt, t, k):
-            out = {}
-            for i, fam in enumerate(families):
-                rep = loops.loop_report(
-                    field, _loop(fam, ctx, x0, xt, t, jax.random.fold_in(k, i)), t
-                )
-                out[fam] = (jnp.abs(rep.I), jnp.abs(rep.I_norm), jnp.abs(rep.I_over_L))
-            return out
+            # All families' points in one field evaluation: one copy of the network in the
+            # compiled program instead of one per family (compile time ~4x lower).
+            lps = [_loop(fam, ctx, x0, xt, t, jax.random.fold_in(k, i))
+                   for i, fam in enumerate(families)]  # fmt: skip
+            reps = loops.loop_reports(field, lps, t)
+            return {fam: (jnp.abs(r.I), jnp.abs(r.I_norm), jnp.abs(r.I_over_L))
+                    for fam, r in zip(families, reps, strict=True)}  # fmt: skip
 
         keys = jax.random.split(key, xts.shape[:2])
 

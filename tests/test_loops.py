@@ -13,6 +13,7 @@ from wgfm.diagnostics.loops import (
     circle,
     line_integral,
     loop_report,
+    loop_reports,
     noisy_copy_cycle,
     pair_rotation,
     parametric_line_integral,
@@ -130,6 +131,51 @@ def test_rectangle_and_report_closed_forms():
     n, r = 10, 2.0
     rep = loop_report(lambda x, t: rot @ x, circle(jnp.zeros(D), u, v, r, n), 0.0)
     np.testing.assert_allclose(rep.I_norm, rep.I / (1.3 * r * np.cos(np.pi / n)), rtol=1e-12)
+
+
+def test_loop_reports_one_evaluation_same_numbers():
+    u, v = plane(jax.random.key(20))
+    a = antisymmetric(jax.random.key(21))
+    x = jax.random.normal(jax.random.key(22), (D,))
+    lps = [
+        rectangle(jnp.zeros(D), u, v, 2.0, 0.5, 3),  # closed form: 2 * area * v^T A u
+        brownian_bridge(x, 37, 0.1, key=jax.random.key(23)),
+        pair_rotation(x, jnp.zeros(D), 11, key=jax.random.key(24)),
+    ]
+    for rule in ("midpoint", "trapezoid"):
+        calls = []
+
+        def field(y, t):
+            calls.append(1)  # traced once per batched evaluation
+            return jnp.tanh(a @ y) * (1 + t)
+
+        together = loop_reports(field, lps, 0.3, rule=rule)
+        assert len(calls) == 1
+        for lp, got in zip(lps, together, strict=True):
+            alone = loop_report(field, lp, 0.3, rule=rule)
+            for name in ("I", "I_norm", "L", "I_over_L"):
+                np.testing.assert_allclose(getattr(got, name), getattr(alone, name), rtol=1e-12)
+    lin = loop_reports(lambda y, t: a @ y, lps[:1], 0.0)[0]
+    np.testing.assert_allclose(lin.I, 2 * 1.0 * (v @ a @ u), rtol=1e-12)
+    with pytest.raises(ValueError, match="at least one"):
+        loop_reports(lambda y, t: y, [], 0.0)
+    with pytest.raises(ValueError, match="sample shape"):
+        loop_reports(
+            lambda y, t: y,
+            [
+                lps[0],
+                circle(
+                    jnp.zeros(2),
+                    u[:2] / jnp.linalg.norm(u[:2]),
+                    jnp.array([-u[1], u[0]]) / jnp.linalg.norm(u[:2]),
+                    1.0,
+                    8,
+                ),
+            ],
+            0.0,
+        )
+    with pytest.raises(ValueError, match=r"loops\[1\].*closed"):
+        loop_reports(lambda y, t: y, [lps[0], polyline(jnp.eye(D)[:3], 4)], 0.0)
 
 
 def test_path_dependence_and_triangle_identity():

@@ -17,6 +17,7 @@ compatible and part of JAX itself (lineax's CG would do the same with more cerem
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import equinox as eqx
@@ -69,8 +70,15 @@ def helmholtz_split(
     if w.shape != (*p.shape, 2):
         raise ValueError(f"`w` must have shape {(*p.shape, 2)} to match `p`, got {w.shape}.")
     hs = jnp.broadcast_to(jnp.asarray(spacing, p.dtype), (2,))
-    hx, hy = hs[0], hs[1]
     check_positive("spacing", hs)
+    return _split(w, p, hs, jnp.asarray(tol, p.dtype), int(maxiter))
+
+
+@functools.partial(jax.jit, static_argnames="maxiter")
+def _split(w: Array, p: Array, hs: Array, tol: Array, maxiter: int) -> HelmholtzSplit:
+    # One compiled program per grid shape: run eagerly, every operation (and the CG loop,
+    # a fresh closure each call) would compile on its own, hundreds of small programs per call.
+    hx, hy = hs[0], hs[1]
     p = eqx.error_if(p, jnp.any(p < 0) | ~jnp.all(jnp.isfinite(p)), "`p` must be finite, >= 0.")
     w = eqx.error_if(w, ~jnp.all(jnp.isfinite(w)), "`w` must be finite.")
     p = p / (jnp.sum(p) * hx * hy)
@@ -119,10 +127,16 @@ def helmholtz_split_field(
     """:func:`helmholtz_split` of ``w = error_field(x, t)`` with ``p = exp(log_density(x, t))``
     on the grid of :func:`grid_2d` (a window holding essentially all of ``p_t``'s mass)."""
     pts, h = grid_2d(lo, hi, num)
-    flat = pts.reshape(-1, 2)
-    w = jax.vmap(lambda x: error_field(x, t))(flat).reshape(num, num, 2)
-    logp = jax.vmap(lambda x: log_density(x, t))(flat).reshape(num, num)
-    return helmholtz_split(w, jnp.exp(logp - jnp.max(logp)), h, **kwargs)
+    w, p = _grid_values(error_field, log_density, pts.reshape(-1, 2), jnp.asarray(t))
+    return helmholtz_split(w.reshape(num, num, 2), p.reshape(num, num), h, **kwargs)
+
+
+@eqx.filter_jit
+def _grid_values(error_field, log_density, flat: Array, t: Array) -> tuple[Array, Array]:
+    """``w`` and the unnormalised density ``exp(log p - max log p)`` at the grid points."""
+    w = jax.vmap(lambda x: error_field(x, t))(flat)
+    logp = jax.vmap(lambda x: log_density(x, t))(flat)
+    return w, jnp.exp(logp - jnp.max(logp))
 
 
 def _pad0(f: Array, axis: int) -> Array:

@@ -9,7 +9,7 @@ linear fields); smooth parametric loops ``theta -> x`` by composite Gauss–Lege
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import equinox as eqx
@@ -180,13 +180,21 @@ def _eval(field: Field, pts: Array, t: Scalar, chunk_size: int | None) -> Array:
     return jax.lax.map(one, pts, batch_size=int(chunk_size))
 
 
-def _segments(
-    field: Field, path: Array, t: Scalar, rule: Rule, chunk_size: int | None
-) -> tuple[Array, Array]:
-    """Per-segment contributions ``int_seg v . dx`` and the same for ``v / ||v||``."""
+def _query_points(path: Array, rule: Rule) -> Array:
+    """Where ``rule`` evaluates the field along ``path``: segment midpoints or vertices."""
     path = jnp.asarray(path)
     if path.ndim < 2 or path.shape[0] < 2:
         raise ValueError(f"`path` must have shape (n + 1 >= 2, *shape), got {path.shape}.")
+    if rule == "midpoint":
+        return 0.5 * (path[1:] + path[:-1])
+    if rule == "trapezoid":
+        return path
+    raise ValueError(f"`rule` must be 'midpoint' or 'trapezoid', got {rule!r}.")
+
+
+def _contributions(values: Array, path: Array, t: Scalar, rule: Rule) -> tuple[Array, Array]:
+    """Per-segment ``int_seg v . dx`` and the same for ``v / ||v||``, from the field's
+    ``values`` at :func:`_query_points`."""
     delta = path[1:] - path[:-1]
     axes = tuple(range(1, path.ndim))
 
@@ -195,16 +203,20 @@ def _segments(
         return v / jnp.where(n > 0, n, 1.0)
 
     if rule == "midpoint":
-        v = _eval(field, 0.5 * (path[1:] + path[:-1]), t, chunk_size)
-        vn = unit(v)
-    elif rule == "trapezoid":
-        w = _eval(field, path, t, chunk_size)
-        wn = unit(w)
-        v, vn = 0.5 * (w[1:] + w[:-1]), 0.5 * (wn[1:] + wn[:-1])
+        v, vn = values, unit(values)
     else:
-        raise ValueError(f"`rule` must be 'midpoint' or 'trapezoid', got {rule!r}.")
+        wn = unit(values)
+        v, vn = 0.5 * (values[1:] + values[:-1]), 0.5 * (wn[1:] + wn[:-1])
     contrib = jnp.sum(v * delta, axis=axes), jnp.sum(vn * delta, axis=axes)
     return check_finite(contrib, path, t, "values along the path")
+
+
+def _segments(
+    field: Field, path: Array, t: Scalar, rule: Rule, chunk_size: int | None
+) -> tuple[Array, Array]:
+    """Per-segment contributions ``int_seg v . dx`` and the same for ``v / ||v||``."""
+    path = jnp.asarray(path)
+    return _contributions(_eval(field, _query_points(path, rule), t, chunk_size), path, t, rule)
 
 
 def line_integral(
@@ -268,11 +280,40 @@ def loop_report(
 ) -> LoopReport:
     """Circulation statistics of a closed sampled loop (raises if the loop is not closed)."""
     loop = check_closed("loop", jnp.asarray(loop))
-    contrib, contrib_norm = _segments(field, loop, t, rule, chunk_size)
+    return _report(_eval(field, _query_points(loop, rule), t, chunk_size), loop, t, rule)
+
+
+def _report(values: Array, loop: Array, t: Scalar, rule: Rule) -> LoopReport:
+    contrib, contrib_norm = _contributions(values, loop, t, rule)
     axes = tuple(range(1, loop.ndim))
     length = jnp.sum(jnp.sqrt(jnp.sum((loop[1:] - loop[:-1]) ** 2, axis=axes)))
     circ = jnp.sum(contrib)
     return LoopReport(circ, jnp.sum(contrib_norm), length, circ / length)
+
+
+def loop_reports(
+    field: Field,
+    loops: Sequence[Array],
+    t: Scalar,
+    *,
+    rule: Rule = "midpoint",
+    chunk_size: int | None = None,
+) -> tuple[LoopReport, ...]:
+    """:func:`loop_report` of each of several closed loops (same sample shape, any lengths)
+    with ONE batched evaluation of ``field`` over all their points: under ``jit`` the field
+    (a network) appears once in the compiled program instead of once per loop, which cuts
+    compile time roughly by the number of loops. Same numbers as separate calls."""
+    if len(loops) == 0:
+        raise ValueError("`loops` must hold at least one loop.")
+    loops = [check_closed(f"loops[{i}]", jnp.asarray(lp)) for i, lp in enumerate(loops)]
+    shapes = {lp.shape[1:] for lp in loops}
+    if len(shapes) != 1:
+        raise ValueError(f"`loops` must share one sample shape, got {sorted(shapes)}.")
+    pts = [_query_points(lp, rule) for lp in loops]
+    values = _eval(field, jnp.concatenate(pts, axis=0), t, chunk_size)
+    splits = np.cumsum([q.shape[0] for q in pts])[:-1]
+    parts = jnp.split(values, splits, axis=0)
+    return tuple(_report(v, lp, t, rule) for lp, v in zip(loops, parts, strict=True))
 
 
 class PathDependence(eqx.Module):
