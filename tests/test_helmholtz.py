@@ -72,6 +72,17 @@ def test_pure_parts_and_convergence(problem):
     assert 3.0 < leaks[0] / leaks[1] < 5.0
 
 
+def test_eager_call_compiles_once_and_matches_jit(problem):
+    from wgfm.diagnostics import helmholtz as hm
+
+    pts, h, p, grad_phi, rot, split = problem
+    hm._split.clear_cache()
+    eager = [helmholtz_split(w, p, h) for w in (grad_phi + rot, rot, 2.0 * rot)]
+    assert hm._split._cache_size() == 1  # one program for the grid shape, not one per call
+    np.testing.assert_allclose(eager[0].harmful, split(grad_phi + rot, p, h).harmful, rtol=1e-10)
+    np.testing.assert_allclose(eager[2].harmless, 2.0 * eager[1].harmless, rtol=1e-8)
+
+
 def test_field_wrapper_with_gmm_oracle():
     mix, proc, t = gmm.ring(dtype=jnp.float64), VP(), 0.5
     score = gmm.score_field(mix, proc)

@@ -180,6 +180,34 @@ def test_strict_mode_max_steps_and_nonfinite():
     assert not np.any(np.asarray(res.ok))
 
 
+def test_strict_checks_on_host_eagerly_and_in_program_under_jit(monkeypatch):
+    mix, process = gmm.ring(), processes.VP()
+    field = gmm.velocity_field(mix, process)
+    x = process.prior_sample((4, 2), key=jax.random.key(13))
+    seen = []
+    real = transport._sample_jit
+
+    def spy(*args):
+        seen.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(transport, "_sample_jit", spy)
+    transport.sample_ode(field, process, x, max_steps=64)
+    # The compiled solve carries no check (no host callback, so JAX's persistent cache can
+    # keep it); called eagerly, the host checks its flags afterwards.
+    jaxpr = str(eqx.filter_make_jaxpr(transport._sample_impl)(*seen[-1])[0])
+    assert "callback" not in jaxpr
+    with pytest.raises(RuntimeError, match="max_steps"):
+        transport.sample_ode(field, process, x, max_steps=3)
+    # Under the caller's jit the host cannot see the result: the check goes into the program.
+    with pytest.raises(eqx.EquinoxRuntimeError, match="max_steps"):
+        jax.block_until_ready(
+            eqx.filter_jit(lambda y: transport.sample_ode(field, process, y, max_steps=3))(x)
+        )
+    ok = jax.jit(lambda y: transport.sample_ode(field, process, y, max_steps=64).samples)(x)
+    np.testing.assert_allclose(ok, transport.sample_ode(field, process, x).samples, rtol=1e-10)
+
+
 def test_shape_and_argument_errors():
     mix, process = gmm.ring(), processes.VP()
     field = gmm.velocity_field(mix, process)

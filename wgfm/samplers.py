@@ -25,8 +25,8 @@ from .transport import (
     SampleResult,
     SolveStats,
     _check_field_output,
-    _raise_if_failed,
     _starting_points,
+    _strict,
 )
 
 __all__ = ["sample_ddim", "sample_sde"]
@@ -62,11 +62,12 @@ def sample_sde(
     )
     score = as_field(process, field, src=kind, dst="score")
     keys = jax.random.split(k_bm, x.shape[0])
-    return _sde_jit(score, process, x, keys, int(num_steps), solver or diffrax.Euler(), strict)
+    solver = solver or diffrax.Euler()
+    return _strict(_sde_jit(score, process, x, keys, int(num_steps), solver), strict)
 
 
 @eqx.filter_jit
-def _sde_jit(score, process, x, keys, num_steps, solver, strict):
+def _sde_jit(score, process, x, keys, num_steps, solver):
     t1, t0 = jnp.asarray(process.t_max, float), jnp.asarray(process.t_min, float)
     _check_field_output(score, x[0], t1)  # at trace time only: free on later calls
     dt = (t0 - t1) / num_steps
@@ -98,8 +99,6 @@ def _sde_jit(score, process, x, keys, num_steps, solver, strict):
         result=jnp.asarray(code),
         ok=(code == diffrax.RESULTS.successful._value) & finite,
     )
-    if strict:
-        samples = _raise_if_failed(samples, stats, finite)
     return SampleResult(samples, None, None, stats)
 
 
@@ -146,11 +145,12 @@ def sample_ddim(
     ts, ab = jnp.asarray(t_grid)[idx], jnp.asarray(ab_grid)[idx]
     ab_next = jnp.concatenate([ab[1:], jnp.ones((1,), ab.dtype)])
     eps_field = as_field(process, field, src=kind, dst="eps")
-    return _ddim_jit(eps_field, x, ts, ab, ab_next, jnp.asarray(eta, float), k_noise, strict)
+    eta = jnp.asarray(eta, float)
+    return _strict(_ddim_jit(eps_field, x, ts, ab, ab_next, eta, k_noise), strict)
 
 
 @eqx.filter_jit
-def _ddim_jit(eps_field, x, ts, ab, ab_next, eta, key, strict):
+def _ddim_jit(eps_field, x, ts, ab, ab_next, eta, key):
     _check_field_output(eps_field, x[0], ts[0])  # at trace time only: free on later calls
 
     def step(y, inp):
@@ -169,6 +169,4 @@ def _ddim_jit(eps_field, x, ts, ab, ab_next, eta, key, strict):
     steps = jnp.full((n,), ts.shape[0])
     zero = jnp.zeros((n,), steps.dtype)
     stats = SolveStats(steps, steps, steps, zero, zero, finite)
-    if strict:
-        samples = _raise_if_failed(samples, stats, finite)
     return SampleResult(samples, None, None, stats)

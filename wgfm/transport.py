@@ -17,10 +17,11 @@ on XLA:CPU (jax 0.10.2) the vmapped while-loop of large per-sample batches (2000
 mixture oracle) was seen to hang in execution; per-sample solves of small batches are fine.
 
 **Failures.** ``throw=False`` is passed to diffrax; each result carries diffrax's result code
-and ``ok`` (successful *and* finite). ``strict=True`` (the default) additionally raises
-``equinox.EquinoxRuntimeError`` (a ``RuntimeError``) inside the compiled solve when any sample
-hit ``max_steps``, failed otherwise, or produced non-finite values; ``strict=False`` returns the
-flagged result.
+and ``ok`` (successful *and* finite). ``strict=True`` (the default) additionally raises a
+``RuntimeError`` when any sample hit ``max_steps``, failed otherwise, or produced non-finite
+values: on the host after the solve (so the compiled solve holds no callback and JAX's
+persistent cache can keep it), or, under the caller's own ``jit``, as ``equinox.error_if``
+(``equinox.EquinoxRuntimeError``). ``strict=False`` returns the flagged result.
 """
 
 from __future__ import annotations
@@ -148,10 +149,11 @@ def sample_ode(
     ts = _save_times(save_times, t_start, t_end)
     solver, controller, adjoint, tol = _defaults(solver, stepsize_controller, adjoint, rtol, atol)
     dt0 = None if dt0 is None else jnp.asarray(dt0)
-    return _sample_jit(
+    res = _sample_jit(
         velocity, x, t_start, t_end, ts, tol, dt0, solver, controller, adjoint,
-        max_steps, per_sample, strict,
+        max_steps, per_sample,
     )  # fmt: skip
+    return _strict(res, strict)
 
 
 def sample_fixed_step(
@@ -225,10 +227,11 @@ def log_likelihood(
         )(keys)
     prior = prior_log_density or process.prior_log_density
     solver, controller, adjoint, tol = _defaults(solver, stepsize_controller, adjoint, rtol, atol)
-    return _likelihood_jit(
+    res = _likelihood_jit(
         velocity, prior, x, probes, t_start, t_end, tol, solver, controller, adjoint,
-        max_steps, chunk_size, per_sample, strict,
+        max_steps, chunk_size, per_sample,
     )  # fmt: skip
+    return _strict(res, strict)
 
 
 def count_nfe(
@@ -293,7 +296,7 @@ def bits_per_dim(
 
 def _sample_impl(
     velocity, x, t_start, t_end, ts, tol, dt0, solver, controller, adjoint,
-    max_steps, per_sample, strict,
+    max_steps, per_sample,
 ):  # fmt: skip
     _check_field_output(velocity, x[0], t_start)  # at trace time only: free on later calls
     controller = _with_tol(controller, tol, x.dtype)
@@ -316,14 +319,12 @@ def _sample_impl(
         samples, traj = ys[-1], (None if ts is None else jnp.moveaxis(ys[:-1], 0, 1))
     finite = jnp.all(jnp.isfinite(samples.reshape(samples.shape[0], -1)), axis=1)
     stats = _stats(sol, solver, controller, dt0 is not None, finite if per_sample else finite.all())
-    if strict:
-        samples = _raise_if_failed(samples, stats, finite)
     return SampleResult(samples, traj, ts, stats)
 
 
 def _likelihood_impl(
     velocity, prior, x, probes, t_start, t_end, tol, solver, controller, adjoint,
-    max_steps, chunk_size, per_sample, strict,
+    max_steps, chunk_size, per_sample,
 ):  # fmt: skip
     from .diagnostics.jacobian import exact_trace, probe_trace
 
@@ -364,8 +365,6 @@ def _likelihood_impl(
     ll = prior_lp + delta
     finite = jnp.isfinite(ll) & jnp.all(jnp.isfinite(latents.reshape(x.shape[0], -1)), axis=1)
     stats = _stats(sol, solver, controller, False, finite if per_sample else finite.all())
-    if strict:
-        ll = _raise_if_failed(ll, stats, finite)
     return LikelihoodResult(ll, prior_lp, delta, latents, stats)
 
 
@@ -390,26 +389,42 @@ def _stats(sol, solver, controller, dt0_given, finite) -> SolveStats:
     )
 
 
-def _raise_if_failed(out, stats: SolveStats, finite):
-    max_code = diffrax.RESULTS.max_steps_reached._value
-    out = eqx.error_if(
-        out,
-        jnp.any(stats.result == max_code),
-        "wgfm.transport: the solve hit `max_steps` before reaching the final time; raise "
-        "`max_steps`, loosen rtol/atol, or pass strict=False to get the flagged result.",
-    )
-    out = eqx.error_if(
-        out,
-        jnp.any(stats.result != diffrax.RESULTS.successful._value),
-        "wgfm.transport: diffrax reported a failed solve (see SolveStats.result); pass "
-        "strict=False to get the flagged result.",
-    )
-    return eqx.error_if(
-        out,
-        ~jnp.all(finite),
-        "wgfm.transport: the solve produced non-finite values (check the field near t_min); "
-        "pass strict=False to get the flagged result.",
-    )
+_MAX_STEPS_MSG = (
+    "wgfm.transport: the solve hit `max_steps` before reaching the final time; raise "
+    "`max_steps`, loosen rtol/atol, or pass strict=False to get the flagged result."
+)
+_FAILED_MSG = (
+    "wgfm.transport: diffrax reported a failed solve (see SolveStats.result); pass "
+    "strict=False to get the flagged result."
+)
+_NONFINITE_MSG = (
+    "wgfm.transport: the solve produced non-finite values (check the field near t_min); "
+    "pass strict=False to get the flagged result."
+)
+
+
+def _strict(res, strict: bool):
+    """``res`` (a result with ``.stats``) after the strict checks: raises ``RuntimeError`` if any
+    sample hit ``max_steps``, failed otherwise or is non-finite. The checks run on the host,
+    after the compiled solve, so that the solve holds no host callback (JAX's persistent cache
+    does not keep programs with callbacks: every run would compile it anew); under the caller's
+    own trace (``jit``, ``vmap``) they become ``equinox.error_if`` around the traced result."""
+    if not strict:
+        return res
+    code, ok = res.stats.result, res.stats.ok  # ok = successful & finite
+    if isinstance(code, jax.core.Tracer):
+        max_code = diffrax.RESULTS.max_steps_reached._value
+        res = eqx.error_if(res, jnp.any(code == max_code), _MAX_STEPS_MSG)
+        res = eqx.error_if(res, jnp.any(code != diffrax.RESULTS.successful._value), _FAILED_MSG)
+        return eqx.error_if(res, ~jnp.all(ok), _NONFINITE_MSG)
+    code, ok = np.asarray(code), np.asarray(ok)
+    if np.any(code == diffrax.RESULTS.max_steps_reached._value):
+        raise RuntimeError(_MAX_STEPS_MSG)
+    if np.any(code != diffrax.RESULTS.successful._value):
+        raise RuntimeError(_FAILED_MSG)
+    if not np.all(ok):
+        raise RuntimeError(_NONFINITE_MSG)
+    return res
 
 
 def _defaults(solver, controller, adjoint, rtol, atol):
