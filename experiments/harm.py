@@ -98,9 +98,13 @@ def oracle_part(ctx: Context, report: Report, title: str) -> dict:
     return out
 
 
+# Noise levels and samples (x num_diag_samples) of the sweeps over trained networks (claims 4, 5).
+TRAINED_LEVELS, TRAINED_SAMPLES_FACTOR = 8, 4
+
+
 def trained_part(ctx: Context, report: Report, title: str) -> dict:
     sz = ctx.sizes
-    ts = times_grid(ctx.process, 8)
+    ts = times_grid(ctx.process, TRAINED_LEVELS)
     mix = ctx.mix2d
     eps = ctx.network("2d")  # one run; its EMA snapshots give the training curve
     nets = {
@@ -110,7 +114,9 @@ def trained_part(ctx: Context, report: Report, title: str) -> dict:
     nets["WGF-FM"] = ctx.network("2d", "velocity")
     nets["DSM"] = ctx.network("2d", "score", weighting="sigma2")
     nets["conservative"] = ctx.network("2d", conservative=True)
-    xs = marginal_samples(ctx, mix, ts, sz.num_diag_samples * 4, ctx.key("harm-x"))
+    xs = marginal_samples(
+        ctx, mix, ts, sz.num_diag_samples * TRAINED_SAMPLES_FACTOR, ctx.key("harm-x")
+    )
     v_exact = gmm.velocity_field(mix, ctx.process)
     logp = gmm.log_density_field(mix, ctx.process)
     t_split = jnp.float32(0.3)

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+from experiments.common import Context
 from experiments.config import QUICK, ReproduceConfig
 from experiments.report import png_is_valid_and_not_blank
 from experiments.reproduce import run
@@ -103,12 +104,30 @@ def test_mnist_preset_runs_the_papers_claims_and_resumes(mnist_dir, tmp_path):
 
 
 def test_cifar10_paper_preset_uses_the_authors_settings(cifar_dir, tmp_path):
+    # What the preset changes (process, weighting, sizes, reader, checkpointed network); the
+    # claim-1/2 pipeline on 32x32x3 images is the MNIST test's, end to end in the slow test below.
     config = ReproduceConfig(preset="cifar10-paper", data=cifar_dir, out=tmp_path, only=(1,))
     full = config.sizes
     assert isinstance(config.make_process(), VPSigmoid)
     assert (full.arch_image, full.image_weighting, full.sub_jacobian_size, full.num_levels) == (
         "unet-cifar10-paper", "min-snr", 64, 100,
     )  # fmt: skip
+    assert (full.num_diag_samples, full.image_loop_levels, full.train_steps_image) == (
+        256, None, 100_000,
+    )  # fmt: skip
+    ctx = Context(config, sizes=dataclasses.replace(TINY, image_weighting=full.image_weighting))
+    assert ctx.data("cifar10").shape == (40, 32, 32, 3) and ctx.datasets == ("cifar10",)
+    net = ctx.network("cifar10")
+    assert net.name == "cifar10-eps-free-4-min-snr" and isinstance(net.process, VPSigmoid)
+    assert list((tmp_path / "networks" / net.name / "checkpoints").iterdir())
+    x = jax.numpy.asarray(ctx.data("cifar10")[:1])
+    assert np.all(np.isfinite(np.asarray(net.score()(x[0], 0.5))))
+
+
+@pytest.mark.slow
+def test_cifar10_paper_preset_end_to_end(cifar_dir, tmp_path):
+    config = ReproduceConfig(preset="cifar10-paper", data=cifar_dir, out=tmp_path, only=(1,))
+    full = config.sizes
     run(config, sizes=dataclasses.replace(TINY, image_weighting=full.image_weighting))
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["header"]["process"] == "VPSigmoid" and res["header"]["data sets"] == "cifar10"
@@ -127,13 +146,16 @@ def test_image_presets_validate_their_options(tmp_path):
 def test_two_processes_give_the_same_report_as_one(tmp_path):
     # `jobs=2` runs claims 3-5 in a second Python process with its own networks; every key
     # derives from the seed and a name, so the report must not change, number for number.
+    # (The mixtures preset: the same two-process code without compiling an image network.)
     sizes = dataclasses.replace(
         TINY, train_steps_2d=20, train_steps_10d=20, batch_size=64, num_eval_samples=128,
         num_likelihood=8, helmholtz_grid=16,
     )  # fmt: skip
     reports = {
         jobs: run(
-            ReproduceConfig(quick=True, out=tmp_path / str(jobs), only=(1, 3), jobs=jobs),
+            ReproduceConfig(
+                quick=True, preset="mixtures", out=tmp_path / str(jobs), only=(1, 3), jobs=jobs
+            ),
             sizes=sizes,
         )  # fmt: skip
         for jobs in (1, 2)

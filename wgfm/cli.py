@@ -80,7 +80,8 @@ def reproduce(
     Args:
         quick: the short CPU version (fewer noise levels, samples and training steps).
         out: output directory.
-        preset: default (2D, 10-D mixtures and digits: claims 1-5), digits, mnist or
+        preset: default (2D, 10-D mixtures and digits: claims 1-5), mixtures (the two
+            mixtures only: claims 1-5), digits, mnist or
             cifar10-paper (the authors' CIFAR-10 setting, for a GPU); image-only presets run
             claims 1 and 2. Their networks are checkpointed under OUT/networks and resumed.
         data: local MNIST / CIFAR-10 directory for those presets.
