@@ -145,8 +145,8 @@ def sample_ddim(
     ts, ab = jnp.asarray(t_grid)[idx], jnp.asarray(ab_grid)[idx]
     ab_next = jnp.concatenate([ab[1:], jnp.ones((1,), ab.dtype)])
     eps_field = as_field(process, field, src=kind, dst="eps")
-    eta = jnp.asarray(eta, float)
-    return _strict(_ddim_jit(eps_field, x, ts, ab, ab_next, eta, k_noise), strict)
+    eta_arr = jnp.asarray(eta, float)
+    return _strict(_ddim_jit(eps_field, x, ts, ab, ab_next, eta_arr, k_noise), strict)
 
 
 @eqx.filter_jit

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Int, PRNGKeyArray
 
+from ._checks import concrete
 from .fields import Quantity, as_field
 from .processes import AbstractProcess
 
@@ -412,7 +413,7 @@ def _strict(res, strict: bool):
     if not strict:
         return res
     code, ok = res.stats.result, res.stats.ok  # ok = successful & finite
-    if isinstance(code, jax.core.Tracer):
+    if concrete(code) is None:  # traced by the caller
         max_code = diffrax.RESULTS.max_steps_reached._value
         res = eqx.error_if(res, jnp.any(code == max_code), _MAX_STEPS_MSG)
         res = eqx.error_if(res, jnp.any(code != diffrax.RESULTS.successful._value), _FAILED_MSG)

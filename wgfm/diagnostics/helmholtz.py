@@ -101,7 +101,8 @@ def _split(w: Array, p: Array, hs: Array, tol: Array, maxiter: int) -> Helmholtz
 
     diag = (_pad0(px, 0) / hx**2) + (_pad0(py, 1) / hy**2)
     b = grad_t(weigh(wf))[0]
-    phi, _ = cg(op, b, tol=tol, maxiter=maxiter, M=lambda r: r / diag)
+    # tol is a traced array (cg accepts one; its annotation says float): no recompile per tol.
+    phi, _ = cg(op, b, tol=tol, maxiter=maxiter, M=lambda r: r / diag)  # type: ignore[arg-type]
     phi = phi - jnp.sum(p * phi) * hx * hy  # fix the free constant: E_p[phi] = 0
     g = grad(phi)
     cell = hx * hy
