@@ -413,18 +413,18 @@ def _strict(res, strict: bool):
     if not strict:
         return res
     code, ok = res.stats.result, res.stats.ok  # ok = successful & finite
-    if concrete(code) is None:  # traced by the caller
-        max_code = diffrax.RESULTS.max_steps_reached._value
-        res = eqx.error_if(res, jnp.any(code == max_code), _MAX_STEPS_MSG)
-        res = eqx.error_if(res, jnp.any(code != diffrax.RESULTS.successful._value), _FAILED_MSG)
-        return eqx.error_if(res, ~jnp.all(ok), _NONFINITE_MSG)
-    code, ok = np.asarray(code), np.asarray(ok)
-    if np.any(code == diffrax.RESULTS.max_steps_reached._value):
-        raise RuntimeError(_MAX_STEPS_MSG)
-    if np.any(code != diffrax.RESULTS.successful._value):
-        raise RuntimeError(_FAILED_MSG)
-    if not np.all(ok):
-        raise RuntimeError(_NONFINITE_MSG)
+    traced = concrete(code) is None  # inside the caller's jit/vmap
+    xp = jnp if traced else np
+    failures = (
+        (xp.any(code == diffrax.RESULTS.max_steps_reached._value), _MAX_STEPS_MSG),
+        (xp.any(code != diffrax.RESULTS.successful._value), _FAILED_MSG),
+        (~xp.all(ok), _NONFINITE_MSG),
+    )
+    for bad, msg in failures:
+        if traced:
+            res = eqx.error_if(res, bad, msg)
+        elif bad:
+            raise RuntimeError(msg)
     return res
 
 

@@ -301,8 +301,8 @@ def loop_reports(
 ) -> tuple[LoopReport, ...]:
     """:func:`loop_report` of each of several closed loops (same sample shape, any lengths)
     with ONE batched evaluation of ``field`` over all their points: under ``jit`` the field
-    (a network) appears once in the compiled program instead of once per loop, which cuts
-    compile time roughly by the number of loops. Same numbers as separate calls."""
+    (a network) appears once in the compiled program instead of once per loop, and one
+    batched call replaces one per loop. Same numbers as separate calls."""
     if len(loops) == 0:
         raise ValueError("`loops` must hold at least one loop.")
     loops = [check_closed(f"loops[{i}]", jnp.asarray(lp)) for i, lp in enumerate(loops)]
