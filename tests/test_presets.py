@@ -31,6 +31,8 @@ TINY = dataclasses.replace(
     noisy_points=6,
     arch_image="unet-tiny",
     sub_jacobian_size=16,
+    image_diag_samples=None,  # images as the mixtures: num_diag_samples
+    image_loop_samples=None,
 )
 
 
