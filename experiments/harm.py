@@ -125,6 +125,11 @@ def trained_part(ctx: Context, report: Report, title: str) -> dict:
         vel = net.velocity()
         err = perturbations.perturb(vel, _Negated(v_exact))
         split = helmholtz_split_field(err, logp, t_split, lo=-6.0, hi=6.0, num=sz.helmholtz_grid)
+        if not float(split.solver_residual) < 1e-6:  # solved in float64: ~1e-10 expected
+            raise RuntimeError(
+                f"Helmholtz split of {name}: CG stopped at relative residual "
+                f"{float(split.solver_residual):.3g}; the harmful/harmless numbers would be wrong."
+            )
         q = sample_quality(ctx, vel, mix, sz.num_eval_samples, ctx.key("harm-trained"))
         rows[name] = {
             "lambda": float(np.median(median_lambda(net.score(), xs, ts))),

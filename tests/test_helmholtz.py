@@ -83,6 +83,21 @@ def test_eager_call_compiles_once_and_matches_jit(problem):
     np.testing.assert_allclose(eager[2].harmless, 2.0 * eager[1].harmless, rtol=1e-8)
 
 
+def test_float32_inputs_are_solved_in_float64_eagerly(problem):
+    # float32 CG does not converge on a density spanning many decades (traced, it would run in
+    # float32): eagerly the solve runs in float64 and only the results are rounded to float32.
+    _, h, p, grad_phi, rot, split = problem
+    w = grad_phi + rot
+    ref = split(w, p, h)  # float64 inputs (tests run with x64)
+    out = helmholtz_split(w.astype(jnp.float32), p.astype(jnp.float32), h)
+    assert out.harmful.dtype == jnp.float32 and out.phi.dtype == jnp.float32
+    assert float(out.solver_residual) < 1e-8  # a float64 residual; float32 CG stalls near 1
+    # float32 inputs (relative rounding ~6e-8) move the norms by no more than ~1e-6
+    np.testing.assert_allclose(out.harmful, ref.harmful, rtol=1e-5)
+    np.testing.assert_allclose(out.harmless, ref.harmless, rtol=1e-5)
+    np.testing.assert_allclose(out.harmful**2 + out.harmless**2, out.total**2, rtol=1e-5)
+
+
 def test_field_wrapper_with_gmm_oracle():
     mix, proc, t = gmm.ring(dtype=jnp.float64), VP(), 0.5
     score = gmm.score_field(mix, proc)
