@@ -9,7 +9,7 @@ from pathlib import Path
 @dataclasses.dataclass(frozen=True)
 class Sizes:
     """Every size the experiments use. ``QUICK`` takes ~4 minutes on 2 CPU cores with an
-    empty compilation cache (238-251 s on 2026-12-02; the target is 3), less when rerun."""
+    empty compilation cache (238-251 s on 2026-12-02; the target is 3), ~2.6 rerun."""
 
     num_levels: int  # noise levels of the sweeps (the authors: 100, t = 1, 11, ..., 991 of 1000)
     num_diag_samples: int  # samples per level for Jacobian/loop diagnostics

@@ -74,7 +74,7 @@ def reproduce(
     compile_cache: bool = True,
 ) -> int:
     """Reproduce the paper: every claim as a number beside an exact control (REPORT.md,
-    results.json and figures/ under --out). --quick takes ~4 minutes on 2 CPU cores (less
+    results.json and figures/ under --out). --quick takes ~4 minutes on 2 CPU cores (~2.6
     when rerun: compiled programs are cached).
 
     Args:
