@@ -53,11 +53,9 @@ def run(ctx: Context, report: Report, title: str) -> None:
     # The eps network last: the other process (claims 1-2) trains it first thing, so by then it
     # is ready to load instead of being waited for.
     order = sorted(OBJECTIVES, key=lambda name: OBJECTIVES[name][0] == "eps")
-    trained = {}
-    for name in order:
-        pred, w = OBJECTIVES[name]
-        trained[name] = ctx.network("2d", pred, weighting=w)
-    nets = {name: trained[name] for name in OBJECTIVES}
+    trained = {name: ctx.network("2d", OBJECTIVES[name][0], weighting=OBJECTIVES[name][1])
+               for name in order}  # fmt: skip
+    nets = {name: trained[name] for name in OBJECTIVES}  # the report's order
     vel = {name: np.asarray(_velocities(n.velocity(), xs, tsj)) for name, n in nets.items()}
     err = {name: l2_rel(v, oracle_v, oracle_v) for name, v in vel.items()}
     diff_eps_fm = l2_rel(vel["eps"], vel["WGF-FM"], oracle_v)

@@ -24,13 +24,12 @@ def test_two_processes_give_the_same_report_as_one(tmp_path):
     # `jobs=2` runs claims 3-5 in a second Python process with its own networks; every key
     # derives from the seed and a name, so the report must not change, number for number.
     # (The mixtures preset: the same two-process code without compiling an image network.)
-    sizes = TINY
     reports = {
         jobs: run(
             ReproduceConfig(
                 quick=True, preset="mixtures", out=tmp_path / str(jobs), only=(1, 3), jobs=jobs
             ),
-            sizes=sizes,
+            sizes=TINY,
         )  # fmt: skip
         for jobs in (1, 2)
     }

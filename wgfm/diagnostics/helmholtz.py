@@ -83,7 +83,8 @@ def helmholtz_split(
     dtype = p.dtype
     with jax.enable_x64(True):
         f64 = functools.partial(jnp.asarray, dtype=jnp.float64)
-        out = _split(f64(w), f64(p), f64(hs), f64(tol), int(maxiter))
+        hs64 = jnp.broadcast_to(f64(spacing), (2,))  # from `spacing`, not its float32 rounding
+        out = _split(f64(w), f64(p), hs64, f64(tol), int(maxiter))
         return jax.tree.map(lambda a: a.astype(dtype), out)
 
 
