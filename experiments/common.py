@@ -299,6 +299,25 @@ def clean_and_noised(ctx: Context, data: str, ts, n: int, key):
     return x0, xt
 
 
+def require_finite(tree, what: str, axes: tuple[str, ...] = ("level", "sample")):
+    """``tree`` (NumPy arrays), after raising ``FloatingPointError`` if any entry is non-finite,
+    naming the first bad index along ``axes``. The experiments' sweeps are compiled with the
+    diagnostics' ``checked=False`` (no host callback in the program, so JAX's persistent cache
+    keeps it: a rerun skips its compilation) and check their outputs here instead; a
+    non-finite field value propagates to them."""
+    tree = jax.tree.map(np.asarray, tree)
+    for leaf in jax.tree.leaves(tree):
+        bad = ~np.isfinite(leaf)
+        if bad.any():
+            first = np.argwhere(bad)[0]
+            where = ", ".join(f"{a} {int(i)}" for a, i in zip(axes, first, strict=False))
+            raise FloatingPointError(
+                f"{what}: {int(bad.sum())} of {bad.size} values are non-finite (the first at "
+                f"{where}); the field is non-finite there, or its derivatives are."
+            )
+    return tree
+
+
 def over_samples(fn, batch_size: int, *args):
     """``fn`` of one sample mapped over the leading axis of ``args``, ``batch_size`` at a time
     (``jax.lax.map(batch_size=...)``): bounds memory for large networks, where a ``vmap`` over

@@ -23,6 +23,7 @@ from experiments.common import (
     clean_and_noised,
     over_levels,
     over_samples,
+    require_finite,
     times_grid,
 )
 from experiments.config import MIXTURES
@@ -35,13 +36,20 @@ from wgfm.diagnostics.jacobian import (
     sub_jacobian,
 )
 
+# The sweeps' outputs are (sample, level): see require_finite.
+AXES = ("sample", "level")
+
+
+def asymmetry_sweep(field, xs, ts):
+    """``(ratio, nasym)`` of shape ``(n, L)`` for samples ``xs`` ``(L, n, *shape)`` at ``ts``
+    (NumPy; raises on a non-finite value)."""
+    return require_finite(_asymmetry_sweep(field, xs, ts), "Jacobian asymmetry", AXES)
+
 
 @eqx.filter_jit
-def asymmetry_sweep(field, xs, ts):
-    """``(ratio, nasym)`` of shape ``(n, L)`` for samples ``xs`` ``(L, n, *shape)`` at ``ts``."""
-
+def _asymmetry_sweep(field, xs, ts):
     def one(x, t):
-        a = asymmetry(jacobian(field, x, t))
+        a = asymmetry(jacobian(field, x, t, checked=False))
         return a.ratio, a.nasym
 
     r, na = over_levels(lambda xl, t: jax.vmap(lambda x: one(x, t))(xl), xs, ts)
@@ -51,8 +59,10 @@ def asymmetry_sweep(field, xs, ts):
 def large_d_sweep(field, xs, ts, key, *, k: int = 16, num_probes: int = 32, batch: int = 16):
     """``k x k`` principal sub-Jacobian ratios (random coordinates) and ``num_probes``-probe
     estimates of the full ratio, each ``(n, L)``; samples go ``batch`` at a time so that large
-    U-Nets fit in memory (a sub-Jacobian is ``k`` JVPs per sample)."""
-    return _large_d_sweep(field, xs, ts, key, k, num_probes, batch)
+    U-Nets fit in memory (a sub-Jacobian is ``k`` JVPs per sample). NumPy; raises on a
+    non-finite value."""
+    out = _large_d_sweep(field, xs, ts, key, k, num_probes, batch)
+    return require_finite(out, "sub-Jacobian or probe asymmetry", AXES)
 
 
 @eqx.filter_jit
@@ -60,9 +70,9 @@ def _large_d_sweep(field, xs, ts, key, k, num_probes, batch):
     def one(x, t, kk):
         k1, k2 = jax.random.split(kk)
         idx = random_indices(k1, x.size, k)
-        sub = asymmetry(sub_jacobian(field, x, t, idx)).ratio
-        probe = probe_asymmetry(field, x, t, key=k2, num_probes=num_probes).stats.ratio
-        return sub, probe
+        sub = asymmetry(sub_jacobian(field, x, t, idx, checked=False)).ratio
+        probe = probe_asymmetry(field, x, t, key=k2, num_probes=num_probes, checked=False)
+        return sub, probe.stats.ratio
 
     n = xs.shape[1]
     keys = jax.random.split(key, (xs.shape[0], n))

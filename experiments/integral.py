@@ -16,7 +16,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import Context, clean_and_noised, over_levels, over_samples, times_grid
+from experiments.common import (
+    Context,
+    clean_and_noised,
+    over_levels,
+    over_samples,
+    require_finite,
+    times_grid,
+)
 from experiments.config import MIXTURES
 from experiments.report import ClaimRow, Report, field_with_curl, fmt, lines_by_level
 from wgfm.diagnostics import loops
@@ -49,9 +56,24 @@ def _loop(family: str, ctx: Context, x0, xt, t, key):
 
 
 def circulation_sweep(ctx: Context, families: tuple[str, ...] = FAMILIES, batch: int | None = None):
-    """A compiled ``(field, x0s, xts, ts, key) -> {family: (|I|, |I_norm|, |I/L|)}``, each
-    ``(n, L)``; all families in one compilation per field structure. Samples are vmapped, or
-    taken ``batch`` at a time (large images: every loop point is a network evaluation)."""
+    """``(field, x0s, xts, ts, key) -> {family: (|I|, |I_norm|, |I/L|)}``, each ``(n, L)``
+    (NumPy; raises on a non-finite value), from the program of :func:`circulation_program`."""
+    program = circulation_program(ctx, families, batch)
+
+    def sweep(field, x0s, xts, ts, key):
+        out = program(field, x0s, xts, ts, key)
+        return require_finite(out, "loop circulation", ("sample", "level"))
+
+    return sweep
+
+
+def circulation_program(
+    ctx: Context, families: tuple[str, ...] = FAMILIES, batch: int | None = None
+):
+    """The compiled sweep behind :func:`circulation_sweep`, with no host check (so that JAX's
+    persistent cache keeps it): all families in one compilation per field structure. Samples
+    are vmapped, or taken ``batch`` at a time (large images: every loop point is a network
+    evaluation)."""
 
     @eqx.filter_jit
     def sweep(field, x0s, xts, ts, key):
@@ -61,7 +83,7 @@ def circulation_sweep(ctx: Context, families: tuple[str, ...] = FAMILIES, batch:
             # constructions, not the field, dominate compile time: 31.5 -> 29.7 s over 6).
             lps = [_loop(fam, ctx, x0, xt, t, jax.random.fold_in(k, i))
                    for i, fam in enumerate(families)]  # fmt: skip
-            reps = loops.loop_reports(field, lps, t)
+            reps = loops.loop_reports(field, lps, t, checked=False)  # checked on the host
             return {fam: (jnp.abs(r.I), jnp.abs(r.I_norm), jnp.abs(r.I_over_L))
                     for fam, r in zip(families, reps, strict=True)}  # fmt: skip
 
@@ -98,9 +120,7 @@ def run(ctx: Context, report: Report, title: str) -> None:
         numbers[data] = {"levels": ts}
         sweep = circulation_sweep(ctx, batch=batch)
         key = ctx.key(f"loop-{data}")  # the same loops for every field
-        per_field = {
-            k: jax.tree.map(np.asarray, sweep(f, x0, xt, tsj, key)) for k, f in fields.items()
-        }
+        per_field = {k: sweep(f, x0, xt, tsj, key) for k, f in fields.items()}
         for family in FAMILIES:
             res = {k: list(v[family]) for k, v in per_field.items()}
             numbers[data][family] = {
@@ -146,13 +166,15 @@ def _oracle_convergence(ctx: Context, report: Report, title: str, numbers: dict)
 
     @eqx.filter_jit
     def circ(field, paths):
-        return jax.vmap(lambda pth: jnp.abs(loops.loop_report(field, pth, t).I))(paths)
+        return jax.vmap(lambda pth: jnp.abs(loops.loop_report(field, pth, t, checked=False).I))(
+            paths
+        )
 
     factors = [1, 2, 4, 8]
     meds = []
     for f in factors:
         paths = jax.vmap(lambda pth: loops.refine(pth, f))(base) if f > 1 else base
-        meds.append(float(np.median(np.asarray(circ(field, paths)))))
+        meds.append(float(np.median(require_finite(circ(field, paths), "oracle circulation"))))
     order = float(np.polyfit(np.log(factors), np.log(meds), 1)[0])
     numbers["oracle_refinement"] = {"factors": factors, "median_abs_I": meds, "order": order}
     report.add(
@@ -177,9 +199,10 @@ def _curl_figure(ctx: Context, report: Report, title: str) -> None:
 
     @eqx.filter_jit
     def evaluate(field, pts):
-        return jax.vmap(lambda x: curl_2d(field, x, t))(pts), jax.vmap(lambda x: field(x, t))(pts)
+        curl = jax.vmap(lambda x: curl_2d(field, x, t, checked=False))(pts)
+        return curl, jax.vmap(lambda x: field(x, t))(pts)
 
-    curl, v = (np.asarray(a) for a in evaluate(field, pts))
+    curl, v = require_finite(evaluate(field, pts), "curl of the trained 2D score", ("point",))
     x0 = jnp.asarray([3.0, 0.0], jnp.float32)
     lp = [
         np.asarray(loops.circle(x0, jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0]), 1.0, 64)),

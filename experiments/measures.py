@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from experiments.common import Context, over_levels
+from experiments.common import Context, over_levels, require_finite
 from wgfm import gmm, metrics
 from wgfm.diagnostics import transport_residual
 from wgfm.diagnostics.jacobian import asymmetry, jacobian
@@ -30,19 +30,24 @@ def marginal_samples(ctx: Context, mixture: gmm.GaussianMixture, ts, n: int, key
 @eqx.filter_jit
 def _ratio_sweep(field, xs, ts):
     return over_levels(
-        lambda xl, t: jax.vmap(lambda x: asymmetry(jacobian(field, x, t)).ratio)(xl), xs, ts
+        lambda xl, t: jax.vmap(lambda x: asymmetry(jacobian(field, x, t, checked=False)).ratio)(xl),
+        xs,
+        ts,
     )
 
 
 def median_lambda(field, xs, ts) -> np.ndarray:
     """Median asymmetry ratio per level of ``field`` over samples ``xs`` ``(L, n, D)``."""
-    return np.median(np.asarray(_ratio_sweep(field, xs, jnp.asarray(ts, xs.dtype))), axis=1)
+    lam = require_finite(_ratio_sweep(field, xs, jnp.asarray(ts, xs.dtype)), "asymmetry ratio")
+    return np.median(lam, axis=1)
 
 
 @eqx.filter_jit
 def _residual_sweep(velocity, logp, dlogp, xs, ts):
     def one(x, t):
-        r = transport_residual(velocity, x, t, log_density=logp, dt_log_density=dlogp)
+        r = transport_residual(
+            velocity, x, t, log_density=logp, dt_log_density=dlogp, checked=False
+        )
         return r, dlogp(x, t)
 
     return over_levels(lambda xl, t: jax.vmap(lambda x: one(x, t))(xl), xs, ts)
@@ -58,7 +63,7 @@ def relative_residual(ctx: Context, velocity, mixture: gmm.GaussianMixture, xs, 
         xs,
         jnp.asarray(ts, xs.dtype),
     )
-    r, d = np.asarray(r), np.asarray(d)
+    r, d = require_finite((r, d), "transport residual")
     return np.sqrt(np.mean(r**2, 1)) / np.sqrt(np.mean(d**2, 1))
 
 

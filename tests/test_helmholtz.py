@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from wgfm import gmm
-from wgfm.diagnostics.helmholtz import grid_2d, helmholtz_split, helmholtz_split_field
+from wgfm.diagnostics.helmholtz import _split, grid_2d, helmholtz_split, helmholtz_split_field
 from wgfm.processes import VP
 
 
@@ -122,3 +122,23 @@ def test_bad_inputs():
         helmholtz_split(jnp.ones((4, 4, 2)), p, -0.1)
     with pytest.raises(ValueError, match="lo"):
         grid_2d(1.0, 0.0, 8)
+
+
+def test_nonfinite_or_negative_inputs_raise_eagerly_and_traced():
+    """Eager calls check ``p`` and ``w`` on the host (the compiled solve then holds no host
+    callback, so the persistent cache keeps it); traced calls check inside the program."""
+    w, p = jnp.zeros((4, 4, 2)), jnp.ones((4, 4))
+    with pytest.raises(ValueError, match="`p` must be finite and >= 0"):
+        helmholtz_split(w, p.at[1, 1].set(-1.0), 0.1)
+    with pytest.raises(ValueError, match="`w` must be finite"):
+        helmholtz_split(w.at[0, 0, 0].set(jnp.nan), p, 0.1)
+    with pytest.raises(Exception, match="`p` must be finite"):
+        jax.jit(lambda q: helmholtz_split(w, q, 0.1).total)(
+            p.at[1, 1].set(-1.0)
+        ).block_until_ready()
+    hs = jnp.full((2,), 0.1)
+
+    def program(checked):
+        return str(jax.make_jaxpr(lambda a, b: _split(a, b, hs, 1e-10, 10, checked))(w, p))
+
+    assert "callback" in program(True) and "callback" not in program(False)

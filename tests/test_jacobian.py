@@ -220,6 +220,9 @@ def test_linear_field_ratio_closed_form():
     anti = m - m.T
     np.testing.assert_allclose(asymmetry(anti).ratio, 2.0, rtol=1e-14)
     assert float(asymmetry(jnp.zeros((3, 3))).ratio) == 0.0
+    # a non-finite J gives a non-finite ratio, not the J = 0 convention's 0
+    for bad in (jnp.nan, jnp.inf):
+        assert not np.isfinite(asymmetry(jnp.eye(3).at[0, 1].set(bad)).ratio)
     with pytest.raises(ValueError, match="square"):
         asymmetry(jnp.zeros((2, 3)))
 
@@ -274,3 +277,49 @@ def test_unchecked_traces_match_the_checked_ones_and_skip_the_check():
     assert not np.isfinite(exact_trace(bad, x, 0.4)[0])
     with pytest.raises(ValueError, match="non-finite"):
         divergence(bad, x, 0.4)
+
+
+def _has_callback(fn, *args) -> bool:
+    """Whether ``fn``'s program holds a host callback (JAX's persistent cache skips those)."""
+    return "callback" in str(jax.make_jaxpr(fn)(*args))
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["jacobian", "sub_jacobian", "probe_asymmetry", "divergence", "probe_divergence", "curl_2d"],
+)
+def test_unchecked_diagnostics_give_the_same_numbers_without_a_callback(name):
+    """``checked=False``: bit-identical numbers, no host callback in the traced program (so
+    the persistent cache can keep a sweep), and non-finite values are returned, not raised."""
+    dim = 2 if name == "curl_2d" else 6
+    f = nonlinear_field(dim, jax.random.key(4))
+    x = jax.random.normal(jax.random.key(5), (dim,))
+    idx, probes = jnp.array([4, 0, 2]), make_probes(jax.random.key(6), 5, (dim,))
+    calls = {
+        "jacobian": lambda g, y, **kw: jacobian(g, y, 0.3, **kw),
+        "sub_jacobian": lambda g, y, **kw: sub_jacobian(g, y, 0.3, idx, **kw),
+        "probe_asymmetry": lambda g, y, **kw: (
+            probe_asymmetry(g, y, 0.3, key=jax.random.key(7), num_probes=5, **kw).asym_sq
+        ),
+        "divergence": lambda g, y, **kw: divergence(g, y, 0.3, **kw),
+        "probe_divergence": lambda g, y, **kw: probe_divergence(g, y, 0.3, probes, **kw),
+        "curl_2d": lambda g, y, **kw: curl_2d(g, y, 0.3, **kw),
+    }
+    call = calls[name]
+    np.testing.assert_array_equal(call(f, x, checked=False), call(f, x))
+    assert _has_callback(lambda y: call(f, y), x)  # the detection works: checked has one
+    assert not _has_callback(lambda y: call(f, y, checked=False), x)
+    bad = lambda y, t: y / 0.0  # noqa: E731
+    assert not np.all(np.isfinite(call(bad, x, checked=False)))
+    with pytest.raises(ValueError, match="non-finite"):
+        call(bad, x)
+
+
+def test_unchecked_sub_jacobian_skips_the_traced_index_check():
+    f = nonlinear_field(4, jax.random.key(8))
+    x = jnp.ones(4)
+    checked = lambda i: sub_jacobian(f, x, 0.3, i)  # noqa: E731
+    assert _has_callback(checked, jnp.array([0, 1]))
+    assert not _has_callback(lambda i: sub_jacobian(f, x, 0.3, i, checked=False), jnp.array([0, 1]))
+    with pytest.raises(ValueError, match="duplicates"):  # eager indices: checked either way
+        sub_jacobian(f, x, 0.3, jnp.array([1, 1]), checked=False)

@@ -265,3 +265,34 @@ def test_bad_inputs():
         line_integral(lambda x, t: jnp.log(x), open_path, 0.0)
     with pytest.raises(ValueError, match="num_copies"):
         noisy_copy_cycle(VP(), jnp.zeros(D), 0.5, num_copies=1, points_per_segment=2, key=None)  # type: ignore[arg-type]
+
+
+def test_unchecked_loop_reports_same_numbers_no_callback():
+    """``checked=False``: the same reports, no host callback in the program, and a non-finite
+    field gives non-finite reports instead of raising."""
+    field = gmm.score_field(gmm.ring(dtype=jnp.float64), VP())
+    x = jnp.array([1.0, 0.5])
+    lps = [
+        circle(x, jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0]), 0.5, 32),
+        brownian_bridge(x, 40, 0.1, key=jax.random.key(0)),
+    ]
+    ref = loop_reports(field, lps, 0.3)
+    out = loop_reports(field, lps, 0.3, checked=False)
+    chex.assert_trees_all_equal(out, ref)
+    chex.assert_trees_all_equal(loop_report(field, lps[1], 0.3, checked=False), ref[1])
+    for fn in (
+        lambda *p: loop_reports(field, list(p), 0.3),
+        lambda *p: loop_report(field, p[0], 0.3),
+    ):
+        assert "callback" in str(jax.make_jaxpr(fn)(*lps))
+    for fn in (
+        lambda *p: loop_reports(field, list(p), 0.3, checked=False),
+        lambda *p: loop_report(field, p[0], 0.3, checked=False),
+    ):
+        assert "callback" not in str(jax.make_jaxpr(fn)(*lps))
+    bad = lambda y, t: y / 0.0  # noqa: E731
+    assert not np.isfinite(loop_report(bad, lps[0], 0.3, checked=False).I)
+    with pytest.raises(ValueError, match="non-finite"):
+        loop_report(bad, lps[0], 0.3)
+    with pytest.raises(ValueError, match="closed"):  # eager loops: checked either way
+        loop_report(field, lps[0][:-1], 0.3, checked=False)

@@ -131,3 +131,22 @@ def test_bad_inputs():
         transport_residual(lambda x, t: x[:1], x, T, **kw)
     with pytest.raises(ValueError, match=r"non-finite.*x="):
         transport_residual(lambda x, t: v(x, t) + jnp.log(x - 100.0), x, T, **kw)
+
+
+@pytest.mark.parametrize("kind", ["exact", "chunked", "probes"])
+def test_unchecked_residual_same_numbers_no_callback(kind):
+    v, _, dens, _ = setup()
+    kw = {"exact": {}, "chunked": {"chunk_size": 1},
+          "probes": {"probes": make_probes(jax.random.key(0), 4, (2,))}}[kind]  # fmt: skip
+
+    def res(field, x, **extra):
+        return transport_residual(field, x, T, **dens, **kw, **extra)
+
+    x = jnp.array([0.7, -1.2])
+    np.testing.assert_array_equal(res(v, x, checked=False), res(v, x))
+    assert "callback" in str(jax.make_jaxpr(lambda y: res(v, y))(x))
+    assert "callback" not in str(jax.make_jaxpr(lambda y: res(v, y, checked=False))(x))
+    bad = lambda y, t: y / 0.0  # noqa: E731
+    assert not np.isfinite(res(bad, x, checked=False))
+    with pytest.raises(ValueError, match="non-finite"):
+        res(bad, x)

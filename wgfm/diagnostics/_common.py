@@ -1,4 +1,11 @@
-"""Helpers shared by the diagnostics: flattening a field, output-shape and finiteness checks."""
+"""Helpers shared by the diagnostics: flattening a field, output-shape and finiteness checks.
+
+The public diagnostics take ``checked`` (default True). Checked, a non-finite value raises:
+eagerly a ``ValueError`` naming the input, under ``jit`` an ``equinox.error_if``. That is a
+host callback, and JAX's persistent compilation cache does not keep programs holding one, so
+a jitted sweep is compiled anew in every process. ``checked=False`` leaves the checks out of
+the program (non-finite values then propagate to the outputs): for sweeps that check their
+outputs on the host instead, as the reproduction's experiments do."""
 
 from __future__ import annotations
 
@@ -29,9 +36,11 @@ def flat_field(field: Callable, x: Array, t) -> Callable[[Array], Array]:
     return f
 
 
-def check_finite(value, x, t, what: str = "values"):
+def check_finite(value, x, t, what: str = "values", *, checked: bool = True):
     """Raise (eagerly: ``ValueError`` naming ``x`` and ``t``; under jit: ``equinox.error_if``)
-    if ``value`` holds a non-finite entry. Returns ``value``."""
+    if ``value`` holds a non-finite entry. Returns ``value``; ``checked=False``: unchanged."""
+    if not checked:
+        return value
     leaves = jax.tree_util.tree_leaves(value)
     conc = [concrete(v) for v in leaves]
     if all(c is not None for c in conc):
@@ -57,8 +66,9 @@ def _short(a) -> str:
     return np.array2string(np.asarray(c), threshold=8, precision=4)
 
 
-def check_closed(name: str, path: Array, rtol: float = 1e-6) -> Array:
-    """Require ``path[-1] == path[0]`` (to ``rtol`` of the path's scale)."""
+def check_closed(name: str, path: Array, rtol: float = 1e-6, *, checked: bool = True) -> Array:
+    """Require ``path[-1] == path[0]`` (to ``rtol`` of the path's scale); ``checked=False``
+    keeps only the static shape check."""
     if jnp.shape(path)[0] < 3:
         raise ValueError(f"`{name}` must hold at least 3 points, got shape {jnp.shape(path)}.")
     gap = jnp.max(jnp.abs(path[-1] - path[0]))
@@ -70,5 +80,7 @@ def check_closed(name: str, path: Array, rtol: float = 1e-6) -> Array:
                 f"`{name}` must be a closed loop (last point equal to the first), but they "
                 f"differ by {float(np.asarray(gap)):.3g}."
             )
+        return path
+    if not checked:
         return path
     return eqx.error_if(path, gap > rtol * scale, f"`{name}` must be a closed loop.")

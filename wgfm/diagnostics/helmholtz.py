@@ -23,6 +23,7 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.sparse.linalg import cg
 from jaxtyping import Array, ArrayLike, Float
 
@@ -74,8 +75,17 @@ def helmholtz_split(
         raise ValueError(f"`w` must have shape {(*p.shape, 2)} to match `p`, got {w.shape}.")
     hs = jnp.broadcast_to(jnp.asarray(spacing, p.dtype), (2,))
     check_positive("spacing", hs)
-    if concrete(w) is None or concrete(p) is None or p.dtype == jnp.float64:
-        return _split(w, p, hs, jnp.asarray(tol, p.dtype), int(maxiter))
+    pc, wc = concrete(p), concrete(w)
+    if pc is None or wc is None:  # traced: the checks run inside the program
+        return _split(w, p, hs, jnp.asarray(tol, p.dtype), int(maxiter), checked=True)
+    # Eagerly, the checks run here, so that the compiled solve holds no host callback and
+    # JAX's persistent cache keeps it.
+    if not (np.all(np.isfinite(pc)) and np.all(pc >= 0)):
+        raise ValueError("`p` must be finite and >= 0 everywhere.")
+    if not np.all(np.isfinite(wc)):
+        raise ValueError("`w` must be finite everywhere.")
+    if p.dtype == jnp.float64:
+        return _split(w, p, hs, jnp.asarray(tol, p.dtype), int(maxiter), checked=False)
     # Eagerly, solve in float64 whatever the inputs and the x64 flag: the face weights span
     # many orders of magnitude (p_t on a window holding all its mass), and float32 CG does
     # not converge on them (measured: solver residual 26, harmful^2 + harmless^2 off total^2
@@ -84,17 +94,20 @@ def helmholtz_split(
     with jax.enable_x64(True):
         f64 = functools.partial(jnp.asarray, dtype=jnp.float64)
         hs64 = jnp.broadcast_to(f64(spacing), (2,))  # from `spacing`, not its float32 rounding
-        out = _split(f64(w), f64(p), hs64, f64(tol), int(maxiter))
+        out = _split(f64(w), f64(p), hs64, f64(tol), int(maxiter), checked=False)
         return jax.tree.map(lambda a: a.astype(dtype), out)
 
 
-@functools.partial(jax.jit, static_argnames="maxiter")
-def _split(w: Array, p: Array, hs: Array, tol: Array, maxiter: int) -> HelmholtzSplit:
+@functools.partial(jax.jit, static_argnames=("maxiter", "checked"))
+def _split(
+    w: Array, p: Array, hs: Array, tol: Array, maxiter: int, checked: bool
+) -> HelmholtzSplit:
     # One compiled program per grid shape: run eagerly, every operation (and the CG loop,
     # a fresh closure each call) would compile on its own, hundreds of small programs per call.
     hx, hy = hs[0], hs[1]
-    p = eqx.error_if(p, jnp.any(p < 0) | ~jnp.all(jnp.isfinite(p)), "`p` must be finite, >= 0.")
-    w = eqx.error_if(w, ~jnp.all(jnp.isfinite(w)), "`w` must be finite.")
+    if checked:
+        p = eqx.error_if(p, jnp.any(p < 0) | ~jnp.all(jnp.isfinite(p)), "`p` must be finite, >= 0.")
+        w = eqx.error_if(w, ~jnp.all(jnp.isfinite(w)), "`w` must be finite.")
     p = p / (jnp.sum(p) * hx * hy)
     # Face weights, floored so no cell is fully decoupled (the floor is invisible in L2(p)).
     floor = 1e-12 * jnp.max(p)

@@ -45,13 +45,15 @@ def _map_tangents(fn: Callable[[Array], Array], items: Array, chunk_size: int | 
 
 
 def jacobian(
-    field: Field, x: Array, t: Scalar, *, chunk_size: int | None = None
+    field: Field, x: Array, t: Scalar, *, chunk_size: int | None = None, checked: bool = True
 ) -> Float[Array, "d d"]:
-    """Exact Jacobian ``J[i, j] = d field_i / d x_j`` of the flattened field (D JVPs)."""
+    """Exact Jacobian ``J[i, j] = d field_i / d x_j`` of the flattened field (D JVPs).
+    ``checked``: raise on non-finite values (False: leave that to the caller, see
+    :mod:`wgfm.diagnostics._common`; the same for every diagnostic that takes it)."""
     fx, jvp = _linearized(field, x, t)
     d, dt = fx.shape[0], jnp.result_type(x)
     cols = _map_tangents(lambda j: jvp(jax.nn.one_hot(j, d, dtype=dt)), jnp.arange(d), chunk_size)
-    return check_finite((cols.T, fx), x, t, "values or Jacobian entries")[0]
+    return check_finite((cols.T, fx), x, t, "values or Jacobian entries", checked=checked)[0]
 
 
 def sub_jacobian(
@@ -61,15 +63,16 @@ def sub_jacobian(
     idx: Int[ArrayLike, " k"],
     *,
     chunk_size: int | None = None,
+    checked: bool = True,
 ) -> Float[Array, "k k"]:
     """Principal block ``J[idx][:, idx]`` from ``len(idx)`` one-hot JVPs (not D), ``chunk_size``
     at a time (None: all at once; chunks bound memory and keep large networks in cache)."""
     d = int(np.prod(jnp.shape(x)))
-    idx = _check_indices(idx, d)
+    idx = _check_indices(idx, d, checked=checked)
     fx, jvp = _linearized(field, x, t)
     dt = jnp.result_type(x)
     cols = _map_tangents(lambda j: jvp(jax.nn.one_hot(j, d, dtype=dt))[idx], idx, chunk_size)
-    return check_finite((cols.T, fx), x, t, "values or Jacobian entries")[0]
+    return check_finite((cols.T, fx), x, t, "values or Jacobian entries", checked=checked)[0]
 
 
 def random_indices(key: PRNGKeyArray, dim: int, k: int) -> Int[Array, " k"]:
@@ -79,10 +82,12 @@ def random_indices(key: PRNGKeyArray, dim: int, k: int) -> Int[Array, " k"]:
     return jax.random.choice(key, dim, (k,), replace=False)
 
 
-def divergence(field: Field, x: Array, t: Scalar, *, chunk_size: int | None = None) -> Array:
+def divergence(
+    field: Field, x: Array, t: Scalar, *, chunk_size: int | None = None, checked: bool = True
+) -> Array:
     """Exact ``div field = tr J = sum_i e_i^T J e_i`` (D JVPs, chunked; never stores J)."""
     div, fx = exact_trace(field, x, t, chunk_size=chunk_size)
-    return check_finite((div, fx), x, t, "values or divergence")[0]
+    return check_finite((div, fx), x, t, "values or divergence", checked=checked)[0]
 
 
 def exact_trace(
@@ -99,7 +104,9 @@ def exact_trace(
     return jnp.sum(diag), fx
 
 
-def probe_divergence(field: Field, x: Array, t: Scalar, probes: Float[Array, "k ..."]) -> Array:
+def probe_divergence(
+    field: Field, x: Array, t: Scalar, probes: Float[Array, "k ..."], *, checked: bool = True
+) -> Array:
     """Hutchinson estimate ``(1/K) sum_k v_k^T J v_k`` over the given probes (``E[v v^T] = I``).
 
     Pass the same probes for a whole ODE solve (resampling per step breaks adaptive solvers)."""
@@ -110,7 +117,7 @@ def probe_divergence(field: Field, x: Array, t: Scalar, probes: Float[Array, "k 
             f"got {jnp.shape(probes)}."
         )
     est, fx = probe_trace(field, x, t, probes)
-    return check_finite((est, fx), x, t, "values or probe divergence")[0]
+    return check_finite((est, fx), x, t, "values or probe divergence", checked=checked)[0]
 
 
 def probe_trace(
@@ -167,8 +174,10 @@ def asymmetry(jac: Float[Array, "d d"]) -> Asymmetry:
 
 
 def _asym_from_squares(a2: Array, f2: Array) -> Asymmetry:
-    safe = jnp.where(f2 > 0, f2, 1.0)
-    nasym = jnp.where(f2 > 0, a2 / (4 * safe), 0.0)
+    # 0 when J = 0 exactly; a non-finite J stays non-finite (`f2 > 0` would turn NaN into 0,
+    # hiding it from a caller that checks the outputs, as unchecked sweeps do).
+    zero = f2 == 0
+    nasym = jnp.where(zero, 0.0, a2 / (4 * jnp.where(zero, 1.0, f2)))
     return Asymmetry(2 * jnp.sqrt(nasym), a2 / 2, nasym, jnp.sqrt(f2), jnp.sqrt(a2))
 
 
@@ -192,6 +201,7 @@ def probe_asymmetry(
     key: PRNGKeyArray,
     num_probes: int,
     kind: ProbeKind = "rademacher",
+    checked: bool = True,
 ) -> ProbeAsymmetry:
     """``E_v ||J v - J^T v||^2 = ||J - J^T||_F^2`` and ``E_v ||J v||^2 = ||J||_F^2`` for
     ``E[v v^T] = I``: one JVP and one VJP per probe, J never formed."""
@@ -209,19 +219,21 @@ def probe_asymmetry(
     def se(s):
         return jnp.std(s, ddof=1) / jnp.sqrt(k) if k > 1 else jnp.full((), jnp.inf, s.dtype)
 
-    a2m, f2m = check_finite((a2.mean(), f2.mean(), fx), x, t, "values or probe estimates")[:2]
+    a2m, f2m = check_finite(
+        (a2.mean(), f2.mean(), fx), x, t, "values or probe estimates", checked=checked
+    )[:2]
     return ProbeAsymmetry(a2m, f2m, se(a2), se(f2), _asym_from_squares(a2m, f2m))
 
 
-def curl_2d(field: Field, x: Float[Array, " 2"], t: Scalar) -> Array:
+def curl_2d(field: Field, x: Float[Array, " 2"], t: Scalar, *, checked: bool = True) -> Array:
     """Scalar curl ``d v_y / d x - d v_x / d y`` of a planar field at one point (for plots)."""
     if jnp.shape(x) != (2,):
         raise ValueError(f"`x` must be one planar point of shape (2,), got {jnp.shape(x)}.")
-    jac = jacobian(field, x, t)
+    jac = jacobian(field, x, t, checked=checked)
     return jac[1, 0] - jac[0, 1]
 
 
-def _check_indices(idx: ArrayLike, d: int) -> Array:
+def _check_indices(idx: ArrayLike, d: int, *, checked: bool = True) -> Array:
     arr = jnp.asarray(idx)
     if arr.ndim != 1 or arr.shape[0] < 1 or not jnp.issubdtype(arr.dtype, jnp.integer):
         raise ValueError(
@@ -233,7 +245,7 @@ def _check_indices(idx: ArrayLike, d: int) -> Array:
             raise ValueError(f"`idx` must lie in [0, {d}) (x has {d} entries), got {c}.")
         if np.unique(c).size != c.size:
             raise ValueError(f"`idx` must not contain duplicates, got {c}.")
-    else:
+    elif checked:
         s = jnp.sort(arr)
         bad = (s[0] < 0) | (s[-1] >= d) | jnp.any(s[1:] == s[:-1])
         arr = eqx.error_if(arr, bad, f"`idx` must be distinct indices in [0, {d}).")

@@ -37,6 +37,7 @@ def transport_residual(
     divergence: Callable[[Callable, Array, Scalar], Array] = exact_divergence,
     probes: Array | None = None,
     chunk_size: int | None = None,
+    checked: bool = True,
 ) -> Array:
     """``d_t log p_t + div v + v . grad log p_t`` at one point ``x``.
 
@@ -44,18 +45,20 @@ def transport_residual(
     Gaussian mixture: ``wgfm.gmm.log_density_field`` and ``wgfm.gmm.dt_log_density_field``).
     The divergence is exact (``divergence(field, x, t)``, default the trace; ``chunk_size``
     bounds its memory) unless ``probes`` ``(K, *x.shape)`` are given: then it is the unbiased
-    Hutchinson estimate, for large D (see :func:`wgfm.diagnostics.jacobian.make_probes`)."""
+    Hutchinson estimate, for large D (see :func:`wgfm.diagnostics.jacobian.make_probes`).
+    ``checked``: raise on non-finite values (False: leave that to the caller, see
+    :mod:`wgfm.diagnostics._common`; a custom ``divergence`` does its own checking)."""
     v = field(x, t)
     if jnp.shape(v) != jnp.shape(x):
         raise ValueError(
             f"`field` must return an array shaped like x {jnp.shape(x)}, got {jnp.shape(v)}."
         )
     if probes is not None:
-        div = probe_divergence(field, x, t, probes)
-    elif chunk_size is not None:
-        div = _divergence(field, x, t, chunk_size=chunk_size)
+        div = probe_divergence(field, x, t, probes, checked=checked)
+    elif chunk_size is not None or divergence is exact_divergence:
+        div = _divergence(field, x, t, chunk_size=chunk_size, checked=checked)
     else:
         div = divergence(field, x, t)
     grad_logp = jax.grad(log_density)(x, t)
     out = dt_log_density(x, t) + div + jnp.sum(v * grad_logp)
-    return check_finite(out, x, t, "transport residual")
+    return check_finite(out, x, t, "transport residual", checked=checked)
