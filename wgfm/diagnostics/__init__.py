@@ -1,4 +1,14 @@
-"""Conservativity diagnostics: Jacobian asymmetry, loop integrals, transport residual."""
+"""Conservativity diagnostics: Jacobian asymmetry, loop integrals, transport residual.
+
+``jacobian``, ``sub_jacobian``, ``probe_asymmetry``, ``divergence``, ``probe_divergence``,
+``curl_2d``, ``loop_report(s)`` and ``transport_residual`` take ``checked`` (default True).
+Checked, a non-finite value raises:
+eagerly a ``ValueError`` naming the input, under ``jit`` an ``equinox.error_if``. That is a
+host callback, and JAX's persistent compilation cache does not keep programs holding one, so
+a jitted sweep is compiled anew in every process. ``checked=False`` leaves the checks out of
+the program (non-finite values then propagate to the outputs): for sweeps that check their
+outputs on the host instead, as the reproduction's experiments do.
+"""
 
 from .helmholtz import HelmholtzSplit, grid_2d, helmholtz_split, helmholtz_split_field
 from .jacobian import (

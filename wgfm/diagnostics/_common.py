@@ -1,11 +1,5 @@
-"""Helpers shared by the diagnostics: flattening a field, output-shape and finiteness checks.
-
-The public diagnostics take ``checked`` (default True). Checked, a non-finite value raises:
-eagerly a ``ValueError`` naming the input, under ``jit`` an ``equinox.error_if``. That is a
-host callback, and JAX's persistent compilation cache does not keep programs holding one, so
-a jitted sweep is compiled anew in every process. ``checked=False`` leaves the checks out of
-the program (non-finite values then propagate to the outputs): for sweeps that check their
-outputs on the host instead, as the reproduction's experiments do."""
+"""Helpers shared by the diagnostics: flattening a field, output-shape and finiteness checks
+(``checked``: see :mod:`wgfm.diagnostics`)."""
 
 from __future__ import annotations
 

@@ -49,7 +49,7 @@ def jacobian(
 ) -> Float[Array, "d d"]:
     """Exact Jacobian ``J[i, j] = d field_i / d x_j`` of the flattened field (D JVPs).
     ``checked``: raise on non-finite values (False: leave that to the caller, see
-    :mod:`wgfm.diagnostics._common`; the same for every diagnostic that takes it)."""
+    :mod:`wgfm.diagnostics`; the same for every diagnostic that takes it)."""
     fx, jvp = _linearized(field, x, t)
     d, dt = fx.shape[0], jnp.result_type(x)
     cols = _map_tangents(lambda j: jvp(jax.nn.one_hot(j, d, dtype=dt)), jnp.arange(d), chunk_size)

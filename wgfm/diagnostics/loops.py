@@ -293,7 +293,7 @@ def loop_report(
 ) -> LoopReport:
     """Circulation statistics of a closed sampled loop (raises if the loop is not closed).
     ``checked``: raise on an open loop or non-finite values (False: leave that to the caller,
-    see :mod:`wgfm.diagnostics._common`)."""
+    see :mod:`wgfm.diagnostics`)."""
     loop = _materialize(check_closed("loop", jnp.asarray(loop), checked=checked))
     values = _eval(field, _query_points(loop, rule), t, chunk_size)
     return _report(values, loop, t, rule, checked)

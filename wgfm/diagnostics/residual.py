@@ -47,7 +47,7 @@ def transport_residual(
     bounds its memory) unless ``probes`` ``(K, *x.shape)`` are given: then it is the unbiased
     Hutchinson estimate, for large D (see :func:`wgfm.diagnostics.jacobian.make_probes`).
     ``checked``: raise on non-finite values (False: leave that to the caller, see
-    :mod:`wgfm.diagnostics._common`; a custom ``divergence`` does its own checking)."""
+    :mod:`wgfm.diagnostics`; a custom ``divergence`` does its own checking)."""
     v = field(x, t)
     if jnp.shape(v) != jnp.shape(x):
         raise ValueError(
