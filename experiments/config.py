@@ -8,8 +8,8 @@ from pathlib import Path
 
 @dataclasses.dataclass(frozen=True)
 class Sizes:
-    """Every size the experiments use. ``QUICK`` takes ~4 minutes on 2 CPU cores with an
-    empty compilation cache (238-251 s on 2026-12-02; the target is 3), ~2.6 rerun."""
+    """Every size the experiments use. ``QUICK`` takes ~2 minutes on 2 CPU cores with an
+    empty compilation cache (118-145 s on 2026-12-02; 238-251 s on a slower CPU), ~1 rerun."""
 
     num_levels: int  # noise levels of the sweeps (the authors: 100, t = 1, 11, ..., 991 of 1000)
     num_diag_samples: int  # samples per level for Jacobian/loop diagnostics
@@ -73,7 +73,8 @@ FULL = Sizes(
     num_diag_samples=64,
     # 5,000 updates of the 128x3 MLP reach the noise floor; each costs ~10 ms on 2 cores, and
     # with ~8 networks the training length decides whether the full run fits 30 minutes
-    # (measured: 20 minutes with an empty compilation cache, 2026-12-01).
+    # (measured with an empty compilation cache: 21 minutes on 2026-12-01's machine, 10 on
+    # 2026-12-02's faster one).
     train_steps_2d=5000,
     train_steps_10d=5000,
     train_steps_image=1000,

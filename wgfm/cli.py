@@ -74,8 +74,8 @@ def reproduce(
     compile_cache: bool = True,
 ) -> int:
     """Reproduce the paper: every claim as a number beside an exact control (REPORT.md,
-    results.json and figures/ under --out). --quick takes ~4 minutes on 2 CPU cores (~2.6
-    when rerun: compiled programs are cached).
+    results.json and figures/ under --out). --quick takes 2-4 minutes on 2 CPU cores,
+    depending on the CPU (~1 when rerun: compiled programs are cached).
 
     Args:
         quick: the short CPU version (fewer noise levels, samples and training steps).
