@@ -299,7 +299,13 @@ def clean_and_noised(ctx: Context, data: str, ts, n: int, key):
     return x0, xt
 
 
-def require_finite(tree, what: str, axes: tuple[str, ...] = ("level", "sample")):
+# Axis names of a sweep's outputs for require_finite: (level, sample) as computed, or
+# (sample, level) once transposed for the box plots.
+BY_LEVEL = ("level", "sample")
+BY_SAMPLE = ("sample", "level")
+
+
+def require_finite(tree, what: str, axes: tuple[str, ...] = BY_LEVEL):
     """``tree`` (NumPy arrays), after raising ``FloatingPointError`` if any entry is non-finite,
     naming the first bad index along ``axes``. The experiments' sweeps are compiled with the
     diagnostics' ``checked=False`` (no host callback in the program, so JAX's persistent cache

@@ -19,6 +19,7 @@ import numpy as np
 from jaxtyping import Array
 
 from experiments.common import (
+    BY_SAMPLE,
     Context,
     clean_and_noised,
     over_levels,
@@ -36,14 +37,11 @@ from wgfm.diagnostics.jacobian import (
     sub_jacobian,
 )
 
-# The sweeps' outputs are (sample, level): see require_finite.
-AXES = ("sample", "level")
-
 
 def asymmetry_sweep(field, xs, ts):
     """``(ratio, nasym)`` of shape ``(n, L)`` for samples ``xs`` ``(L, n, *shape)`` at ``ts``
     (NumPy; raises on a non-finite value)."""
-    return require_finite(_asymmetry_sweep(field, xs, ts), "Jacobian asymmetry", AXES)
+    return require_finite(_asymmetry_sweep(field, xs, ts), "Jacobian asymmetry", BY_SAMPLE)
 
 
 @eqx.filter_jit
@@ -62,7 +60,7 @@ def large_d_sweep(field, xs, ts, key, *, k: int = 16, num_probes: int = 32, batc
     U-Nets fit in memory (a sub-Jacobian is ``k`` JVPs per sample). NumPy; raises on a
     non-finite value."""
     out = _large_d_sweep(field, xs, ts, key, k, num_probes, batch)
-    return require_finite(out, "sub-Jacobian or probe asymmetry", AXES)
+    return require_finite(out, "sub-Jacobian or probe asymmetry", BY_SAMPLE)
 
 
 @eqx.filter_jit
@@ -125,7 +123,7 @@ def _exact(ctx: Context, report: Report, title: str, data: str, ts) -> tuple[dic
     _, xs = clean_and_noised(ctx, data, ts, _samples(ctx, data), ctx.key(f"diff-x-{data}"))
     tsj = jnp.asarray(ts, xs.dtype)
     series = {k: asymmetry_sweep(f, xs, tsj) for k, f in _fields(ctx, data).items()}
-    lam = {k: np.asarray(v[0]) for k, v in series.items()}
+    lam = {k: v[0] for k, v in series.items()}
     med = {k: np.median(v, axis=0) for k, v in lam.items()}
     fig = boxplot_by_level(
         ts, lam, "asymmetry ratio ||J-J^T||/||J||", f"Differential constraint ({data})"
@@ -135,7 +133,7 @@ def _exact(ctx: Context, report: Report, title: str, data: str, ts) -> tuple[dic
     summary = {
         "levels": ts,
         "median_ratio": med,
-        "median_nasym": {k: np.median(np.asarray(v[1]), axis=0) for k, v in series.items()},
+        "median_nasym": {k: np.median(v[1], axis=0) for k, v in series.items()},
     }
     return summary, xs, lam
 
@@ -148,10 +146,7 @@ def _large(ctx: Context, report: Report, title: str, data: str, ts) -> dict:
     tsj = jnp.asarray(ts, xs.dtype)
     key = ctx.key(f"diff-sub-{data}")  # the same coordinates and probes for every field
     k = sz.sub_jacobian_size
-    res = {
-        name: [np.asarray(a) for a in large_d_sweep(f, xs, tsj, key, k=k)]
-        for name, f in _fields(ctx, data).items()
-    }
+    res = {name: large_d_sweep(f, xs, tsj, key, k=k) for name, f in _fields(ctx, data).items()}
     sub = {name: v[0] for name, v in res.items()}
     med = {name: np.median(v, axis=0) for name, v in sub.items()}
     fig = boxplot_by_level(
@@ -205,7 +200,7 @@ def _estimators_agree(ctx: Context, report: Report, title: str, ts, xs, exact, s
     field = ctx.network("digits").score()
     xs, exact = xs[:, :n], exact[:n]
     tsj = jnp.asarray(ts, xs.dtype)
-    sub, probe = (np.asarray(a) for a in large_d_sweep(field, xs, tsj, ctx.key("probe")))
+    sub, probe = large_d_sweep(field, xs, tsj, ctx.key("probe"))
     rel = float(np.median(np.abs(probe - exact) / exact))
     summary["probe_vs_exact_median_rel_err"] = rel
     summary["sub16_median_ratio"] = np.median(sub, axis=0)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.common import (
+    BY_SAMPLE,
     Context,
     clean_and_noised,
     over_levels,
@@ -62,7 +63,7 @@ def circulation_sweep(ctx: Context, families: tuple[str, ...] = FAMILIES, batch:
 
     def sweep(field, x0s, xts, ts, key):
         out = program(field, x0s, xts, ts, key)
-        return require_finite(out, "loop circulation", ("sample", "level"))
+        return require_finite(out, "loop circulation", BY_SAMPLE)
 
     return sweep
 
