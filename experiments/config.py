@@ -1,15 +1,18 @@
-"""Configurations of the reproduction: one frozen dataclass of sizes per preset and mode."""
+"""Configurations of the reproduction: one frozen dataclass of sizes per preset and mode, and
+the grid of noise levels."""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
 
+import numpy as np
+
 
 @dataclasses.dataclass(frozen=True)
 class Sizes:
-    """Every size the experiments use. ``QUICK`` takes ~2 minutes on 2 CPU cores with an
-    empty compilation cache (118-145 s on 2026-12-02; 238-251 s on a slower CPU), ~1 rerun."""
+    """Every size the experiments use. ``QUICK`` is sized for a few minutes on 2 CPU cores
+    (measured run times: docs/reproduction.md)."""
 
     num_levels: int  # noise levels of the sweeps (the authors: 100, t = 1, 11, ..., 991 of 1000)
     num_diag_samples: int  # samples per level for Jacobian/loop diagnostics
@@ -34,14 +37,14 @@ class Sizes:
     sub_jacobian_size: int = 16  # K of the K x K sub-Jacobians (the authors: 64 on CIFAR-10)
     max_exact_dim: int = 64  # exact Jacobians up to this D; beyond, sub-Jacobians and probes
     # Image sets in claims 1-2 (None: as the mixtures). Every loop point and Jacobian column is
-    # a U-Net evaluation (~0.75 ms for the digits U-Net on the CPU), so the CPU default thins
-    # these; the GPU presets use the authors' numbers.
+    # a U-Net evaluation, so the CPU default thins these; the GPU presets use the authors'
+    # numbers.
     image_diag_samples: int | None = None  # samples per level, claim 1
     image_loop_levels: int | None = None  # noise levels, claim 2
     image_loop_samples: int | None = None  # samples per level, claim 2
     # Claim 1 on digits: check the large-D estimators (sub-Jacobians, probes) against the exact
-    # ratios. One more U-Net derivative program (~20 s of compilation on 2 cores), so the quick
-    # run leaves it to the full run; the estimators have their own tests against closed forms.
+    # ratios. One more U-Net derivative program to compile, so the quick run leaves it to the
+    # full run; the estimators have their own tests against closed forms.
     estimator_check: bool = True
 
 
@@ -71,10 +74,8 @@ QUICK = Sizes(
 FULL = Sizes(
     num_levels=100,
     num_diag_samples=64,
-    # 5,000 updates of the 128x3 MLP reach the noise floor; each costs ~10 ms on 2 cores, and
-    # with ~8 networks the training length decides whether the full run fits 30 minutes
-    # (measured with an empty compilation cache: 21 minutes on 2026-12-01's machine, 10 on
-    # 2026-12-02's faster one).
+    # 5,000 updates of the 128x3 MLP reach the noise floor; with ~8 networks the training
+    # length decides whether the full run fits 30 minutes on 2 CPU cores.
     train_steps_2d=5000,
     train_steps_10d=5000,
     train_steps_image=1000,
@@ -127,6 +128,15 @@ PRESETS: dict[str, tuple[tuple[str, ...], str | None, Sizes, Sizes]] = {
 }
 
 
+def times_grid(process, num_levels: int) -> np.ndarray:
+    """The authors' grid t = 1, 11, ..., 991 of 1000 (100 levels), thinned to ``num_levels``,
+    mapped to ``[t_min, t_max]`` of ``process``."""
+    steps = np.arange(1, 1000, 10)
+    if num_levels < len(steps):
+        steps = steps[np.linspace(0, len(steps) - 1, num_levels).round().astype(int)]
+    return np.clip(steps / 1000.0, process.t_min, process.t_max)
+
+
 @dataclasses.dataclass(frozen=True)
 class ReproduceConfig:
     """``wgfm reproduce`` options.
@@ -143,12 +153,9 @@ class ReproduceConfig:
         train_steps: updates of the image network (default: the preset's).
         seed: master random seed; every key derives from it.
         only: run only these claims (1..5); empty runs all.
-        jobs: processes (None: 2 where the machine has 2 or more cores). With 2, claims 3-5
-            run in a second process beside claims 1-2: the reproduction is mostly XLA
-            compilation, which uses one core. Results do not depend on it.
         compile_cache: keep compiled programs on disk (JAX's persistent cache, in
-            ``$JAX_COMPILATION_CACHE_DIR`` or ``~/.cache/wgfm/jax``) so that a rerun, and the
-            second process, skip most compilation. Results do not depend on it.
+            ``$JAX_COMPILATION_CACHE_DIR`` or ``~/.cache/wgfm/jax``) so that a rerun skips
+            most compilation. Results do not depend on it.
     """
 
     quick: bool = False
@@ -158,7 +165,6 @@ class ReproduceConfig:
     seed: int = 0
     only: tuple[int, ...] = ()
     train_steps: int | None = None
-    jobs: int | None = None
     compile_cache: bool = True
 
     def __post_init__(self):
@@ -171,8 +177,6 @@ class ReproduceConfig:
         bad = [c for c in self.only if c not in range(1, 6)]
         if bad:
             raise ValueError(f"`only` must list claims among 1..5, got {bad}.")
-        if self.jobs is not None and self.jobs not in (1, 2):
-            raise ValueError(f"`jobs` must be 1 or 2, got {self.jobs}.")
         if self.train_steps is not None and self.train_steps < 1:
             raise ValueError(f"`train_steps` must be a positive integer, got {self.train_steps}.")
 

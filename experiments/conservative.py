@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import Context, times_grid
+from experiments.assets import Context
+from experiments.config import times_grid
 from experiments.harm import TRAINED_LEVELS, TRAINED_SAMPLES_FACTOR
 from experiments.measures import (
     floors,
@@ -36,8 +37,8 @@ def _mean_log_density(mix, x):
 
 def run(ctx: Context, report: Report, title: str) -> None:
     sz = ctx.sizes
-    # The grid and sample count of claim 4's trained part: the 2D sweeps of the same networks
-    # then reuse its compiled programs (same shapes) instead of compiling their own.
+    # Claim 4's grid and sample count for the same networks: the two claims' numbers compare
+    # directly (and the sweeps share their compiled programs).
     ts = times_grid(ctx.process, TRAINED_LEVELS)
     out: dict = {}
     for data, mix in (("2d", ctx.mix2d), ("10d", ctx.mix10d)):

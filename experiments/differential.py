@@ -8,27 +8,25 @@ the Gaussian fitted to the data) and an untrained network. Beyond ``max_exact_di
 CIFAR-10) we take the authors' path: K x K principal sub-Jacobians on random coordinates (any
 asymmetric block certifies non-conservativity) with probe estimates of the full ratio; on the
 digits U-Net we show that both estimators agree with the exact numbers.
+
+:func:`measure_asymmetry` is the measurement on its own: any score field, a process and clean
+samples in, rows, numbers and figures out (a pretrained network's field works the same way).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array
+from jaxtyping import Array, PRNGKeyArray
 
-from experiments.common import (
-    BY_SAMPLE,
-    Context,
-    clean_and_noised,
-    over_levels,
-    over_samples,
-    require_finite,
-    times_grid,
-)
-from experiments.config import MIXTURES
-from experiments.report import ClaimRow, Report, boxplot_by_level, fmt
+from experiments.assets import Context
+from experiments.config import MIXTURES, times_grid
+from experiments.report import ClaimRow, Measurement, Report, boxplot_by_level, fmt
+from wgfm.diagnostics import noised_samples, sweep
 from wgfm.diagnostics.jacobian import (
     asymmetry,
     jacobian,
@@ -36,48 +34,160 @@ from wgfm.diagnostics.jacobian import (
     random_indices,
     sub_jacobian,
 )
+from wgfm.processes import AbstractProcess
+
+Field = Callable[[Array, Array], Array]
 
 
-def asymmetry_sweep(field, xs, ts):
-    """``(ratio, nasym)`` of shape ``(n, L)`` for samples ``xs`` ``(L, n, *shape)`` at ``ts``
-    (NumPy; raises on a non-finite value)."""
-    return require_finite(_asymmetry_sweep(field, xs, ts), "Jacobian asymmetry", BY_SAMPLE)
+def exact_asymmetry(field, x, t, *, checked: bool = True):
+    """``(lambda, NAsym)`` of the exact Jacobian of ``field`` at ``(x, t)``."""
+    a = asymmetry(jacobian(field, x, t, checked=checked))
+    return a.ratio, a.nasym
 
 
-@eqx.filter_jit
-def _asymmetry_sweep(field, xs, ts):
-    def one(x, t):
-        a = asymmetry(jacobian(field, x, t, checked=False))
-        return a.ratio, a.nasym
+class SubAndProbe(eqx.Module):
+    """``(sub-Jacobian lambda, probe estimate of lambda)`` at ``(x, t)``: the ``k x k`` principal
+    block on random coordinates and ``num_probes`` Rademacher probes (one key per sample)."""
 
-    r, na = over_levels(lambda xl, t: jax.vmap(lambda x: one(x, t))(xl), xs, ts)
-    return r.T, na.T
+    k: int = eqx.field(static=True)
+    num_probes: int = eqx.field(static=True)
 
-
-def large_d_sweep(field, xs, ts, key, *, k: int = 16, num_probes: int = 32, batch: int = 16):
-    """``k x k`` principal sub-Jacobian ratios (random coordinates) and ``num_probes``-probe
-    estimates of the full ratio, each ``(n, L)``; samples go ``batch`` at a time so that large
-    U-Nets fit in memory (a sub-Jacobian is ``k`` JVPs per sample). NumPy; raises on a
-    non-finite value."""
-    out = _large_d_sweep(field, xs, ts, key, k, num_probes, batch)
-    return require_finite(out, "sub-Jacobian or probe asymmetry", BY_SAMPLE)
-
-
-@eqx.filter_jit
-def _large_d_sweep(field, xs, ts, key, k, num_probes, batch):
-    def one(x, t, kk):
-        k1, k2 = jax.random.split(kk)
-        idx = random_indices(k1, x.size, k)
-        sub = asymmetry(sub_jacobian(field, x, t, idx, checked=False)).ratio
-        probe = probe_asymmetry(field, x, t, key=k2, num_probes=num_probes, checked=False)
+    def __call__(self, field, x, t, *, key, checked: bool = True):
+        k1, k2 = jax.random.split(key)
+        idx = random_indices(k1, x.size, self.k)
+        sub = asymmetry(sub_jacobian(field, x, t, idx, checked=checked)).ratio
+        probe = probe_asymmetry(field, x, t, key=k2, num_probes=self.num_probes, checked=checked)
         return sub, probe.stats.ratio
 
-    n = xs.shape[1]
-    keys = jax.random.split(key, (xs.shape[0], n))
-    sub, probe = over_levels(
-        lambda xl, t, kl: over_samples(lambda x, kk: one(x, t, kk), batch, xl, kl), xs, ts, keys
+
+def measure_asymmetry(
+    field: Field,
+    process: AbstractProcess,
+    x0: Array,
+    ts,
+    *,
+    key: PRNGKeyArray,
+    gradient: Field | None = None,
+    untrained: Field | None = None,
+    label: str = "model",
+    control_name: str = "gradient control",
+    max_exact_dim: int = 64,
+    sub_jacobian_size: int = 16,
+    num_probes: int = 32,
+    batch_size: int = 16,
+    estimator_check: bool = False,
+) -> Measurement:
+    """Claim 1 on one score ``field``: its Jacobian asymmetry at every level of ``ts``.
+
+    ``x0`` ``(n, *shape)`` are clean samples (vectors or images), noised once per level with
+    ``process`` (the same ``x0`` at every level). Optional controls on the same points:
+    ``gradient``, a field known to be a gradient on the data's scale (the exact score, or
+    :func:`experiments.assets.gaussian_fit_score`; ``control_name`` names it in the rows), and
+    ``untrained``. Exact Jacobians up to ``max_exact_dim`` coordinates; beyond, ``K x K``
+    sub-Jacobians (``K = sub_jacobian_size``) and ``num_probes``-probe estimates,
+    ``batch_size`` samples at a time. ``estimator_check`` (exact path only) also runs the
+    large-D estimators on up to 8 samples and reports their agreement with the exact ratios.
+    Figures are named ``lambda_<label>``; raises ``ValueError`` naming the first non-finite
+    level and sample."""
+    k_noise, k_sub = jax.random.split(key)
+    x0 = jnp.asarray(x0)
+    tsj = jnp.asarray(ts, x0.dtype)
+    xs = noised_samples(process, x0, tsj, key=k_noise)
+    fields = {"trained": field, "untrained": untrained, "oracle score": gradient}
+    fields = {k: f for k, f in fields.items() if f is not None}
+    dim = int(np.prod(x0.shape[1:]))
+    exact = dim <= max_exact_dim
+    if exact:
+        res = {k: _values(sweep(exact_asymmetry, f, xs, tsj, checked=False,
+                                what="Jacobian asymmetry values are"))
+               for k, f in fields.items()}  # fmt: skip
+        what = "lambda"
+    else:
+        diag = SubAndProbe(sub_jacobian_size, num_probes)  # the same coordinates for every field
+        res = {k: _values(sweep(diag, f, xs, tsj, key=k_sub, batch_size=batch_size,
+                                checked=False, what="sub-Jacobian or probe asymmetry values are"))
+               for k, f in fields.items()}  # fmt: skip
+        what = f"{sub_jacobian_size}x{sub_jacobian_size} sub-Jacobian lambda"
+    lam = {k: v[0] for k, v in res.items()}  # (n, L) each
+    med = {k: np.median(v, axis=0) for k, v in lam.items()}
+    k = sub_jacobian_size
+    ylabel = "asymmetry ratio ||J-J^T||/||J||" if exact else f"{k}x{k} sub-Jacobian asymmetry ratio"
+    fig = boxplot_by_level(np.asarray(ts), lam, ylabel, f"Differential constraint ({label})")
+    rows = _rows(label, med, what, control_name, image=x0.ndim > 2)
+    if exact:
+        numbers = {"levels": np.asarray(ts), "median_ratio": med,
+                   "median_nasym": {k: np.median(v[1], axis=0) for k, v in res.items()}}  # fmt: skip
+        if estimator_check:
+            rows.append(_estimators_agree(field, xs, tsj, lam["trained"], k_sub, numbers))
+    else:
+        numbers = {"levels": np.asarray(ts), "sub_jacobian_size": sub_jacobian_size,
+                   "median_sub_ratio": med,
+                   "median_probe_ratio": {k: np.median(v[1], axis=0) for k, v in res.items()}}  # fmt: skip
+    return Measurement(rows, numbers, {f"lambda_{label}": fig})
+
+
+def _values(result) -> tuple[np.ndarray, ...]:
+    """A sweep's two value arrays as ``(n, L)`` (samples first, as the box plots take them)."""
+    return tuple(np.asarray(v).T for v in result.values)
+
+
+def _rows(label: str, med: dict, what: str, control_name: str, *, image: bool) -> list[ClaimRow]:
+    tr = med["trained"]
+    if "oracle score" in med:
+        ctl = med["oracle score"]
+        ratio = tr / np.maximum(ctl, 1e-30)
+        gradient_row = ClaimRow(
+            f"{label}: trained score is not a gradient at every noise level",
+            f"median {what} {fmt(tr.min())}..{fmt(tr.max())}",
+            f"{control_name}: max median {fmt(ctl.max())}",
+            bool(np.all(ratio > 100) and np.max(ctl) < 1e-4),
+            f"trained/control >= {fmt(ratio.min())} at every level"
+            if np.max(ctl) > 0
+            else "the control's Jacobian is symmetric to the last bit (lambda exactly 0)",
+        )
+    else:  # no gradient control: float32 rounding of a gradient field stays orders below this
+        gradient_row = ClaimRow(
+            f"{label}: score is not a gradient at every noise level",
+            f"median {what} {fmt(tr.min())}..{fmt(tr.max())}",
+            "no gradient control given",
+            bool(np.all(tr > 1e-3)),
+            "threshold 1e-3 at every level",
+        )
+    fifth = max(1, len(tr) // 5)
+    low, high = tr[:fifth], tr[-fifth:]
+    untrained = (
+        f"untrained: {fmt(med['untrained'].mean())} on average"
+        + (" (output layer drawn at random, not zero)" if image else "")
+        if "untrained" in med
+        else "no untrained control given"
     )
-    return sub.T, probe.T
+    trend_row = ClaimRow(
+        f"{label}: asymmetry grows towards low noise (paper's trend)",
+        f"median {what}, lowest-noise fifth {fmt(low.mean())} vs highest {fmt(high.mean())}",
+        untrained,
+        bool(low.mean() > high.mean()),
+        "observation",
+    )
+    return [gradient_row, trend_row]
+
+
+def _estimators_agree(field, xs, ts, exact, key, numbers: dict) -> ClaimRow:
+    """The large-D estimators against the exact ratios ``exact`` ``(n, L)`` of ``xs``, on the
+    first 8 samples: 16x16 sub-Jacobians and 32-probe estimates."""
+    n = min(8, xs.shape[1])
+    out = sweep(SubAndProbe(16, 32), field, xs[:, :n], ts, key=key, batch_size=16,
+                checked=False, what="sub-Jacobian or probe asymmetry values are")  # fmt: skip
+    sub, probe = _values(out)
+    exact = exact[:n]
+    rel = float(np.median(np.abs(probe - exact) / exact))
+    numbers["probe_vs_exact_median_rel_err"] = rel
+    numbers["sub16_median_ratio"] = np.median(sub, axis=0)
+    return ClaimRow(
+        "digits: 16x16 sub-Jacobians and 32-probe estimates certify asymmetry without full J",
+        f"median sub-Jacobian lambda {fmt(np.median(sub))}, probe {fmt(np.median(probe))}",
+        f"exact lambda {fmt(np.median(exact))}; probe median relative error {fmt(rel)}",
+        bool(np.median(sub) > 1e-2 and rel < 0.5),
+    )
 
 
 def run(ctx: Context, report: Report, title: str) -> None:
@@ -85,131 +195,29 @@ def run(ctx: Context, report: Report, title: str) -> None:
     ts = times_grid(ctx.process, sz.num_levels)
     summary: dict[str, dict] = {}
     for data in ctx.datasets:
-        dim = int(np.prod(ctx.data(data).shape[1:]))
-        if dim <= sz.max_exact_dim:
-            summary[data], xs, lam = _exact(ctx, report, title, data, ts)
-            if data == "digits" and sz.estimator_check:
-                _estimators_agree(ctx, report, title, ts, xs, lam["trained"], summary[data])
-            elif data == "digits":
-                report.notes[title] = (
-                    "The check of the large-D estimators (16x16 sub-Jacobians, 32 probes) against "
-                    "the exact digits ratios runs in the full reproduction, not with --quick."
-                )
-        else:
-            summary[data] = _large(ctx, report, title, data, ts)
+        image = data not in MIXTURES
+        n = (sz.image_diag_samples if image else None) or sz.num_diag_samples
+        x0 = ctx.clean_samples(data, n, ctx.key(f"diff-x-{data}"))
+        check = data == "digits" and sz.estimator_check
+        m = measure_asymmetry(
+            ctx.network(data).score(),
+            ctx.process,
+            x0,
+            ts,
+            key=ctx.key(f"diff-{data}"),
+            gradient=ctx.oracle_score(data),
+            untrained=ctx.network(data, steps=0).score(),
+            label=data,
+            control_name="exact score of a Gaussian fit" if image else "exact oracle score",
+            max_exact_dim=sz.max_exact_dim,
+            sub_jacobian_size=sz.sub_jacobian_size,
+            estimator_check=check,
+        )
+        report.add_measurement(title, m)
+        summary[data] = m.numbers
+        if data == "digits" and not check:
+            report.notes[title] = (
+                "The check of the large-D estimators (16x16 sub-Jacobians, 32 probes) against "
+                "the exact digits ratios runs in the full reproduction, not with --quick."
+            )
     report.numbers["differential"] = summary
-
-
-def _samples(ctx: Context, data: str) -> int:
-    sz = ctx.sizes
-    return (sz.image_diag_samples if data not in MIXTURES else None) or sz.num_diag_samples
-
-
-def _control_name(data: str) -> str:
-    return "exact oracle score" if data in MIXTURES else "exact score of a Gaussian fit"
-
-
-def _fields(ctx: Context, data: str) -> dict:
-    return {
-        "trained": ctx.network(data).score(),
-        "untrained": ctx.network(data, steps=0).score(),
-        "oracle score": ctx.oracle_score(data),
-    }
-
-
-def _exact(ctx: Context, report: Report, title: str, data: str, ts) -> tuple[dict, Array, dict]:
-    """Exact Jacobians of every field at every level (D <= ``max_exact_dim``); returns the
-    summary, the samples ``(L, n, *shape)`` and each field's ratios ``(n, L)``."""
-    _, xs = clean_and_noised(ctx, data, ts, _samples(ctx, data), ctx.key(f"diff-x-{data}"))
-    tsj = jnp.asarray(ts, xs.dtype)
-    series = {k: asymmetry_sweep(f, xs, tsj) for k, f in _fields(ctx, data).items()}
-    lam = {k: v[0] for k, v in series.items()}
-    med = {k: np.median(v, axis=0) for k, v in lam.items()}
-    fig = boxplot_by_level(
-        ts, lam, "asymmetry ratio ||J-J^T||/||J||", f"Differential constraint ({data})"
-    )
-    report.save_figure(title, fig, f"lambda_{data}")
-    _verdicts(report, title, data, med, "lambda")
-    summary = {
-        "levels": ts,
-        "median_ratio": med,
-        "median_nasym": {k: np.median(v[1], axis=0) for k, v in series.items()},
-    }
-    return summary, xs, lam
-
-
-def _large(ctx: Context, report: Report, title: str, data: str, ts) -> dict:
-    """The authors' large-D path: ``K x K`` sub-Jacobians on random coordinates, with probe
-    estimates of the full ratio beside them."""
-    sz = ctx.sizes
-    _, xs = clean_and_noised(ctx, data, ts, _samples(ctx, data), ctx.key(f"diff-x-{data}"))
-    tsj = jnp.asarray(ts, xs.dtype)
-    key = ctx.key(f"diff-sub-{data}")  # the same coordinates and probes for every field
-    k = sz.sub_jacobian_size
-    res = {name: large_d_sweep(f, xs, tsj, key, k=k) for name, f in _fields(ctx, data).items()}
-    sub = {name: v[0] for name, v in res.items()}
-    med = {name: np.median(v, axis=0) for name, v in sub.items()}
-    fig = boxplot_by_level(
-        ts, sub, f"{k}x{k} sub-Jacobian asymmetry ratio", f"Differential constraint ({data})"
-    )
-    report.save_figure(title, fig, f"lambda_{data}")
-    _verdicts(report, title, data, med, f"{k}x{k} sub-Jacobian lambda")
-    return {
-        "levels": ts,
-        "sub_jacobian_size": k,
-        "median_sub_ratio": med,
-        "median_probe_ratio": {name: np.median(v[1], axis=0) for name, v in res.items()},
-    }
-
-
-def _verdicts(report: Report, title: str, data: str, med: dict, what: str) -> None:
-    ratio = med["trained"] / np.maximum(med["oracle score"], 1e-30)
-    ok = bool(np.all(ratio > 100) and np.max(med["oracle score"]) < 1e-4)
-    report.add(
-        title,
-        ClaimRow(
-            f"{data}: trained score is not a gradient at every noise level",
-            f"median {what} {fmt(med['trained'].min())}..{fmt(med['trained'].max())}",
-            f"{_control_name(data)}: max median {fmt(med['oracle score'].max())}",
-            ok,
-            f"trained/control >= {fmt(ratio.min())} at every level"
-            if np.max(med["oracle score"]) > 0
-            else "the control's Jacobian is symmetric to the last bit (lambda exactly 0)",
-        ),
-    )
-    fifth = max(1, len(med["trained"]) // 5)
-    low, high = med["trained"][:fifth], med["trained"][-fifth:]
-    image = data not in MIXTURES
-    report.add(
-        title,
-        ClaimRow(
-            f"{data}: asymmetry grows towards low noise (paper's trend)",
-            f"median {what}, lowest-noise fifth {fmt(low.mean())} vs highest {fmt(high.mean())}",
-            f"untrained: {fmt(med['untrained'].mean())} on average"
-            + (" (output layer drawn at random, not zero)" if image else ""),
-            bool(low.mean() > high.mean()),
-            "observation",
-        ),
-    )
-
-
-def _estimators_agree(ctx: Context, report: Report, title: str, ts, xs, exact, summary) -> None:
-    """On the digits U-Net (D = 64) the large-D estimators agree with the exact ratio
-    (``exact`` ``(n, L)``, computed on ``xs`` by :func:`_exact`; the first 8 samples are used)."""
-    n = min(8, xs.shape[1])
-    field = ctx.network("digits").score()
-    xs, exact = xs[:, :n], exact[:n]
-    tsj = jnp.asarray(ts, xs.dtype)
-    sub, probe = large_d_sweep(field, xs, tsj, ctx.key("probe"))
-    rel = float(np.median(np.abs(probe - exact) / exact))
-    summary["probe_vs_exact_median_rel_err"] = rel
-    summary["sub16_median_ratio"] = np.median(sub, axis=0)
-    report.add(
-        title,
-        ClaimRow(
-            "digits: 16x16 sub-Jacobians and 32-probe estimates certify asymmetry without full J",
-            f"median sub-Jacobian lambda {fmt(np.median(sub))}, probe {fmt(np.median(probe))}",
-            f"exact lambda {fmt(np.median(exact))}; probe median relative error {fmt(rel)}",
-            bool(np.median(sub) > 1e-2 and rel < 0.5),
-        ),
-    )

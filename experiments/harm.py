@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import Context, times_grid
+from experiments.assets import Context
+from experiments.config import times_grid
 from experiments.measures import (
     floors,
     marginal_samples,

@@ -7,98 +7,160 @@ clean point (``||x - alpha_t x0||`` fixed) and their cycle through noisy copies 
 kept on the noise shell — and report raw ``I``, normalised ``I_norm`` and per-length ``I / L``.
 Controls: the exact oracle score (zero up to quadrature error, which we show shrinks as the loop
 is refined) and an untrained network.
+
+:func:`measure_circulation` is the measurement on its own: any score field, a process and clean
+samples in, rows, numbers and figures out (a pretrained network's field works the same way).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, PRNGKeyArray
 
-from experiments.common import (
-    BY_SAMPLE,
-    Context,
-    clean_and_noised,
-    over_levels,
-    over_samples,
-    require_finite,
-    times_grid,
+from experiments.assets import Context
+from experiments.config import MIXTURES, times_grid
+from experiments.report import (
+    ClaimRow,
+    Measurement,
+    Report,
+    field_with_curl,
+    fmt,
+    lines_by_level,
 )
-from experiments.config import MIXTURES
-from experiments.report import ClaimRow, Report, field_with_curl, fmt, lines_by_level
-from wgfm.diagnostics import loops
+from wgfm.diagnostics import loops, noised_samples, require_finite, sweep
 from wgfm.diagnostics.jacobian import curl_2d
+from wgfm.processes import AbstractProcess
 
+Field = Callable[[Array, Array], Array]
 FAMILIES = ("circle", "bridge", "pair rotation", "noisy copies")
-# (data kind, family) -> (figure suffix, caption) of the circulation-by-level figures.
-FIGURES = {
-    ("2d", "bridge"): ("bridge", "Brownian-bridge loops"),
-    ("10d", "noisy copies"): ("noisy", "noisy-copy cycles"),
-    ("image", "bridge"): ("bridge", "Brownian-bridge loops"),
+# family -> (figure-name suffix, caption) of its circulation-by-level figure.
+CAPTIONS = {
+    "circle": ("circle", "circles in random planes"),
+    "bridge": ("bridge", "Brownian-bridge loops"),
+    "pair rotation": ("pair", "pair rotations"),
+    "noisy copies": ("noisy", "noisy-copy cycles"),
 }
 
 
-def _loop(family: str, ctx: Context, x0, xt, t, key):
-    sz, p = ctx.sizes, ctx.process
-    n = sz.loop_points[-1]
-    if family == "circle":
-        q, _ = jnp.linalg.qr(jax.random.normal(key, (xt.size, 2), xt.dtype))
-        radius = 0.5 * jnp.maximum(p.sigma(t), 0.1)
-        u, v = q[:, 0].reshape(xt.shape), q[:, 1].reshape(xt.shape)
-        return loops.circle(xt, u, v, radius, n)
-    if family == "bridge":
-        return loops.brownian_bridge(xt, sz.bridge_steps, 0.05, key=key)
-    if family == "pair rotation":
-        return loops.pair_rotation(xt, p.alpha(t) * x0, n, key=key)
-    return loops.noisy_copy_cycle(
-        p, x0, t, num_copies=sz.noisy_copies, points_per_segment=sz.noisy_points, key=key
-    )
+class Circulation(eqx.Module):
+    """``{family: (|I|, |I_norm|, |I/L|)}`` of one loop per family through ``(x0, x_t)`` at
+    time ``t``: all families' points in one evaluation of the field (one copy of a network in
+    the compiled program instead of one per family)."""
+
+    process: AbstractProcess
+    families: tuple[str, ...] = eqx.field(static=True)
+    num_points: int = eqx.field(static=True)  # circle and pair-rotation loops
+    bridge_steps: int = eqx.field(static=True)
+    noisy_copies: int = eqx.field(static=True)
+    noisy_points: int = eqx.field(static=True)  # per segment of the noisy-copy cycle
+
+    def __call__(self, field, x, t, *, key, checked: bool = True):
+        x0, xt = x
+        lps = [self.loop(fam, x0, xt, t, jax.random.fold_in(key, i))
+               for i, fam in enumerate(self.families)]  # fmt: skip
+        reps = loops.loop_reports(field, lps, t, checked=checked)
+        return {fam: (jnp.abs(r.I), jnp.abs(r.I_norm), jnp.abs(r.I_over_L))
+                for fam, r in zip(self.families, reps, strict=True)}  # fmt: skip
+
+    def loop(self, family: str, x0, xt, t, key):
+        p, n = self.process, self.num_points
+        if family == "circle":
+            q, _ = jnp.linalg.qr(jax.random.normal(key, (xt.size, 2), xt.dtype))
+            radius = 0.5 * jnp.maximum(p.sigma(t), 0.1)
+            u, v = q[:, 0].reshape(xt.shape), q[:, 1].reshape(xt.shape)
+            return loops.circle(xt, u, v, radius, n)
+        if family == "bridge":  # the authors' Brownian bridge from x_t back to itself
+            return loops.brownian_bridge(xt, self.bridge_steps, 0.05, key=key)
+        if family == "pair rotation":  # about the clean point: ||x - alpha_t x0|| fixed
+            return loops.pair_rotation(xt, p.alpha(t) * x0, n, key=key)
+        if family == "noisy copies":
+            return loops.noisy_copy_cycle(p, x0, t, num_copies=self.noisy_copies,
+                                          points_per_segment=self.noisy_points, key=key)  # fmt: skip
+        raise ValueError(f"`families` must be among {FAMILIES}, got {family!r}.")
 
 
-def circulation_sweep(ctx: Context, families: tuple[str, ...] = FAMILIES, batch: int | None = None):
-    """``(field, x0s, xts, ts, key) -> {family: (|I|, |I_norm|, |I/L|)}``, each ``(n, L)``
-    (NumPy; raises on a non-finite value), from the program of :func:`circulation_program`."""
-    program = circulation_program(ctx, families, batch)
+def measure_circulation(
+    field: Field,
+    process: AbstractProcess,
+    x0: Array,
+    ts,
+    *,
+    key: PRNGKeyArray,
+    gradient: Field | None = None,
+    untrained: Field | None = None,
+    label: str = "model",
+    control_name: str = "gradient control",
+    families: tuple[str, ...] = FAMILIES,
+    loop_points: int = 64,
+    bridge_steps: int = 1000,
+    noisy_copies: int = 10,
+    noisy_points: int = 100,
+    batch_size: int | None = None,
+    figures: tuple[str, ...] = ("bridge",),
+) -> Measurement:
+    """Claim 2 on one score ``field``: its circulation around loops at every level of ``ts``.
 
-    def sweep(field, x0s, xts, ts, key):
-        out = program(field, x0s, xts, ts, key)
-        return require_finite(out, "loop circulation", BY_SAMPLE)
+    ``x0`` ``(n, *shape)`` are clean samples (vectors or images), noised once per level with
+    ``process``; each family's loop passes through (or around) every noisy sample. Optional
+    controls on the same loops: ``gradient`` (a field known to be a gradient, named
+    ``control_name`` in the rows; its circulation is quadrature error) and ``untrained``.
+    ``batch_size`` evaluates that many samples of a level at a time (large networks: every loop
+    point is a field evaluation). ``figures`` lists the families plotted by level, as
+    ``circulation_<label>_<suffix>``. Raises ``ValueError`` naming the first non-finite level
+    and sample."""
+    k_noise, k_loop = jax.random.split(key)
+    x0 = jnp.asarray(x0)
+    tsj = jnp.asarray(ts, x0.dtype)
+    xs = noised_samples(process, x0, tsj, key=k_noise)
+    pairs = (jnp.broadcast_to(x0, xs.shape), xs)
+    diag = Circulation(process, tuple(families), loop_points, bridge_steps, noisy_copies,
+                       noisy_points)  # fmt: skip
+    fields = {"trained": field, "untrained": untrained, "oracle score": gradient}
+    fields = {k: f for k, f in fields.items() if f is not None}
+    per_field = {  # the same loops (same key) for every field; (n, L) arrays
+        k: jax.tree.map(lambda v: np.asarray(v).T,
+                        sweep(diag, f, pairs, tsj, key=k_loop, batch_size=batch_size,
+                              checked=False, what="loop circulation values are").values)
+        for k, f in fields.items()
+    }  # fmt: skip
+    numbers: dict = {"levels": np.asarray(ts)}
+    rows, figs = [], {}
+    for family in families:
+        res = {k: v[family] for k, v in per_field.items()}
+        numbers[family] = {
+            k: {"median_abs_I": np.median(v[0], 0), "median_abs_I_norm": np.median(v[1], 0),
+                "median_abs_I_over_L": np.median(v[2], 0)}
+            for k, v in res.items()
+        }  # fmt: skip
+        rows.append(_row(label, family, {k: np.median(v[2], 0) for k, v in res.items()},
+                         control_name))  # fmt: skip
+        if family in figures:
+            suffix, caption = CAPTIONS[family]
+            figs[f"circulation_{label}_{suffix}"] = lines_by_level(
+                np.asarray(ts), {k: v[2] for k, v in res.items()}, "abs(I / L)",
+                f"Circulation per length, {caption} ({label})",
+            )  # fmt: skip
+    return Measurement(rows, numbers, figs)
 
-    return sweep
 
-
-def circulation_program(
-    ctx: Context, families: tuple[str, ...] = FAMILIES, batch: int | None = None
-):
-    """The compiled sweep behind :func:`circulation_sweep`, with no host check (so that JAX's
-    persistent cache keeps it): all families in one compilation per field structure. Samples
-    are vmapped, or taken ``batch`` at a time (large images: every loop point is a network
-    evaluation)."""
-
-    @eqx.filter_jit
-    def sweep(field, x0s, xts, ts, key):
-        def one(x0, xt, t, k):
-            # All families' points in one field evaluation: one copy of the network in the
-            # compiled program instead of one per family (for the small fields here the loop
-            # constructions, not the field, dominate compile time: 31.5 -> 29.7 s over 6).
-            lps = [_loop(fam, ctx, x0, xt, t, jax.random.fold_in(k, i))
-                   for i, fam in enumerate(families)]  # fmt: skip
-            reps = loops.loop_reports(field, lps, t, checked=False)  # checked on the host
-            return {fam: (jnp.abs(r.I), jnp.abs(r.I_norm), jnp.abs(r.I_over_L))
-                    for fam, r in zip(families, reps, strict=True)}  # fmt: skip
-
-        keys = jax.random.split(key, xts.shape[:2])
-
-        def level(a, b, t, k):
-            if batch is None:
-                return jax.vmap(lambda x, y, kk: one(x, y, t, kk))(a, b, k)
-            return over_samples(lambda x, y, kk: one(x, y, t, kk), batch, a, b, k)
-
-        out = over_levels(level, x0s, xts, ts, keys)
-        return jax.tree.map(lambda o: o.T, out)
-
-    return sweep
+def _row(label: str, family: str, med: dict, control_name: str) -> ClaimRow:
+    """The verdict for one family from the median ``|I/L|`` per level of each field."""
+    tr = med["trained"]
+    untrained = f"; untrained {fmt(np.median(med['untrained']))}" if "untrained" in med else ""
+    claim = f"{label}, {family}: trained circulation is clearly non-zero at every level"
+    measured = f"median abs(I/L) {fmt(tr.min())}..{fmt(tr.max())}"
+    if "oracle score" not in med:  # no gradient control: a fixed threshold instead
+        return ClaimRow(claim, measured, f"no gradient control given{untrained}",
+                        bool(np.all(tr > 1e-4)), "threshold 1e-4 at every level")  # fmt: skip
+    orc = med["oracle score"]
+    ratio = tr / np.maximum(orc, 1e-30)
+    return ClaimRow(claim, measured, f"{control_name}: max {fmt(orc.max())}{untrained}",
+                    bool(np.all(ratio > 10)), f"trained/control >= {fmt(ratio.min())}")  # fmt: skip
 
 
 def run(ctx: Context, report: Report, title: str) -> None:
@@ -107,49 +169,29 @@ def run(ctx: Context, report: Report, title: str) -> None:
     for data in ctx.datasets:
         image = data not in MIXTURES
         ts = times_grid(ctx.process, (sz.image_loop_levels if image else None) or sz.num_levels)
-        tsj = jnp.asarray(ts, jnp.float32)
         n = (sz.image_loop_samples if image else None) or sz.num_diag_samples
-        x0, xt = clean_and_noised(ctx, data, ts, n, ctx.key(f"int-{data}"))
-        # Every loop point is a network evaluation: a U-Net over (samples x ~1000 points) at
-        # once would need ~20 GB at the full sizes, so image sets go a few samples at a time.
-        batch = (4 if x0[0, 0].size <= sz.max_exact_dim else 1) if image else None
-        fields = {
-            "trained": ctx.network(data).score(),
-            "untrained": ctx.network(data, steps=0).score(),
-            "oracle score": ctx.oracle_score(data),
-        }
-        numbers[data] = {"levels": ts}
-        sweep = circulation_sweep(ctx, batch=batch)
-        key = ctx.key(f"loop-{data}")  # the same loops for every field
-        per_field = {k: sweep(f, x0, xt, tsj, key) for k, f in fields.items()}
-        for family in FAMILIES:
-            res = {k: list(v[family]) for k, v in per_field.items()}
-            numbers[data][family] = {
-                k: {"median_abs_I": np.median(v[0], 0), "median_abs_I_norm": np.median(v[1], 0),
-                    "median_abs_I_over_L": np.median(v[2], 0)}
-                for k, v in res.items()
-            }  # fmt: skip
-            tr, orc = np.median(res["trained"][2], 0), np.median(res["oracle score"][2], 0)
-            ratio = tr / np.maximum(orc, 1e-30)
-            control = "Gaussian-fit score" if image else "oracle"
-            report.add(
-                title,
-                ClaimRow(
-                    f"{data}, {family}: trained circulation is clearly non-zero at every level",
-                    f"median abs(I/L) {fmt(tr.min())}..{fmt(tr.max())}",
-                    f"{control}: max {fmt(orc.max())}; untrained "
-                    f"{fmt(np.median(res['untrained'][2]))}",
-                    bool(np.all(ratio > 10)),
-                    f"trained/control >= {fmt(ratio.min())}",
-                ),
-            )
-            fig_name = FIGURES.get(("image" if image else data, family))
-            if fig_name is not None:
-                fig = lines_by_level(
-                    ts, {k: v[2] for k, v in res.items()}, "abs(I / L)",
-                    f"Circulation per length, {fig_name[1]} ({data})",
-                )  # fmt: skip
-                report.save_figure(title, fig, f"circulation_{data}_{fig_name[0]}")
+        x0 = ctx.clean_samples(data, n, ctx.key(f"int-{data}"))
+        m = measure_circulation(
+            ctx.network(data).score(),
+            ctx.process,
+            x0,
+            ts,
+            key=ctx.key(f"loop-{data}"),
+            gradient=ctx.oracle_score(data),
+            untrained=ctx.network(data, steps=0).score(),
+            label=data,
+            control_name="Gaussian-fit score" if image else "oracle",
+            loop_points=sz.loop_points[-1],
+            bridge_steps=sz.bridge_steps,
+            noisy_copies=sz.noisy_copies,
+            noisy_points=sz.noisy_points,
+            # A U-Net over (samples x ~1000 loop points) at once would need ~20 GB at the full
+            # sizes, so image sets go a few samples at a time.
+            batch_size=(4 if x0[0].size <= sz.max_exact_dim else 1) if image else None,
+            figures=("noisy copies",) if data == "10d" else ("bridge",),
+        )
+        report.add_measurement(title, m)
+        numbers[data] = m.numbers
     if "2d" in ctx.datasets:
         _oracle_convergence(ctx, report, title, numbers)
         _curl_figure(ctx, report, title)
@@ -175,7 +217,8 @@ def _oracle_convergence(ctx: Context, report: Report, title: str, numbers: dict)
     meds = []
     for f in factors:
         paths = jax.vmap(lambda pth: loops.refine(pth, f))(base) if f > 1 else base
-        meds.append(float(np.median(require_finite(circ(field, paths), "oracle circulation"))))
+        out = require_finite(circ(field, paths)[None, :], np.array([t]), "oracle circulation is")
+        meds.append(float(np.median(out)))
     order = float(np.polyfit(np.log(factors), np.log(meds), 1)[0])
     numbers["oracle_refinement"] = {"factors": factors, "median_abs_I": meds, "order": order}
     report.add(
@@ -203,7 +246,12 @@ def _curl_figure(ctx: Context, report: Report, title: str) -> None:
         curl = jax.vmap(lambda x: curl_2d(field, x, t, checked=False))(pts)
         return curl, jax.vmap(lambda x: field(x, t))(pts)
 
-    curl, v = require_finite(evaluate(field, pts), "curl of the trained 2D score", ("point",))
+    curl, v = require_finite(
+        jax.tree.map(lambda a: a[None], evaluate(field, pts)),
+        np.array([t]),
+        "curl of the trained 2D score is",
+    )
+    curl, v = curl[0], v[0]
     x0 = jnp.asarray([3.0, 0.0], jnp.float32)
     lp = [
         np.asarray(loops.circle(x0, jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0]), 1.0, 64)),

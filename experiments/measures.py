@@ -10,60 +10,48 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from experiments.common import Context, over_levels, require_finite
+from experiments.assets import Context
 from wgfm import gmm, metrics
-from wgfm.diagnostics import transport_residual
-from wgfm.diagnostics.jacobian import asymmetry, jacobian
+from wgfm.diagnostics import noised_samples, sweep, transport_residual
 from wgfm.transport import sample_ode
 
 
-def marginal_samples(ctx: Context, mixture: gmm.GaussianMixture, ts, n: int, key) -> jnp.ndarray:
-    """``(L, n, D)``: ``n`` exact samples of ``p_t`` at each level."""
-    keys = jax.random.split(key, len(ts))
-    return over_levels(
-        lambda t, k: mixture.marginal(ctx.process, t).sample(n, key=k),
-        jnp.asarray(ts, mixture.means.dtype),
-        keys,
-    )
-
-
-@eqx.filter_jit
-def _ratio_sweep(field, xs, ts):
-    return over_levels(
-        lambda xl, t: jax.vmap(lambda x: asymmetry(jacobian(field, x, t, checked=False)).ratio)(xl),
-        xs,
-        ts,
-    )
+def marginal_samples(ctx: Context, mixture: gmm.GaussianMixture, ts, n: int, key) -> jax.Array:
+    """``(L, n, D)``: ``n`` exact samples of ``p_t`` at each level (``n`` draws of the data law,
+    noised afresh at every level)."""
+    k1, k2 = jax.random.split(key)
+    x0 = mixture.sample(n, key=k1)
+    return noised_samples(ctx.process, x0, jnp.asarray(ts, x0.dtype), key=k2)
 
 
 def median_lambda(field, xs, ts) -> np.ndarray:
     """Median asymmetry ratio per level of ``field`` over samples ``xs`` ``(L, n, D)``."""
-    lam = require_finite(_ratio_sweep(field, xs, jnp.asarray(ts, xs.dtype)), "asymmetry ratio")
-    return np.median(lam, axis=1)
+    res = sweep("lambda", field, xs, jnp.asarray(ts, xs.dtype), checked=False,
+                what="asymmetry ratios are")  # fmt: skip
+    return np.median(np.asarray(res.values), axis=1)
 
 
-@eqx.filter_jit
-def _residual_sweep(velocity, logp, dlogp, xs, ts):
-    def one(x, t):
-        r = transport_residual(
-            velocity, x, t, log_density=logp, dt_log_density=dlogp, checked=False
-        )
-        return r, dlogp(x, t)
+class Residual(eqx.Module):
+    """``(R(x, t), d_t log p_t(x))``: the transport residual of a velocity field against the
+    marginals ``logp`` (and ``dlogp``, its time derivative), with the scale of its terms."""
 
-    return over_levels(lambda xl, t: jax.vmap(lambda x: one(x, t))(xl), xs, ts)
+    logp: object
+    dlogp: object
+
+    def __call__(self, field, x, t, *, checked: bool = True):
+        r = transport_residual(field, x, t, log_density=self.logp, dt_log_density=self.dlogp,
+                               checked=checked)  # fmt: skip
+        return r, self.dlogp(x, t)  # type: ignore[operator]
 
 
 def relative_residual(ctx: Context, velocity, mixture: gmm.GaussianMixture, xs, ts) -> np.ndarray:
     """Per level ``RMS_x R(x, t) / RMS_x d_t log p_t(x)``: the transport residual of
     ``velocity`` against the exact marginals, on the scale of the continuity equation's terms."""
-    r, d = _residual_sweep(
-        velocity,
-        gmm.log_density_field(mixture, ctx.process),
-        gmm.dt_log_density_field(mixture, ctx.process),
-        xs,
-        jnp.asarray(ts, xs.dtype),
-    )
-    r, d = require_finite((r, d), "transport residual")
+    diag = Residual(gmm.log_density_field(mixture, ctx.process),
+                    gmm.dt_log_density_field(mixture, ctx.process))  # fmt: skip
+    res = sweep(diag, velocity, xs, jnp.asarray(ts, xs.dtype), checked=False,
+                what="transport residuals are")  # fmt: skip
+    r, d = (np.asarray(v) for v in res.values)
     return np.sqrt(np.mean(r**2, 1)) / np.sqrt(np.mean(d**2, 1))
 
 

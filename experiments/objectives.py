@@ -11,15 +11,15 @@ metrics' noise floor: the probability-flow ODE *is* the WGF transport.
 
 from __future__ import annotations
 
-import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import Context, over_levels, times_grid
+from experiments.assets import Context
+from experiments.config import times_grid
 from experiments.measures import floors, sample_quality
 from experiments.report import ClaimRow, Report, fmt, samples_vs_oracle
 from wgfm import gmm
+from wgfm.diagnostics import noised_samples, sweep
 
 OBJECTIVES = {
     "eps": ("eps", "uniform"),
@@ -28,9 +28,16 @@ OBJECTIVES = {
 }
 
 
-@eqx.filter_jit
-def _velocities(field, xs, ts):
-    return over_levels(lambda xl, t: jax.vmap(lambda x: field(x, t))(xl), xs, ts)
+def field_values(field, x, t, *, checked: bool = True):
+    """``field(x, t)`` as a sweep diagnostic (the sweep checks the values on the host)."""
+    del checked
+    return field(x, t)
+
+
+def _velocities(field, xs, ts) -> np.ndarray:
+    """``field`` at every sample of ``xs`` ``(L, n, D)`` and level ``ts``."""
+    res = sweep(field_values, field, xs, ts, checked=False, what="velocities are")
+    return np.asarray(res.values)
 
 
 def l2_rel(a, b, ref) -> np.ndarray:
@@ -43,20 +50,13 @@ def run(ctx: Context, report: Report, title: str) -> None:
     sz = ctx.sizes
     ts = times_grid(ctx.process, 20)
     tsj = jnp.asarray(ts, jnp.float32)
-    xs = ctx.mix2d.sample(len(ts) * 512, key=ctx.key("obj-held-out"))
-    eps = jax.random.normal(ctx.key("obj-eps"), xs.shape)
     p = ctx.process
-    xs = jax.vmap(p.alpha)(tsj)[:, None, None] * xs.reshape(len(ts), 512, 2) + jax.vmap(p.sigma)(
-        tsj
-    )[:, None, None] * eps.reshape(len(ts), 512, 2)
-    oracle_v = np.asarray(_velocities(gmm.velocity_field(ctx.mix2d, p), xs, tsj))
-    # The eps network last: the other process (claims 1-2) trains it first thing, so by then it
-    # is ready to load instead of being waited for.
-    order = sorted(OBJECTIVES, key=lambda name: OBJECTIVES[name][0] == "eps")
-    trained = {name: ctx.network("2d", OBJECTIVES[name][0], weighting=OBJECTIVES[name][1])
-               for name in order}  # fmt: skip
-    nets = {name: trained[name] for name in OBJECTIVES}  # the report's order
-    vel = {name: np.asarray(_velocities(n.velocity(), xs, tsj)) for name, n in nets.items()}
+    held_out = ctx.mix2d.sample(512, key=ctx.key("obj-held-out"))
+    xs = noised_samples(p, held_out, tsj, key=ctx.key("obj-eps"))  # (L, 512, 2)
+    oracle_v = _velocities(gmm.velocity_field(ctx.mix2d, p), xs, tsj)
+    nets = {name: ctx.network("2d", predicts, weighting=weighting)
+            for name, (predicts, weighting) in OBJECTIVES.items()}  # fmt: skip
+    vel = {name: _velocities(n.velocity(), xs, tsj) for name, n in nets.items()}
     err = {name: l2_rel(v, oracle_v, oracle_v) for name, v in vel.items()}
     diff_eps_fm = l2_rel(vel["eps"], vel["WGF-FM"], oracle_v)
     diff_eps_dsm = l2_rel(vel["eps"], vel["score (DSM)"], oracle_v)

@@ -26,6 +26,16 @@ class ClaimRow:
     note: str = ""
 
 
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+    """What a claim's measurement returns: its rows, the numbers behind them (for
+    results.json) and its figures (name -> matplotlib figure), ready for a :class:`Report`."""
+
+    rows: list[ClaimRow]
+    numbers: dict[str, Any]
+    figures: dict[str, Any]
+
+
 @dataclasses.dataclass
 class Report:
     """Accumulates rows, numbers and figures; :meth:`write` renders them."""
@@ -43,23 +53,15 @@ class Report:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
-    def merge(self, other: Report) -> None:
-        """Take in the sections of a report filled in another process."""
-        self.rows.update(other.rows)
-        self.numbers.update(other.numbers)
-        self.figures.update(other.figures)
-        self.timings.update(other.timings)
-        self.notes.update(other.notes)
-
-    def order(self, sections: list[str]) -> None:
-        """Put the sections in this order (claims finish out of order across processes)."""
-        rank = {s: i for i, s in enumerate(sections)}
-        for name in ("rows", "figures", "timings", "notes"):
-            d = getattr(self, name)
-            setattr(self, name, dict(sorted(d.items(), key=lambda kv: rank.get(kv[0], 99))))
-
     def add(self, section: str, row: ClaimRow) -> None:
         self.rows.setdefault(section, []).append(row)
+
+    def add_measurement(self, section: str, m: Measurement) -> None:
+        """``m``'s rows and figures under ``section`` (its numbers are the caller's to place)."""
+        for row in m.rows:
+            self.add(section, row)
+        for name, fig in m.figures.items():
+            self.save_figure(section, fig, name)
 
     def save_figure(self, section: str, fig, name: str) -> Path:
         path = self.fig_dir / f"{name}.png"

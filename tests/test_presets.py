@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments.common import Context
+from experiments.assets import Context
 from experiments.config import QUICK, ReproduceConfig
 from experiments.report import png_is_valid_and_not_blank
 from experiments.reproduce import run

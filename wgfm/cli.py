@@ -70,12 +70,11 @@ def reproduce(
     only: tuple[int, ...] = (),
     train_steps: int | None = None,
     devices: int | None = None,
-    jobs: int | None = None,
     compile_cache: bool = True,
 ) -> int:
     """Reproduce the paper: every claim as a number beside an exact control (REPORT.md,
-    results.json and figures/ under --out). --quick takes 2-4 minutes on 2 CPU cores,
-    depending on the CPU (~1 when rerun: compiled programs are cached).
+    results.json and figures/ under --out). --quick takes a few minutes on 2 CPU cores, less
+    when rerun (compiled programs are cached); measured times in docs/reproduction.md.
 
     Args:
         quick: the short CPU version (fewer noise levels, samples and training steps).
@@ -90,8 +89,6 @@ def reproduce(
         train_steps: updates of the image network (default: the preset's).
         devices: train the networks data parallel over this many devices (None: JAX's default
             device); on a CPU host these are simulated devices, set before JAX starts.
-        jobs: 1 or 2 processes (default: 2 on machines with 2 or more cores; claims 3-5 run
-            in the second). The results are the same.
         compile_cache: keep compiled programs in JAX's persistent cache
             ($JAX_COMPILATION_CACHE_DIR or ~/.cache/wgfm/jax).
     """
@@ -107,7 +104,7 @@ def reproduce(
     try:
         config = ReproduceConfig(
             quick=quick, out=out, preset=preset, data=data, seed=seed, only=only,
-            train_steps=train_steps, jobs=jobs, compile_cache=compile_cache,
+            train_steps=train_steps, compile_cache=compile_cache,
         )  # fmt: skip
     except ValueError as e:
         print(f"wgfm reproduce: {e}", file=sys.stderr)
@@ -125,7 +122,7 @@ def bench(
 ) -> int:
     """Benchmarks side by side with PyTorch (torch.func, per-coordinate loops) and SciPy, plus
     wgfm's own: benchmarks.json + benchmarks.md under --out (benchmarks_gpu.* on a GPU).
-    Full: ~10 minutes on 2 CPU cores; --quick: a few minutes. PyTorch comparisons need the
+    --quick: smaller sizes (measured times: benchmarks/README.md). PyTorch comparisons need the
     `bench` extra (pip install -e ".[bench]") and are skipped without it.
 
     Args:

@@ -232,7 +232,9 @@ class MarginalScore(_OracleField):
     """``(x, t) -> grad log p_t(x)``."""
 
     def __call__(self, x: Array, t: Scalar) -> Array:
-        return _score(*self._components(x, t)[:3])
+        # Any sample shape of size D (an image seen as a vector): the score keeps the shape.
+        flat = jnp.reshape(x, (-1,))
+        return jnp.reshape(_score(*self._components(flat, t)[:3]), jnp.shape(x))
 
 
 class MarginalVelocity(_OracleField):

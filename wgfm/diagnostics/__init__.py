@@ -7,7 +7,8 @@ eagerly a ``ValueError`` naming the input, under ``jit`` an ``equinox.error_if``
 host callback, and JAX's persistent compilation cache does not keep programs holding one, so
 a jitted sweep is compiled anew in every process. ``checked=False`` leaves the checks out of
 the program (non-finite values then propagate to the outputs): for sweeps that check their
-outputs on the host instead, as the reproduction's experiments do.
+outputs on the host instead (``sweep(..., checked=False)``, :func:`require_finite`), as the
+reproduction's experiments do.
 """
 
 from .helmholtz import HelmholtzSplit, grid_2d, helmholtz_split, helmholtz_split_field
@@ -42,13 +43,14 @@ from .loops import (
     refine,
     triangle_identity,
 )
-from .residual import exact_divergence, transport_residual
-from .sweep import DIAGNOSTICS, SweepResult, noised_samples, sweep
+from .residual import transport_residual
+from .sweep import DIAGNOSTICS, SweepResult, noised_samples, require_finite, sweep
 
 __all__ = [
     "DIAGNOSTICS",
     "SweepResult",
     "noised_samples",
+    "require_finite",
     "sweep",
     "HelmholtzSplit",
     "grid_2d",
@@ -76,7 +78,6 @@ __all__ = [
     "curl_2d",
     "probe_asymmetry",
     "divergence",
-    "exact_divergence",
     "jacobian",
     "make_probes",
     "probe_divergence",

@@ -21,12 +21,6 @@ Scalar = Float[ArrayLike, ""]
 ScalarField = Callable[..., Array]
 
 
-def exact_divergence(field: Callable, x: Array, t: Scalar) -> Array:
-    """``div v(x, t) = tr dv/dx`` by forward mode (exact; D JVPs). See
-    :func:`wgfm.diagnostics.jacobian.divergence` for the chunked version."""
-    return _divergence(field, x, t)
-
-
 def transport_residual(
     field: Callable,
     x: Array,
@@ -34,7 +28,7 @@ def transport_residual(
     *,
     log_density: ScalarField,
     dt_log_density: ScalarField,
-    divergence: Callable[[Callable, Array, Scalar], Array] = exact_divergence,
+    divergence: Callable[..., Array] = _divergence,
     probes: Array | None = None,
     chunk_size: int | None = None,
     checked: bool = True,
@@ -55,7 +49,7 @@ def transport_residual(
         )
     if probes is not None:
         div = probe_divergence(field, x, t, probes, checked=checked)
-    elif chunk_size is not None or divergence is exact_divergence:
+    elif chunk_size is not None or divergence is _divergence:
         div = _divergence(field, x, t, chunk_size=chunk_size, checked=checked)
     else:
         div = divergence(field, x, t)

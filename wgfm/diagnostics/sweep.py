@@ -6,6 +6,10 @@ times, so memory stays that of one time level), under ``equinox.filter_jit``: it
 per shape and reuses the executable for new sample and time values (pass the same ``field``
 object, e.g. an equinox Module or a ``functools.partial`` kept around, so it is not re-traced).
 Results come back as per-time arrays and quantiles, ready to tabulate or plot by noise level.
+
+``checked=False`` compiles the diagnostic without its in-program finiteness checks (see
+:mod:`wgfm.diagnostics`) and checks the outputs on the host instead (:func:`require_finite`):
+either way a non-finite value raises an error naming the first bad time index and sample.
 """
 
 from __future__ import annotations
@@ -24,18 +28,19 @@ from .jacobian import asymmetry, divergence, jacobian
 Diagnostic = Callable[..., Array]
 
 
-def lambda_ratio(field, x, t) -> Array:
+def lambda_ratio(field, x, t, *, checked: bool = True) -> Array:
     """Exact asymmetry ratio ``||J - J^T||_F / ||J||_F``."""
-    return asymmetry(jacobian(field, x, t)).ratio
+    return asymmetry(jacobian(field, x, t, checked=checked)).ratio
 
 
-def nasym(field, x, t) -> Array:
+def nasym(field, x, t, *, checked: bool = True) -> Array:
     """QCSBM's ``NAsym = ||J - J^T||_F^2 / (4 ||J||_F^2)``, exact."""
-    return asymmetry(jacobian(field, x, t)).nasym
+    return asymmetry(jacobian(field, x, t, checked=checked)).nasym
 
 
-def field_norm(field, x, t) -> Array:
-    """``||field(x, t)||``."""
+def field_norm(field, x, t, *, checked: bool = True) -> Array:
+    """``||field(x, t)||`` (non-finite values propagate; the sweep checks them)."""
+    del checked
     return jnp.sqrt(jnp.sum(field(x, t) ** 2))
 
 
@@ -65,26 +70,37 @@ def noised_samples(
     *,
     key: PRNGKeyArray,
 ) -> Array:
-    """``x_t = alpha_t x0 + sigma_t eps`` for every time: shape ``(T, n, *x0.shape[1:])``."""
+    """``x_t = alpha_t x0 + sigma_t eps`` for every time, the same clean ``x0`` at every time
+    and fresh noise: shape ``(T, n, *x0.shape[1:])``."""
     keys = jax.random.split(key, jnp.shape(ts)[0])
     return jax.vmap(lambda t, k: process.sample_marginal(x0, t, key=k)[0])(ts, keys)
 
 
 @eqx.filter_jit
-def _run(diag, field, xs, ts, keys, batch_size=None):
+def _run(diag, field, xs, ts, keys, batch_size=None, checked=True):
+    # checked=False is passed on only then, so a custom diagnostic need not take `checked`.
+    kw = {} if checked else {"checked": False}
+
     def over(fn, *args):  # samples: one vmap, or ``batch_size`` at a time
-        if batch_size is None or batch_size >= args[0].shape[0]:
+        n = _num_samples(args[0])
+        if batch_size is None or batch_size >= n:
             return jax.vmap(fn)(*args)
         return jax.lax.map(lambda a: fn(*a), args, batch_size=batch_size)
 
     def at_time(args):
         x_t, t, k = args
         if k is None:
-            return over(lambda x: diag(field, x, t), x_t)
-        ks = jax.random.split(k, x_t.shape[0])
-        return over(lambda x, kk: diag(field, x, t, key=kk), x_t, ks)
+            return over(lambda x: diag(field, x, t, **kw), x_t)
+        ks = jax.random.split(k, _num_samples(x_t))
+        return over(lambda x, kk: diag(field, x, t, key=kk, **kw), x_t, ks)
 
+    # Times one after another (samples stay vmapped): memory of one level, and no batched
+    # LAPACK kernels inside a vmap over times (see docs/xla_cpu.md).
     return jax.lax.map(at_time, (xs, ts, keys))
+
+
+def _num_samples(xs) -> int:
+    return jax.tree_util.tree_leaves(xs)[0].shape[0]
 
 
 def sweep(
@@ -97,44 +113,58 @@ def sweep(
     levels: Sequence[float] = (0.05, 0.25, 0.5, 0.75, 0.95),
     mesh=None,
     batch_size: int | None = None,
+    checked: bool = True,
+    what: str = "diagnostic values are",
 ) -> SweepResult:
     """Evaluate ``diagnostic(field, x, t)`` (a name in ``DIAGNOSTICS`` or a function; given
     ``key``, it is called with a fresh ``key=`` per sample) on ``xs[i, n]`` at ``ts[i]``.
+    ``xs`` may also be a tuple (any PyTree) of such arrays, e.g. ``(x0s, xts)``: the
+    diagnostic then gets the matching tuple of samples.
+    ``checked=False`` calls it with ``checked=False`` (no host callback in the compiled
+    program, so JAX's persistent cache keeps it) and leaves the finiteness check to the host;
+    ``what`` names the values in that error.
     ``mesh`` (``wgfm.distributed.make_mesh``) splits the samples over its devices: same values.
     ``batch_size`` evaluates the samples of a level that many at a time instead of in one
     ``vmap``: bounded memory for large networks, and faster once a level's Jacobian tangents
     outgrow the cache (MLP width 256, D = 64: 2x at 64 per pass against 512 at once)."""
     diag = _resolve(diagnostic)
     ts = jnp.asarray(ts)
-    xs = jnp.asarray(xs)
-    if ts.ndim != 1 or xs.ndim < 3 or xs.shape[0] != ts.shape[0]:
+    xs = jax.tree_util.tree_map(jnp.asarray, xs)
+    shapes = [x.shape for x in jax.tree_util.tree_leaves(xs)]
+    if (
+        ts.ndim != 1
+        or not shapes
+        or any(len(s) < 3 or s[:2] != shapes[0][:2] or s[0] != ts.shape[0] for s in shapes)
+    ):
         raise ValueError(
             f"`xs` must have shape (T, n, *sample_shape) with T = len(ts), and `ts` shape (T,); "
-            f"got xs {xs.shape}, ts {ts.shape} (use noised_samples, or broadcast shared samples)."
+            f"got xs {shapes if len(shapes) != 1 else shapes[0]}, ts {ts.shape} (use "
+            "noised_samples, or broadcast shared samples)."
         )
     keys = None if key is None else jax.random.split(key, ts.shape[0])
     if batch_size is not None and int(batch_size) < 1:
         raise ValueError(f"`batch_size` must be a positive integer or None, got {batch_size!r}.")
     try:
         if mesh is None:
-            values = _run(
-                diag, field, xs, ts, keys, None if batch_size is None else int(batch_size)
-            )
+            bs = None if batch_size is None else int(batch_size)
+            values = _run(diag, field, xs, ts, keys, bs, bool(checked))
         else:
             from ..distributed import sweep_over_mesh
 
             values = sweep_over_mesh(diag, field, xs, ts, keys, mesh)
     except eqx.EquinoxRuntimeError as err:
-        _name_nonfinite_input(field, xs, ts, err)
+        if isinstance(xs, jax.Array):
+            _name_nonfinite_input(field, xs, ts, err)
         raise
-    _check_values(values, ts)
-    q = jnp.asarray(levels, dtype=ts.dtype)
+    host = require_finite(values, ts, what)
+    # Summaries on the host (values are there for the check): no extra programs to compile.
+    q = np.asarray(levels, dtype=np.asarray(ts).dtype)
     return SweepResult(
         ts,
         values,
-        jax.tree_util.tree_map(lambda v: jnp.mean(v, axis=1), values),
-        q,
-        jax.tree_util.tree_map(lambda v: jnp.quantile(v, q, axis=1), values),
+        jax.tree_util.tree_map(lambda v: jnp.asarray(np.mean(v, axis=1)), host),
+        jnp.asarray(q),
+        jax.tree_util.tree_map(lambda v: jnp.asarray(np.quantile(v, q, axis=1)), host),
     )
 
 
@@ -168,9 +198,13 @@ def _name_nonfinite_input(field, xs, ts, err) -> None:
         _raise_at(bad, ts, "`field` values are", err)
 
 
-def _check_values(values, ts) -> None:
-    for leaf in jax.tree_util.tree_leaves(values):
-        arr = np.asarray(leaf)
-        bad = np.asarray(~np.isfinite(arr).reshape(arr.shape[0], arr.shape[1], -1).all(axis=-1))
+def require_finite(values, ts, what: str = "diagnostic values are"):
+    """``values`` (a PyTree of ``(T, n, ...)`` arrays, time index first) as NumPy arrays, after
+    raising ``ValueError`` if any is non-finite, naming the first bad time index, its ``t`` and
+    the sample index: the host-side check of an unchecked sweep."""
+    host = jax.tree_util.tree_map(np.asarray, values)
+    for arr in jax.tree_util.tree_leaves(host):
+        bad = ~np.isfinite(arr).reshape(arr.shape[0], arr.shape[1], -1).all(axis=-1)
         if bad.any():
-            _raise_at(bad, ts, "diagnostic values are")
+            _raise_at(bad, ts, what)
+    return host

@@ -1,4 +1,5 @@
-"""Shared assets of the reproduction: data, oracles and networks, each built once, lazily.
+"""The assets a reproduction run shares between claims: data, exact oracles and trained
+networks, each built once, lazily, by a :class:`Context`.
 
 Every network is trained with :func:`wgfm.train.fit` from a key derived from the master seed and
 its name, so any claim can be rerun alone and gets the same network.
@@ -8,12 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import pickle
 import time
 import zlib
-from pathlib import Path
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,9 +62,7 @@ class Trained:
 class Context:
     """Configuration, keys and lazily built shared assets."""
 
-    def __init__(
-        self, config: ReproduceConfig, *, sizes: Sizes | None = None, mesh=None, share_dir=None
-    ):
+    def __init__(self, config: ReproduceConfig, *, sizes: Sizes | None = None, mesh=None):
         self.config = config
         self.sizes: Sizes = sizes or config.sizes
         self.root_key = jax.random.key(config.seed)
@@ -76,8 +72,6 @@ class Context:
         self.datasets: tuple[str, ...] = config.datasets
         self.vector_sets: tuple[str, ...] = config.vector_sets
         self.console = Console(stderr=True)
-        # A directory where processes of the same run leave the networks they trained.
-        self.share_dir: Path | None = None if share_dir is None else Path(share_dir)
 
     def key(self, name: str):
         """A key for ``name``, independent of the order in which assets are built."""
@@ -114,6 +108,16 @@ class Context:
                 raise ValueError(f"unknown data set {name!r}")
             self._cache[name] = np.asarray(x, np.float32)
         return self._cache[name]  # type: ignore[return-value]
+
+    def clean_samples(self, data: str, n: int, key) -> jax.Array:
+        """``n`` clean points ``x0`` of ``data`` ``(n, *shape)``: draws from the mixture, or
+        ``n`` distinct images of the set chosen at random."""
+        if data in MIXTURES:
+            return (self.mix2d if data == "2d" else self.mix10d).sample(n, key=key)
+        x = self.data(data)
+        if n > x.shape[0]:
+            raise ValueError(f"{data}: {n} samples exceed its {x.shape[0]} images.")
+        return jnp.asarray(x[np.asarray(jax.random.choice(key, x.shape[0], (n,), replace=False))])
 
     # -- networks ---------------------------------------------------------------------------------
 
@@ -169,22 +173,15 @@ class Context:
             long = steps >= 2000 and image
             snaps = sorted({max(1, int(f * steps)) for f in sz.snapshots} - {steps})
 
-            def train() -> tuple:
-                t0 = time.perf_counter()
-                res = fit(model, self.process, x, cfg, key=key, run_dir=run_dir,
-                          resume=run_dir is not None, progress=long, mesh=self.mesh,
-                          snapshot_steps=snaps)  # fmt: skip
-                jax.block_until_ready(res.ema)
-                secs = time.perf_counter() - t0
-                loss = float(res.logged_losses[-1]) if len(res.logged_losses) else float("nan")
-                self.console.log(f"trained {name} ({arch}): {steps} steps in {secs:.1f} s")
-                return res.ema, res.snapshots, secs, loss
-
-            # Image networks have their own checkpoints; the others are shared between the
-            # processes of one run, so that only one of them trains each.
-            shared = self.share_dir is not None and run_dir is None
-            ema, snapshots, secs, loss = _shared(self.share_dir, name, train) if shared else train()
-            out = Trained(name, model, ema, self.process, secs, steps, loss, snapshots)
+            t0 = time.perf_counter()
+            res = fit(model, self.process, x, cfg, key=key, run_dir=run_dir,
+                      resume=run_dir is not None, progress=long, mesh=self.mesh,
+                      snapshot_steps=snaps)  # fmt: skip
+            jax.block_until_ready(res.ema)
+            secs = time.perf_counter() - t0
+            loss = float(res.logged_losses[-1]) if len(res.logged_losses) else float("nan")
+            self.console.log(f"trained {name} ({arch}): {steps} steps in {secs:.1f} s")
+            out = Trained(name, model, res.ema, self.process, secs, steps, loss, res.snapshots)
         self._cache[name] = out
         return out
 
@@ -195,15 +192,21 @@ class Context:
             return gmm.score_field(self.mix2d, self.process)
         if data == "10d":
             return gmm.score_field(self.mix10d, self.process)
-        x = self.data(data)[:10_000]  # 10^4 images pin the Gaussian down well enough for a control
-        x = x.reshape(len(x), -1).astype(np.float64)
-        cov = np.cov(x.T) + 1e-3 * np.eye(x.shape[1])
-        fit = gmm.GaussianMixture(
-            jnp.ones(1, jnp.float32),
-            jnp.asarray(x.mean(0)[None], jnp.float32),
-            jnp.asarray(cov[None], jnp.float32),
-        )
-        return FlatField(gmm.score_field(fit, self.process), self.data(data).shape[1:])
+        return gaussian_fit_score(self.data(data)[:10_000], self.process)
+
+
+def gaussian_fit_score(x: np.ndarray, process: AbstractProcess) -> gmm.MarginalScore:
+    """The exact score of the marginals of ``N(mean, cov + 1e-3 I)`` fitted to the samples
+    ``x`` ``(N, *shape)`` (10^4 images pin it down well enough): a true gradient field on the
+    data's scale, the control for networks trained on ``x``. It takes samples of any shape."""
+    flat = np.asarray(x, np.float64).reshape(len(x), -1)
+    cov = np.cov(flat.T) + 1e-3 * np.eye(flat.shape[1])
+    fit = gmm.GaussianMixture(
+        jnp.ones(1, jnp.float32),
+        jnp.asarray(flat.mean(0)[None], jnp.float32),
+        jnp.asarray(cov[None], jnp.float32),
+    )
+    return gmm.score_field(fit, process)
 
 
 def _random_output_layer(params, key):
@@ -218,115 +221,3 @@ def _random_output_layer(params, key):
     new = jax.nn.initializers.lecun_normal()(jax.random.fold_in(key, 1), kernel.shape, kernel.dtype)
     conv_out = {**inner["conv_out"], "kernel": new}
     return {**params, "params": {**inner, "conv_out": conv_out}}
-
-
-def _shared(directory: Path, name: str, train):
-    """``train()``'s result for network ``name``, computed by whichever process of the run asks
-    first: it holds an exclusive lock on ``directory/name.lock`` while training and leaves the
-    result in ``name.pkl``; the others wait on the lock and load it (arrays exact, so both
-    processes evaluate the same network)."""
-    import fcntl  # POSIX; the second process is only started where it exists
-
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{name}.pkl"
-    with open(directory / f"{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if path.exists():
-                ema, snaps, secs, loss = pickle.loads(path.read_bytes())
-                to_jax = functools.partial(jax.tree.map, jnp.asarray)
-                return to_jax(ema), {k: to_jax(v) for k, v in snaps.items()}, secs, loss
-            ema, snaps, secs, loss = train()
-            to_np = functools.partial(jax.tree.map, np.asarray)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(pickle.dumps((to_np(ema), {k: to_np(v) for k, v in snaps.items()},
-                                          secs, loss)))  # fmt: skip
-            tmp.replace(path)
-            return ema, snaps, secs, loss
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-class FlatField(eqx.Module):
-    """A field on flat vectors seen as a field on arrays of ``shape`` (e.g. images)."""
-
-    field: object
-    shape: tuple[int, ...] = eqx.field(static=True)
-
-    def __call__(self, x, t):
-        return self.field(x.reshape(-1), t).reshape(self.shape)  # type: ignore[operator]
-
-
-def times_grid(process: AbstractProcess, num_levels: int) -> np.ndarray:
-    """The authors' grid t = 1, 11, ..., 991 of 1000 (100 levels), thinned to ``num_levels``,
-    mapped to ``[t_min, t_max]``."""
-    steps = np.arange(1, 1000, 10)
-    if num_levels < len(steps):
-        steps = steps[np.linspace(0, len(steps) - 1, num_levels).round().astype(int)]
-    t = steps / 1000.0
-    return np.clip(t, process.t_min, process.t_max)
-
-
-def over_levels(fn, *args):
-    """``fn`` mapped over the leading (noise-level) axis of ``args`` with ``jax.lax.map``.
-
-    Written by hand instead of an outer ``jax.vmap``: on XLA:CPU (jaxlib 0.10) a program that
-    vmaps over times a body holding LAPACK custom calls (the oracle's Cholesky factors) next to
-    random sampling or ``equinox.error_if`` callbacks intermittently deadlocks under load;
-    mapping levels sequentially (samples stay vmapped inside) avoids it at no real cost."""
-    return jax.lax.map(lambda a: fn(*a), args)
-
-
-def clean_and_noised(ctx: Context, data: str, ts, n: int, key):
-    """Clean points ``x0`` and ``x_t = alpha_t x0 + sigma_t eps``, ``n`` fresh ones per level:
-    both ``(L, n, *shape)``. ``x0`` comes from the mixture or, ``n`` distinct images per level,
-    from the image set; ``x_t`` then follows ``p_t`` exactly."""
-    k1, k2 = jax.random.split(key)
-    if data in MIXTURES:
-        mix = ctx.mix2d if data == "2d" else ctx.mix10d
-        x0 = mix.sample(len(ts) * n, key=k1).reshape(len(ts), n, -1)
-    else:
-        x = jnp.asarray(ctx.data(data))
-        if n > x.shape[0]:
-            raise ValueError(f"{data}: {n} samples per level exceed its {x.shape[0]} images.")
-        # Distinct images within a level, drawn afresh for each level (100 levels x 64 digits
-        # would exceed the 1,797 images without replacement across levels).
-        keys = jax.random.split(k1, len(ts))
-        x0 = x[jax.vmap(lambda k: jax.random.choice(k, x.shape[0], (n,), replace=False))(keys)]
-    tj = jnp.asarray(ts, x0.dtype)
-    keys = jax.random.split(k2, len(ts))
-    xt = over_levels(lambda xl, t, k: ctx.process.sample_marginal(xl, t, key=k)[0], x0, tj, keys)
-    return x0, xt
-
-
-# Axis names of a sweep's outputs for require_finite: (level, sample) as computed, or
-# (sample, level) once transposed for the box plots.
-BY_LEVEL = ("level", "sample")
-BY_SAMPLE = ("sample", "level")
-
-
-def require_finite(tree, what: str, axes: tuple[str, ...] = BY_LEVEL):
-    """``tree`` (NumPy arrays), after raising ``FloatingPointError`` if any entry is non-finite,
-    naming the first bad index along ``axes``. The experiments' sweeps are compiled with the
-    diagnostics' ``checked=False`` (no host callback in the program, so JAX's persistent cache
-    keeps it: a rerun skips its compilation) and check their outputs here instead; a
-    non-finite field value propagates to them."""
-    tree = jax.tree.map(np.asarray, tree)
-    for leaf in jax.tree.leaves(tree):
-        bad = ~np.isfinite(leaf)
-        if bad.any():
-            first = np.argwhere(bad)[0]
-            where = ", ".join(f"{a} {int(i)}" for a, i in zip(axes, first, strict=False))
-            raise FloatingPointError(
-                f"{what}: {int(bad.sum())} of {bad.size} values are non-finite (the first at "
-                f"{where}); the field is non-finite there, or its derivatives are."
-            )
-    return tree
-
-
-def over_samples(fn, batch_size: int, *args):
-    """``fn`` of one sample mapped over the leading axis of ``args``, ``batch_size`` at a time
-    (``jax.lax.map(batch_size=...)``): bounds memory for large networks, where a ``vmap`` over
-    hundreds of images times dozens of tangents would not fit."""
-    n = jax.tree.leaves(args)[0].shape[0]
-    return jax.lax.map(lambda a: fn(*a), args, batch_size=min(batch_size, n))
