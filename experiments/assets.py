@@ -128,11 +128,14 @@ class Context:
         *,
         conservative: bool = False,
         steps: int | None = None,
-        weighting: str = "uniform",
+        weighting: str | None = None,
     ) -> Trained:
         """The network for ``data`` ('2d', '10d' or an image set) trained to predict
         ``predicts`` for ``steps`` updates (default from the sizes; 0 gives the untrained
-        network). Image networks use the preset's weighting unless ``weighting`` is given.
+        network). Image networks train as ``wgfm train``'s preset of the same name (model,
+        batch, learning rate, weighting; see :meth:`ReproduceConfig.image_training`) with the
+        sizes' steps; the mixtures' networks as below, with uniform weighting unless
+        ``weighting`` is given.
 
         MNIST and CIFAR-10 networks are checkpointed under ``OUT/networks/<name>`` and resumed
         from there, so an interrupted run loses no training and a rerun retrains nothing."""
@@ -144,12 +147,14 @@ class Context:
             data, sz.train_steps_image
         )
         steps = default if steps is None else steps
-        if image and weighting == "uniform":
-            weighting = sz.image_weighting
+        if image:
+            arch, base = self.config.image_training(sz)
+        else:
+            arch, base = sz.arch_vector, TrainConfig(batch_size=sz.batch_size, lr=2e-3)
+        weighting = weighting or base.weighting
         name = f"{data}-{predicts}-{'cons' if conservative else 'free'}-{steps}-{weighting}"
         if name in self._cache:
             return self._cache[name]  # type: ignore[return-value]
-        arch = sz.arch_image if image else sz.arch_vector
         model = get_model(arch, predicts=predicts, conservative=conservative)
         x = self.data(data)
         key = self.key(f"net-{data}")  # same init for every objective: a controlled comparison
@@ -157,11 +162,10 @@ class Context:
             params = _random_output_layer(model.init(key, x.shape[1:], jnp.float32), key)
             out = Trained(name, model, params, self.process, 0.0, 0, float("nan"))
         else:
-            cfg = TrainConfig(
+            cfg = dataclasses.replace(
+                base,
                 steps=steps,
-                batch_size=sz.image_batch if image else sz.batch_size,
-                lr=sz.image_lr if image else 2e-3,
-                warmup_steps=min(100 if steps < 10_000 else 1000, steps // 10),
+                warmup_steps=min(base.warmup_steps if image else 100, steps // 10),
                 ema_decay=max(0.0, min(0.9999 if steps >= 50_000 else 0.999, 1.0 - 10.0 / steps)),
                 weighting=weighting,
                 log_every=max(1, min(100, steps)),

@@ -30,10 +30,11 @@ class Sizes:
     num_likelihood: int  # held-out points for the likelihood of claim 5
     snapshots: tuple[float, ...]  # training fractions evaluated in claim 4 (quality vs lambda/R)
     arch_vector: str  # network for the 2D and 10-D mixtures (a name in wgfm.models.CONFIGS)
-    arch_image: str  # U-Net for the image data set
-    image_batch: int = 64
-    image_lr: float = 1e-3
-    image_weighting: str = "uniform"  # the paper's CIFAR-10 setting: "min-snr" (gamma = 5)
+    # The image network trains as `wgfm train`'s preset of the same name (wgfm.presets.PRESETS:
+    # model, batch, learning rate, weighting), with train_steps_image updates; the quick sizes
+    # may swap in a smaller U-Net and batch.
+    arch_image: str | None = None  # None: the training preset's model
+    image_batch: int | None = None  # None: the training preset's batch size
     sub_jacobian_size: int = 16  # K of the K x K sub-Jacobians (the authors: 64 on CIFAR-10)
     max_exact_dim: int = 64  # exact Jacobians up to this D; beyond, sub-Jacobians and probes
     # Image sets in claims 1-2 (None: as the mixtures). Every loop point and Jacobian column is
@@ -65,7 +66,7 @@ QUICK = Sizes(
     num_likelihood=64,
     snapshots=(0.1, 0.3, 1.0),
     arch_vector="mlp-small",
-    arch_image="unet-tiny",
+    arch_image="unet-tiny",  # the digits preset's unet-digits, smaller
     image_diag_samples=8,
     image_loop_samples=4,
     estimator_check=False,
@@ -90,35 +91,33 @@ FULL = Sizes(
     num_likelihood=256,
     snapshots=(0.05, 0.1, 0.2, 0.4, 0.7, 1.0),
     arch_vector="mlp",
-    arch_image="unet-digits",
     image_diag_samples=8,
     image_loop_levels=10,
     image_loop_samples=4,
 )
 
-# Image presets: MNIST and the authors' CIFAR-10 configuration (width-64 U-Net, multipliers
-# (1, 2, 4, 8), sigmoid schedule, eps-prediction with min-SNR-5 weighting; 64x64 sub-Jacobians on
-# 128 images and loops on 256 images at 100 levels). Their full sizes are meant for a GPU; the
-# quick sizes check the pipeline end to end on a CPU in minutes, not the paper's numbers.
+# Image presets: MNIST and the authors' CIFAR-10 configuration (their network and training are
+# the training presets of the same name; 64x64 sub-Jacobians on 128 images and loops on 256
+# images at 100 levels). Their full sizes are meant for a GPU; the quick sizes check the
+# pipeline end to end on a CPU in minutes, not the paper's numbers.
 _AUTHORS = dict(image_diag_samples=None, image_loop_levels=None, image_loop_samples=None)
 MNIST_FULL = dataclasses.replace(
-    FULL, **_AUTHORS, num_diag_samples=128, train_steps_image=20_000, arch_image="unet-mnist",
-    image_batch=128, image_lr=2e-4, image_weighting="min-snr", sub_jacobian_size=64,
+    FULL, **_AUTHORS, num_diag_samples=128, train_steps_image=20_000, sub_jacobian_size=64,
 )  # fmt: skip
 MNIST_QUICK = dataclasses.replace(
-    QUICK, num_levels=5, num_diag_samples=8, train_steps_image=100, arch_image="unet-mnist",
-    image_batch=32, image_weighting="min-snr", sub_jacobian_size=64,
+    QUICK, num_levels=5, num_diag_samples=8, train_steps_image=100, arch_image=None,
+    image_batch=32, sub_jacobian_size=64,
 )  # fmt: skip
 CIFAR_FULL = dataclasses.replace(
-    FULL, **_AUTHORS, num_diag_samples=256, train_steps_image=100_000, arch_image="unet-cifar10-paper",
-    image_batch=128, image_lr=2e-4, image_weighting="min-snr", sub_jacobian_size=64,
+    FULL, **_AUTHORS, num_diag_samples=256, train_steps_image=100_000, sub_jacobian_size=64,
 )  # fmt: skip
-CIFAR_QUICK = dataclasses.replace(MNIST_QUICK, arch_image="unet-cifar10-paper", image_batch=16)
+CIFAR_QUICK = dataclasses.replace(MNIST_QUICK, image_batch=16)
 
 # Data sets with an exact Gaussian-mixture oracle; every other name is an image set.
 MIXTURES = ("2d", "10d")
 
-# preset -> (vector data sets, image data set or None, quick sizes, full sizes)
+# `wgfm reproduce --preset`: preset -> (vector data sets, image data set or None, quick sizes,
+# full sizes). An image set's network trains as wgfm.presets.PRESETS of the same name.
 PRESETS: dict[str, tuple[tuple[str, ...], str | None, Sizes, Sizes]] = {
     "default": (MIXTURES, "digits", QUICK, FULL),
     "mixtures": (MIXTURES, None, QUICK, FULL),
@@ -201,6 +200,21 @@ class ReproduceConfig:
     @property
     def datasets(self) -> tuple[str, ...]:
         return self.vector_sets + ((self.image_set,) if self.image_set else ())
+
+    def image_training(self, sizes: Sizes | None = None):
+        """``(model name, TrainConfig)`` of the image network: ``wgfm train``'s preset of the
+        image set's name, with the sizes' model and batch where they set one (steps and the
+        step-dependent schedule are the caller's)."""
+        from wgfm.presets import PRESETS as TRAINING
+
+        if self.image_set is None:
+            raise ValueError(f"--preset {self.preset} has no image data set.")
+        sz = sizes or self.sizes
+        preset = TRAINING[self.image_set]
+        train = preset.train
+        if sz.image_batch is not None:
+            train = dataclasses.replace(train, batch_size=sz.image_batch)
+        return sz.arch_image or preset.model, train
 
     def make_process(self):
         """The forward process: the authors' sigmoid schedule for their CIFAR-10 preset."""

@@ -97,8 +97,8 @@ def test_mnist_preset_runs_the_papers_claims_and_resumes(mnist_dir, tmp_path):
         assert png_is_valid_and_not_blank(tmp_path / f), f
     # The image network was checkpointed; a rerun restores it instead of training again (no
     # update runs: nothing more is logged). The claims are pure functions of the network and
-    # the seed (the two-process test compares two whole reports), so restoring the network is
-    # what a rerun has to get right; bit-identical resume is tested in test_train.py.
+    # the seed, so restoring the network is what a rerun has to get right; bit-identical
+    # resume is tested in test_train.py.
     (run_dir,) = (tmp_path / "networks").glob("mnist-eps-free-4-*")
     assert list((run_dir / "checkpoints").iterdir()), list(tmp_path.rglob("*"))
     logged = (run_dir / "metrics.jsonl").read_text()
@@ -115,13 +115,14 @@ def test_cifar10_paper_preset_uses_the_authors_settings(cifar_dir, tmp_path):
     config = ReproduceConfig(preset="cifar10-paper", data=cifar_dir, out=tmp_path, only=(1,))
     full = config.sizes
     assert isinstance(config.make_process(), VPSigmoid)
-    assert (full.arch_image, full.image_weighting, full.sub_jacobian_size, full.num_levels) == (
+    model, train = config.image_training()  # wgfm train's cifar10-paper preset
+    assert (model, train.weighting, full.sub_jacobian_size, full.num_levels) == (
         "unet-cifar10-paper", "min-snr", 64, 100,
     )  # fmt: skip
     assert (full.num_diag_samples, full.image_loop_levels, full.train_steps_image) == (
         256, None, 100_000,
     )  # fmt: skip
-    ctx = Context(config, sizes=dataclasses.replace(TINY, image_weighting=full.image_weighting))
+    ctx = Context(config, sizes=TINY)
     assert ctx.data("cifar10").shape == (40, 32, 32, 3) and ctx.datasets == ("cifar10",)
     net = ctx.network("cifar10")
     assert net.name == "cifar10-eps-free-4-min-snr" and isinstance(net.process, VPSigmoid)
@@ -133,8 +134,7 @@ def test_cifar10_paper_preset_uses_the_authors_settings(cifar_dir, tmp_path):
 @pytest.mark.slow
 def test_cifar10_paper_preset_end_to_end(cifar_dir, tmp_path):
     config = ReproduceConfig(preset="cifar10-paper", data=cifar_dir, out=tmp_path, only=(1,))
-    full = config.sizes
-    run(config, sizes=dataclasses.replace(TINY, image_weighting=full.image_weighting))
+    run(config, sizes=TINY)
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["header"]["process"] == "VPSigmoid" and res["header"]["data sets"] == "cifar10"
     rows = [r for r in _rows(res, "1.") if "not a gradient" in r["claim"]]
@@ -147,3 +147,12 @@ def test_image_presets_validate_their_options(tmp_path):
         ReproduceConfig(train_steps=0)
     assert ReproduceConfig(preset="digits", train_steps=7).sizes.train_steps_image == 7
     assert ReproduceConfig(preset="digits").datasets == ("digits",)
+    # "digits" means one thing: the reproduction's image network is `wgfm train digits`'s
+    # (the full run: the same U-Net; --quick swaps in a smaller one).
+    from wgfm.presets import PRESETS as TRAINING
+
+    model, train = ReproduceConfig(preset="digits").image_training()
+    assert model == TRAINING["digits"].model and train == TRAINING["digits"].train
+    assert ReproduceConfig(preset="digits", quick=True).image_training()[0] == "unet-tiny"
+    with pytest.raises(ValueError, match="image"):
+        ReproduceConfig(preset="mixtures").image_training()

@@ -62,10 +62,11 @@ PRESETS: dict[str, RunConfig] = {
         dataset="toy", toy="moons", model="mlp",
         train=TrainConfig(steps=3000, batch_size=256, lr=2e-3, warmup_steps=100, ema_decay=0.995),
     ),
+    # Also the image network of `wgfm reproduce` for these data sets (with its own steps).
     "digits": RunConfig(
         dataset="digits", model="unet-digits",
         train=TrainConfig(steps=3000, batch_size=64, lr=1e-3, warmup_steps=200,
-                          weighting="min-snr", checkpoint_every=500),
+                          checkpoint_every=500),
     ),
     "mnist": RunConfig(
         dataset="mnist", model="unet-mnist",

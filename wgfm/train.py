@@ -108,29 +108,32 @@ def init_state(model, config: TrainConfig, sample_shape, *, key: PRNGKeyArray, d
     return TrainState(params, opt_state, params, step, k_train, bad)
 
 
-_STEP_CACHE: dict = {}
-
-
-def make_train_step(model, process: AbstractProcess, config: TrainConfig):
+def make_train_step(model, process: AbstractProcess, config: TrainConfig) -> TrainStep:
     """``step(state, data, indices) -> (state, loss)``, jit-compiled once per data shape.
 
     A non-finite loss or gradient leaves the state unchanged and records the step in
-    ``state.bad_step`` (checked by the host, which then stops). The same jitted function is
-    returned for equal ``(model, process, config)`` (when hashable), so a resumed or repeated
-    run in one process does not compile again."""
-    try:
-        cache_key = (model, process, config)
-        hash(cache_key)
-    except TypeError:  # a process or model holding arrays: build a fresh step
-        return _build_train_step(model, process, config)
-    if cache_key not in _STEP_CACHE:
-        if len(_STEP_CACHE) >= 8:
-            _STEP_CACHE.pop(next(iter(_STEP_CACHE)))
-        _STEP_CACHE[cache_key] = _build_train_step(model, process, config)
-    return _STEP_CACHE[cache_key]
+    ``state.bad_step`` (checked by the host, which then stops). Steps for equal
+    ``(model, process, config)`` share one compiled program (``equinox.filter_jit``'s cache:
+    the model and config are static, the process's arrays are arguments), so a resumed or
+    repeated run in one process does not compile again."""
+    return TrainStep(model, process, config)
 
 
-def _build_train_step(model, process: AbstractProcess, config: TrainConfig):
+class TrainStep(eqx.Module):
+    """One optimiser update of ``model`` under ``process`` and ``config`` (see
+    :func:`make_train_step`); a PyTree, so it can be passed to ``jax.jit`` itself."""
+
+    model: Any = eqx.field(static=True)
+    process: AbstractProcess
+    config: TrainConfig = eqx.field(static=True)
+
+    def __call__(self, state: TrainState, data: Array, indices: Array):
+        return _train_step(self.model, self.process, self.config, state, data, indices)
+
+
+@eqx.filter_jit
+def _train_step(model, process: AbstractProcess, config: TrainConfig, state: TrainState,
+                data: Array, indices: Array):  # fmt: skip
     optimizer = make_optimizer(config)
     loss_fn, weight_fn = get_loss(model.predicts), get_weighting(config.weighting)
     sampler = TIME_SAMPLERS[config.time_sampler]
@@ -143,31 +146,26 @@ def _build_train_step(model, process: AbstractProcess, config: TrainConfig):
         per_example = jax.vmap(lambda x, ti, e: loss_fn(field, process, x, ti, e))(x0, t, eps)
         return jnp.mean(jax.vmap(lambda ti: weight_fn(process, ti))(t) * per_example)
 
-    @jax.jit
-    def step(state: TrainState, data: Array, indices: Array):
-        x0 = data[indices]
-        loss, grads = jax.value_and_grad(objective)(
-            state.params, x0, jax.random.fold_in(state.key, state.step)
-        )
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        # EMA decay warmed up as min(decay, (1 + s) / (10 + s)) (TF's num_updates rule) so that
-        # short runs are not dominated by the initial parameters.
-        s = state.step.astype(jnp.float32)
-        decay = jnp.minimum(config.ema_decay, (1.0 + s) / (10.0 + s))
-        ema = optax.incremental_update(params, state.ema, 1.0 - decay)
-        new = TrainState(params, opt_state, ema, state.step + 1, state.key, state.bad_step)
-        ok = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads)) & (state.bad_step < 0)
-        kept = eqx.tree_at(
-            lambda s: s.bad_step, state, jnp.where(state.bad_step < 0, state.step, state.bad_step)
-        )
-        # One conditional rather than a select per array: the same update (to float rounding,
-        # as XLA fuses it differently), but a U-Net's step compiles ~3 s faster (17.3 -> 14.4 s
-        # for unet-tiny), with no cost per update.
-        new = jax.lax.cond(ok, lambda: new, lambda: kept)
-        return new, loss
-
-    return step
+    x0 = data[indices]
+    loss, grads = jax.value_and_grad(objective)(
+        state.params, x0, jax.random.fold_in(state.key, state.step)
+    )
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    # EMA decay warmed up as min(decay, (1 + s) / (10 + s)) (TF's num_updates rule) so that
+    # short runs are not dominated by the initial parameters.
+    s = state.step.astype(jnp.float32)
+    decay = jnp.minimum(config.ema_decay, (1.0 + s) / (10.0 + s))
+    ema = optax.incremental_update(params, state.ema, 1.0 - decay)
+    new = TrainState(params, opt_state, ema, state.step + 1, state.key, state.bad_step)
+    ok = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads)) & (state.bad_step < 0)
+    kept = eqx.tree_at(
+        lambda s: s.bad_step, state, jnp.where(state.bad_step < 0, state.step, state.bad_step)
+    )
+    # One conditional rather than a select per array: the same update (to float rounding, as
+    # XLA fuses it differently), and a U-Net's step compiles faster, at no cost per update.
+    new = jax.lax.cond(ok, lambda: new, lambda: kept)
+    return new, loss
 
 
 class TrainResult(eqx.Module):

@@ -54,9 +54,9 @@ def data_parallel(
     return run
 
 
-@functools.lru_cache(maxsize=16)
 def _data_parallel_jit(step, mesh: Mesh, which, nargs: int, donate) -> Any:
-    # Cached so that re-wrapping the same step (e.g. on resume) does not recompile.
+    # No cache of our own: JAX's keys its traces and executables on `step` and the shardings,
+    # so re-wrapping the same (or an equal) step, e.g. on resume, does not recompile.
     data, rep = data_sharding(mesh), replicated_sharding(mesh)
     shardings = tuple(data if i in which else rep for i in range(nargs))
     return jax.jit(step, in_shardings=shardings, out_shardings=rep, donate_argnums=tuple(donate))
