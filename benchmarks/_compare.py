@@ -153,7 +153,9 @@ def oracle_max_diff(field, mixture, process, dim: int, n: int = 8) -> float:
     worst = 0.0
     for t in (0.01, 0.3, 1.0):
         a, b = process.velocity_coefficients(t)
-        ref = jax.vmap(lambda y: a * y + b * mixture.marginal(process, t).score(y))(x)
+        ref = jax.vmap(lambda y, a=a, b=b, t=t: a * y + b * mixture.marginal(process, t).score(y))(
+            x
+        )
         got = eqx.filter_vmap(field, in_axes=(0, None))(x, t)
         worst = max(worst, float(jnp.max(jnp.abs(got - ref)) / (1 + jnp.max(jnp.abs(ref)))))
     return worst

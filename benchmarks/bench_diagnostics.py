@@ -72,28 +72,28 @@ def run(quick: bool = False) -> list[dict]:
     for dim in [2, 16, 64] if quick else [2, 16, 64, 256]:
         f = mlp_field(dim, key)
         xs = jax.random.normal(key, (batch, dim), jnp.float32)
-        fn = jax.jit(jax.vmap(lambda x: asymmetry(jacobian(f, x, t)).ratio))
+        fn = jax.jit(jax.vmap(lambda x, f=f: asymmetry(jacobian(f, x, t)).ratio))
         rows.append(_row(f"D={dim}, B={batch}", "jacobian+asymmetry", fn, (xs,), repeats, batch))
 
     big_batch = 8 if quick else 64
     for dim in [784, 3072]:
         f = mlp_field(dim, key)
         xs = jax.random.normal(key, (big_batch, dim), jnp.float32)
-        idx = jax.vmap(lambda k: jax.random.choice(k, dim, (64,), replace=False))(
+        idx = jax.vmap(lambda k, d=dim: jax.random.choice(k, d, (64,), replace=False))(
             jax.random.split(key, big_batch)
         )
         case = f"D={dim}, B={big_batch}"
-        sub = jax.jit(jax.vmap(lambda x, i: asymmetry(sub_jacobian(f, x, t, i)).ratio))
+        sub = jax.jit(jax.vmap(lambda x, i, f=f: asymmetry(sub_jacobian(f, x, t, i)).ratio))
         rows.append(_row(case, "sub_jacobian 64x64+asymmetry", sub, (xs, idx), repeats, big_batch))
         keys = jax.random.split(key, big_batch)
         pa = jax.jit(
-            jax.vmap(lambda x, k: probe_asymmetry(f, x, t, key=k, num_probes=16).stats.ratio)
+            jax.vmap(lambda x, k, f=f: probe_asymmetry(f, x, t, key=k, num_probes=16).stats.ratio)
         )
         rows.append(_row(case, "probe_asymmetry K=16", pa, (xs, keys), repeats, big_batch))
         probes = make_probes(key, 16, (dim,), dtype=jnp.float32)
-        pd = jax.jit(jax.vmap(lambda x: probe_divergence(f, x, t, probes)))
+        pd = jax.jit(jax.vmap(lambda x, f=f, p=probes: probe_divergence(f, x, t, p)))
         rows.append(_row(case, "probe_divergence K=16", pd, (xs,), repeats, big_batch))
-        ed = jax.jit(jax.vmap(lambda x: divergence(f, x, t, chunk_size=256)))
+        ed = jax.jit(jax.vmap(lambda x, f=f: divergence(f, x, t, chunk_size=256)))
         rows.append(_row(case, "exact divergence (chunk 256)", ed, (xs,), repeats, big_batch))
     return rows
 

@@ -159,7 +159,7 @@ def run(quick: bool = False, device_counts: tuple[int, ...] = DEVICE_COUNTS) -> 
     counts = sorted({1, *(int(n) for n in device_counts)})
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        results = {n: _spawn(n, quick, out, "cpu") for n in counts}
+        results: dict[int | str, dict] = {n: _spawn(n, quick, out, "cpu") for n in counts}
         if shutil.which("nvidia-smi"):
             results["gpu"] = _spawn(1, quick, out, "gpu")
     ref = results[1]["out"]

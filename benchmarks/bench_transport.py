@@ -31,7 +31,7 @@ def _sampling(dim: int, n: int, per_sample: bool, repeats: int) -> dict:
     t0, t1 = jnp.asarray(process.t_max), jnp.asarray(process.t_min)
     jitted = jax.jit(
         lambda xx, tl: transport._sample_impl(
-            field, xx, t0, t1, None, tl, None, solver, controller, adjoint, 4096, per_sample, False
+            field, xx, t0, t1, None, tl, None, solver, controller, adjoint, 4096, per_sample
         )
     )
     compile_s, median = time_jitted(jitted, x, tol, repeats=repeats)
@@ -66,7 +66,7 @@ def _likelihood(dim: int, n: int, num_probes: int | None, repeats: int) -> dict:
     prior = process.prior_log_density
     jitted = jax.jit(
         lambda xx, pp, tl: transport._likelihood_impl(
-            field, prior, xx, pp, t0, t1, tl, solver, controller, adjoint, 4096, None, False, False
+            field, prior, xx, pp, t0, t1, tl, solver, controller, adjoint, 4096, None, False
         )
     )
     compile_s, median = time_jitted(jitted, x, probes, tol, repeats=repeats)

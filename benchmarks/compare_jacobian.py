@@ -95,7 +95,7 @@ def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
         flops = batch * (dim + 1) * C.mlp_flops(dim, WIDTH, DEPTH)  # primal + D tangents
         case = f"D={dim}, B={batch}"
 
-        def extra(s, ref=None, val=None):
+        def extra(s, ref=None, val=None, flops=flops):
             gf = flops / s / 1e9
             out = {"gflops": gf, "peak_frac": gf / peak["peak_gflops"]}
             if ref is not None:
@@ -135,7 +135,7 @@ def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
             torch_impls(torch, model, t),
             strict=True,
         ):
-            first, med_t = time_call(lambda f=f: f(xt), repeats=repeats, warmup=3)
+            first, med_t = time_call(lambda f=f, xt=xt: f(xt), repeats=repeats, warmup=3)
             val = f(xt).numpy()
             rows.append(
                 record(

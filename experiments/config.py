@@ -117,7 +117,7 @@ CIFAR_QUICK = dataclasses.replace(MNIST_QUICK, image_batch=16)
 MIXTURES = ("2d", "10d")
 
 # `wgfm reproduce --preset`: preset -> (vector data sets, image data set or None, quick sizes,
-# full sizes). An image set's network trains as wgfm.presets.PRESETS of the same name.
+# full sizes). The image network trains as wgfm.presets.PRESETS of the same name.
 PRESETS: dict[str, tuple[tuple[str, ...], str | None, Sizes, Sizes]] = {
     "default": (MIXTURES, "digits", QUICK, FULL),
     "mixtures": (MIXTURES, None, QUICK, FULL),
@@ -202,15 +202,16 @@ class ReproduceConfig:
         return self.vector_sets + ((self.image_set,) if self.image_set else ())
 
     def image_training(self, sizes: Sizes | None = None):
-        """``(model name, TrainConfig)`` of the image network: ``wgfm train``'s preset of the
-        image set's name, with the sizes' model and batch where they set one (steps and the
+        """``(model name, TrainConfig)`` of the image network: ``wgfm train``'s preset of this
+        preset's name (of the image set's for ``default``), with the sizes' model and batch where they set one (steps and the
         step-dependent schedule are the caller's)."""
         from wgfm.presets import PRESETS as TRAINING
 
         if self.image_set is None:
             raise ValueError(f"--preset {self.preset} has no image data set.")
         sz = sizes or self.sizes
-        preset = TRAINING[self.image_set]
+        name = self.preset if self.preset in TRAINING else self.image_set  # "default": digits
+        preset = TRAINING[name]
         train = preset.train
         if sz.image_batch is not None:
             train = dataclasses.replace(train, batch_size=sz.image_batch)

@@ -14,6 +14,8 @@ whether sample quality follows the asymmetry ratio lambda or the residual.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -34,7 +36,7 @@ from wgfm import gmm, perturbations
 from wgfm.diagnostics.helmholtz import helmholtz_split_field
 
 
-def _oracle_families(ctx: Context) -> dict[str, tuple[gmm.GaussianMixture, object]]:
+def _oracle_families(ctx: Context) -> dict[str, tuple[gmm.GaussianMixture, Callable]]:
     """``name -> (mixture, unscaled error field)``."""
     k1, k2, k3 = jax.random.split(ctx.key("harm-families"), 3)
     gauss = gmm.GaussianMixture(

@@ -216,7 +216,7 @@ def _oracle_convergence(ctx: Context, report: Report, title: str, numbers: dict)
     factors = [1, 2, 4, 8]
     meds = []
     for f in factors:
-        paths = jax.vmap(lambda pth: loops.refine(pth, f))(base) if f > 1 else base
+        paths = jax.vmap(lambda pth, f=f: loops.refine(pth, f))(base) if f > 1 else base
         out = require_finite(circ(field, paths)[None, :], np.array([t]), "oracle circulation is")
         meds.append(float(np.median(out)))
     order = float(np.polyfit(np.log(factors), np.log(meds), 1)[0])

@@ -79,9 +79,9 @@ def use_compile_cache() -> Path:
     """Turn on JAX's persistent compilation cache (unless a directory is already configured)
     and return its directory. Most of a quick run is XLA compilation; the cache keys programs
     by their HLO, compiler options and jaxlib version, so a cached program is the same one."""
-    if not jax.config.jax_compilation_cache_dir:
+    if not jax.config.values["jax_compilation_cache_dir"]:
         base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
         jax.config.update("jax_compilation_cache_dir", str(base / "wgfm" / "jax"))
     # Also the many sub-second programs (random draws, metrics): together they add up.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
-    return Path(jax.config.jax_compilation_cache_dir)
+    return Path(jax.config.values["jax_compilation_cache_dir"])

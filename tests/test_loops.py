@@ -145,7 +145,7 @@ def test_loop_reports_one_evaluation_same_numbers():
     for rule in ("midpoint", "trapezoid"):
         calls = []
 
-        def field(y, t):
+        def field(y, t, calls=calls):
             calls.append(1)  # traced once per batched evaluation
             return jnp.tanh(a @ y) * (1 + t)
 

@@ -106,5 +106,7 @@ def test_losses_jit_and_float32():
         eager = loss(_eps_model, proc, x0, t, eps)
         assert eager.dtype == jnp.float32, kind
         np.testing.assert_allclose(
-            jax.jit(lambda a, b, u: loss(_eps_model, proc, a, u, b))(x0, eps, t), eager, rtol=1e-6
+            jax.jit(lambda a, b, u, loss=loss: loss(_eps_model, proc, a, u, b))(x0, eps, t),
+            eager,
+            rtol=1e-6,
         )

@@ -54,7 +54,7 @@ def test_oracle_and_harmless_perturbation_vanish_generic_does_not():
         "generic": lambda x, t: v(x, t) + scale * generic(x, t),
     }
     res = {
-        k: jax.jit(jax.vmap(lambda x: transport_residual(f, x, T, **kw)))(xs)
+        k: jax.jit(jax.vmap(lambda x, f=f: transport_residual(f, x, T, **kw)))(xs)
         for k, f in fields.items()
     }
     ref = float(

@@ -4,8 +4,11 @@ The core (processes, fields, the Gaussian-mixture oracle, losses, diagnostics, t
 metrics) is pure JAX; networks live in ``wgfm.models`` and reach the core as plain fields.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from . import (
     data,
+    diagnostics,
     distributed,
     fields,
     gmm,
@@ -38,7 +41,10 @@ from .processes import (
 from .samplers import sample_ddim, sample_sde
 from .transport import log_likelihood, sample_fixed_step, sample_ode
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("wgfm")
+except PackageNotFoundError:  # a source tree on sys.path, not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "log_likelihood",
@@ -64,6 +70,7 @@ __all__ = [
     "conditional_velocity",
     "convert",
     "data",
+    "diagnostics",
     "distributed",
     "dt_log_density_field",
     "fields",

@@ -15,6 +15,7 @@ either way a non-finite value raises an error naming the first bad time index an
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -25,7 +26,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from ..processes import AbstractProcess
 from .jacobian import asymmetry, divergence, jacobian
 
-Diagnostic = Callable[..., Array]
+Diagnostic = Callable[..., Any]  # an array, or a PyTree of arrays
 
 
 def lambda_ratio(field, x, t, *, checked: bool = True) -> Array:
@@ -106,7 +107,7 @@ def _num_samples(xs) -> int:
 def sweep(
     diagnostic: str | Diagnostic,
     field: Callable[..., Array],
-    xs: Float[Array, "T n ..."],
+    xs: Float[Array, "T n ..."] | tuple[Float[Array, "T n ..."], ...],
     ts: Float[Array, " T"],
     *,
     key: PRNGKeyArray | None = None,
