@@ -34,7 +34,7 @@ def fm_run():
 
 
 def test_mlp_on_ring_learns_and_samples_match_oracle(eps_run):
-    # ~10 s on 2 CPU cores: 400 steps of a 64-wide MLP, then a 1000-sample adaptive ODE solve.
+    # 400 steps of a 64-wide MLP, then a 1000-sample adaptive ODE solve.
     model, res = eps_run
     losses = res.logged_losses
     assert losses[-1] < 0.8 * losses[0]

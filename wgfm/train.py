@@ -250,8 +250,8 @@ def fit(
     bar = tqdm(total=config.steps, initial=start, disable=not progress, desc="train")
     t_last, s_last, window = time.perf_counter(), start, []
     # One compiled update per host call: a fori_loop over several updates would save the
-    # dispatch (~15% for a small MLP), but XLA:CPU runs a U-Net's update ~4.5x slower inside a
-    # loop (measured with unet-tiny on digits: 25 against 111 ms per update).
+    # dispatch for a small MLP, but XLA:CPU runs a U-Net's update several times slower inside
+    # a loop (docs/xla_cpu.md).
     try:
         for s in range(start, end):
             idx = jnp.asarray(batch_indices(k_data, n, config.batch_size, s), jnp.int32)
