@@ -3,8 +3,8 @@
 import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")
-# One persistent compilation cache for the whole run (pytest-xdist workers, the notebook's
-# kernel and the reproduction's second process all inherit it), inside the checkout.
+# One persistent compilation cache for the whole run (pytest-xdist workers and the notebook's
+# kernel inherit it), inside the checkout.
 os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR",
     os.path.join(os.path.dirname(os.path.dirname(__file__)), ".pytest_cache", "jax-compile"),
