@@ -375,7 +375,7 @@ def _truncate_metrics(run_dir: Path, step: int) -> None:
     if not path.is_file():
         return
     lines = path.read_text().splitlines()
-    kept = [line for line in lines if _logged_step(line) is not None and _logged_step(line) <= step]
+    kept = [line for line in lines if (s := _logged_step(line)) is not None and s <= step]
     if kept != lines or (lines and not path.read_text().endswith("\n")):
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
