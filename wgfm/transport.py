@@ -571,7 +571,7 @@ def _starting_points(process, x_init, *, key, num_samples, shape) -> Array:
             raise ValueError(f"`x_init` must be a batch of shape (n, *shape), got shape {x.shape}.")
         xc = concrete(x)
         if xc is not None and not np.all(np.isfinite(xc)):
-            bad = int(np.argwhere(~np.isfinite(xc.reshape(len(xc), -1)).any(axis=1))[0, 0])
+            bad = int(np.argwhere((~np.isfinite(xc.reshape(len(xc), -1))).any(axis=1))[0, 0])
             raise ValueError(f"`x_init` must be finite; sample {bad} is not.")
         if shape is not None and tuple(x.shape[1:]) != tuple(shape):
             raise ValueError(f"`x_init` must have shape (n, *{tuple(shape)}), got {x.shape}.")
