@@ -111,19 +111,23 @@ def _nan_window(x, t):
     return jnp.where((t > 0.4) & (t < 0.45), jnp.nan, 1.0) * V_TRUE(x, t)
 
 
+def _solve(field, strict=True):
+    return transport.sample_ode(field, VP, key=jax.random.PRNGKey(0), num_samples=4, shape=(2,),
+                                max_steps=256, strict=strict)  # fmt: skip
+
+
 def test_sample_ode_flags_a_non_finite_field_and_names_the_time():
-    kw = dict(key=jax.random.PRNGKey(0), num_samples=4, shape=(2,), max_steps=256)
-    out = transport.sample_ode(_nan_window, VP, strict=False, **kw)
-    assert not out.stats.converged and int(out.stats.num_nonfinite_steps) > 0
+    out = _solve(_nan_window, strict=False)
+    assert not out.stats.converged and np.asarray(out.stats.num_nonfinite_steps) > 0
     a, b = np.asarray(out.stats.first_nonfinite_step)
     assert a > 0.4 and b < 0.45  # a step (going down) whose stages reached into the window
     with pytest.raises(RuntimeError, match=rf"non-finite .* from t={a:.6g} to t={b:.6g}"):
-        transport.sample_ode(_nan_window, VP, **kw)
+        _solve(_nan_window)
     # A NaN field fails fast (one step), not after max_steps with advice about tolerances.
     with pytest.raises(RuntimeError, match=r"non-finite .* from t=1 .*\(1 such steps\)"):
-        transport.sample_ode(lambda x, t: x * jnp.nan, VP, **kw)
-    good = transport.sample_ode(V_TRUE, VP, **kw)
-    assert good.stats.converged and int(good.stats.num_nonfinite_steps) == 0
+        _solve(lambda x, t: x * jnp.nan)
+    good = _solve(V_TRUE)
+    assert good.stats.converged and np.asarray(good.stats.num_nonfinite_steps) == 0
     assert np.all(np.isnan(np.asarray(good.stats.first_nonfinite_step)))
 
 

@@ -386,7 +386,8 @@ class _FiniteWatch(diffrax.AbstractStepSizeController):
         first = jnp.where(bad & (count == 0), times, first)
         count = count + bad.astype(count.dtype)
         if self.fail_fast:
-            result = diffrax.RESULTS.where(bad, diffrax.RESULTS.nonfinite, result)
+            nonfinite = diffrax.RESULTS.nonfinite  # pyright: ignore[reportAttributeAccessIssue]
+            result = diffrax.RESULTS.where(bad, nonfinite, result)  # pyright: ignore[reportArgumentType]
         return keep, tprev, tnext, jump, (inner_state, count, first), result
 
 
