@@ -47,6 +47,8 @@ def tree_checksum(state: Any, meta: dict) -> str:
     """SHA-256 over every leaf's dtype, shape and bytes (in tree order) and the JSON of ``meta``."""
     h = hashlib.sha256()
     for leaf in jax.tree.leaves(state):
+        if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)  # typed keys have no NumPy view
         arr = np.ascontiguousarray(jax.device_get(leaf))
         h.update(f"{arr.dtype.str}{arr.shape}".encode())
         h.update(arr.tobytes())
