@@ -224,7 +224,8 @@ def fit(
     With ``run_dir``: metrics go to ``run_dir/metrics.jsonl`` and checkpoints to
     ``run_dir/checkpoints`` every ``config.checkpoint_every`` steps and at the end; ``resume``
     continues from the newest readable one (unreadable newer ones are moved into
-    ``checkpoints/corrupt/`` with a warning; none at all: a warning and step 0), after checking
+    ``checkpoints/corrupt/`` with a warning; none at all: step 0, with a warning if the
+    directory holds a previous run's metrics or config), after checking
     that its stored config matches ``config`` (``ValueError`` naming the fields that differ),
     and cuts ``metrics.jsonl`` back to the restored step. Without ``resume`` a ``run_dir``
     that already holds checkpoints or metrics is refused (``ValueError``), nothing written.
@@ -351,6 +352,9 @@ def _resume_state(ckpt: Checkpointer, state: TrainState, config: TrainConfig) ->
     ``config``; ``state`` itself (with a warning) when there is no checkpoint."""
     restored = ckpt.restore_latest(state.as_dict())
     if restored is None:
+        run_dir = ckpt.directory.parent
+        if not any((run_dir / f).exists() for f in ("metrics.jsonl", "config.json")):
+            return state  # a fresh directory: nothing was expected to be there
         warnings.warn(
             f"resume: no checkpoint in {ckpt.directory}; starting from step 0.", stacklevel=3
         )
