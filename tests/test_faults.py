@@ -276,3 +276,19 @@ def test_cli_unreadable_checkpoints_one_line(finished_run, tmp_path, capfd):
     assert sorted(p.name for p in (run / "checkpoints" / "corrupt").iterdir()) == ["10", "20"]
     with pytest.raises(ValueError, match="`process`"):  # --debug: the exception itself
         main(["train", "gmm2d", "--debug", "--process", "nope", "--out", str(tmp_path / "x")])
+
+
+def test_typed_keys_checksum_and_shape_check(tmp_path):
+    # orbax stores a typed key as its uint32 data: neither the checksum nor the shape check may
+    # take that for corruption (which would move a sound step aside).
+    state = {"a": jax.numpy.ones(3), "k": jax.random.key(0)}
+    ck = Checkpointer(tmp_path)
+    ck.save(1, state, {})
+    ck.save(2, state, {})
+    restored = Checkpointer(tmp_path).restore_latest(state)
+    assert restored is not None and restored[1]["step"] == 2
+    assert not (tmp_path / "corrupt").exists()
+    with pytest.raises(CheckpointMismatchError, match="6 values"):
+        ck.restore_latest({"a": jax.numpy.ones(4), "k": jax.random.key(0)})
+    assert ck.steps() == [1, 2]
+    ck.close()

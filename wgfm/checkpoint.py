@@ -125,9 +125,9 @@ class Checkpointer:
         try:
             tree = self._manager.item_metadata(step)["state"].tree
             stored = sorted(_shape_dtype(m) for m in jax.tree.leaves(tree))
-        except Exception:
+            wanted = sorted(_shape_dtype(x) for x in jax.tree.leaves(like))
+        except Exception:  # never let the check itself make a sound step look unreadable
             return
-        wanted = sorted(_shape_dtype(x) for x in jax.tree.leaves(like))
         if stored != wanted:
             raise CheckpointMismatchError(
                 f"checkpoint at step {step} in {self.directory} holds {len(stored)} arrays "
@@ -181,6 +181,8 @@ class Checkpointer:
 
 
 def _shape_dtype(x) -> tuple[tuple[int, ...], str]:
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.eval_shape(jax.random.key_data, x)  # orbax stores a typed key as its data
     return tuple(int(d) for d in x.shape), str(np.dtype(x.dtype))
 
 
