@@ -14,9 +14,11 @@ corrupt: it raises :class:`CheckpointMismatchError` and nothing is moved.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import logging
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,19 @@ def _quiet_orbax():
     finally:
         for lg, level in saved:
             lg.setLevel(level)
+
+
+def _collect_quietly() -> None:
+    """Collect the coroutines a failed tensorstore read abandons now, without the "never
+    awaited" warnings and "Exception ignored" reports they would print when collected later."""
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda _: None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gc.collect()
+    finally:
+        sys.unraisablehook = hook
 
 
 class Checkpointer:
@@ -148,6 +163,7 @@ class Checkpointer:
             except CheckpointMismatchError:
                 raise
             except Exception as e:  # orbax/tensorstore raise many types on corrupt files
+                _collect_quietly()
                 moved = self.move_aside(step)
                 first_line = (str(e).strip().splitlines() or [""])[0][:160]
                 warnings.warn(
