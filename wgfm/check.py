@@ -79,6 +79,9 @@ def check_process(
 
 def run_check(dim: int = 2, num_points: int = 64, seed: int = 0) -> list[CheckRow]:
     """Run :func:`check_process` for every process in ``ALL_PROCESSES`` (float64)."""
+    for name, value in (("num_points", num_points), ("dim", dim)):
+        if int(value) < 1:
+            raise ValueError(f"`{name}` must be a positive integer, got {value}.")
     key = jax.random.key(seed)
     with jax.enable_x64(True):
         mixture = _mixture(dim, key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -171,9 +172,29 @@ COMMANDS: dict[str, Callable[..., int | None]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    result = tyro.extras.subcommand_cli_from_dict(COMMANDS, args=args, prog="wgfm")
+    """Run a subcommand. A failure prints one line (``wgfm <command>: error: ...``) and returns 1;
+    ``--debug`` (anywhere on the line) re-raises it with its traceback instead. Warnings print
+    as one line each."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    command = next((a for a in args if a in COMMANDS), "")
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        try:
+            result = tyro.extras.subcommand_cli_from_dict(COMMANDS, args=args, prog="wgfm")
+        except Exception as e:
+            if debug:
+                raise
+            message = " ".join(str(e).split()) or "(no message)"
+            print(f"wgfm {command}: error: {type(e).__name__}: {message} (--debug for the "
+                  "traceback)", file=sys.stderr)  # fmt: skip
+            return 1
     return int(result or 0)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"wgfm: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ integer labels. Readers need only NumPy: no TensorFlow or PyTorch to read the st
 from __future__ import annotations
 
 import gzip
+import io
+import math
 import pickle
 from pathlib import Path
 from typing import Any
@@ -93,7 +95,8 @@ def read_idx(path: str | Path) -> np.ndarray:
     if len(raw) < 4 + 4 * ndim:
         raise ValueError(f"{path}: truncated IDX header.")
     shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
-    size, start = int(np.prod(shape)), 4 + 4 * ndim
+    # math.prod on Python ints: a NumPy product of header sizes can wrap around to 0.
+    size, start = math.prod(shape), 4 + 4 * ndim
     if len(raw) != start + size:
         raise ValueError(
             f"{path}: expected {size} data bytes for shape {shape}, found {len(raw) - start} "
@@ -128,7 +131,7 @@ def read_cifar_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """One CIFAR-10 python batch as ``(N, 32, 32, 3)`` uint8 images and labels."""
     path = Path(path)
     try:
-        d = pickle.loads(_read_bytes(path), encoding="bytes")
+        d = _CifarUnpickler(io.BytesIO(_read_bytes(path)), encoding="bytes").load()
     except Exception as e:  # pickle raises many types on corrupt input
         raise ValueError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {e}).") from e
     if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
@@ -137,9 +140,29 @@ def read_cifar_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise ValueError(f"{path}: b'data' must be uint8 of shape (N, 3072), got "
                          f"{data.dtype} {data.shape}.")  # fmt: skip
-    if labels.shape != (data.shape[0],):
-        raise ValueError(f"{path}: {labels.shape[0]} labels for {data.shape[0]} images.")
+    if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{path}: b'labels' must be {data.shape[0]} integers (one per image), "
+                         f"got {labels.dtype} of shape {labels.shape}.")  # fmt: skip
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels.astype(np.int32)
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Admits only what CIFAR-10 batches hold (builtin containers, bytes and NumPy arrays): a
+    pickle can call any importable function, so an arbitrary file must not reach one."""
+
+    _ALLOWED = {
+        ("_codecs", "encode"),  # bytes pickled by Python 3 with protocol 2
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        *((m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray")
+          for n in ("_reconstruct", "scalar")),
+        *((m, "_frombuffer") for m in ("numpy.core.numeric", "numpy._core.numeric")),
+    }  # fmt: skip
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
+        return super().find_class(module, name)
 
 
 def load_cifar10(data_dir: str | Path, split: str = "train") -> tuple[np.ndarray, np.ndarray]:

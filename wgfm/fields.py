@@ -15,8 +15,11 @@ from collections.abc import Callable
 from typing import Literal
 
 import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from ._checks import concrete
 from .processes import AbstractProcess
 
 Quantity = Literal["score", "eps", "x0", "velocity"]
@@ -81,7 +84,38 @@ class ConvertedField(eqx.Module):
         _check_kind(self.dst, "dst")
 
     def __call__(self, x: Array, t: Scalar) -> Array:
-        return convert(self.process, x, t, self.field(x, t), src=self.src, dst=self.dst)  # type: ignore[arg-type]
+        """The converted value. ``ValueError`` if ``t`` is not a scalar or the wrapped field's
+        output is not shaped like ``x`` (static: also under ``jit``), or if a concrete ``t`` is
+        outside the process's times or where the conversion divides by zero (``sigma_t = 0``
+        for eps/x0 -> score, ``alpha_t = 0`` for -> x0, ``g_t = 0`` for velocity -> score).
+        A traced ``t`` is not checked: the formula stays free of checks in compiled code."""
+        if jnp.ndim(t) != 0:
+            raise ValueError(f"`t` must be a scalar (one time per sample; vmap over samples), "
+                             f"got shape {jnp.shape(t)}.")  # fmt: skip
+        self._check_time(t)
+        value = self.field(x, t)
+        if jnp.shape(value) != jnp.shape(x):
+            raise ValueError(f"`field` must return an array shaped like `x` {jnp.shape(x)}, got "
+                             f"{jnp.shape(value)}.")  # fmt: skip
+        return convert(self.process, x, t, value, src=self.src, dst=self.dst)  # type: ignore[arg-type]
+
+    def _check_time(self, t) -> None:
+        if concrete(t) is None:
+            return
+        self.process.check_time(t)
+        p, kinds = self.process, (self.src, self.dst)
+        divisors = {
+            "sigma_t": p.sigma(t) if self.src in ("eps", "x0") and self.dst != self.src else 1.0,
+            "alpha_t": p.alpha(t) if "x0" in kinds else 1.0,
+            "g_t^2": p.g2(t) if self.src == "velocity" else 1.0,
+        }
+        for name, value in divisors.items():
+            v = concrete(value)  # traced when t is a Python constant inside jit
+            if v is not None and not np.all(np.abs(v) > 0):
+                raise ValueError(
+                    f"`t` = {t!r}: converting {self.src} -> {self.dst} divides by {name} = 0 "
+                    f"for {type(p).__name__}; use t in [t_min, t_max] = [{p.t_min}, {p.t_max}]."
+                )
 
 
 def wgf_velocity(process: AbstractProcess, score_field: Field) -> ConvertedField:

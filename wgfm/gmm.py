@@ -6,6 +6,8 @@ If ``x0 ~ sum_k w_k N(mu_k, Sigma_k)`` then ``x_t = alpha_t x0 + sigma_t eps`` i
 
 from __future__ import annotations
 
+import operator
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -33,6 +35,12 @@ class GaussianMixture(eqx.Module):
         means = jnp.asarray(means)
         if means.ndim != 2:
             raise ValueError(f"`means` must have shape (K, D), got {means.shape}.")
+        if not jnp.issubdtype(means.dtype, jnp.floating):  # integer means would make all ints
+            means = means.astype(jnp.result_type(float))
+        m = concrete(means)
+        if m is not None and not np.all(np.isfinite(m)):
+            raise ValueError(f"`means` must be finite, got {int((~np.isfinite(m)).sum())} "
+                             "non-finite entries.")  # fmt: skip
         k, d = means.shape
         weights = jnp.asarray(weights, dtype=means.dtype)
         if weights.shape != (k,):
@@ -94,7 +102,13 @@ class GaussianMixture(eqx.Module):
     def sample_with_labels(self, n: int, *, key: PRNGKeyArray) -> tuple[Array, Array]:
         """``n`` samples and the index of the component each came from (one compiled program
         per ``n``: called eagerly, the draw would otherwise compile op by op)."""
-        return _sample_with_labels(self, int(n), key)
+        try:
+            count = operator.index(n)
+        except TypeError:
+            count = -1
+        if count < 0:
+            raise ValueError(f"`n` must be a non-negative integer, got {n!r}.")
+        return _sample_with_labels(self, count, key)
 
     def mean(self) -> Float[Array, " d"]:
         return self.weights @ self.means

@@ -5,6 +5,11 @@ and the noise ``eps`` (drawn by the caller from an explicit key), form
 ``x_t = alpha_t x0 + sigma_t eps`` and return the *unweighted* squared error summed over
 coordinates. Multiply by a weighting of ``t`` and average over the batch outside.
 
+Checks (``ValueError`` naming the argument): ``eps`` and the model's output must have ``x0``'s
+shape and ``t`` must be a scalar (static shapes: checked under ``jit``/``vmap`` too); a concrete
+``t`` must lie in ``[t_min, t_max]`` (at ``t = 0`` the DSM target ``-eps / sigma_0`` is
+infinite). A traced ``t`` is not checked: the samplers below only draw times in range.
+
 Identities (exact, per example): with ``v_theta = a_t x_t + b_t (-eps_theta / sigma_t)``,
 ``fm_loss(v_theta) = eps_to_fm_weight(t) * eps_loss(eps_theta)``; ``dsm_loss * sigma_t^2 =
 eps_loss`` for ``s_theta = -eps_theta / sigma_t``.
@@ -18,38 +23,52 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from ._checks import check_time
 from .fields import Field, conditional_velocity
 from .processes import AbstractProcess
 
 Scalar = Float[ArrayLike, ""]
 
 
-def _noised(process: AbstractProcess, x0: Array, t: Scalar, eps: Array) -> Array:
-    return process.alpha(t) * x0 + process.sigma(t) * eps
+def _predict(model: Field, process: AbstractProcess, x0: Array, t: Scalar, eps: Array) -> Array:
+    """The model's prediction at ``x_t = alpha_t x0 + sigma_t eps``, after the edge checks."""
+    if jnp.shape(eps) != jnp.shape(x0):
+        raise ValueError(
+            f"`eps` must have the shape of `x0` {jnp.shape(x0)}, got {jnp.shape(eps)}."
+        )
+    if jnp.ndim(t) != 0:
+        raise ValueError(f"`t` must be a scalar (one time per example; vmap over examples), "
+                         f"got shape {jnp.shape(t)}.")  # fmt: skip
+    check_time("t", t, process.t_min, process.t_max, f"the losses of {type(process).__name__}")
+    pred = model(process.alpha(t) * x0 + process.sigma(t) * eps, t)
+    if jnp.shape(pred) != jnp.shape(x0):
+        raise ValueError(f"`model` must return an array shaped like `x0` {jnp.shape(x0)}, got "
+                         f"{jnp.shape(pred)}.")  # fmt: skip
+    return pred
 
 
 def eps_loss(model: Field, process: AbstractProcess, x0: Array, t: Scalar, eps: Array) -> Array:
     """``||eps_theta(x_t, t) - eps||^2`` (DDPM's objective)."""
-    return jnp.sum((model(_noised(process, x0, t, eps), t) - eps) ** 2)
+    return jnp.sum((_predict(model, process, x0, t, eps) - eps) ** 2)
 
 
 def dsm_loss(model: Field, process: AbstractProcess, x0: Array, t: Scalar, eps: Array) -> Array:
     """Denoising score matching ``||s_theta(x_t, t) - grad log p(x_t | x0)||^2``,
     with ``grad log p(x_t | x0) = -eps / sigma_t``."""
-    target = -eps / process.sigma(t)
-    return jnp.sum((model(_noised(process, x0, t, eps), t) - target) ** 2)
+    pred = _predict(model, process, x0, t, eps)
+    return jnp.sum((pred + eps / process.sigma(t)) ** 2)
 
 
 def x0_loss(model: Field, process: AbstractProcess, x0: Array, t: Scalar, eps: Array) -> Array:
     """``||x0_theta(x_t, t) - x0||^2``."""
-    return jnp.sum((model(_noised(process, x0, t, eps), t) - x0) ** 2)
+    return jnp.sum((_predict(model, process, x0, t, eps) - x0) ** 2)
 
 
 def fm_loss(model: Field, process: AbstractProcess, x0: Array, t: Scalar, eps: Array) -> Array:
     """WGF flow matching ``||v_theta(x_t, t) - u_t(x0, eps)||^2`` with
     ``u_t = alpha_t' x0 + sigma_t' eps``; its minimiser is the WGF velocity ``v_t``."""
-    target = conditional_velocity(process, x0, eps, t)
-    return jnp.sum((model(_noised(process, x0, t, eps), t) - target) ** 2)
+    pred = _predict(model, process, x0, t, eps)
+    return jnp.sum((pred - conditional_velocity(process, x0, eps, t)) ** 2)
 
 
 LOSSES: dict[str, Callable[..., Array]] = {

@@ -12,8 +12,10 @@ from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
+from ._checks import concrete
 from .gmm import GaussianMixture
 
 __all__ = [
@@ -39,7 +41,15 @@ def _check_pair(x, y, name_x: str = "x", name_y: str = "y") -> tuple[Array, Arra
         )
     if x.shape[0] < 2 or y.shape[0] < 2:
         raise ValueError(f"need at least 2 samples in each set, got {x.shape[0]}, {y.shape[0]}.")
+    for name, arr in ((name_x, x), (name_y, y)):
+        _check_float(name, arr)
     return x, y
+
+
+def _check_float(name: str, arr: Array) -> None:
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        raise ValueError(f"`{name}` must be floating point samples, got dtype {arr.dtype} "
+                         "(convert with .astype(float)).")  # fmt: skip
 
 
 def sliced_wasserstein(
@@ -94,7 +104,12 @@ def mmd(
     """Unbiased squared MMD with the sum of RBF kernels ``exp(-|a-b|^2 / (2 h^2))`` over
     ``bandwidths`` (Gretton et al. 2012, eq. 3). Can be slightly negative at the noise floor."""
     x, y = _check_pair(x, y)
-    return _mmd(x, y, jnp.asarray(bandwidths, dtype=jnp.result_type(x, y)).reshape(-1))
+    h = jnp.asarray(bandwidths, dtype=jnp.result_type(x, y)).reshape(-1)
+    hc = concrete(h)  # None under jit: only the (static) emptiness is checked there
+    if h.size == 0 or (hc is not None and not np.all(np.isfinite(hc) & (hc > 0))):
+        raise ValueError(f"`bandwidths` must be a non-empty sequence of finite values > 0, got "
+                         f"{bandwidths!r}.")  # fmt: skip
+    return _mmd(x, y, h)
 
 
 @jax.jit
@@ -207,6 +222,7 @@ def sinkhorn_w2(
 
 def _check_batch(mixture: GaussianMixture, x) -> Array:
     x = jnp.asarray(x)
-    if x.ndim != 2 or x.shape[1] != mixture.dim:
-        raise ValueError(f"`x` must have shape (n, {mixture.dim}), got {x.shape}.")
+    if x.ndim != 2 or x.shape[1] != mixture.dim or x.shape[0] < 1:
+        raise ValueError(f"`x` must have shape (n, {mixture.dim}) with n >= 1, got {x.shape}.")
+    _check_float("x", x)
     return x

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -43,6 +45,9 @@ class RunConfig:
     """Run directory name under ``out`` (default: the preset's dataset and model)."""
     seed: int = 0
     resume: bool = False
+    """Continue the run in the run directory (its config.json must agree with this one)."""
+    overwrite: bool = False
+    """Move a run already in the run directory aside (to ``<name>.replaced-<n>``), then train."""
     figure_samples: int = 256
     progress: bool = True
     devices: int | None = None
@@ -114,17 +119,83 @@ def run(config: RunConfig) -> Path:
         )
     process = processes.ALL_PROCESSES[config.process]()
     model = get_model(config.model, predicts=config.predicts, conservative=config.conservative)
+    run_dir = config.run_dir()
+    check_run_dir(config, run_dir)
     k_data, k_train, k_fig = jax.random.split(jax.random.PRNGKey(config.seed), 3)
     x = load_data(config, key=k_data)
-    run_dir = config.run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if config.overwrite and _holds_run(run_dir):
+        moved = _move_run_aside(run_dir)
+        print(f"wgfm train: moved the previous run in {run_dir} to {moved}", file=sys.stderr)
     resolved = json.dumps(dataclasses.asdict(config), indent=2, default=str)
-    (run_dir / "config.json").write_text(resolved)
+
+    def write_config(step: int) -> None:  # only once the starting state is settled
+        tmp = run_dir / "config.json.tmp"
+        tmp.write_text(resolved)
+        os.replace(tmp, run_dir / "config.json")
+
     result = fit(model, process, x, config.train, key=k_train, run_dir=run_dir,
-                 resume=config.resume, progress=config.progress, mesh=mesh)  # fmt: skip
+                 resume=config.resume, progress=config.progress, mesh=mesh,
+                 on_start=write_config)  # fmt: skip
     save_sample_figure(model, result.ema, process, x, run_dir / "samples.png",
                        num=config.figure_samples, key=k_fig)  # fmt: skip
     return run_dir
+
+
+# Fields that do not change what a run computes: a resume may differ in them.
+_RESUMABLE = ("data", "out", "name", "resume", "overwrite", "figure_samples", "progress",
+              "devices", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every")  # fmt: skip
+_RUN_FILES = ("config.json", "checkpoints", "metrics.jsonl", "samples.png")
+
+
+def _holds_run(run_dir: Path) -> bool:
+    return any((run_dir / f).exists() for f in _RUN_FILES)
+
+
+def check_run_dir(config: RunConfig, run_dir: Path) -> None:
+    """Refuse (``ValueError``) to train into a directory holding a run unless ``resume`` with
+    the same configuration (the fields that differ are named) or ``overwrite``."""
+    if config.resume and config.overwrite:
+        raise ValueError("`resume` and `overwrite` exclude each other: pass one of them.")
+    if not _holds_run(run_dir) or config.overwrite:
+        return
+    if not config.resume:
+        raise ValueError(
+            f"run directory {run_dir} already holds a run: pass `--resume` to continue it, "
+            "`--overwrite` to move it aside, or another `--name`."
+        )
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return  # the checkpoints' own config is compared by `fit`
+    try:
+        stored = _flatten(json.loads(path.read_text()))
+    except (ValueError, AttributeError) as e:
+        raise ValueError(f"resume: {path} is not a readable run configuration ({e}).") from None
+    wanted = _flatten(json.loads(json.dumps(dataclasses.asdict(config), default=str)))
+    differ = [k for k in wanted if k not in _RESUMABLE and stored.get(k, wanted[k]) != wanted[k]]
+    if differ:
+        pairs = ", ".join(f"{k}: {stored[k]!r} -> {wanted[k]!r}" for k in differ)
+        raise ValueError(
+            f"resume: {run_dir} holds a run of another configuration ({pairs}); resume with "
+            "the stored values or train under another `--name`. Nothing was written."
+        )
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _move_run_aside(run_dir: Path) -> Path:
+    n = 1
+    while (dest := run_dir.with_name(f"{run_dir.name}.replaced-{n}")).exists():
+        n += 1
+    run_dir.rename(dest)
+    return dest
 
 
 def save_sample_figure(model, params, process, data, path: Path, *, num: int, key) -> None:

@@ -8,7 +8,10 @@ log-rate ``dlog_alpha(t) = d log alpha_t / dt`` and ``g2(t)``, the squared diffu
 
 Times: each process has ``t_max`` (terminal time) and ``t_min`` (the smallest time to integrate
 to; quantities like the score blow up as ``sigma_t -> 0``, so solvers stop at ``t_min``).
-``alpha``/``sigma`` accept any ``t`` in ``[0, t_max]`` (``[t_min, t_max]`` for EDM).
+``alpha``/``sigma`` accept any ``t`` in ``[0, t_max]`` (``[t_min, t_max]`` for EDM): a concrete
+``t`` outside raises ``ValueError`` naming it; a traced one is not checked (the formulas stay
+free of checks inside compiled code; the public entry points that trace them, such as
+:func:`wgfm.transport.sample_ode` and the training step, only ever pass times in range).
 The prior is ``N(0, sigma(t_max)^2 I)``: the law of ``x_T`` for data at the origin.
 """
 
@@ -147,9 +150,11 @@ class VP(AbstractProcess):
         return self.beta_min + (self.beta_max - self.beta_min) * _f(t)
 
     def alpha(self, t):
+        self.check_time(t)
         return jnp.exp(-0.5 * self._B(t))
 
     def sigma(self, t):
+        self.check_time(t)
         return jnp.sqrt(-jnp.expm1(-self._B(t)))
 
     def dlog_alpha(self, t):
@@ -171,9 +176,11 @@ class OU(AbstractProcess):
         _check_interval(self.t_min, self.t_max)
 
     def alpha(self, t):
+        self.check_time(t)
         return jnp.exp(-0.5 * self.beta * _f(t))
 
     def sigma(self, t):
+        self.check_time(t)
         return jnp.sqrt(-jnp.expm1(-self.beta * _f(t)))
 
     def dlog_alpha(self, t):
@@ -205,9 +212,11 @@ class VPCosine(AbstractProcess):
         return (jnp.cos(self._phi(t)) / math.cos(self.s / (1 + self.s) * math.pi / 2)) ** 2
 
     def alpha(self, t):
+        self.check_time(t)
         return jnp.cos(self._phi(t)) / math.cos(self.s / (1 + self.s) * math.pi / 2)
 
     def sigma(self, t):
+        self.check_time(t)
         # 1 - cos^2 phi / cos^2 phi0 = sin(phi - phi0) sin(phi + phi0) / cos^2 phi0, exact at t -> 0.
         p0 = self.s / (1 + self.s) * math.pi / 2
         p = self._phi(t)
@@ -248,9 +257,11 @@ class VPSigmoid(AbstractProcess):
         return (_sig(self.end / self.tau) - jax.nn.sigmoid(self._u(t))) / self._z()
 
     def alpha(self, t):
+        self.check_time(t)
         return jnp.sqrt(self.alphabar(t))
 
     def sigma(self, t):
+        self.check_time(t)
         # 1 - alphabar = (S(u) - S(start/tau)) / Z, accurate near t = 0.
         return jnp.sqrt((jax.nn.sigmoid(self._u(t)) - _sig(self.start / self.tau)) / self._z())
 
@@ -290,9 +301,11 @@ class SubVP(AbstractProcess):
         return self.beta_min + (self.beta_max - self.beta_min) * _f(t)
 
     def alpha(self, t):
+        self.check_time(t)
         return jnp.exp(-0.5 * self._B(t))
 
     def sigma(self, t):
+        self.check_time(t)
         return -jnp.expm1(-self._B(t))
 
     def dlog_alpha(self, t):
@@ -316,9 +329,11 @@ class VE(AbstractProcess):
         _check_interval(self.t_min, self.t_max)
 
     def alpha(self, t):
+        self.check_time(t)
         return jnp.ones_like(_f(t))
 
     def sigma(self, t):
+        self.check_time(t)
         return self.sigma_min * (self.sigma_max / self.sigma_min) ** _f(t)
 
     def dlog_alpha(self, t):
@@ -348,9 +363,11 @@ class LinearInterpolant(AbstractProcess):
         return False
 
     def alpha(self, t):
+        self.check_time(t)
         return 1.0 - _f(t)
 
     def sigma(self, t):
+        self.check_time(t)
         return _f(t)
 
     def dlog_alpha(self, t):
@@ -378,9 +395,11 @@ class EDM(AbstractProcess):
         _check_interval(self.t_min, self.t_max)
 
     def alpha(self, t):
+        self.check_time(t)
         return jnp.ones_like(_f(t))
 
     def sigma(self, t):
+        self.check_time(t)
         return _f(t)
 
     def dlog_alpha(self, t):

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +62,15 @@ class TrainConfig:
                 raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"`ema_decay` must be in [0, 1), got {self.ema_decay}.")
+        for name in ("lr", "clip_norm"):
+            if not (np.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"`{name}` must be finite and > 0, got {getattr(self, name)}.")
+        if not (np.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"`weight_decay` must be finite and >= 0, got {self.weight_decay}.")
+        if int(self.warmup_steps) < 0:
+            raise ValueError(f"`warmup_steps` must be >= 0, got {self.warmup_steps}.")
+        if int(self.keep_checkpoints) < 1:
+            raise ValueError(f"`keep_checkpoints` must be >= 1, got {self.keep_checkpoints}.")
         get_weighting(self.weighting)
         if self.time_sampler not in TIME_SAMPLERS:
             raise ValueError(
@@ -200,6 +211,7 @@ def fit(
     extra_meta: dict | None = None,
     mesh: jax.sharding.Mesh | None = None,
     snapshot_steps: Sequence[int] = (),
+    on_start: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``data`` (``(N, *sample_shape)``) for ``config.steps`` updates.
 
@@ -209,7 +221,15 @@ def fit(
 
     With ``run_dir``: metrics go to ``run_dir/metrics.jsonl`` and checkpoints to
     ``run_dir/checkpoints`` every ``config.checkpoint_every`` steps and at the end; ``resume``
-    continues from the newest readable one. ``stop_at`` ends the call early after that step
+    continues from the newest readable one (unreadable newer ones are moved into
+    ``checkpoints/corrupt/`` with a warning; none at all: step 0, with a warning if the
+    directory holds a previous run's metrics or config), after checking
+    that its stored config matches ``config`` (``ValueError`` naming the fields that differ),
+    and cuts ``metrics.jsonl`` back to the restored step. Without ``resume`` a ``run_dir``
+    that already holds checkpoints or metrics is refused (``ValueError``), nothing written.
+    ``on_start(step)`` is called once the starting state is settled, before the first update
+    (to write files that must only describe a run that really starts).
+    ``stop_at`` ends the call early after that step
     (with a checkpoint), as an interruption would. ``snapshot_steps`` keeps the EMA parameters
     after those steps (``TrainResult.snapshots``): a training curve without retraining. Raises
     ``ValueError`` on non-finite data before the first step, :class:`NonFiniteLossError`
@@ -231,12 +251,17 @@ def fit(
         from .checkpoint import Checkpointer  # orbax is imported only for runs that checkpoint
 
         run_dir = Path(run_dir)
+        if not resume:
+            _refuse_used_run_dir(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt = Checkpointer(run_dir / "checkpoints", max(2, config.keep_checkpoints))
-        if resume and (restored := ckpt.restore_latest(state.as_dict())) is not None:
-            state = TrainState(**restored[0])
+        if resume:
+            state = _resume_state(ckpt, state, config)
+            _truncate_metrics(run_dir, int(state.step))
     elif resume:
         raise ValueError("`resume=True` needs a `run_dir` to resume from.")
+    if on_start is not None:
+        on_start(int(state.step))
     step_fn = make_train_step(model, process, config)
     data_dev = jnp.asarray(data)
     if mesh is not None:
@@ -276,8 +301,9 @@ def fit(
                 _save(ckpt, state, done, n, config, meta)
     except KeyboardInterrupt:
         # Keep what was done: the state after the last completed step, if it is sound.
-        if ckpt is not None and int(state.bad_step) < 0 and int(state.step) > 0:
-            _save(ckpt, state, int(state.step), n, config, meta)
+        step = int(state.step)
+        if ckpt is not None and int(state.bad_step) < 0 and step > 0 and step not in ckpt.steps():
+            _save(ckpt, state, step, n, config, meta)
         raise
     finally:
         bar.close()
@@ -301,6 +327,68 @@ def _check_data(data) -> np.ndarray:
             "training was not started."
         )
     return arr
+
+
+# TrainConfig fields that only say how a run is recorded: a resume may change them.
+_BOOKKEEPING = ("checkpoint_every", "keep_checkpoints", "log_every")
+
+
+def _refuse_used_run_dir(run_dir: Path) -> None:
+    ck, metrics = run_dir / "checkpoints", run_dir / "metrics.jsonl"
+    used = (ck.is_dir() and any(p.name.isdigit() for p in ck.iterdir())) or (
+        metrics.is_file() and metrics.stat().st_size > 0
+    )
+    if used:
+        raise ValueError(
+            f"`run_dir` {run_dir} already holds a run (checkpoints or metrics.jsonl); pass "
+            "`resume=True` to continue it or choose another directory. Nothing was written."
+        )
+
+
+def _resume_state(ckpt: Checkpointer, state: TrainState, config: TrainConfig) -> TrainState:
+    """The newest readable checkpoint's state, after checking that it was trained with
+    ``config``; ``state`` itself (with a warning) when there is no checkpoint."""
+    restored = ckpt.restore_latest(state.as_dict())
+    if restored is None:
+        run_dir = ckpt.directory.parent
+        if not any((run_dir / f).exists() for f in ("metrics.jsonl", "config.json")):
+            return state  # a fresh directory: nothing was expected to be there
+        warnings.warn(
+            f"resume: no checkpoint in {ckpt.directory}; starting from step 0.", stacklevel=3
+        )
+        return state
+    stored = restored[1].get("config", {})
+    wanted = dataclasses.asdict(config)
+    differ = [k for k in wanted if k not in _BOOKKEEPING and k in stored and stored[k] != wanted[k]]
+    if differ:
+        pairs = ", ".join(f"{k}: {stored[k]!r} -> {wanted[k]!r}" for k in differ)
+        raise ValueError(
+            f"resume: the checkpoint at step {restored[1].get('step')} in {ckpt.directory} was "
+            f"trained with another `config` ({pairs}); resume with the same values or train "
+            "into a new directory."
+        )
+    return TrainState(**restored[0])
+
+
+def _truncate_metrics(run_dir: Path, step: int) -> None:
+    """Keep the records of ``metrics.jsonl`` up to ``step`` (a resumed run logs the later ones
+    again), dropping a line cut short by a kill; replaced atomically (write, then rename)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if (s := _logged_step(line)) is not None and s <= step]
+    if kept != lines or (lines and not path.read_text().endswith("\n")):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+
+
+def _logged_step(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _check_finite(state: TrainState, ckpt: Checkpointer | None) -> None:

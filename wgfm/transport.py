@@ -64,7 +64,12 @@ class SolveStats(eqx.Module):
     result: Int[Array, "..."]
     """diffrax result code (``diffrax.RESULTS``; 0 = successful)."""
     ok: Array
-    """Successful and finite."""
+    """Successful and finite (and no non-finite field value met on the way, where counted)."""
+    num_nonfinite_steps: Int[Array, "..."] | None = None
+    """Attempted steps (accepted or rejected) in which the field or the state was non-finite
+    (:func:`sample_ode`; ``None`` where not counted)."""
+    first_nonfinite_step: Array | None = None
+    """``(t0, t1)`` of the first such step (NaN if none): the field was non-finite between."""
 
     @property
     def converged(self) -> bool:
@@ -106,7 +111,14 @@ class LikelihoodResult(eqx.Module):
 
 _RESULT_MESSAGES = {
     int(getattr(diffrax.RESULTS, name)._value): diffrax.RESULTS[getattr(diffrax.RESULTS, name)]
-    for name in ("successful", "max_steps_reached", "singular", "breakdown", "dt_min_reached")
+    for name in (
+        "successful",
+        "max_steps_reached",
+        "singular",
+        "breakdown",
+        "dt_min_reached",
+        "nonfinite",
+    )
     if hasattr(diffrax.RESULTS, name)
 }
 
@@ -143,7 +155,16 @@ def sample_ode(
     shape ``shape`` from ``key``. ``field`` predicts ``kind`` (converted to the WGF velocity
     with :func:`wgfm.fields.as_field`). Defaults: ``Tsit5`` with ``PIDController`` at
     ``rtol = atol = 1e-5``; ``rtol``/``atol`` (arrays, no recompile) override the controller's.
-    ``save_times`` (decreasing, in ``[t_end, t_start]``) returns the trajectory there."""
+    ``save_times`` (decreasing, in ``[t_end, t_start]``) returns the trajectory there.
+
+    Every attempted step, rejected ones included, is watched for non-finite values of the
+    field (``SolveStats.num_nonfinite_steps``, ``first_nonfinite_step``): an adaptive solver
+    would otherwise step over a window where the field is NaN by rejecting steps. With
+    ``strict`` the solve stops at the first one (diffrax ``RESULTS.nonfinite``) and raises,
+    naming the times; without, it goes on and the sample is flagged (``ok = False``).
+    ``ValueError`` for a non-finite concrete ``x_init``, negative ``rtol``/``atol`` or
+    ``max_steps < 1``."""
+    _check_max_steps(max_steps)
     x = _starting_points(process, x_init, key=key, num_samples=num_samples, shape=shape)
     t_start, t_end = _times(process, t_start, process.t_max, t_end, process.t_min, x.dtype)
     velocity = as_field(process, field, src=kind, dst="velocity")
@@ -152,7 +173,7 @@ def sample_ode(
     dt0 = None if dt0 is None else jnp.asarray(dt0)
     res = _sample_jit(
         velocity, x, t_start, t_end, ts, tol, dt0, solver, controller, adjoint,
-        max_steps, per_sample,
+        int(max_steps), per_sample, strict,
     )  # fmt: skip
     return _strict(res, strict)
 
@@ -209,6 +230,7 @@ def log_likelihood(
     Hutchinson with ``num_probes`` probes of ``probe_kind`` ("rademacher" or "gaussian") drawn
     once per solve from ``key`` and averaged. ``prior_log_density`` (one sample -> scalar)
     defaults to the process prior. Differentiable through ``adjoint``."""
+    _check_max_steps(max_steps)
     x = jnp.asarray(x)
     if x.ndim < 2:
         raise ValueError(f"`x` must be a batch of shape (n, *shape), got shape {x.shape}.")
@@ -297,17 +319,20 @@ def bits_per_dim(
 
 def _sample_impl(
     velocity, x, t_start, t_end, ts, tol, dt0, solver, controller, adjoint,
-    max_steps, per_sample,
+    max_steps, per_sample, fail_fast,
 ):  # fmt: skip
     _check_field_output(velocity, x[0], t_start)  # at trace time only: free on later calls
     controller = _with_tol(controller, tol, x.dtype)
-    saveat = diffrax.SaveAt(t1=True) if ts is None else diffrax.SaveAt(ts=ts, t1=True)
+    watch = _FiniteWatch(controller, fail_fast)
+    saveat = diffrax.SaveAt(t1=True, controller_state=True)
+    if ts is not None:
+        saveat = diffrax.SaveAt(ts=ts, t1=True, controller_state=True)
     term = diffrax.ODETerm(lambda t, y, args: args(y, t).astype(y.dtype))
 
     def solve(y0, vf):
         return diffrax.diffeqsolve(
             term, solver, t_start, t_end, dt0, y0, args=vf, saveat=saveat,
-            stepsize_controller=controller, adjoint=adjoint, max_steps=max_steps, throw=False,
+            stepsize_controller=watch, adjoint=adjoint, max_steps=max_steps, throw=False,
         )  # fmt: skip
 
     if per_sample:
@@ -320,7 +345,55 @@ def _sample_impl(
         samples, traj = ys[-1], (None if ts is None else jnp.moveaxis(ys[:-1], 0, 1))
     finite = jnp.all(jnp.isfinite(samples.reshape(samples.shape[0], -1)), axis=1)
     stats = _stats(sol, solver, controller, dt0 is not None, finite if per_sample else finite.all())
+    _, count, first = sol.controller_state  # type: ignore[misc]
+    stats = eqx.tree_at(
+        lambda s: (s.ok, s.num_nonfinite_steps, s.first_nonfinite_step),
+        stats,
+        (stats.ok & (count == 0), count, first),
+        is_leaf=lambda v: v is None,
+    )
     return SampleResult(samples, traj, ts, stats)
+
+
+class _FiniteWatch(diffrax.AbstractStepSizeController):
+    """Wraps a step-size controller to count attempted steps whose candidate state or error
+    estimate is non-finite (a non-finite field value at any stage makes them so), with the
+    times of the first; ``fail_fast`` ends the solve there with ``RESULTS.nonfinite``. The
+    controller sees rejected steps too, which the solver's own state forgets."""
+
+    inner: diffrax.AbstractStepSizeController
+    fail_fast: bool = eqx.field(static=True)
+    direction: Any = 1
+
+    def wrap(self, direction):
+        return _FiniteWatch(self.inner.wrap(direction), self.fail_fast, direction)
+
+    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+        tnext, state = self.inner.init(terms, t0, t1, y0, dt0, args, func, error_order)
+        dtype = jnp.result_type(t0, t1)
+        first = jnp.full((2,), jnp.nan, dtype)
+        return tnext, (state, jnp.zeros((), jnp.int32), first)
+
+    def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, state):
+        inner_state, count, first = state
+        bad = ~_all_finite(y1_candidate)
+        if y_error is not None:
+            bad = bad | ~_all_finite(y_error)
+        keep, tprev, tnext, jump, inner_state, result = self.inner.adapt_step_size(
+            t0, t1, y0, y1_candidate, args, y_error, error_order, inner_state
+        )
+        times = jnp.stack([t0, t1]).astype(first.dtype) * self.direction  # diffrax flips time
+        first = jnp.where(bad & (count == 0), times, first)
+        count = count + bad.astype(count.dtype)
+        if self.fail_fast:
+            nonfinite = diffrax.RESULTS.nonfinite  # pyright: ignore[reportAttributeAccessIssue]
+            result = diffrax.RESULTS.where(bad, nonfinite, result)  # pyright: ignore[reportArgumentType]
+        return keep, tprev, tnext, jump, (inner_state, count, first), result
+
+
+def _all_finite(tree) -> Array:
+    leaves = [jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 def _likelihood_impl(
@@ -404,6 +477,27 @@ _NONFINITE_MSG = (
 )
 
 
+_FIELD_NONFINITE_MSG = (
+    "wgfm.transport: the field or the state became non-finite (inf/nan) during the solve{where}; "
+    "check the field (and `x_init`) there, or pass strict=False to get the flagged result."
+)
+
+
+def _first_nonfinite(stats: SolveStats) -> str:
+    """Where the first sample that met a non-finite value met it (host only)."""
+    first = np.asarray(stats.first_nonfinite_step).reshape(-1, 2)
+    first = first[~np.isnan(first[:, 0])]
+    if not len(first):
+        return ""
+    n = int(np.sum(np.asarray(stats.num_nonfinite_steps)))
+    return f" in the step from t={first[0, 0]:.6g} to t={first[0, 1]:.6g} ({n} such steps)"
+
+
+def _check_max_steps(max_steps) -> None:
+    if not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
+        raise ValueError(f"`max_steps` must be an integer >= 1, got {max_steps!r}.")
+
+
 def _strict(res, strict: bool):
     """``res`` (a result with ``.stats``) after the strict checks: raises ``RuntimeError`` if any
     sample hit ``max_steps``, failed otherwise or is non-finite. The checks run on the host,
@@ -415,6 +509,12 @@ def _strict(res, strict: bool):
     code, ok = res.stats.result, res.stats.ok  # ok = successful & finite
     traced = concrete(code) is None  # inside the caller's jit/vmap
     xp = jnp if traced else np
+    count = res.stats.num_nonfinite_steps
+    if count is not None:
+        if traced:
+            res = eqx.error_if(res, jnp.any(count > 0), _FIELD_NONFINITE_MSG.format(where=""))
+        elif np.any(np.asarray(count) > 0):
+            raise RuntimeError(_FIELD_NONFINITE_MSG.format(where=_first_nonfinite(res.stats)))
     failures = (
         (xp.any(code == diffrax.RESULTS.max_steps_reached._value), _MAX_STEPS_MSG),
         (xp.any(code != diffrax.RESULTS.successful._value), _FAILED_MSG),
@@ -443,6 +543,10 @@ def _defaults(solver, controller, adjoint, rtol, atol):
     if isinstance(controller, diffrax.PIDController):
         r = controller.rtol if rtol is None else rtol
         a = controller.atol if atol is None else atol
+        for name, v in (("rtol", r), ("atol", a)):
+            c = concrete(v)
+            if c is not None and not np.all(np.isfinite(c) & (c >= 0)):
+                raise ValueError(f"`{name}` must be finite and >= 0, got {v!r}.")
         tol = (jnp.asarray(r, float), jnp.asarray(a, float))
         # Placeholders: the array tolerances are put back inside the compiled function, so
         # new values do not retrace (python floats in the controller would be static).
@@ -466,6 +570,10 @@ def _starting_points(process, x_init, *, key, num_samples, shape) -> Array:
         x = jnp.asarray(x_init)
         if x.ndim < 2:
             raise ValueError(f"`x_init` must be a batch of shape (n, *shape), got shape {x.shape}.")
+        xc = concrete(x)
+        if xc is not None and not np.all(np.isfinite(xc)):
+            bad = int(np.argwhere((~np.isfinite(xc.reshape(len(xc), -1))).any(axis=1))[0, 0])
+            raise ValueError(f"`x_init` must be finite; sample {bad} is not.")
         if shape is not None and tuple(x.shape[1:]) != tuple(shape):
             raise ValueError(f"`x_init` must have shape (n, *{tuple(shape)}), got {x.shape}.")
         return x

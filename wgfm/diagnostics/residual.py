@@ -40,6 +40,7 @@ def transport_residual(
     The divergence is exact (``divergence(field, x, t)``, default the trace; ``chunk_size``
     bounds its memory) unless ``probes`` ``(K, *x.shape)`` are given: then it is the unbiased
     Hutchinson estimate, for large D (see :func:`wgfm.diagnostics.jacobian.make_probes`).
+    ``log_density`` and ``dt_log_density`` must return scalars (``ValueError`` naming them).
     ``checked``: raise on non-finite values (False: leave that to the caller, see
     :mod:`wgfm.diagnostics`; a custom ``divergence`` does its own checking)."""
     v = field(x, t)
@@ -53,6 +54,11 @@ def transport_residual(
         div = _divergence(field, x, t, chunk_size=chunk_size, checked=checked)
     else:
         div = divergence(field, x, t)
+    for name, fn in (("log_density", log_density), ("dt_log_density", dt_log_density)):
+        shape = jax.eval_shape(fn, x, t).shape  # static: checked under jit too
+        if shape != ():
+            raise ValueError(f"`{name}` must return a scalar per point (a scalar field), got "
+                             f"shape {shape}.")  # fmt: skip
     grad_logp = jax.grad(log_density)(x, t)
     out = dt_log_density(x, t) + div + jnp.sum(v * grad_logp)
     return check_finite(out, x, t, "transport residual", checked=checked)
