@@ -20,12 +20,13 @@ from .diffusers import (
 )
 
 if TYPE_CHECKING:
-    from .torch import TorchField, torch_field
+    from .torch import TorchField, diffusers_unet_fn, torch_field
 
 __all__ = [
     "DiffusersField",
     "TorchField",
     "convert_state_dict",
+    "diffusers_unet_fn",
     "load_diffusers",
     "load_unet2d",
     "scheduler_betas",
@@ -36,7 +37,7 @@ __all__ = [
 
 def __getattr__(name: str):
     # Lazy: importing wgfm.interop must not import torch.
-    if name in ("torch_field", "TorchField"):
+    if name in ("torch_field", "TorchField", "diffusers_unet_fn"):
         from . import torch as _torch
 
         return getattr(_torch, name)
