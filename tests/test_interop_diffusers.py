@@ -353,3 +353,16 @@ def test_wrong_input_shape_is_named(tiny_dir):
         field(jnp.zeros((8, 8, 1)), 0.5)
     with pytest.raises(ValueError, match="divisible by 2"):
         field(jnp.zeros((7, 7, 3)), 0.5)
+
+
+def test_pytorch_bin_checkpoint_needs_torch(tmp_path, monkeypatch):
+    m = _random_unet(TINY)
+    m.save_pretrained(tmp_path / "st")
+    m.save_pretrained(tmp_path / "bin", safe_serialization=False)
+    assert (tmp_path / "bin" / "diffusion_pytorch_model.bin").is_file()
+    _, ref, _ = load_unet2d(tmp_path / "st")
+    _, got, _ = load_unet2d(tmp_path / "bin")
+    jax.tree.map(np.testing.assert_array_equal, got, ref)
+    monkeypatch.setitem(__import__("sys").modules, "torch", None)  # `import torch` now fails
+    with pytest.raises(ValueError, match="torch is not installed"):
+        load_unet2d(tmp_path / "bin")
