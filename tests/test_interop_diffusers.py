@@ -326,6 +326,7 @@ def test_unused_and_missing_tensors(tiny_dir):
         (dict(mystery_option=1), "mystery_option"),
         (dict(_class_name="UNet2DConditionModel"), "UNet2DConditionModel"),
         (dict(block_out_channels=[16, 32, 64]), "same length"),
+        (dict(norm_num_groups=None), "norm_num_groups"),
     ],
 )
 def test_unsupported_config(tiny_dir, changes, match):

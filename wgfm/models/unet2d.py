@@ -281,6 +281,10 @@ def unet2d_from_config(config: dict) -> UNet2D:
         if blocks:
             kwargs[key] = blocks
     net = UNet2D(**kwargs)
+    if not isinstance(net.norm_num_groups, int):
+        raise ValueError(
+            f"config `norm_num_groups` must be an integer, got {net.norm_num_groups!r}."
+        )
     n = len(net.block_out_channels)
     if len(net.down_block_types) != n or len(net.up_block_types) != n:
         raise ValueError(
