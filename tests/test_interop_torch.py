@@ -35,7 +35,7 @@ def _torch_jac(fn, x: np.ndarray, t: np.ndarray):
     return jx.detach().numpy(), jt.detach().numpy()
 
 
-@pytest.mark.parametrize("vmap_tangents", [False, True])
+@pytest.mark.parametrize("vmap_tangents", [False, True, None])
 def test_jacfwd_equals_torch_func_under_jit_and_vmap(vmap_tangents):
     fn = _mlp_fn()
     field = torch_field(fn, chunk_size=3, vmap_tangents=vmap_tangents)  # several chunks
@@ -117,6 +117,32 @@ def test_diffusers_unet_asymmetry_equals_flax_port(tmp_path):
     r_torch, r_port = asymmetry(sub_torch).ratio, asymmetry(sub_port).ratio
     assert 0.05 < float(r_torch) < 2.0  # a random network is far from conservative
     np.testing.assert_allclose(r_torch, r_port, rtol=1e-4)
+
+
+def test_auto_tangent_batching_falls_back_when_vmap_is_unsupported():
+    from wgfm.interop import torch as wt
+
+    class Square(torch.autograd.Function):  # forward-mode AD, but no vmap rule
+        @staticmethod
+        def forward(x):
+            return x**2
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_forward(inputs[0])
+
+        @staticmethod
+        def jvp(ctx, dx):
+            (x,) = ctx.saved_tensors
+            return 2 * x * dx
+
+    fn = lambda x, t: Square.apply(x) * t[:, None]  # noqa: E731
+    x = jnp.array([1.0, 2.0, 3.0])
+    with pytest.raises(Exception, match="does not have vmap support"):
+        jax.jacfwd(torch_field(fn, vmap_tangents=True))(x, 2.0)
+    jac = jax.jacfwd(torch_field(fn))(x, 2.0)  # auto
+    np.testing.assert_array_equal(jac, np.diag([4.0, 8.0, 12.0]))
+    assert wt._NO_VMAP.get(fn) is True
 
 
 def test_errors_name_the_problem():

@@ -10,7 +10,8 @@ Under ``vmap`` the callback receives every batch at once (``vmap_method="expand_
 tangents of ``jacfwd``/``sub_jacobian`` (many tangents, one primal) the host splits the batch
 axes into primal axes (where ``x`` or ``t`` vary) and tangent-only axes, and runs one
 ``torch.func.vmap``-ed ``jvp`` per chunk of ``chunk_size`` tangents over the primals, so the
-primal pass is not repeated per tangent.
+primal pass is not repeated per tangent (or, for ops without functorch batching rules, one
+plain ``jvp`` with each primal repeated per tangent: see ``vmap_tangents``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class TorchField(eqx.Module):
 
     fn: Callable = eqx.field(static=True)
     chunk_size: int = eqx.field(static=True, default=64)
-    vmap_tangents: bool = eqx.field(static=True, default=False)
+    vmap_tangents: bool | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         if int(self.chunk_size) < 1:
@@ -51,19 +52,19 @@ class TorchField(eqx.Module):
 
 
 def torch_field(
-    fn: Callable, *, batched: bool = True, chunk_size: int = 64, vmap_tangents: bool = False
+    fn: Callable, *, batched: bool = True, chunk_size: int = 64, vmap_tangents: bool | None = None
 ) -> TorchField:
     """Wrap ``fn(x, t) -> y`` (PyTorch) as a JAX field; ``chunk_size`` bounds the samples per
-    PyTorch JVP call (memory). ``vmap_tangents=True`` pushes many tangents through one primal
-    with ``torch.func.vmap`` (saves the repeated primal pass, but some ops, e.g. GroupNorm on
-    the non-contiguous tensors of diffusers' attention, fail under it); the default repeats each
-    primal once per tangent along ``fn``'s batch axis. Example, a diffusers UNet2DModel ``unet`` with K training steps in
-    NCHW: ``torch_field(lambda x, t: unet(x, t * K - 1).sample)`` (wgfm's DDPM time convention)."""
+    PyTorch JVP call (memory). Tangents at one primal: ``vmap_tangents=True`` pushes them through
+    one primal pass with ``torch.func.vmap`` over ``jvp``; ``False`` repeats the primal once per
+    tangent along ``fn``'s batch axis (works for any batched model); ``None`` tries the first
+    and falls back to the second for good if ``fn``'s ops lack batching rules. Example, a
+    diffusers UNet2DModel: ``torch_field(diffusers_unet_fn(unet))``."""
     if not callable(fn):
         raise ValueError(f"`fn` must be callable, got {type(fn).__name__}.")
     if not batched:
         fn = torch.func.vmap(fn)
-    return TorchField(fn, int(chunk_size), bool(vmap_tangents))
+    return TorchField(fn, int(chunk_size), None if vmap_tangents is None else bool(vmap_tangents))
 
 
 _HOOKED: weakref.WeakSet = weakref.WeakSet()  # GroupNorms already made contiguous
@@ -125,7 +126,7 @@ def _host_value(fn, nd: int, x: np.ndarray, t: np.ndarray) -> np.ndarray:
     return _to_numpy(y, x.dtype, "fn(x, t)", (xs.shape[0], *shape)).reshape(lead + shape)
 
 
-def _host_jvp(fn, chunk_size: int, vmap_tangents: bool, nd: int, x, t, dx, dt):
+def _host_jvp(fn, chunk_size: int, vmap_tangents: bool | None, nd: int, x, t, dx, dt):
     """Tangent outputs for every combination of batch axes (module docstring)."""
     shape = x.shape[x.ndim - nd :]
     k = max(x.ndim - nd, dx.ndim - nd, t.ndim, dt.ndim)
@@ -160,9 +161,22 @@ def _host_jvp(fn, chunk_size: int, vmap_tangents: bool, nd: int, x, t, dx, dt):
     return np.ascontiguousarray(np.transpose(dy.reshape(lp + ltg + shape), inv))
 
 
-def _jvp_chunk(fn, xs, ts, dx, dt, vmap_tangents: bool) -> torch.Tensor:
+# Callables whose ops lack functorch batching rules under jvp (auto mode falls back for them).
+_NO_VMAP: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _jvp_chunk(fn, xs, ts, dx, dt, vmap_tangents: bool | None) -> torch.Tensor:
     """Tangents ``dx (P, M, *shape)``, ``dt (P, M)`` at primals ``xs (P, *shape)``, ``ts (P,)``."""
     p, m = dt.shape
+    if vmap_tangents is None:  # auto: vmap unless it already failed for this fn
+        if _NO_VMAP.get(fn, False):
+            vmap_tangents = False
+        else:
+            try:
+                return _jvp_chunk(fn, xs, ts, dx, dt, True)
+            except (RuntimeError, NotImplementedError):
+                _NO_VMAP[fn] = True
+                vmap_tangents = False
     if vmap_tangents:  # the primal pass runs once; tangent-major contiguous for batching rules
         one = lambda d, e: torch.func.jvp(fn, (xs, ts), (d, e))[1]  # noqa: E731
         out = torch.func.vmap(one)(dx.transpose(0, 1).contiguous(), dt.transpose(0, 1).contiguous())
