@@ -90,7 +90,7 @@ def _rel(a, ref) -> float:
     return float(np.max(np.abs(np.asarray(a) - np.asarray(ref))) / np.max(np.abs(ref)))
 
 
-def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
+def run(quick: bool = False, *, tiny: bool = False, repeats: int | None = None) -> list[dict]:
     torch = C.torch_or_none(BENCH)
     if torch is None:
         return []
@@ -104,7 +104,7 @@ def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
 
     config = TINY_UNET if tiny else CIFAR_UNET
     n_fwd, n_img, k = (2, 1, 8) if tiny else (4, 1, 64) if quick else (16, 2, 64)
-    repeats = 1 if tiny else 3
+    repeats = repeats or (1 if tiny else 3)
     unet = _unet(torch, config)
     with tempfile.TemporaryDirectory() as d:
         unet.save_pretrained(d)
@@ -172,6 +172,7 @@ def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
 if __name__ == "__main__":
     import sys
 
-    rows = run(quick="--quick" in sys.argv, tiny="--tiny" in sys.argv)
+    reps = int(sys.argv[sys.argv.index("--repeats") + 1]) if "--repeats" in sys.argv else None
+    rows = run(quick="--quick" in sys.argv, tiny="--tiny" in sys.argv, repeats=reps)
     print(json.dumps(rows, indent=1))
     write_results(rows, Path("results/bench"), name=BENCH)
