@@ -116,7 +116,7 @@ def test_compare_diffusers_tiny():
 
     rows = compare_diffusers.run(tiny=True)
     impls = {r["impl"] for r in rows}
-    assert len(rows) == 5 and any("torch_field" in i for i in impls), impls
+    assert len(rows) >= 5 and any("torch_field" in i for i in impls), impls
     for r in rows:
         assert tuple(r) == RECORD_KEYS and math.isfinite(r["median_s"])
         if "rel_diff_vs_wgfm" in r["extra"]:
