@@ -103,7 +103,7 @@ def test_diffusers_unet_asymmetry_equals_flax_port(tmp_path):
     sub_port = jax.jit(lambda a: sub_jacobian(chw, a, t, idx))(x)
     # Reference: 48 one-hot JVPs in one batched torch.func.jvp (timestep 0.3 K - 1 = 299).
     eye = torch.zeros(48, 192)
-    eye[torch.arange(48), torch.from_numpy(np.asarray(idx))] = 1.0
+    eye[torch.arange(48), torch.from_numpy(np.array(idx))] = 1.0
     xs = torch.from_numpy(np.array(x)).expand(48, 3, 8, 8).contiguous()
     with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
         cols = torch.func.jvp(lambda a: unet(a, torch.tensor(299.0)).sample, (xs,),
