@@ -134,7 +134,6 @@ def run(config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None) -> Report
 
     shape = _sample_shape(field)
     score = _score(field, process)
-    untrained = _score(_fresh(field, shape, key("untrained")), process)
     label = re.sub(r"[^\w.-]", "_", Path(config.model).resolve().name) or "model"
     report = Report(out, title=f"wgfm diagnose report: {label}")
     bar = tqdm(total=3, desc="wgfm diagnose", unit="stage", dynamic_ncols=True)
@@ -145,6 +144,7 @@ def run(config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None) -> Report
     gradient = gaussian_fit_score(fit, process)
     control = f"exact score of the Gaussian fitted to {len(fit)} clean images"
     console.log(f"clean images: {described} ({time.perf_counter() - t0:.1f} s)")
+    untrained = _score(_fresh(field, shape, key("untrained")), process)
     bar.update()
     for claim, measure, n in ((1, _claim1, sz.num_samples), (2, _claim2, sz.loop_samples)):
         title = TITLES[claim]
@@ -380,7 +380,11 @@ def _claim_directory(out: Path, fingerprint: str, model: str, settings: dict) ->
             raise ValueError(f"`--out` {str(out)!r} holds a run of a different model "
                              f"({have.get('model')}); choose another --out.")  # fmt: skip
         if have.get("settings") != want["settings"]:
-            diff = [k for k in want["settings"] if have.get("settings", {}).get(k) != want["settings"][k]]
+            diff = [
+                k
+                for k in want["settings"]
+                if have.get("settings", {}).get(k) != want["settings"][k]
+            ]
             raise ValueError(f"`--out` {str(out)!r} holds a run of this model with other "
                              f"settings ({', '.join(diff)} differ); choose another --out.")  # fmt: skip
         return
