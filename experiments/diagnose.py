@@ -123,8 +123,8 @@ def run(config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None) -> Report
         "seed": config.seed,
         "clean images": _source(config),
     }
-    _claim_directory(out, model_fingerprint(config.model), str(Path(config.model).resolve()),
-                     settings)  # fmt: skip
+    fingerprint = model_fingerprint(config.model)
+    _claim_directory(out, fingerprint, str(Path(config.model).resolve()), settings)
     if config.compile_cache:
         use_compile_cache()
     root = jax.random.key(config.seed)
@@ -136,39 +136,40 @@ def run(config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None) -> Report
     score = _score(field, process)
     label = re.sub(r"[^\w.-]", "_", Path(config.model).resolve().name) or "model"
     report = Report(out, title=f"wgfm diagnose report: {label}")
-    bar = tqdm(total=3, desc="wgfm diagnose", unit="stage", dynamic_ncols=True)
-    bar.set_postfix_str("clean images")
-    t0 = time.perf_counter()
-    images, described = clean_images(config, field, process, shape, sz, key("clean"))
-    fit = images[: min(len(images), GAUSSIAN_FIT_MAX)]
-    gradient = gaussian_fit_score(fit, process)
-    control = f"exact score of the Gaussian fitted to {len(fit)} clean images"
-    console.log(f"clean images: {described} ({time.perf_counter() - t0:.1f} s)")
-    untrained = _score(_fresh(field, shape, key("untrained")), process)
-    bar.update()
-    for claim, measure, n in ((1, _claim1, sz.num_samples), (2, _claim2, sz.loop_samples)):
-        title = TITLES[claim]
-        bar.set_postfix_str(title[:48])
-        if n > len(images):
-            raise ValueError(f"claim {claim} needs {n} clean images, only {len(images)} found.")
-        pick = np.asarray(jax.random.choice(key(f"x0-{claim}"), len(images), (n,), replace=False))
-        x0 = jnp.asarray(images[np.sort(pick)])
-        kwargs = dict(key=key(f"claim-{claim}"), gradient=gradient, untrained=untrained,
-                      label=label, control_name=control)  # fmt: skip
-        reused = _claim(report, title, out / "claims" / f"{claim}.json", settings,
-                        lambda measure=measure, x0=x0, kwargs=kwargs:
-                        measure(score, process, x0, sz, **kwargs))  # fmt: skip
-        report.notes[title] = f"Clean images: {described}." + (
-            " Reused from an earlier run in this directory." if reused else ""
-        )
-        console.log(f"{title}: {'reused' if reused else 'done'} in "
-                    f"{report.timings[title]:.1f} s")  # fmt: skip
+    with tqdm(total=3, desc="wgfm diagnose", unit="stage", dynamic_ncols=True) as bar:
+        bar.set_postfix_str("clean images")
+        t0 = time.perf_counter()
+        images, described = clean_images(config, field, process, shape, sz, key("clean"))
+        fit = images[: min(len(images), GAUSSIAN_FIT_MAX)]
+        gradient = gaussian_fit_score(fit, process)
+        control = f"exact score of the Gaussian fitted to {len(fit)} clean images"
+        console.log(f"clean images: {described} ({time.perf_counter() - t0:.1f} s)")
+        untrained = _score(_fresh(field, shape, key("untrained")), process)
         bar.update()
-    bar.close()
+        for claim, measure, n in ((1, _claim1, sz.num_samples), (2, _claim2, sz.loop_samples)):
+            title = TITLES[claim]
+            bar.set_postfix_str(title[:48])
+            if n > len(images):
+                raise ValueError(f"claim {claim} needs {n} clean images, only {len(images)} found.")
+            pick = np.asarray(
+                jax.random.choice(key(f"x0-{claim}"), len(images), (n,), replace=False)
+            )
+            x0 = jnp.asarray(images[np.sort(pick)])
+            kwargs = dict(key=key(f"claim-{claim}"), gradient=gradient, untrained=untrained,
+                          label=label, control_name=control)  # fmt: skip
+            reused = _claim(report, title, out / "claims" / f"{claim}.json", settings,
+                            lambda measure=measure, x0=x0, kwargs=kwargs:
+                            measure(score, process, x0, sz, **kwargs))  # fmt: skip
+            report.notes[title] = f"Clean images: {described}." + (
+                " Reused from an earlier run in this directory." if reused else ""
+            )
+            console.log(f"{title}: {'reused' if reused else 'done'} in "
+                        f"{report.timings[title]:.1f} s")  # fmt: skip
+            bar.update()
     header = {
         "mode": ("quick" if config.quick else "full") + (" (sizes overridden)" if sizes else ""),
         "model": str(Path(config.model).resolve()),
-        "model fingerprint (sha256)": model_fingerprint(config.model)[:16],
+        "model fingerprint (sha256)": fingerprint[:16],
         "prediction type": field.prediction_type,
         "process": f"DiscreteVP from the scheduler ({len(process.betas)} steps)",
         "clean images": described,
