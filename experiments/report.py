@@ -46,6 +46,7 @@ class Report:
     figures: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     notes: dict[str, str] = dataclasses.field(default_factory=dict)
+    title: str = "wgfm reproduction report"
 
     @property
     def fig_dir(self) -> Path:
@@ -88,7 +89,7 @@ class Report:
         return mpath, jpath
 
     def _markdown(self, header: dict[str, Any]) -> str:
-        lines = ["# wgfm reproduction report", ""]
+        lines = [f"# {self.title}", ""]
         lines += [f"- {k}: {v}" for k, v in header.items()]
         lines.append("")
         for section in list(self.rows) + [s for s in self.notes if s not in self.rows]:

@@ -105,3 +105,19 @@ def test_cli_bench_rejects_unknown_module(capsys, tmp_path):
 def test_discover_finds_modules(only):
     names = run_all.discover(only)
     assert names and all(any(o in n for o in only) for n in names)
+
+
+def test_compare_diffusers_tiny():
+    """The pretrained-model comparison (flax port, diffusers PyTorch, torch_field) runs at its
+    tiny size and the three agree on identical weights (float32 rounding)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    from benchmarks import compare_diffusers
+
+    rows = compare_diffusers.run(tiny=True)
+    impls = {r["impl"] for r in rows}
+    assert len(rows) >= 5 and any("torch_field" in i for i in impls), impls
+    for r in rows:
+        assert tuple(r) == RECORD_KEYS and math.isfinite(r["median_s"])
+        if "rel_diff_vs_wgfm" in r["extra"]:
+            assert r["extra"]["rel_diff_vs_wgfm"] < 1e-4, r

@@ -282,6 +282,78 @@ class VPSigmoid(AbstractProcess):
         return discrete_schedule(self, num_steps)
 
 
+class DiscreteVP(AbstractProcess):
+    """VP process of a discrete DDPM schedule ``beta_0 .. beta_{K-1}`` (e.g. a diffusers scheduler).
+
+    Convention (as :func:`discrete_schedule`): training step ``k`` sits at ``t_k = (k+1)/K``, so
+    ``alphabar(t_k) = prod_{i<=k} (1 - beta_i)`` (diffusers' ``alphas_cumprod[k]``) and
+    ``alphabar(0) = 1``. Between grid points ``log alphabar`` is linear in ``t``: ``d log alpha/dt``
+    is piecewise constant and ``g^2 = -2 d log alpha/dt = -K log(1 - beta_k)`` on
+    ``((k)/K, (k+1)/K]`` (-> ``K beta_k``, the continuous-time VP rate). ``betas`` is kept as a
+    static tuple of Python floats: exact, hashable, and folded into compiled code as constants.
+    Build it with :meth:`from_betas`."""
+
+    betas: tuple[float, ...] = eqx.field(static=True)
+    t_min: float
+    t_max: float
+
+    def __check_init__(self):
+        b = np.asarray(self.betas, np.float64)
+        if b.ndim != 1 or b.size < 2 or not np.all((b > 0) & (b <= 1)):
+            raise ValueError(f"`betas` must be >= 2 values in (0, 1], got {b.size} values "
+                             f"in [{b.min(initial=np.inf)}, {b.max(initial=-np.inf)}].")  # fmt: skip
+        _check_interval(self.t_min, self.t_max)
+        if self.t_max > 1.0 or (b[-1] >= 1.0 and self.t_max > (b.size - 1) / b.size):
+            raise ValueError(
+                f"`t_max` must be <= 1 (and < 1 if alphabar(1) = 0), got {self.t_max}."
+            )
+
+    @classmethod
+    def from_betas(cls, betas, t_min: float | None = None, t_max: float | None = None):
+        """From per-step ``betas`` (length K). Defaults: ``t_min = 1/K`` (training step 0),
+        ``t_max = 1`` (step K-1), or ``(K-1)/K`` if the last beta is 1 (zero terminal SNR)."""
+        b = tuple(float(v) for v in np.asarray(betas, np.float64).reshape(-1))
+        k = len(b)
+        t_max = t_max if t_max is not None else ((k - 1) / k if b and b[-1] >= 1.0 else 1.0)
+        t_min = t_min if t_min is not None else 1.0 / max(k, 1)
+        return cls(betas=b, t_min=t_min, t_max=t_max)
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.betas)
+
+    def alphas_cumprod(self) -> np.ndarray:
+        """``alphabar`` at the K training steps, float64 on the host."""
+        return np.cumprod(1.0 - np.asarray(self.betas, np.float64))
+
+    def _grid(self, t):
+        t = _f(t)
+        with np.errstate(divide="ignore"):
+            log_ab = np.concatenate([[0.0], np.cumsum(np.log1p(-np.asarray(self.betas)))])
+        # A zero-SNR last step has log alphabar = -inf; -1e4 keeps the interpolation finite and
+        # still gives alphabar = exp(-1e4) = 0 exactly.
+        log_ab = np.maximum(log_ab, -1e4)
+        return t * self.num_steps, jnp.asarray(log_ab, t.dtype)
+
+    def log_alphabar(self, t: Scalar) -> Array:
+        s, log_ab = self._grid(t)
+        return jnp.interp(s, jnp.arange(log_ab.shape[0], dtype=s.dtype), log_ab)
+
+    def alpha(self, t):
+        return jnp.exp(0.5 * self.log_alphabar(t))
+
+    def sigma(self, t):
+        return jnp.sqrt(-jnp.expm1(self.log_alphabar(t)))
+
+    def dlog_alpha(self, t):
+        s, log_ab = self._grid(t)
+        j = jnp.clip(jnp.floor(s).astype(jnp.int32), 0, self.num_steps - 1)
+        return 0.5 * self.num_steps * (log_ab[j + 1] - log_ab[j])
+
+    def g2(self, t):
+        return -2.0 * self.dlog_alpha(t)
+
+
 class SubVP(AbstractProcess):
     """Sub-VP SDE (Song et al.): alpha as the linear VP, ``sigma = 1 - alpha^2``,
     ``g^2 = beta (1 - alpha^4)``."""
@@ -427,14 +499,21 @@ def _check_interval(t_min: float, t_max: float) -> None:
 
 
 def discrete_schedule(
-    process: VPSigmoid | VPCosine, num_steps: int = 1000, max_beta: float = 0.999
+    process: VPSigmoid | VPCosine | DiscreteVP, num_steps: int = 1000, max_beta: float = 0.999
 ) -> tuple[np.ndarray, np.ndarray]:
     """DDPM discretisation of a continuous VP schedule: ``(t_k, alphabar_k)``, ``k = 0..K-1``.
 
     ``t_k = (k+1)/K``; ``beta_k = min(1 - alphabar(t_k)/alphabar(t_{k-1}), max_beta)``;
-    ``alphabar_k = prod_{i<=k}(1 - beta_i)`` (computed in float64 on the host)."""
+    ``alphabar_k = prod_{i<=k}(1 - beta_i)`` (computed in float64 on the host). A
+    :class:`DiscreteVP` is its own discretisation (``num_steps`` must be its K)."""
     if int(num_steps) < 2:
         raise ValueError(f"`num_steps` must be an integer >= 2, got {num_steps!r}.")
+    if isinstance(process, DiscreteVP):
+        if int(num_steps) != process.num_steps:
+            raise ValueError(
+                f"`num_steps` must be the DiscreteVP's {process.num_steps} steps, got {num_steps}."
+            )
+        return np.arange(1, num_steps + 1) / num_steps, process.alphas_cumprod()
     k = np.arange(num_steps + 1, dtype=np.float64) / num_steps
     ab = np.asarray(_alphabar_host(process, k), dtype=np.float64)
     ab[-1] = 0.0 if ab[-1] < 1e-300 else ab[-1]

@@ -19,7 +19,7 @@ import lineax
 from jaxtyping import ArrayLike, PRNGKeyArray
 
 from .fields import Quantity, as_field
-from .processes import AbstractProcess, VPCosine, VPSigmoid, discrete_schedule
+from .processes import AbstractProcess, DiscreteVP, VPCosine, VPSigmoid, discrete_schedule
 from .transport import (
     Field,
     SampleResult,
@@ -104,7 +104,7 @@ def _sde_jit(score, process, x, keys, num_steps, solver):
 
 def sample_ddim(
     field: Field,
-    process: VPSigmoid | VPCosine,
+    process: VPSigmoid | VPCosine | DiscreteVP,
     x_init: ArrayLike | None = None,
     *,
     key: PRNGKeyArray | None = None,
@@ -123,8 +123,10 @@ def sample_ddim(
     ``x' = sqrt(ab') x0 + sqrt(1 - ab' - s^2) eps + s z``,
     ``s = eta sqrt((1 - ab')/(1 - ab)) sqrt(1 - ab/ab')``. The last step returns ``x0``.
     ``eta > 0`` needs ``key`` (the prior is drawn from ``key`` too when ``x_init`` is None)."""
-    if not isinstance(process, VPSigmoid | VPCosine):
-        raise ValueError(f"`process` must be VPSigmoid or VPCosine, got {type(process).__name__}.")
+    if not isinstance(process, VPSigmoid | VPCosine | DiscreteVP):
+        raise ValueError(
+            f"`process` must be VPSigmoid, VPCosine or DiscreteVP, got {type(process).__name__}."
+        )
     if not 1 <= int(num_steps) <= int(num_train_steps):
         raise ValueError(f"`num_steps` must be in [1, num_train_steps], got {num_steps!r}.")
     if eta < 0:

@@ -3,6 +3,7 @@
 from .configs import CONFIGS, get_model
 from .core import Model, ModelField, score_field, velocity_field
 from .layers import MLP, UNet, sinusoidal_embedding
+from .unet2d import UNet2D, unet2d_from_config
 
 __all__ = [
     "CONFIGS",
@@ -10,8 +11,10 @@ __all__ = [
     "Model",
     "ModelField",
     "UNet",
+    "UNet2D",
     "get_model",
     "score_field",
     "sinusoidal_embedding",
+    "unet2d_from_config",
     "velocity_field",
 ]

@@ -20,7 +20,6 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ..fields import QUANTITIES, as_field
 from ..processes import AbstractProcess
-from .layers import UNet
 
 Scalar = Float[ArrayLike, ""]
 
@@ -74,11 +73,12 @@ class Model(eqx.Module):
         return ModelField(self, params)
 
     def _check_shape(self, shape: tuple[int, ...], params) -> None:
-        if isinstance(self.net, UNet):
+        check_input = getattr(self.net, "check_input", None)  # image networks (UNet, UNet2D)
+        if check_input is not None:
             in_ch = None
             if params is not None:
                 in_ch = params["params"]["conv_in"]["kernel"].shape[2]
-            self.net.check_input(tuple(shape), in_ch)
+            check_input(tuple(shape), in_ch)
         elif len(shape) != 1:
             raise ValueError(f"`x` must be one vector of shape (D,) for an MLP, got {shape}.")
 

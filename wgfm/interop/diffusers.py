@@ -1,0 +1,254 @@
+"""Load a ``diffusers`` ``UNet2DModel`` directory (and its scheduler) without PyTorch.
+
+``load_diffusers(dir) -> (field, process)``: ``dir`` is either a model directory written by
+``UNet2DModel.save_pretrained`` (``config.json`` + ``diffusion_pytorch_model.safetensors``) or a
+pipeline directory with ``unet/`` and ``scheduler/``. Weights are read with ``safetensors``'
+NumPy reader and mapped one-to-one onto :class:`wgfm.models.UNet2D`'s flax parameters; the
+scheduler's betas become a :class:`wgfm.processes.DiscreteVP`.
+
+Time convention: diffusers' training step ``k`` (``0 .. K-1``) is ``wgfm`` time
+``t = (k + 1)/K``, so the field calls the network at timestep ``t K - 1`` and
+``process.alpha(t)^2`` equals the scheduler's ``alphas_cumprod[k]`` at every step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float
+
+from ..models import Model, UNet2D, unet2d_from_config
+from ..processes import DiscreteVP
+
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+WEIGHTS_BIN = "diffusion_pytorch_model.bin"
+# diffusers `prediction_type` -> the quantity the field returns (v-prediction is converted to eps).
+KINDS = {"epsilon": "eps", "sample": "x0", "v_prediction": "eps"}
+# Pre-0.14 attention names, renamed by diffusers on load (`_fix_state_dict_keys_on_load`).
+_LEGACY_ATTN = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out_0"}
+
+
+class DiffusersField(eqx.Module):
+    """A diffusers ``UNet2DModel`` as a wgfm field ``(x (H, W, C), t in [0, 1]) -> eps or x0``.
+
+    Calls the network at timestep ``t K - 1`` (module docstring); a v-prediction network's
+    output ``v`` is returned as ``eps = sigma_t x + alpha_t v``. ``kind`` says what it returns."""
+
+    model: Model
+    params: dict
+    process: DiscreteVP
+    prediction_type: str = eqx.field(static=True, default="epsilon")
+
+    @property
+    def kind(self) -> str:
+        return KINDS[self.prediction_type]
+
+    def __call__(self, x: Float[Array, "h w c"], t: Float[ArrayLike, ""]) -> Array:
+        t = jnp.asarray(t, x.dtype)
+        out = self.model.apply(self.params, x, t * self.process.num_steps - 1)
+        if self.prediction_type == "v_prediction":
+            return self.process.sigma(t) * x + self.process.alpha(t) * out
+        return out
+
+
+def load_diffusers(
+    path: str | Path, *, dtype=jnp.float32, scheduler_config: dict | None = None
+) -> tuple[DiffusersField, DiscreteVP]:
+    """``(field, process)`` of a diffusers model or pipeline directory.
+
+    The scheduler comes from ``scheduler_config`` if given, else ``path/scheduler/``; a bare model
+    directory without either gets diffusers' ``DDPMScheduler`` defaults (linear betas 1e-4..0.02,
+    1000 steps, epsilon), with a warning. Use ``wgfm.as_field(process, field, src=field.kind,
+    dst="score" | "velocity")`` for the score or the WGF velocity."""
+    model, params, _ = load_unet2d(path, dtype=dtype)
+    if scheduler_config is None:
+        scheduler_config = _read_scheduler_config(Path(path))
+    process, prediction_type = scheduler_process(scheduler_config)
+    return DiffusersField(model, params, process, prediction_type), process
+
+
+def load_unet2d(path: str | Path, *, dtype=jnp.float32) -> tuple[Model, dict, dict]:
+    """``(model, params, config)``: the flax port, its parameters (``dtype``) and the raw config.
+
+    ``model.apply(params, x, timestep)`` takes diffusers timesteps (not ``wgfm`` times) and
+    predicts whatever the checkpoint was trained for (``model.predicts`` is only a label here)."""
+    unet_dir = _unet_dir(Path(path))
+    config = json.loads((unet_dir / "config.json").read_text())
+    net = unet2d_from_config(config)
+    state = _read_weights(unet_dir)
+    params = convert_state_dict(state, net, dtype=dtype)
+    return Model(net, "eps"), params, config
+
+
+def convert_state_dict(state: dict[str, np.ndarray], net: UNet2D, *, dtype=jnp.float32) -> dict:
+    """Map a PyTorch state dict (NumPy arrays) onto ``net``'s flax parameters.
+
+    Conv kernels go from OIHW to HWIO, linear weights from ``(out, in)`` to ``(in, out)``. Raises
+    ``ValueError`` naming every tensor whose shape does not fit, every tensor the port does not
+    use and every parameter no tensor provides."""
+    expected = _expected_params(net)
+    flat, problems, used = {}, [], set()
+    for key, value in state.items():
+        name = _flax_name(key)
+        for leaf in ("kernel", "scale", "weight") if key.endswith(".weight") else ("bias",):
+            if (name, leaf) in expected:
+                break
+        else:
+            continue
+        path, want = expected[(name, leaf)]
+        arr = np.asarray(value)
+        got = arr.transpose(2, 3, 1, 0) if arr.ndim == 4 else arr.T if arr.ndim == 2 else arr
+        if got.shape != want:
+            problems.append(
+                f"tensor `{key}` has shape {arr.shape} (-> {got.shape} in flax layout), but "
+                f"`{'/'.join(path)}` expects {want}"
+            )
+        used.add(key)
+        flat[path] = jnp.asarray(got, dtype)
+    unused = sorted(set(state) - used)
+    missing = sorted("/".join(p) for p, _ in expected.values() if p not in flat)
+    if unused:
+        problems.append(f"{len(unused)} tensor(s) not used by the port: {_head(unused)}")
+    if missing:
+        problems.append(f"{len(missing)} parameter(s) with no tensor: {_head(missing)}")
+    if problems:
+        raise ValueError(
+            "checkpoint does not fit the UNet2DModel port:\n  " + "\n  ".join(problems)
+        )
+    tree: dict = {}
+    for path, arr in flat.items():
+        node = tree
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+        node[path[-1]] = arr
+    return tree
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedulers
+
+
+def scheduler_betas(config: dict) -> np.ndarray:
+    """Per-step betas (float64) of a diffusers scheduler config, as its ``__init__`` builds them
+    (diffusers stores them in float32; here they are exact)."""
+    k = int(config.get("num_train_timesteps", 1000))
+    b0, b1 = float(config.get("beta_start", 1e-4)), float(config.get("beta_end", 0.02))
+    schedule = config.get("beta_schedule", "linear")
+    if config.get("trained_betas") is not None:
+        betas = np.asarray(config["trained_betas"], np.float64)
+    elif schedule == "linear":
+        betas = np.linspace(b0, b1, k)
+    elif schedule == "scaled_linear":
+        betas = np.linspace(math.sqrt(b0), math.sqrt(b1), k) ** 2
+    elif schedule == "squaredcos_cap_v2":
+        f = lambda s: np.cos((s + 0.008) / 1.008 * np.pi / 2) ** 2  # noqa: E731  (GLIDE cosine)
+        i = np.arange(k, dtype=np.float64)
+        betas = np.minimum(1 - f((i + 1) / k) / f(i / k), 0.999)
+    elif schedule == "sigmoid":
+        betas = 1 / (1 + np.exp(-np.linspace(-6.0, 6.0, k))) * (b1 - b0) + b0
+    else:
+        raise ValueError(
+            f"scheduler `beta_schedule` {schedule!r} is not supported "
+            "('linear', 'scaled_linear', 'squaredcos_cap_v2', 'sigmoid' or `trained_betas`)."
+        )
+    if config.get("rescale_betas_zero_snr", False):
+        betas = _rescale_zero_terminal_snr(betas)
+    return betas
+
+
+def scheduler_process(config: dict) -> tuple[DiscreteVP, str]:
+    """``(DiscreteVP, prediction_type)`` of a diffusers scheduler config (DDPM, DDIM, PNDM ...:
+    any scheduler defined by betas)."""
+    name = config.get("_class_name", "DDPMScheduler")
+    if "beta_schedule" not in config and config.get("trained_betas") is None and name not in (
+        "DDPMScheduler", "DDIMScheduler"
+    ):  # fmt: skip
+        raise ValueError(f"scheduler {name!r} is not defined by betas; it cannot be mapped.")
+    prediction_type = config.get("prediction_type", "epsilon")
+    if prediction_type not in KINDS:
+        raise ValueError(
+            f"scheduler `prediction_type` must be one of {tuple(KINDS)}, got {prediction_type!r}."
+        )
+    return DiscreteVP.from_betas(scheduler_betas(config)), prediction_type
+
+
+def _rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+    """Lin et al. (2024), Algorithm 1: shift and scale sqrt(alphabar) so the last step has SNR 0."""
+    s = np.sqrt(np.cumprod(1 - betas))
+    s = (s - s[-1]) * s[0] / (s[0] - s[-1])
+    ab = s**2
+    return 1 - np.concatenate([ab[:1], ab[1:] / ab[:-1]])
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def _unet_dir(path: Path) -> Path:
+    for d in (path / "unet", path):
+        if (d / "config.json").is_file():
+            return d
+    raise ValueError(f"`path` {str(path)!r} has no config.json (nor unet/config.json).")
+
+
+def _read_scheduler_config(path: Path) -> dict:
+    for f in (path / "scheduler" / "scheduler_config.json", path / "scheduler_config.json"):
+        if f.is_file():
+            return json.loads(f.read_text())
+    warnings.warn(
+        f"no scheduler in {str(path)!r}: using diffusers' DDPMScheduler defaults "
+        "(linear betas 1e-4..0.02, 1000 steps, epsilon prediction).",
+        stacklevel=3,
+    )
+    return {}
+
+
+def _read_weights(unet_dir: Path) -> dict[str, np.ndarray]:
+    st, bin_ = unet_dir / WEIGHTS, unet_dir / WEIGHTS_BIN
+    if st.is_file():
+        from safetensors.numpy import load_file
+
+        return load_file(str(st))
+    if bin_.is_file():
+        try:
+            import torch
+        except ImportError:
+            raise ValueError(
+                f"{str(bin_)!r} is a PyTorch pickle and torch is not installed; convert it to "
+                f"{WEIGHTS} or install torch."
+            ) from None
+        sd = torch.load(str(bin_), map_location="cpu", weights_only=True)
+        return {k: v.float().numpy() for k, v in sd.items()}
+    raise ValueError(f"`path` {str(unet_dir)!r} has no {WEIGHTS} (nor {WEIGHTS_BIN}).")
+
+
+def _expected_params(net: UNet2D) -> dict[tuple[str, str], tuple[tuple[str, ...], tuple]]:
+    """``(module name, leaf) -> (flax path, shape)`` from an abstract init (no FLOPs)."""
+    factor = 2 ** (len(net.block_out_channels) - 1)
+    x = jax.ShapeDtypeStruct((1, 4 * factor, 4 * factor, net.in_channels), jnp.float32)
+    t = jax.ShapeDtypeStruct((1,), jnp.float32)
+    shapes = jax.eval_shape(net.init, jax.random.key(0), x, t)
+    out = {}
+    for kp, leaf in jax.tree_util.tree_leaves_with_path(shapes):
+        path = tuple(str(k.key) for k in kp)  # pyright: ignore[reportAttributeAccessIssue]
+        out[("_".join(path[1:-1]), path[-1])] = (path, tuple(leaf.shape))
+    return out
+
+
+def _flax_name(key: str) -> str:
+    """``down_blocks.0.attentions.1.query.weight`` -> ``down_blocks_0_attentions_1_to_q``."""
+    parts = key.split(".")[:-1]
+    if "attentions" in parts[:-1]:
+        parts[-1] = _LEGACY_ATTN.get(parts[-1], parts[-1])
+    return "_".join(parts)
+
+
+def _head(names: list[str], n: int = 8) -> str:
+    return ", ".join(names[:n]) + (f", ... ({len(names) - n} more)" if len(names) > n else "")
