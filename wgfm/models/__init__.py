@@ -3,6 +3,7 @@
 from .configs import CONFIGS, get_model
 from .core import Model, ModelField, score_field, velocity_field
 from .layers import MLP, UNet, sinusoidal_embedding
+from .vae import VAE, VAENet
 
 __all__ = [
     "CONFIGS",
@@ -10,6 +11,8 @@ __all__ = [
     "Model",
     "ModelField",
     "UNet",
+    "VAE",
+    "VAENet",
     "get_model",
     "score_field",
     "sinusoidal_embedding",
