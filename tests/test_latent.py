@@ -61,7 +61,9 @@ def test_gaussian_kl_against_quadrature():
     ref = 0.0
     for m, lv in zip(mean, log_var, strict=True):
         q = stats.norm(m, np.exp(0.5 * lv))
-        ref += integrate.quad(lambda z: q.pdf(z) * (q.logpdf(z) - stats.norm.logpdf(z)), -30, 30)[0]
+        ref += integrate.quad(
+            lambda z, q=q: q.pdf(z) * (q.logpdf(z) - stats.norm.logpdf(z)), -30, 30
+        )[0]
     np.testing.assert_allclose(latent.gaussian_kl(jnp.asarray(mean), jnp.asarray(log_var)), ref,
                                rtol=1e-8)  # fmt: skip
     assert float(latent.gaussian_kl(jnp.zeros(5), jnp.zeros(5))) == 0.0
