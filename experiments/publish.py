@@ -1,8 +1,11 @@
-"""Copy a reproduction's REPORT.md into docs/reproduction.md (between its report markers), so
-the documented results are the generated ones: ``python -m experiments.publish RUN_DIR``."""
+"""Copy a reproduction's REPORT.md into docs/, so the documented results are the generated ones:
+``python -m experiments.publish RUN_DIR`` fills docs/reproduction.md between its report markers;
+``python -m experiments.publish RUN_DIR DOC.md`` writes DOC.md whole, with the run's figures
+copied to docs/figures/<DOC's stem>/ and shown."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -31,5 +34,25 @@ def publish(run_dir: Path, doc: Path = DOC) -> str:
     return new
 
 
+def publish_page(run_dir: Path, doc: Path, title: str, intro: str = "") -> str:
+    """Write ``doc``: ``title``, ``intro`` and ``run_dir/REPORT.md`` (headings one level down),
+    its figures copied to ``doc.parent/figures/<doc's stem>/`` and linked from there."""
+    run_dir, doc = Path(run_dir), Path(doc)
+    figs = doc.parent / "figures" / doc.stem
+    if figs.exists():
+        shutil.rmtree(figs)
+    shutil.copytree(run_dir / "figures", figs)
+    body = []
+    for line in (run_dir / "REPORT.md").read_text().splitlines()[1:]:
+        line = line.replace("](figures/", f"](figures/{doc.stem}/")
+        body.append("#" + line if line.startswith("#") else line)
+    text = f"# {title}\n\n" + (intro.strip() + "\n\n" if intro else "") + "\n".join(body).strip()
+    doc.write_text(text + "\n")
+    return text
+
+
 if __name__ == "__main__":
-    publish(Path(sys.argv[1]))
+    if len(sys.argv) > 2:
+        publish_page(Path(sys.argv[1]), Path(sys.argv[2]), " ".join(sys.argv[3:]) or "Report")
+    else:
+        publish(Path(sys.argv[1]))

@@ -257,6 +257,22 @@ def bars(labels: list[str], series: dict[str, np.ndarray], ylabel: str, title: s
     return fig
 
 
+def image_grid(images: np.ndarray, title: str, *, cols: int = 8):
+    """Images ``(n, H, W, C)`` in ``[-1, 1]`` as one grid (grayscale when ``C = 1``)."""
+    x = np.clip((np.asarray(images) + 1) / 2, 0, 1)
+    n, h, w, c = x.shape
+    cols = min(cols, n)
+    rows = -(-n // cols)
+    pad = np.ones((rows * cols - n, h, w, c), x.dtype)
+    grid = np.concatenate([x, pad]).reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4)
+    grid = grid.reshape(rows * h, cols * w, c)
+    fig, ax = plt.subplots(figsize=(0.6 * cols + 0.4, 0.6 * rows + 0.6))
+    ax.imshow(grid[..., 0] if c == 1 else grid, cmap="gray" if c == 1 else None, vmin=0, vmax=1)
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+    return fig
+
+
 def png_is_valid_and_not_blank(path: Path) -> bool:
     """PNG signature, decodable, and more than one distinct pixel value (used by the tests)."""
     data = Path(path).read_bytes()

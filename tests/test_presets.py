@@ -16,7 +16,7 @@ from experiments.assets import Context
 from experiments.config import QUICK, ReproduceConfig
 from experiments.report import png_is_valid_and_not_blank
 from experiments.reproduce import run
-from wgfm.processes import VP, VPSigmoid
+from wgfm.processes import VPSigmoid
 
 TINY = dataclasses.replace(
     QUICK,
@@ -32,6 +32,7 @@ TINY = dataclasses.replace(
     sub_jacobian_size=16,
     image_diag_samples=None,  # images as the mixtures: num_diag_samples
     image_loop_samples=None,
+    figure_samples=4,
 )
 
 
@@ -76,7 +77,7 @@ def _rows(res, prefix):
 
 def test_mnist_preset_runs_the_papers_claims_and_resumes(mnist_dir, tmp_path):
     config = ReproduceConfig(preset="mnist", data=mnist_dir, out=tmp_path, quick=True)
-    assert config.datasets == ("mnist",) and isinstance(config.make_process(), VP)
+    assert config.datasets == ("mnist",) and isinstance(config.make_process(), VPSigmoid)
     report = run(config, sizes=TINY)
     res = json.loads((tmp_path / "results.json").read_text())
     diff = [r for r in _rows(res, "1.") if "not a gradient" in r["claim"]]

