@@ -165,7 +165,7 @@ def run(
     counts = sorted({1, *(int(n) for n in device_counts)})
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        results = {n: _spawn(n, quick, out, "cpu", tiny) for n in counts}
+        results: dict[int | str, dict] = {n: _spawn(n, quick, out, "cpu", tiny) for n in counts}
         if shutil.which("nvidia-smi") and not tiny:
             results["gpu"] = _spawn(1, quick, out, "gpu")
     ref = results[1]["out"]
