@@ -135,7 +135,7 @@ def run_case(dim: int, n: int, repeats: int, peak: float, torch) -> list[dict]:
         )  # fmt: skip
     for impl, fn in peers.items():
         count["n"] = 0
-        out = fn().numpy()
+        out = np.asarray(fn())
         diff = float(np.max(np.abs(out - outs["wgfm sample_ode Dopri5"])))
         rows.append(
             record(BENCH, case, impl, compile_s=None, median_s=med[impl], repeats=repeats,
