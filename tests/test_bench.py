@@ -23,10 +23,27 @@ from benchmarks._harness import RECORD_KEYS  # noqa: E402
 ALL = tuple(run_all.discover())
 
 
-EXPECTED_BENCHMARKS = {
-    "diagnostics", "scaling", "train", "transport", "compile", "jacobian_asymmetry",
-    "sub_jacobian_64", "pf_ode_sampling", "likelihood", "train_step",
-}  # fmt: skip
+# The benchmark names each module's rows carry: every module has a tiny configuration and
+# yields rows (none is skipped silently).
+EXPECTED = {
+    "bench_diagnostics": {"diagnostics"},
+    "bench_scaling": {"scaling"},
+    "bench_train": {"train"},
+    "bench_transport": {"transport"},
+    "compare_compile": {"compile"},
+    "compare_jacobian": {"jacobian_asymmetry"},
+    "compare_likelihood": {"likelihood"},
+    "compare_peer_ddim": {"peer_ddim"},
+    "compare_peer_likelihood": {"peer_likelihood"},
+    "compare_peer_sampling": {"peer_sampling", "pf_solver_choice"},
+    "compare_sampling": {"pf_ode_sampling"},
+    "compare_subjacobian": {"sub_jacobian_64"},
+    "compare_train": {"train_step"},
+}
+
+
+def test_every_module_is_smoke_tested():
+    assert set(ALL) == set(EXPECTED)
 
 
 def _check_schema(payload: dict) -> None:
@@ -46,22 +63,24 @@ def _check_schema(payload: dict) -> None:
             assert not isinstance(v, float) or math.isfinite(v)
 
 
-def test_tiny_suite_writes_schema(tmp_path):
-    path, failed = run_all.run_benchmarks(tiny=True, out=tmp_path, only=ALL)
+@pytest.mark.parametrize("name", ALL)
+def test_tiny_module_runs_and_agrees(name, tmp_path):
+    path, failed = run_all.run_benchmarks(tiny=True, out=tmp_path, only=(name,))
     assert failed == []
     assert path == tmp_path / "benchmarks.json"  # tests run on CPU
     payload = json.loads(path.read_text())
     _check_schema(payload)
     assert payload["mode"] == "tiny"
-    assert set(payload["module_seconds"]) == set(ALL)
-    # Every module has a tiny configuration and yields rows (none is skipped silently).
-    assert {r["benchmark"] for r in payload["records"]} >= EXPECTED_BENCHMARKS
+    assert set(payload["module_seconds"]) == {name}
+    assert {r["benchmark"] for r in payload["records"]} >= EXPECTED[name]
     md = (tmp_path / "benchmarks.md").read_text()
     assert md.count("\n|") == len(payload["records"]) + 2  # header, separator, one row each
-    # Each comparison agrees with wgfm on identical weights/inputs (float32 rounding).
+    # Each comparison agrees with wgfm on identical weights/inputs.
     for r in payload["records"]:
         e = r["extra"]
-        if "max_abs_diff_vs_wgfm" in e:
+        if "agree" in e:  # peer comparisons: within the tolerance their module documents
+            assert e["agree"] is True, r
+        elif "max_abs_diff_vs_wgfm" in e:  # float32 rounding only
             assert e["max_abs_diff_vs_wgfm"] < 1e-4
         if "rel_diff_vs_wgfm" in e:
             assert e["rel_diff_vs_wgfm"] < 1e-4
@@ -74,8 +93,6 @@ def test_tiny_suite_writes_schema(tmp_path):
         if r["benchmark"] == "compile":  # entry points trace once; the counter does see retraces
             assert e["retraces"] == 0, r
             assert e.get("control_new_shape_retraces", 1) >= 1, r
-        if "agree" in e:  # peer comparisons: within the tolerance their module documents
-            assert e["agree"] is True, r
 
 
 def test_torch_comparisons_skip_without_torch(monkeypatch, capsys):
