@@ -125,3 +125,21 @@ def test_cli_bench_rejects_unknown_module(capsys, tmp_path):
 def test_discover_finds_modules(only):
     names = run_all.discover(only)
     assert names and all(any(o in n for o in only) for n in names)
+
+
+def test_scaling_plots_written(tmp_path):
+    from benchmarks._harness import record
+    from benchmarks._plots import write_plots
+
+    rows = [
+        record("diagnostics", f"D={d}, B=8", "jacobian+asymmetry", compile_s=0.1,
+               median_s=1e-3 * d, repeats=1)
+        for d in (2, 16, 64)
+    ] + [
+        record("pf_solver_choice", "D=2, n=64", s, compile_s=None, median_s=1e-3 * nfe,
+               repeats=1, tol=tol, nfe=nfe, max_err_vs_ref=tol)
+        for s in ("Tsit5", "Dopri5") for tol, nfe in ((1e-3, 20), (1e-5, 40))
+    ]  # fmt: skip
+    names = {p.name for p in write_plots(rows, tmp_path)}
+    assert names == {"scaling_jacobian_vs_dim.png", "scaling_nfe.png"}
+    assert all((tmp_path / n).stat().st_size > 1000 for n in names)
