@@ -19,6 +19,7 @@ import jax
 
 from ._harness import RECORD_KEYS, write_results
 from ._plots import write_plots
+from ._summary import markdown, targets
 
 HERE = Path(__file__).resolve().parent
 
@@ -94,6 +95,8 @@ def run_benchmarks(
     payload["module_seconds"] = timings
     payload["failed"] = failed
     payload["plots"] = [p.name for p in write_plots(records, Path(out))]
+    payload["targets"] = targets(records)
+    (Path(out) / "summary.md").write_text(markdown(payload["targets"]))
     path.write_text(json.dumps(payload, indent=2))
     return path, failed
 

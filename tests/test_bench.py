@@ -72,6 +72,7 @@ def test_tiny_module_runs_and_agrees(name, tmp_path):
     _check_schema(payload)
     assert payload["mode"] == "tiny"
     assert set(payload["module_seconds"]) == {name}
+    assert payload["targets"] and (tmp_path / "summary.md").is_file()
     assert {r["benchmark"] for r in payload["records"]} >= EXPECTED[name]
     md = (tmp_path / "benchmarks.md").read_text()
     assert md.count("\n|") == len(payload["records"]) + 2  # header, separator, one row each
@@ -143,3 +144,20 @@ def test_scaling_plots_written(tmp_path):
     names = {p.name for p in write_plots(rows, tmp_path)}
     assert names == {"scaling_jacobian_vs_dim.png", "scaling_nfe.png"}
     assert all((tmp_path / n).stat().st_size > 1000 for n in names)
+
+
+def test_targets_table_met_and_missed():
+    from benchmarks._harness import record
+    from benchmarks._summary import markdown, targets
+
+    rows = [
+        record("peer_ddim", "D=2, n=32, 50 steps", "diffusers DDIMScheduler loop", compile_s=None,
+               median_s=1.0, repeats=3, speedup=4.0, speedup_min=3.5, speedup_max=5.0),
+        record("train_step", "D=2, B=16", "torch eager loop", compile_s=None, median_s=1.0,
+               repeats=3, speedup=1.2, speedup_min=1.0, speedup_max=1.4),
+    ]  # fmt: skip
+    got = {t["target"]: t for t in targets(rows)}
+    assert got["DDIM-50 vs diffusers DDIMScheduler loop"]["met"] is True
+    assert got["training step (MLP) vs PyTorch eager"]["met"] is False
+    assert got["sampling vs torchdiffeq, D=2, n=10000"]["met"] is None
+    assert "4 [3.5-5]" in markdown(list(got.values()))
