@@ -123,3 +123,26 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.3g}"
     return str(v)
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+    """Wall times of each (warm, blocking) callable over ``repeats`` rounds, the order of the
+    sides reversed every other round so that drifting machine load falls on both alike."""
+    names = list(fns)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for n in names if r % 2 == 0 else names[::-1]:
+            t0 = time.perf_counter()
+            fns[n]()
+            times[n].append(time.perf_counter() - t0)
+    return times
+
+
+def ratio_stats(slow: list[float], fast: list[float]) -> dict[str, float]:
+    """Speed-up ``slow / fast`` per round (rounds are interleaved): median and spread."""
+    ratios = sorted(s / f for s, f in zip(slow, fast, strict=True))
+    return {
+        "speedup": statistics.median(ratios),
+        "speedup_min": ratios[0],
+        "speedup_max": ratios[-1],
+    }

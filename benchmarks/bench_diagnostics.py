@@ -63,20 +63,20 @@ def _row(case, impl, fn, args, repeats, batch, **extra):
     )
 
 
-def run(quick: bool = False) -> list[dict]:
-    repeats = 3 if quick else 5
+def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
+    repeats = 1 if tiny else 3 if quick else 5
     key = jax.random.key(0)
     t = jnp.float32(0.3)
     rows = []
-    batch = 64 if quick else 512
-    for dim in [2, 16, 64] if quick else [2, 16, 64, 256]:
+    batch = 8 if tiny else 64 if quick else 512
+    for dim in [2, 16] if tiny else [2, 16, 64] if quick else [2, 16, 64, 256]:
         f = mlp_field(dim, key)
         xs = jax.random.normal(key, (batch, dim), jnp.float32)
         fn = jax.jit(jax.vmap(lambda x, f=f: asymmetry(jacobian(f, x, t)).ratio))
         rows.append(_row(f"D={dim}, B={batch}", "jacobian+asymmetry", fn, (xs,), repeats, batch))
 
-    big_batch = 8 if quick else 64
-    for dim in [784, 3072]:
+    big_batch = 2 if tiny else 8 if quick else 64
+    for dim in [128] if tiny else [784, 3072]:
         f = mlp_field(dim, key)
         xs = jax.random.normal(key, (big_batch, dim), jnp.float32)
         idx = jax.vmap(lambda k, d=dim: jax.random.choice(k, d, (64,), replace=False))(

@@ -34,7 +34,9 @@ RUN_KIND = (
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _sizes(quick: bool) -> dict:
+def _sizes(quick: bool, tiny: bool = False) -> dict:
+    if tiny:
+        return {"batch": 16, "asym": 8, "ll": 4, "sample": 16, "repeats": 1}
     if quick:
         return {"batch": 256, "asym": 64, "ll": 32, "sample": 256, "repeats": 3}
     return {"batch": 1024, "asym": 512, "ll": 256, "sample": 4096, "repeats": 10}
@@ -99,14 +101,14 @@ def _workloads(mesh, sizes: dict):
     }  # fmt: skip
 
 
-def _worker(n: int, quick: bool, out: Path, platform: str) -> None:
+def _worker(n: int, quick: bool, out: Path, platform: str, tiny: bool = False) -> None:
     """One device count: time each workload and save its output for the cross-count check."""
     import jax
 
     from benchmarks._harness import block, time_call
     from wgfm import distributed as dist
 
-    sizes = _sizes(quick)
+    sizes = _sizes(quick, tiny)
     mesh = dist.make_mesh(n)
     rows, outputs = [], {}
     for case, (result_of, fn, args) in _workloads(mesh, sizes).items():
@@ -139,7 +141,7 @@ def _time(fn, args, repeats, block, time_call):
     return first, median
 
 
-def _spawn(n: int, quick: bool, out: Path, platform: str) -> dict:
+def _spawn(n: int, quick: bool, out: Path, platform: str, tiny: bool = False) -> dict:
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     if platform == "cpu":
         env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={n}", JAX_PLATFORMS="cpu")
@@ -147,20 +149,24 @@ def _spawn(n: int, quick: bool, out: Path, platform: str) -> dict:
         env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
     cmd = [sys.executable, "-m", "benchmarks.bench_scaling", "--worker", str(n), platform, str(out)]
     cmd += ["--quick"] if quick else []
+    cmd += ["--tiny"] if tiny else []
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"scaling worker ({n} {platform}) failed:\n{proc.stderr[-3000:]}")
     return json.loads((out / f"scaling_{platform}_{n}.json").read_text())
 
 
-def run(quick: bool = False, device_counts: tuple[int, ...] = DEVICE_COUNTS) -> list[dict]:
+def run(
+    quick: bool = False, device_counts: tuple[int, ...] = DEVICE_COUNTS, *, tiny: bool = False
+) -> list[dict]:
     """One subprocess per simulated device count (1 is always included as the reference)."""
     rows = []
+    device_counts = (1, 2) if tiny else device_counts
     counts = sorted({1, *(int(n) for n in device_counts)})
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        results: dict[int | str, dict] = {n: _spawn(n, quick, out, "cpu") for n in counts}
-        if shutil.which("nvidia-smi"):
+        results: dict[int | str, dict] = {n: _spawn(n, quick, out, "cpu", tiny) for n in counts}
+        if shutil.which("nvidia-smi") and not tiny:
             results["gpu"] = _spawn(1, quick, out, "gpu")
     ref = results[1]["out"]
     for res in results.values():
@@ -175,7 +181,7 @@ if __name__ == "__main__":
     if "--worker" in sys.argv:
         i = sys.argv.index("--worker")
         n, platform, out_dir = int(sys.argv[i + 1]), sys.argv[i + 2], Path(sys.argv[i + 3])
-        _worker(n, "--quick" in sys.argv, out_dir, platform)
+        _worker(n, "--quick" in sys.argv, out_dir, platform, "--tiny" in sys.argv)
         sys.exit(0)
     records = run(quick="--quick" in sys.argv)
     print(write_results(records, Path("results/bench"), name="bench_scaling"))

@@ -8,6 +8,7 @@ fraction of a float32 matmul peak measured in the same process.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import jax
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _compare as C
-from ._harness import record, time_call, time_jitted, write_results
+from ._harness import block, interleaved, ratio_stats, record, write_results
 
 BENCH = "jacobian_asymmetry"
 WIDTH, DEPTH = 256, 3
@@ -24,13 +25,13 @@ WIDTH, DEPTH = 256, 3
 CHUNK = 64  # samples per pass in the chunked variants (both frameworks)
 
 
-def wgfm_asymmetry_fn(field, t, batch_size: int | None = None):
+def wgfm_asymmetry_fn(field, t, batch_size: int | None = None, **jac_kwargs):
     """Batched exact asymmetry ratio with wgfm's public diagnostics: one ``vmap`` over the
     batch, or ``jax.lax.map(batch_size=...)`` so each pass's tangents (batch x D x width
     floats per layer) stay in cache (D = 64, batch 512: 33 MB per layer at once)."""
     from wgfm.diagnostics import asymmetry, jacobian
 
-    one = lambda x: asymmetry(jacobian(field, x, t)).ratio  # noqa: E731
+    one = lambda x: asymmetry(jacobian(field, x, t, **jac_kwargs)).ratio  # noqa: E731
     if batch_size is None:
         return jax.jit(jax.vmap(one))
     return jax.jit(lambda xs: jax.lax.map(one, xs, batch_size=batch_size))
@@ -80,7 +81,7 @@ def torch_impls(torch, model, t: float):
 def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
     dims = [2, 8] if tiny else ([2, 64] if quick else [2, 16, 64, 256])
     batch = 16 if tiny else (128 if quick else 512)
-    repeats = 1 if tiny else 3
+    repeats = 2 if tiny else 5
     torch = C.torch_or_none(BENCH)
     peak = C.matmul_peak(n=256 if tiny else 1024, repeats=repeats)
     rows = [
@@ -95,7 +96,7 @@ def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
         flops = batch * (dim + 1) * C.mlp_flops(dim, WIDTH, DEPTH)  # primal + D tangents
         case = f"D={dim}, B={batch}"
 
-        def extra(s, ref=None, val=None, flops=flops):
+        def extra(s, ref=None, val=None):
             gf = flops / s / 1e9
             out = {"gflops": gf, "peak_frac": gf / peak["peak_gflops"]}
             if ref is not None:
@@ -103,53 +104,43 @@ def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
             return out
 
         xj = jnp.asarray(x)
-        ref, meds = None, []
-        for bs in (None, CHUNK) if batch > CHUNK else (None,):
-            fn = wgfm_asymmetry_fn(C.mlp_jax(params), jnp.float32(t), bs)
-            compile_s, m = time_jitted(fn, xj, repeats=repeats)
-            val = np.asarray(fn(xj))
-            ref = val if ref is None else ref
-            how = "vmap" if bs is None else f"{bs} samples per pass"
-            rows.append(
-                record(BENCH, case, f"wgfm jacobian + asymmetry ({how})", compile_s=compile_s,
-                       median_s=m, repeats=repeats, **extra(m, None if bs is None else ref, val))
-            )  # fmt: skip
-            meds.append(m)
-        med = min(meds)  # speedups below are against wgfm's faster variant
+        fns, compile_s, vals = {}, {}, {}
+        variants = [(None, "default: vmap of jacobian", {})]
+        variants += [(CHUNK, f"{CHUNK} samples per pass", {})] if batch > CHUNK else []
+        # All D tangents in one pass: what the default did before it chose a chunk itself.
+        variants += [(None, "vmap, chunk_size=None", {"chunk_size": None})]
+        for bs, how, kw in variants:
+            fn = wgfm_asymmetry_fn(C.mlp_jax(params), jnp.float32(t), bs, **kw)
+            name = f"wgfm jacobian + asymmetry ({how})"
+            t0 = time.perf_counter()
+            compiled = fn.lower(xj).compile()
+            compile_s[name] = time.perf_counter() - t0
+            vals[name] = np.asarray(compiled(xj))
+            fns[name] = lambda c=compiled: block(c(xj))
+        default = next(iter(fns))
+        ref = vals[default]
         plain = plain_jax_asymmetry_fn(C.mlp_jax(params), jnp.float32(t))
-        compile_p, med_p = time_jitted(plain, xj, repeats=repeats)
-        rows.append(
-            record(BENCH, case, "bare jax vmap(jacfwd)", compile_s=compile_p, median_s=med_p,
-                   repeats=repeats, **extra(med_p, ref, plain(xj)))
-        )  # fmt: skip
-        if torch is None:
-            continue
-        model = C.mlp_torch(torch, params)
-        xt = torch.from_numpy(x)
-        for name, f in zip(
-            (
-                "torch.func vmap(jacfwd)",
-                f"torch.func vmap(jacfwd, chunk_size={CHUNK})",
-                "torch per-coordinate loop",
-            ),  # fmt: skip
-            torch_impls(torch, model, t),
-            strict=True,
-        ):
-            first, med_t = time_call(lambda f=f, xt=xt: f(xt), repeats=repeats, warmup=3)
-            val = f(xt).numpy()
+        vals["bare jax vmap(jacfwd)"] = np.asarray(plain(xj))
+        fns["bare jax vmap(jacfwd)"] = lambda: block(plain(xj))
+        if torch is not None:
+            model = C.mlp_torch(torch, params)
+            xt = torch.from_numpy(x)
+            names = ("torch.func vmap(jacfwd)", f"torch.func vmap(jacfwd, chunk_size={CHUNK})",
+                     "torch per-coordinate loop")  # fmt: skip
+            for name, f in zip(names, torch_impls(torch, model, t), strict=True):
+                for _ in range(2):  # warm-up
+                    vals[name] = f(xt).numpy()
+                fns[name] = lambda f=f: f(xt)
+        times = interleaved(fns, repeats)
+        for name, ts in times.items():
+            m = float(np.median(ts))
+            ex = extra(m, None if name == default else ref, vals[name])
+            if not name.startswith("wgfm"):
+                ex |= {f"wgfm_default_{k}": v for k, v in ratio_stats(ts, times[default]).items()}
             rows.append(
-                record(
-                    BENCH,
-                    case,
-                    name,
-                    compile_s=None,
-                    median_s=med_t,
-                    repeats=repeats,
-                    first_call_s=first,
-                    wgfm_speedup=med_t / med,
-                    **extra(med_t, ref, val),
-                )
-            )
+                record(BENCH, case, name, compile_s=compile_s.get(name), median_s=m,
+                       repeats=repeats, **ex)
+            )  # fmt: skip
     return rows
 
 

@@ -1,6 +1,10 @@
 """Training-step throughput: ``wgfm.train.make_train_step`` (flax MLP width 256, depth 3, eps
 loss, VP process, global-norm clipping + AdamW + EMA) vs the equivalent PyTorch loop with the
-same network (weights ported from the flax parameters), batch, loss, optimiser and EMA, on CPU.
+same network (weights ported from the flax parameters), batch, loss, optimiser and EMA, on CPU,
+eager and with ``torch.compile`` (where inductor builds here). The sides run interleaved, a
+round of ``steps`` steps each; the speed-up is the median of per-round ratios with its spread.
+wgfm's FLOP rate (XLA's cost analysis of the compiled step) is given against the matmul peak
+measured in the same run.
 
 The port is checked: both frameworks' predictions on one batch (``port_max_diff``).
 """
@@ -20,7 +24,7 @@ from wgfm.processes import VP
 from wgfm.train import TrainConfig, init_state, make_train_step
 
 from . import _compare as C
-from ._harness import block, record, write_results
+from ._harness import block, interleaved, ratio_stats, record, write_results
 
 BENCH = "train_step"
 WIDTH, DEPTH = 256, 3
@@ -88,65 +92,112 @@ def torch_loop(torch, model, config: TrainConfig, data, batch: int):
     return step
 
 
-def run_case(dim: int, batch: int, steps: int, torch) -> list[dict]:
+def run_case(
+    dim: int, batch: int, steps: int, rounds: int, torch, peak: float, with_compile: bool = True
+) -> list[dict]:
     config = TrainConfig(steps=steps, batch_size=batch, warmup_steps=10, weight_decay=1e-4)
     model = get_model("mlp", width=WIDTH, depth=DEPTH)
     rng = np.random.default_rng(0)
     data = rng.standard_normal((8 * batch, dim)).astype(np.float32)
     idx = [rng.integers(0, len(data), batch).astype(np.int32) for _ in range(steps)]
-    case = f"D={dim}, B={batch}, {steps} steps"
+    case = f"D={dim}, B={batch}, {steps} steps per round"
 
     state = init_state(model, config, (dim,), key=jax.random.key(0))
     params0 = state.params
     step = make_train_step(model, VP(), config)
-    dj = jnp.asarray(data)
+    dj, ij = jnp.asarray(data), [jnp.asarray(i) for i in idx]
     t0 = time.perf_counter()
-    state, loss = step(state, dj, jnp.asarray(idx[0]))
-    block(loss)
-    first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for i in idx:
-        state, loss = step(state, dj, jnp.asarray(i))
-    block(state.params)
-    wgfm_s = (time.perf_counter() - t0) / steps
-    rows = [
-        record(BENCH, case, "wgfm make_train_step (jit)", compile_s=first - wgfm_s, median_s=wgfm_s,
-               repeats=steps, steps_per_s=1 / wgfm_s, examples_per_s=batch / wgfm_s)
-    ]  # fmt: skip
-    if torch is None:
-        return rows
-    tm = torch_mlp(torch, params0, dim)
-    xs, ts = data[:batch], np.linspace(0.01, 1, batch, dtype=np.float32)
-    ref = np.asarray(
-        jax.vmap(model.apply, in_axes=(None, 0, 0))(params0, dj[:batch], jnp.asarray(ts))
-    )
-    with torch.no_grad():
-        got = tm(torch.from_numpy(xs), torch.from_numpy(ts)).numpy()
-    port = float(np.max(np.abs(got - ref)) / np.max(np.abs(ref)))
-    tstep = torch_loop(torch, tm, config, data, batch)
-    ti = [torch.from_numpy(i.astype(np.int64)) for i in idx]
-    tstep(ti[0])
-    t0 = time.perf_counter()
-    for i in ti:
-        tstep(i)
-    torch_s = (time.perf_counter() - t0) / steps
-    rows.append(
-        record(BENCH, case, "torch eager loop", compile_s=None, median_s=torch_s, repeats=steps,
-               steps_per_s=1 / torch_s, examples_per_s=batch / torch_s,
-               wgfm_speedup=torch_s / wgfm_s, port_max_diff=port)
-    )  # fmt: skip
+    compiled = step.lower(state, dj, ij[0]).compile()
+    compile_s = time.perf_counter() - t0
+    flops = _flops(compiled)
+    box = {"state": state}
+
+    def wgfm_steps():
+        st = box["state"]
+        for i in ij:
+            st, _ = step(st, dj, i)
+        box["state"] = block(st)
+
+    wgfm_steps()
+    sides = {"wgfm make_train_step (jit)": wgfm_steps}
+    port = None
+    if torch is not None:
+        tm = torch_mlp(torch, params0, dim)
+        xs, ts = data[:batch], np.linspace(0.01, 1, batch, dtype=np.float32)
+        ref = np.asarray(
+            jax.vmap(model.apply, in_axes=(None, 0, 0))(params0, dj[:batch], jnp.asarray(ts))
+        )
+        with torch.no_grad():
+            got = tm(torch.from_numpy(xs), torch.from_numpy(ts)).numpy()
+        port = float(np.max(np.abs(got - ref)) / np.max(np.abs(ref)))
+        ti = [torch.from_numpy(i.astype(np.int64)) for i in idx]
+        sides["torch eager loop"] = _torch_steps(torch_loop(torch, tm, config, data, batch), ti)
+        compiled_side = (
+            _torch_compiled(torch, params0, dim, config, data, batch, ti) if with_compile else None
+        )
+        if compiled_side is not None:
+            sides["torch.compile loop"] = compiled_side
+    times = interleaved(sides, rounds)
+    base = times["wgfm make_train_step (jit)"]
+    rows = []
+    for name, ts_ in times.items():
+        per_step = float(np.median(ts_)) / steps
+        extra: dict = {"steps_per_s": 1 / per_step, "examples_per_s": batch / per_step}
+        if name.startswith("wgfm"):
+            extra |= {"xla_gflop_per_step": flops / 1e9, "gflops": flops / per_step / 1e9,
+                      "frac_of_matmul_peak": flops / per_step / 1e9 / peak}  # fmt: skip
+        else:
+            extra |= ratio_stats(ts_, base) | {"port_max_diff": port}
+        rows.append(
+            record(BENCH, case, name, compile_s=compile_s if name.startswith("wgfm") else None,
+                   median_s=per_step, repeats=rounds, **extra)
+        )  # fmt: skip
     return rows
+
+
+def _flops(compiled) -> float:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
+def _torch_steps(tstep, ti):
+    tstep(ti[0])  # warm-up
+
+    def go():
+        for i in ti:
+            tstep(i)
+
+    return go
+
+
+def _torch_compiled(torch, params0, dim, config, data, batch, ti):
+    """The eager loop with ``torch.compile``-d network, or ``None`` (with the reason printed)
+    where inductor cannot build on this machine."""
+    import sys
+
+    try:
+        tm = torch.compile(torch_mlp(torch, params0, dim))
+        go = _torch_steps(torch_loop(torch, tm, config, data, batch), ti)
+        go()  # compile for forward and backward
+        return go
+    except Exception as err:  # no C++ toolchain, unsupported op, ...
+        print(f"[{BENCH}] torch.compile unavailable here: {type(err).__name__}: {err}"[:300],
+              file=sys.stderr)  # fmt: skip
+        return None
 
 
 def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
     torch = C.torch_or_none(BENCH)
     if tiny:
-        cases = [(2, 16, 3)]
+        cases, rounds = [(2, 16, 3)], 2
     elif quick:
-        cases = [(2, 256, 20)]
+        cases, rounds = [(2, 256, 10)], 3
     else:
-        cases = [(2, 512, 100), (64, 512, 100)]
-    return [r for d, b, s in cases for r in run_case(d, b, s, torch)]
+        cases, rounds = [(2, 256, 20), (2, 512, 20), (64, 512, 20)], 7
+    peak = C.matmul_peak()["peak_gflops"]
+    # Tiny skips torch.compile: inductor's own build takes longer than the whole smoke test.
+    return [r for d, b, s in cases for r in run_case(d, b, s, rounds, torch, peak, not tiny)]
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Run every benchmark module (``bench_*.py`` and ``compare_*.py``) in one process and write
 ``benchmarks.json`` + ``benchmarks.md`` (``benchmarks_<platform>.*`` on an accelerator, so CPU
-and GPU numbers are never mixed). Entry point of ``wgfm bench``.
+and GPU numbers are never mixed) and the scaling PNGs beside them. Entry point of ``wgfm bench``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from pathlib import Path
 import jax
 
 from ._harness import RECORD_KEYS, write_results
+from ._plots import write_plots
+from ._summary import markdown, targets
 
 HERE = Path(__file__).resolve().parent
 
@@ -92,6 +94,9 @@ def run_benchmarks(
     payload["mode"] = "tiny" if tiny else "quick" if quick else "full"
     payload["module_seconds"] = timings
     payload["failed"] = failed
+    payload["plots"] = [p.name for p in write_plots(records, Path(out))]
+    payload["targets"] = targets(records)
+    (Path(out) / "summary.md").write_text(markdown(payload["targets"]))
     path.write_text(json.dumps(payload, indent=2))
     return path, failed
 

@@ -157,9 +157,11 @@ def _ddim_jit(eps_field, x, ts, ab, ab_next, eta, key):
 
     def step(y, inp):
         t, a, a_next, k = inp
+        # The schedule is float64 under x64; the state's dtype must survive the scan.
+        a, a_next, eta_y = a.astype(y.dtype), a_next.astype(y.dtype), eta.astype(y.dtype)
         eps = jax.vmap(eps_field, in_axes=(0, None))(y, t.astype(y.dtype))
         x0 = (y - jnp.sqrt(1 - a) * eps) / jnp.sqrt(a)
-        s = eta * jnp.sqrt((1 - a_next) / (1 - a)) * jnp.sqrt(1 - a / a_next)
+        s = eta_y * jnp.sqrt((1 - a_next) / (1 - a)) * jnp.sqrt(1 - a / a_next)
         noise = jax.random.normal(k, y.shape, y.dtype)
         y_next = jnp.sqrt(a_next) * x0 + jnp.sqrt(jnp.maximum(1 - a_next - s**2, 0.0)) * eps
         return y_next + s * noise, None

@@ -44,10 +44,23 @@ def _map_tangents(fn: Callable[[Array], Array], items: Array, chunk_size: int | 
     return jax.lax.map(fn, items, batch_size=int(chunk_size))
 
 
+# Tangents per pass of :func:`jacobian` by default. Under the caller's ``vmap`` over a batch,
+# all D tangents at once make batch x D rows per layer, which leave the cache at D = 64 with a
+# few hundred samples; small passes stay in it and cost ~nothing for one sample
+# (benchmarks/README.md, "Jacobian default chunk").
+JACOBIAN_CHUNK = 8
+
+
 def jacobian(
-    field: Field, x: Array, t: Scalar, *, chunk_size: int | None = None, checked: bool = True
+    field: Field,
+    x: Array,
+    t: Scalar,
+    *,
+    chunk_size: int | None = JACOBIAN_CHUNK,
+    checked: bool = True,
 ) -> Float[Array, "d d"]:
-    """Exact Jacobian ``J[i, j] = d field_i / d x_j`` of the flattened field (D JVPs).
+    """Exact Jacobian ``J[i, j] = d field_i / d x_j`` of the flattened field (D JVPs,
+    ``chunk_size`` at a time; None: all at once).
     ``checked``: raise on non-finite values (False: leave that to the caller, see
     :mod:`wgfm.diagnostics`; the same for every diagnostic that takes it)."""
     fx, jvp = _linearized(field, x, t)
