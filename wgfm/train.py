@@ -141,6 +141,10 @@ class TrainStep(eqx.Module):
     def __call__(self, state: TrainState, data: Array, indices: Array):
         return _train_step(self.model, self.process, self.config, state, data, indices)
 
+    def _cache_size(self) -> int:
+        """Compiled variants of the update so far (filter_jit's cache, shared by all steps)."""
+        return _train_step._cached._cache_size()
+
 
 @eqx.filter_jit
 def _train_step(model, process: AbstractProcess, config: TrainConfig, state: TrainState,
