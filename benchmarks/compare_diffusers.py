@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +26,7 @@ from . import _compare as C
 from ._harness import record, time_call, time_jitted, write_results
 
 BENCH = "diffusers_unet"
-CIFAR_UNET = {
+CIFAR_UNET: dict[str, Any] = {
     "act_fn": "silu", "attention_head_dim": None, "block_out_channels": [128, 256, 256, 256],
     "center_input_sample": False, "down_block_types": ["DownBlock2D", "AttnDownBlock2D",
     "DownBlock2D", "DownBlock2D"], "downsample_padding": 0, "flip_sin_to_cos": False,
@@ -110,7 +111,7 @@ def run(quick: bool = False, *, tiny: bool = False, repeats: int | None = None) 
         unet.save_pretrained(d)
         port, _ = load_diffusers(d, scheduler_config={})
     n_params = sum(p.numel() for p in unet.parameters())
-    size, c = config["sample_size"], config["in_channels"]
+    size, c = int(config["sample_size"]), int(config["in_channels"])
     case = f"UNet2DModel {n_params / 1e6:.1f}M params, {c}x{size}x{size}"
     rng = np.random.default_rng(0)
     rows = []

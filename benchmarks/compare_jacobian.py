@@ -96,7 +96,7 @@ def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
         flops = batch * (dim + 1) * C.mlp_flops(dim, WIDTH, DEPTH)  # primal + D tangents
         case = f"D={dim}, B={batch}"
 
-        def extra(s, ref=None, val=None):
+        def extra(s, ref=None, val=None, flops=flops):
             gf = flops / s / 1e9
             out = {"gflops": gf, "peak_frac": gf / peak["peak_gflops"]}
             if ref is not None:
@@ -116,12 +116,12 @@ def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
             compiled = fn.lower(xj).compile()
             compile_s[name] = time.perf_counter() - t0
             vals[name] = np.asarray(compiled(xj))
-            fns[name] = lambda c=compiled: block(c(xj))
+            fns[name] = lambda c=compiled, xj=xj: block(c(xj))
         default = next(iter(fns))
         ref = vals[default]
         plain = plain_jax_asymmetry_fn(C.mlp_jax(params), jnp.float32(t))
         vals["bare jax vmap(jacfwd)"] = np.asarray(plain(xj))
-        fns["bare jax vmap(jacfwd)"] = lambda: block(plain(xj))
+        fns["bare jax vmap(jacfwd)"] = lambda plain=plain, xj=xj: block(plain(xj))
         if torch is not None:
             model = C.mlp_torch(torch, params)
             xt = torch.from_numpy(x)
@@ -130,7 +130,7 @@ def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
             for name, f in zip(names, torch_impls(torch, model, t), strict=True):
                 for _ in range(2):  # warm-up
                     vals[name] = f(xt).numpy()
-                fns[name] = lambda f=f: f(xt)
+                fns[name] = lambda f=f, xt=xt: f(xt)
         times = interleaved(fns, repeats)
         for name, ts in times.items():
             m = float(np.median(ts))
