@@ -44,6 +44,7 @@ TITLES = {
 NUMBERS = {1: "differential", 2: "integral"}
 MANIFEST = "diagnose.json"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+GENERATION_CHUNK = 64  # images per DDIM call when the model generates its own
 GAUSSIAN_FIT_MAX = 10_000  # images for the Gaussian fit (as the reproduction's control)
 
 
@@ -367,11 +368,17 @@ def _generated(out: Path, field, process, shape, sz: DiagnoseSizes, key) -> np.n
         x = np.load(path)
         if x.shape == (sz.num_generated, *shape):
             return x
-    res = sample_ddim(field, process, key=key, num_samples=sz.num_generated, shape=shape,
-                      kind=field.kind, num_steps=sz.ddim_steps,
-                      num_train_steps=len(process.betas))  # fmt: skip
+    # Equal chunks (one compiled sampler; the last is trimmed): memory stays that of one chunk.
+    chunk = min(sz.num_generated, GENERATION_CHUNK)
+    parts = []
+    for i in tqdm(range(-(-sz.num_generated // chunk)), desc="DDIM", unit="chunk", leave=False):
+        res = sample_ddim(field, process, key=jax.random.fold_in(key, i), num_samples=chunk,
+                          shape=shape, kind=field.kind, num_steps=sz.ddim_steps,
+                          num_train_steps=len(process.betas))  # fmt: skip
+        parts.append(np.asarray(res.samples, np.float32))
+    x = np.concatenate(parts)[: sz.num_generated]
     # As the diffusers pipelines return images: clipped to the data range.
-    x = np.clip(np.asarray(res.samples, np.float32), -1.0, 1.0)
+    x = np.clip(x, -1.0, 1.0)
     tmp = path.with_suffix(".tmp.npy")
     np.save(tmp, x)
     os.replace(tmp, path)
