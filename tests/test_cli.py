@@ -33,5 +33,5 @@ def test_python_dash_m_wgfm_runs_the_command_and_the_package_exposes_diagnostics
     }
     out = subprocess.run([sys.executable, "-m", "wgfm", "--help"], capture_output=True, text=True,
                          env=env, check=True).stdout  # fmt: skip
-    assert all(c in out for c in ("check", "train", "reproduce", "bench"))
+    assert all(c in out for c in ("check", "train", "reproduce", "diagnose", "bench"))
     assert callable(wgfm.diagnostics.sweep) and isinstance(wgfm.__version__, str)

@@ -132,9 +132,9 @@ def diagnose(
     compile_cache: bool = True,
 ) -> int:
     """Diagnose a pretrained diffusers model: the paper's claims 1 (Jacobian asymmetry at every
-    noise level) and 2 (circulation around three loop families) beside an untrained network of
-    the same architecture and the exact score of a Gaussian fitted to the clean images
-    (REPORT.md, results.json and figures/ under --out). Rerunning resumes the same --out.
+    noise level) and 2 (circulation around its three loop families and a circle) beside an
+    untrained network of the same architecture and the exact score of a Gaussian fitted to the
+    clean images (REPORT.md, results.json and figures/ under --out). Rerunning resumes --out.
 
     Args:
         model: a diffusers UNet2DModel directory or pipeline directory (unet/ + scheduler/).
