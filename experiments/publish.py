@@ -35,7 +35,7 @@ def publish(run_dir: Path, doc: Path = DOC) -> str:
 
 
 def publish_page(run_dir: Path, doc: Path, title: str, intro: str = "") -> str:
-    """Write ``doc``: ``title``, ``intro`` and ``run_dir/REPORT.md`` (headings one level down),
+    """Write ``doc``: ``title``, ``intro`` and ``run_dir/REPORT.md`` below its own title,
     its figures copied to ``doc.parent/figures/<doc's stem>/`` and linked from there."""
     run_dir, doc = Path(run_dir), Path(doc)
     figs = doc.parent / "figures" / doc.stem
@@ -44,8 +44,7 @@ def publish_page(run_dir: Path, doc: Path, title: str, intro: str = "") -> str:
     shutil.copytree(run_dir / "figures", figs)
     body = []
     for line in (run_dir / "REPORT.md").read_text().splitlines()[1:]:
-        line = line.replace("](figures/", f"](figures/{doc.stem}/")
-        body.append("#" + line if line.startswith("#") else line)
+        body.append(line.replace("](figures/", f"](figures/{doc.stem}/"))
     text = f"# {title}\n\n" + (intro.strip() + "\n\n" if intro else "") + "\n".join(body).strip()
     doc.write_text(text + "\n")
     return text

@@ -157,3 +157,25 @@ def test_image_presets_validate_their_options(tmp_path):
     assert ReproduceConfig(preset="digits", quick=True).image_training()[0] == "unet-tiny"
     with pytest.raises(ValueError, match="image"):
         ReproduceConfig(preset="mixtures").image_training()
+
+
+def test_pixel_vs_latent_row_reads_a_pixel_run(tmp_path):
+    from experiments.differential import pixel_vs_latent
+
+    levels = [0.001, 0.5, 0.991]
+    latent = {"levels": levels, "median_ratio": {"trained": [0.3, 0.25, 0.2]}}
+    row = pixel_vs_latent(latent, None)
+    assert "no pixel run given" in row.control
+    pixel = {"levels": levels, "median_exact_ratio": [0.1, 0.1, 0.2]}  # no low-noise growth
+    (tmp_path / "results.json").write_text(
+        json.dumps({"numbers": {"differential": {"mnist": pixel}}})
+    )
+    row = pixel_vs_latent(latent, tmp_path)
+    assert not row.verdict and "latent/pixel median over 3 shared levels: 2.5" in row.control
+    pixel["median_exact_ratio"] = [0.2, 0.1, 0.1]
+    (tmp_path / "results.json").write_text(
+        json.dumps({"numbers": {"differential": {"mnist": pixel}}})
+    )
+    assert pixel_vs_latent(latent, tmp_path / "results.json").verdict
+    with pytest.raises(ValueError, match="pixel_run"):
+        pixel_vs_latent(latent, tmp_path / "missing")

