@@ -22,19 +22,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from wgfm.interop import DDPM_CIFAR10_32
+
 from . import _compare as C
 from ._harness import record, time_call, time_jitted, write_results
 
 BENCH = "diffusers_unet"
-CIFAR_UNET: dict[str, Any] = {
-    "act_fn": "silu", "attention_head_dim": None, "block_out_channels": [128, 256, 256, 256],
-    "center_input_sample": False, "down_block_types": ["DownBlock2D", "AttnDownBlock2D",
-    "DownBlock2D", "DownBlock2D"], "downsample_padding": 0, "flip_sin_to_cos": False,
-    "freq_shift": 1, "in_channels": 3, "layers_per_block": 2, "mid_block_scale_factor": 1,
-    "norm_eps": 1e-06, "norm_num_groups": 32, "out_channels": 3, "sample_size": 32,
-    "time_embedding_type": "positional", "up_block_types": ["UpBlock2D", "UpBlock2D",
-    "AttnUpBlock2D", "UpBlock2D"],
-}  # fmt: skip
+CIFAR_UNET: dict[str, Any] = DDPM_CIFAR10_32
 TINY_UNET = dict(
     CIFAR_UNET, block_out_channels=[16, 32], down_block_types=["DownBlock2D", "AttnDownBlock2D"],
     up_block_types=["AttnUpBlock2D", "UpBlock2D"], layers_per_block=1, norm_num_groups=4,

@@ -141,6 +141,14 @@ CIFAR_QUICK = dataclasses.replace(
     image_batch=16, sub_jacobian_size=64,
 )  # fmt: skip
 
+# The smallest sizes that still run every code path of the image presets (readers, the large-D
+# sub-Jacobian and probe path, image loops, checkpointed networks, report): the tests' runs.
+TINY = dataclasses.replace(
+    QUICK, num_levels=2, num_diag_samples=2, train_steps_image=4, image_batch=8, loop_points=(8,),
+    bridge_steps=16, noisy_copies=3, noisy_points=6, arch_image="unet-tiny", sub_jacobian_size=16,
+    image_diag_samples=None, image_loop_samples=None, figure_samples=4,
+)  # fmt: skip
+
 # Data sets with an exact Gaussian-mixture oracle; every other name is an image set.
 MIXTURES = ("2d", "10d")
 

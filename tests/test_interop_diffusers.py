@@ -18,19 +18,11 @@ diffusers = pytest.importorskip("diffusers")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
 from wgfm import as_field, samplers  # noqa: E402
-from wgfm.interop import load_diffusers, load_unet2d, scheduler_betas  # noqa: E402
+from wgfm.interop import DDPM_CIFAR10_32, load_diffusers, load_unet2d, scheduler_betas  # noqa: E402
 from wgfm.processes import DiscreteVP, discrete_schedule  # noqa: E402
 
 CIFAR = Path("/work/shared/pretrained-configs/ddpm-cifar10-32.json")
-CIFAR_UNET = {  # google/ddpm-cifar10-32's published unet/config.json
-    "act_fn": "silu", "attention_head_dim": None, "block_out_channels": [128, 256, 256, 256],
-    "center_input_sample": False, "down_block_types": ["DownBlock2D", "AttnDownBlock2D",
-    "DownBlock2D", "DownBlock2D"], "downsample_padding": 0, "flip_sin_to_cos": False,
-    "freq_shift": 1, "in_channels": 3, "layers_per_block": 2, "mid_block_scale_factor": 1,
-    "norm_eps": 1e-06, "norm_num_groups": 32, "out_channels": 3, "sample_size": 32,
-    "time_embedding_type": "positional", "up_block_types": ["UpBlock2D", "UpBlock2D",
-    "AttnUpBlock2D", "UpBlock2D"],
-}  # fmt: skip
+CIFAR_UNET = DDPM_CIFAR10_32
 TINY = dict(
     sample_size=8, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=4,
     down_block_types=("DownBlock2D", "AttnDownBlock2D"), attention_head_dim=8,

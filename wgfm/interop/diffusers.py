@@ -30,6 +30,18 @@ from ..processes import DiscreteVP
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 WEIGHTS_BIN = "diffusion_pytorch_model.bin"
 # diffusers `prediction_type` -> the quantity the field returns (v-prediction is converted to eps).
+# google/ddpm-cifar10-32's published unet/config.json (the paper's data set; 35.7 M parameters):
+# with random weights, the model the tests, the benchmark and `wgfm diagnose --quick` are sized for.
+DDPM_CIFAR10_32: dict = {
+    "act_fn": "silu", "attention_head_dim": None, "block_out_channels": [128, 256, 256, 256],
+    "center_input_sample": False, "down_block_types": ["DownBlock2D", "AttnDownBlock2D",
+    "DownBlock2D", "DownBlock2D"], "downsample_padding": 0, "flip_sin_to_cos": False,
+    "freq_shift": 1, "in_channels": 3, "layers_per_block": 2, "mid_block_scale_factor": 1,
+    "norm_eps": 1e-06, "norm_num_groups": 32, "out_channels": 3, "sample_size": 32,
+    "time_embedding_type": "positional", "up_block_types": ["UpBlock2D", "UpBlock2D",
+    "AttnUpBlock2D", "UpBlock2D"],
+}  # fmt: skip
+
 KINDS = {"epsilon": "eps", "sample": "x0", "v_prediction": "eps"}
 # Pre-0.14 attention names, renamed by diffusers on load (`_fix_state_dict_keys_on_load`).
 _LEGACY_ATTN = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out_0"}
