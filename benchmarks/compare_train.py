@@ -40,7 +40,7 @@ def torch_mlp(torch, params, dim: int):
         m = nn.Linear(*w.shape)
         with torch.no_grad():
             m.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)))
-            m.bias.copy_(torch.from_numpy(np.asarray(d["bias"])))
+            m.bias.copy_(torch.from_numpy(np.array(d["bias"])))  # a writable copy
         return m
 
     class MLP(nn.Module):
