@@ -278,6 +278,20 @@ def test_cli_unreadable_checkpoints_one_line(finished_run, tmp_path, capfd):
         main(["train", "gmm2d", "--debug", "--process", "nope", "--out", str(tmp_path / "x")])
 
 
+def test_cli_process_unreadable_checkpoints_prints_three_lines(finished_run, tmp_path):
+    # The abandoned tensorstore reads of a failed restore surface at garbage collection and
+    # interpreter exit, after main() has returned: only a real process shows them.
+    run = _copy_run(finished_run, tmp_path)
+    for step in (10, 20):
+        _largest_state_file(run, step).write_bytes(b"")
+    args = [*CLI_RUN, "--out", str(run.parent), "--name", run.name, "--resume"]
+    proc = subprocess.run([sys.executable, "-m", "wgfm", *args], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1
+    assert len(err) == 3 and "no readable checkpoint" in err[-1], proc.stderr[-2000:]
+
+
 def test_typed_keys_checksum_and_shape_check(tmp_path):
     # orbax stores a typed key as its uint32 data: neither the checksum nor the shape check may
     # take that for corruption (which would move a sound step aside).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
 from collections.abc import Callable
@@ -252,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     command = next((a for a in args if a in COMMANDS), "")
+    if not debug:
+        _quiet_abandoned_reads()
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warning
         try:
@@ -264,6 +267,24 @@ def main(argv: list[str] | None = None) -> int:
                   "traceback)", file=sys.stderr)  # fmt: skip
             return 1
     return int(result or 0)
+
+
+def _quiet_abandoned_reads() -> None:
+    """A failed orbax restore leaves tensorstore reads behind whose event loop is already closed;
+    they surface when garbage is collected, long after the one-line message, as hundreds of
+    "Exception ignored" tracebacks and asyncio "Task exception was never retrieved" logs. The
+    failure has been reported (and the step moved aside) by then, so the command drops exactly
+    those; ``--debug`` keeps them."""
+    default = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        text = str(unraisable.exc_value)
+        if "Event loop is closed" in text or "while reading array index" in text:
+            return
+        default(unraisable)
+
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
