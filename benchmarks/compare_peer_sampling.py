@@ -152,29 +152,56 @@ def _err(x: np.ndarray, ref: np.ndarray) -> float:
     return float(np.max(np.linalg.norm(x - ref, axis=1)))
 
 
-def work_precision(dim: int, n: int, tols) -> list[dict]:
-    """NFE and final error of each solver over ``tols`` (one compile per solver: array tols)."""
+# Work-precision: each solver and controller over tolerances, NFE against final error. "PI" is
+# diffrax's suggested PI controller (pcoeff 0.4, icoeff 0.3); the default is Tsit5 with the
+# plain I controller. Compared at equal *error* (not equal tolerance: solvers' error estimates
+# differ in scale), interpolating NFE log-log between tolerances (benchmarks/_summary.py).
+WP_SIDES = {
+    "Tsit5": (diffrax.Tsit5, {}),
+    "Dopri5": (diffrax.Dopri5, {}),
+    "Bosh3": (diffrax.Bosh3, {}),
+    "Tsit5 PI": (diffrax.Tsit5, dict(pcoeff=0.4, icoeff=0.3)),
+    "Dopri5 PI": (diffrax.Dopri5, dict(pcoeff=0.4, icoeff=0.3)),
+}
+
+
+def work_precision(dim: int, n: int, tols, torch=None) -> list[dict]:
+    """NFE and final error (against the float64 Dopri8 reference) of each of :data:`WP_SIDES`
+    and of ``torchdiffeq`` dopri5 over ``tols``: one compile per wgfm side (array tolerances)."""
     params = C.mlp_params(dim)
     field = C.mlp_jax(params)
     x0 = np.random.default_rng(dim + n).standard_normal((n, dim)).astype(np.float32)
     ref = reference(params, x0)
+    case = f"D={dim}, n={n}"
     rows = []
-    for name, cls in SOLVERS.items():
+    for name, (cls, pid) in WP_SIDES.items():
         for tol in tols:
 
-            def solve(cls=cls, tol=tol):
+            def solve(cls=cls, tol=tol, pid=pid):
+                ctrl = diffrax.PIDController(rtol=tol, atol=tol, **pid)
                 return sample_ode(
-                    field, VP(), jnp.asarray(x0), solver=cls(), rtol=tol, atol=tol,
+                    field, VP(), jnp.asarray(x0), solver=cls(), stepsize_controller=ctrl,
                     t_start=1.0, t_end=0.0, strict=False,
                 )  # fmt: skip
 
             _, med = time_call(lambda: block(solve()), repeats=1, warmup=0)
             res = solve()
             rows.append(
-                record("pf_solver_choice", f"D={dim}, n={n}", name, compile_s=None,
-                       median_s=med, repeats=1, tol=tol,
-                       nfe=int(np.max(np.asarray(res.stats.nfe))),
+                record("pf_solver_choice", case, name, compile_s=None, median_s=med,
+                       repeats=1, tol=tol, nfe=int(np.max(np.asarray(res.stats.nfe))),
                        max_err_vs_ref=_err(np.asarray(res.samples), ref))
+            )  # fmt: skip
+    if torch is not None:
+        for tol in tols:
+            sides, count = torch_sides(torch, params, x0, tol)
+            fn = sides["torchdiffeq odeint dopri5"]
+            count["n"] = 0
+            _, med = time_call(fn, repeats=1, warmup=0)
+            nfe = count["n"] // 2  # time_call ran it twice
+            out = np.asarray(fn())
+            rows.append(
+                record("pf_solver_choice", case, "torchdiffeq dopri5", compile_s=None,
+                       median_s=med, repeats=1, tol=tol, nfe=nfe, max_err_vs_ref=_err(out, ref))
             )  # fmt: skip
     return rows
 
@@ -182,14 +209,16 @@ def work_precision(dim: int, n: int, tols) -> list[dict]:
 def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
     torch = C.torch_or_none(BENCH)
     if tiny:
-        cases, repeats, wp = [(2, 64)], 2, (2, 64, (1e-4,))
+        cases, repeats, wp = [(2, 64)], 2, [(2, 64, (1e-3, 1e-4))]
     elif quick:
-        cases, repeats, wp = [(2, 10_000), (64, 1_000), (2, 1_000)], 3, (64, 256, (1e-4, 1e-5))
+        wp = [(2, 1_000, (1e-3, 1e-4, 1e-5, 1e-6)), (64, 256, (1e-3, 1e-4, 1e-5, 1e-6))]
+        cases, repeats = [(2, 10_000), (64, 1_000), (2, 1_000)], 3
     else:
-        cases, repeats, wp = [(2, 10_000), (64, 1_000), (2, 1_000)], 7, (64, 1_000, (1e-3, 1e-4, 1e-5, 1e-6))  # fmt: skip
+        wp = [(d, 1_000, (1e-3, 1e-4, 1e-5, 1e-6)) for d in (2, 64)]
+        cases, repeats = [(2, 10_000), (64, 1_000), (2, 1_000)], 7
     peak = C.matmul_peak()["peak_gflops"]
     rows = [r for d, n in cases for r in run_case(d, n, repeats, peak, torch)]
-    return rows + work_precision(*wp)
+    return rows + [r for d, n, tols in wp for r in work_precision(d, n, tols, torch)]
 
 
 if __name__ == "__main__":

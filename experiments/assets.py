@@ -194,7 +194,7 @@ class Context:
             run_dir = None
             if data in CHECKPOINTED:
                 run_dir = self.config.out / "networks" / name
-            long = steps >= 2000 and image
+            long = steps >= 1000 and image
             snaps = sorted({max(1, int(f * steps)) for f in sz.snapshots} - {steps})
 
             t0 = time.perf_counter()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+
+import numpy as np
 import sys
 from pathlib import Path
 
@@ -162,3 +164,34 @@ def test_targets_table_met_and_missed():
     assert got["training step (MLP) vs PyTorch eager"]["met"] is False
     assert got["sampling vs torchdiffeq, D=2, n=10000"]["met"] is None
     assert "4 [3.5-5]" in markdown(list(got.values()))
+
+
+def test_nfe_at_error_interpolates_log_log_within_the_curve():
+    from benchmarks._summary import nfe_at_error
+
+    # NFE = 10 * err^(-1/4): a straight line in (log err, log NFE), recovered exactly between
+    # the points and refused outside them; a tolerance that did not lower the error is dropped.
+    pts = [(e, 10 * e**-0.25) for e in (1e-2, 1e-4, 1e-6)] + [(2e-4, 200.0)]
+    assert np.isclose(nfe_at_error(pts, 1e-3), 10 * 1e-3**-0.25, rtol=1e-12)
+    assert np.isclose(nfe_at_error(pts, 1e-6), 10 * 1e-6**-0.25, rtol=1e-12)
+    assert nfe_at_error(pts, 1e-1) is None and nfe_at_error(pts, 1e-7) is None
+
+
+def test_solver_choice_compares_at_equal_error_not_equal_tolerance():
+    from benchmarks._harness import record
+    from benchmarks._summary import targets
+
+    # At equal tolerance Dopri5 takes fewer NFE (25 vs 30), but it is 10x less accurate: at
+    # Dopri5's error 1e-5 the default needs sqrt(20 * 30) = 24.5 NFE (log-log midpoint), fewer
+    # than Dopri5's 25; Dopri5's 1e-3 lies outside the default's curve and is not compared.
+    curves = {"Tsit5": ((1e-3, 20, 1e-4), (1e-5, 30, 1e-6)),
+              "Dopri5": ((1e-3, 20, 1e-3), (1e-5, 25, 1e-5))}  # fmt: skip
+    rows = [
+        record("pf_solver_choice", "D=2, n=64", s, compile_s=None, median_s=1.0, repeats=1,
+               tol=tol, nfe=nfe, max_err_vs_ref=err)
+        for s, pts in curves.items() for tol, nfe, err in pts
+    ]  # fmt: skip
+    got = {t["target"]: t for t in targets(rows)}
+    t = got["default solver (Tsit5): NFE at Dopri5's final error"]
+    assert t["met"] is True and t["measured"] == "D=2, n=64, err 1e-05: Tsit5 24 / Dopri5 25", t
+    assert got["default solver (Tsit5): NFE at torchdiffeq dopri5's final error"]["met"] is None

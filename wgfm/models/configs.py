@@ -19,6 +19,10 @@ CONFIGS: dict[str, tuple[type, dict]] = {
     # MNIST 28x28 on CPU: 28 -> 14 -> 7, attention at 7x7.
     "unet-mnist": (UNet, dict(width=32, channel_mults=(1, 2, 2), num_res_blocks=1,
                                attention_resolutions=(7,))),
+    # MNIST at half the width (~90 MFLOP per evaluation against unet-mnist's 356): the network of
+    # the full CPU reproduction, where every Jacobian column and loop point is an evaluation.
+    "unet-mnist-small": (UNet, dict(width=16, channel_mults=(1, 2, 2), num_res_blocks=1,
+                                     attention_resolutions=(7,))),
     # The paper's CIFAR-10 network (DDPM-style): width 64, multipliers (1, 2, 4, 8), two residual
     # blocks per level, attention in the innermost level (4x4 for 32x32 inputs).
     "unet-cifar10-paper": (UNet, dict(width=64, channel_mults=(1, 2, 4, 8), num_res_blocks=2,
