@@ -1,7 +1,10 @@
-"""Training-step throughput: ``wgfm.train.make_train_step`` (flax MLP width 256, depth 3, eps
-loss, VP process, global-norm clipping + AdamW + EMA) vs the equivalent PyTorch loop with the
-same network (weights ported from the flax parameters), batch, loss, optimiser and EMA, on CPU,
-eager and with ``torch.compile`` (where inductor builds here). The sides run interleaved, a
+"""Training-step throughput: ``wgfm.train.make_train_step`` (eps loss, VP process, global-norm
+clipping + AdamW + EMA) vs the equivalent PyTorch loop with the same network, batch, loss,
+optimiser and EMA, on CPU, eager and with ``torch.compile`` (where inductor builds here). Two
+networks: the flax MLP (width 256, depth 3; weights ported to PyTorch), and a digits-sized
+U-Net, diffusers' ``UNet2DModel`` (8x8x1, widths 32/64, attention at 4x4, as wgfm's
+``unet-digits``) against its flax port ``wgfm.models.UNet2D`` with the PyTorch weights loaded
+(``wgfm.interop.convert_state_dict``): the same network in both frameworks. The sides run interleaved, a
 round of ``steps`` steps each; the speed-up is the median of per-round ratios with its spread.
 wgfm's FLOP rate (XLA's cost analysis of the compiled step) is given against the matmul peak
 measured in the same run.
@@ -11,7 +14,9 @@ The port is checked: both frameworks' predictions on one batch (``port_max_diff`
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -65,8 +70,9 @@ def torch_mlp(torch, params, dim: int):
     return MLP()
 
 
-def torch_loop(torch, model, config: TrainConfig, data, batch: int):
-    """The PyTorch step: stratified t, VP noising, eps loss, clip, AdamW, EMA."""
+def torch_loop(torch, model, config: TrainConfig, data, batch: int, reduce_dims=(-1,)):
+    """The PyTorch step: stratified t, VP noising, eps loss (summed over ``reduce_dims``), clip,
+    AdamW, EMA."""
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     ema = [q.detach().clone() for q in model.parameters()]
     proc = VP()
@@ -77,10 +83,11 @@ def torch_loop(torch, model, config: TrainConfig, data, batch: int):
     def step(indices):
         x0 = data[indices]
         t = t_min + (1 - t_min) * (torch.arange(batch) + torch.rand(batch, generator=gen)) / batch
-        alpha = torch.exp(-0.5 * (bmin * t + 0.5 * (bmax - bmin) * t**2))[:, None]
+        alpha = torch.exp(-0.5 * (bmin * t + 0.5 * (bmax - bmin) * t**2))
+        alpha = alpha.reshape((-1,) + (1,) * (x0.ndim - 1))
         eps = torch.randn(x0.shape, generator=gen)
         xt = alpha * x0 + torch.sqrt(1 - alpha**2) * eps
-        loss = ((model(xt, t) - eps) ** 2).sum(-1).mean()
+        loss = ((model(xt, t) - eps) ** 2).sum(reduce_dims).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
@@ -139,6 +146,92 @@ def run_case(
         if compiled_side is not None:
             sides["torch.compile loop"] = compiled_side
     times = interleaved(sides, rounds)
+    return _rows(case, times, steps, rounds, batch, flops, peak, compile_s, port)
+
+
+# diffusers' UNet2DModel shaped as wgfm's unet-digits: 8 -> 4 with attention at 4x4.
+UNET_DIGITS = dict(
+    sample_size=8, in_channels=1, out_channels=1, block_out_channels=(32, 64),
+    layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+    up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8, attention_head_dim=None,
+)  # fmt: skip
+
+
+def run_unet_case(batch: int, steps: int, rounds: int, torch, peak: float) -> list[dict]:
+    """The digits-sized U-Net step in both frameworks, from the same (PyTorch) initial weights."""
+    from diffusers import UNet2DModel
+
+    from wgfm.interop.diffusers import convert_state_dict
+    from wgfm.models import Model
+    from wgfm.models.unet2d import unet2d_from_config
+
+    config = TrainConfig(steps=steps, batch_size=batch, warmup_steps=10, weight_decay=1e-4)
+    torch.manual_seed(0)
+    unet = UNet2DModel(**UNET_DIGITS)
+    net = unet2d_from_config(dict(unet.config))
+    state_dict = {k: v.detach().numpy() for k, v in unet.state_dict().items()}
+    params0 = convert_state_dict(state_dict, net)
+    model = Model(net, "eps")
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((8 * batch, 8, 8, 1)).astype(np.float32)  # HWC, as wgfm
+    idx = [rng.integers(0, len(data), batch).astype(np.int32) for _ in range(steps)]
+    case = f"UNet2DModel 8x8x1 (32, 64), B={batch}, {steps} steps per round"
+
+    state = init_state(model, config, (8, 8, 1), key=jax.random.key(0))
+    state = eqx_replace_params(state, params0, config)
+    step = make_train_step(model, VP(), config)
+    dj, ij = jnp.asarray(data), [jnp.asarray(i) for i in idx]
+    t0 = time.perf_counter()
+    compiled = jax.jit(step).lower(state, dj, ij[0]).compile()
+    compile_s = time.perf_counter() - t0
+    flops = _flops(compiled)
+    box = {"state": state}
+
+    def wgfm_steps():
+        st = box["state"]
+        for i in ij:
+            st, _ = step(st, dj, i)
+        box["state"] = block(st)
+
+    wgfm_steps()
+    nchw = np.ascontiguousarray(data.transpose(0, 3, 1, 2))
+    ts = np.linspace(0.01, 1, 4, dtype=np.float32)
+    ref = np.asarray(jax.vmap(model.apply, in_axes=(None, 0, 0))(params0, dj[:4], jnp.asarray(ts)))
+    with torch.no_grad():
+        got = unet(torch.from_numpy(nchw[:4]), torch.from_numpy(ts)).sample.numpy()
+    port = float(np.max(np.abs(got.transpose(0, 2, 3, 1) - ref)) / np.max(np.abs(ref)))
+
+    class Wrapped(torch.nn.Module):  # (x, t) -> eps, as torch_loop calls it
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x, t):
+            return self.m(x, t).sample
+
+    ti = [torch.from_numpy(i.astype(np.int64)) for i in idx]
+    sides = {
+        "wgfm make_train_step (jit)": wgfm_steps,
+        "torch eager loop": _torch_steps(
+            torch_loop(torch, Wrapped(unet), config, nchw, batch, reduce_dims=(1, 2, 3)), ti
+        ),
+    }
+    times = interleaved(sides, rounds)
+    return _rows(case, times, steps, rounds, batch, flops, peak, compile_s, port)
+
+
+def eqx_replace_params(state, params, config: TrainConfig):
+    """``state`` with ``params`` (and its EMA) in place of the random initialisation, and the
+    optimiser state built for them."""
+    import equinox as eqx
+
+    from wgfm.train import make_optimizer
+
+    opt_state = make_optimizer(config).init(params)
+    return eqx.tree_at(lambda s: (s.params, s.ema, s.opt_state), state, (params, params, opt_state))
+
+
+def _rows(case, times, steps, rounds, batch, flops, peak, compile_s, port) -> list[dict]:
     base = times["wgfm make_train_step (jit)"]
     rows = []
     for name, ts_ in times.items():
@@ -175,8 +268,6 @@ def _torch_steps(tstep, ti):
 def _torch_compiled(torch, params0, dim, config, data, batch, ti):
     """The eager loop with ``torch.compile``-d network, or ``None`` (with the reason printed)
     where inductor cannot build on this machine."""
-    import sys
-
     try:
         tm = torch.compile(torch_mlp(torch, params0, dim))
         go = _torch_steps(torch_loop(torch, tm, config, data, batch), ti)
@@ -191,14 +282,20 @@ def _torch_compiled(torch, params0, dim, config, data, batch, ti):
 def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
     torch = C.torch_or_none(BENCH)
     if tiny:
-        cases, rounds = [(2, 16, 3)], 2
+        cases, rounds, unet = [(2, 16, 3)], 2, (4, 2)
     elif quick:
-        cases, rounds = [(2, 256, 10)], 3
+        cases, rounds, unet = [(2, 256, 10)], 3, (64, 5)
     else:
-        cases, rounds = [(2, 256, 20), (2, 512, 20), (64, 512, 20)], 7
+        cases, rounds, unet = [(2, 256, 20), (2, 512, 20), (64, 512, 20)], 7, (64, 10)
     peak = C.matmul_peak()["peak_gflops"]
     # Tiny skips torch.compile: inductor's own build takes longer than the whole smoke test.
-    return [r for d, b, s in cases for r in run_case(d, b, s, rounds, torch, peak, not tiny)]
+    rows = [r for d, b, s in cases for r in run_case(d, b, s, rounds, torch, peak, not tiny)]
+    if torch is not None and importlib.util.find_spec("diffusers") is not None:
+        rows += run_unet_case(*unet, rounds, torch, peak)
+    elif torch is not None:
+        print(f"[{BENCH}] the U-Net case needs diffusers (pip install -e '.[bench]')",
+              file=sys.stderr)  # fmt: skip
+    return rows
 
 
 if __name__ == "__main__":

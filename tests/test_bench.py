@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import json
 import math
-
-import numpy as np
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from wgfm import cli
@@ -77,6 +76,9 @@ def test_tiny_module_runs_and_agrees(name, tmp_path):
     assert set(payload["module_seconds"]) == {name}
     assert payload["targets"] and (tmp_path / "summary.md").is_file()
     assert {r["benchmark"] for r in payload["records"]} >= EXPECTED[name]
+    if name == "compare_train":  # the MLP and the digits-sized U-Net, each against PyTorch
+        cases = {r["case"].split(",")[0] for r in payload["records"] if "torch" in r["impl"]}
+        assert cases == {"D=2", "UNet2DModel 8x8x1 (32"}, cases
     md = (tmp_path / "benchmarks.md").read_text()
     assert md.count("\n|") == len(payload["records"]) + 2  # header, separator, one row each
     # Each comparison agrees with wgfm on identical weights/inputs.
@@ -92,6 +94,8 @@ def test_tiny_module_runs_and_agrees(name, tmp_path):
             assert e["field_vs_gmm_oracle"] < 1e-10
         if "torch_port_max_diff" in e:  # float64 PyTorch port of the oracle velocity
             assert e["torch_port_max_diff"] < 1e-10
+        if e.get("port_max_diff") is not None:  # the same network in both frameworks
+            assert e["port_max_diff"] < 1e-4, r  # relative to the output scale, float32
         if "max_abs_diff_vs_1_device" in e:
             assert e["max_abs_diff_vs_1_device"] < 1e-4
         if r["benchmark"] == "compile":  # entry points trace once; the counter does see retraces
