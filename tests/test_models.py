@@ -29,6 +29,22 @@ def test_paper_unet_config_shape_and_size():
     assert out.shape == (32, 32, 3)
 
 
+@pytest.mark.parametrize("name", ["unet-mnist", "unet-mnist-small"])
+def test_mnist_unets_shape_and_relative_cost(name):
+    # The small one is the same U-Net at half the width: about a quarter of the parameters
+    # (convolutions scale with width squared; the time embedding and norms do not quite).
+    model = get_model(name)
+    params = jax.eval_shape(lambda: model.net.init(KEY, jnp.zeros((1, 28, 28, 1)), jnp.zeros(1)))
+    out = jax.eval_shape(model.apply, params, jax.ShapeDtypeStruct((28, 28, 1), jnp.float32), 0.5)
+    assert out.shape == (28, 28, 1)
+    size = sum(np.prod(p.shape) for p in jax.tree.leaves(params))
+    full = jax.eval_shape(
+        lambda: get_model("unet-mnist").net.init(KEY, jnp.zeros((1, 28, 28, 1)), jnp.zeros(1))
+    )
+    ratio = size / sum(np.prod(p.shape) for p in jax.tree.leaves(full))
+    assert ratio == 1.0 if name == "unet-mnist" else 0.22 < ratio < 0.3
+
+
 def test_unet_runs_and_rejects_bad_images():
     model = get_model("unet-tiny", predicts="eps")
     params = model.init(KEY, (8, 8, 1))
