@@ -89,3 +89,25 @@ def test_bad_inputs_and_nonfinite_naming(data):
     # a diagnostic that itself returns a non-finite value is named too
     with pytest.raises(ValueError, match=r"diagnostic values .*time index 2 .*sample index 3"):
         sweep(lambda f, x, t: 1.0 / (x[0] + 1.0), field, bad_xs, ts)
+
+
+def test_progress_runs_level_by_level_with_the_same_values(data, capsys):
+    field, xs, ts = data
+    key = jax.random.key(5)
+    probe = functools.partial(probe_asymmetry, num_probes=3)
+    stats = lambda f, x, t, *, key: probe(f, x, t, key=key).stats.ratio  # noqa: E731
+    for diag, kw in (("lambda", {}), (stats, {"key": key})):
+        whole = sweep(diag, field, xs, ts, **kw)
+        by_level = sweep(diag, field, xs, ts, progress="levels", **kw)
+        # float64: one program per level instead of one for all; only fusion may differ.
+        np.testing.assert_allclose(by_level.values, whole.values, rtol=1e-12)
+        np.testing.assert_allclose(by_level.quantiles, whole.quantiles, rtol=1e-12)
+    assert "levels" in capsys.readouterr().err  # the bar, labelled
+    traces = []
+
+    def counted(f, x, t):
+        traces.append(1)
+        return jnp.sum(f(x, t) ** 2)
+
+    sweep(counted, field, xs, ts, progress="levels")
+    assert len(traces) == 1  # every level reuses the single-level program

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
+from tqdm.auto import tqdm
 
 from ..processes import AbstractProcess
 from .jacobian import asymmetry, divergence, jacobian
@@ -100,6 +101,18 @@ def _run(diag, field, xs, ts, keys, batch_size=None, checked=True):
     return jax.lax.map(at_time, (xs, ts, keys))
 
 
+def _run_levels(diag, field, xs, ts, keys, batch_size, checked, label: str):
+    """:func:`_run` one level at a time (the same compiled single-level program) with a bar."""
+    parts = []
+    for i in tqdm(range(ts.shape[0]), desc=label, unit="level", leave=False):
+        level = jax.tree_util.tree_map(lambda a, i=i: a[i : i + 1], xs)
+        k = None if keys is None else keys[i : i + 1]
+        parts.append(jax.block_until_ready(
+            _run(diag, field, level, ts[i : i + 1], k, batch_size, checked)
+        ))  # fmt: skip
+    return jax.tree_util.tree_map(lambda *p: jnp.concatenate(p), *parts)
+
+
 def _num_samples(xs) -> int:
     return jax.tree_util.tree_leaves(xs)[0].shape[0]
 
@@ -116,6 +129,7 @@ def sweep(
     batch_size: int | None = None,
     checked: bool = True,
     what: str = "diagnostic values are",
+    progress: str | None = None,
 ) -> SweepResult:
     """Evaluate ``diagnostic(field, x, t)`` (a name in ``DIAGNOSTICS`` or a function; given
     ``key``, it is called with a fresh ``key=`` per sample) on ``xs[i, n]`` at ``ts[i]``.
@@ -127,7 +141,11 @@ def sweep(
     ``mesh`` (``wgfm.distributed.make_mesh``) splits the samples over its devices: same values.
     ``batch_size`` evaluates the samples of a level that many at a time instead of in one
     ``vmap``: bounded memory for large networks, and faster once a level's Jacobian tangents
-    outgrow the cache (MLP width 256, D = 64: 2x at 64 per pass against 512 at once)."""
+    outgrow the cache (MLP width 256, D = 64: 2x at 64 per pass against 512 at once).
+    ``progress`` (a label) runs the levels one call each behind a tqdm bar, for sweeps that
+    take minutes (a U-Net's Jacobians): one program for a single level, compiled once, and the
+    same values as the single call up to float32 rounding (XLA may fuse the two programs
+    differently)."""
     diag = _resolve(diagnostic)
     ts = jnp.asarray(ts)
     xs = jax.tree_util.tree_map(jnp.asarray, xs)
@@ -148,7 +166,10 @@ def sweep(
     try:
         if mesh is None:
             bs = None if batch_size is None else int(batch_size)
-            values = _run(diag, field, xs, ts, keys, bs, bool(checked))
+            if progress is None or ts.shape[0] == 1:
+                values = _run(diag, field, xs, ts, keys, bs, bool(checked))
+            else:
+                values = _run_levels(diag, field, xs, ts, keys, bs, bool(checked), progress)
         else:
             from ..distributed import sweep_over_mesh
 
