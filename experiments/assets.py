@@ -227,7 +227,7 @@ class Context:
                                   checkpoint_every=max(1, min(steps, 500)),
                                   log_every=max(1, min(50, steps)))  # fmt: skip
         t0 = time.perf_counter()
-        res = fit_vae(vae, images, cfg, key=self.key("vae"), resume=True,
+        res = fit_vae(vae, images, cfg, key=self.key("vae"), resume=True, progress=steps >= 1000,
                       run_dir=self.config.out / "networks" / f"vae-{steps}")  # fmt: skip
         latents, scale = encode_dataset(vae, res.params, images)
         secs = time.perf_counter() - t0

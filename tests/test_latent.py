@@ -88,12 +88,13 @@ def _mean_neg_elbo(params, x):
     return float(jnp.mean(jax.vmap(loss)(jnp.asarray(x), keys)))
 
 
-def test_fit_vae_improves_the_elbo_and_restores(tmp_path):
+def test_fit_vae_improves_the_elbo_and_restores(tmp_path, capsys):
     x = _images(32)
     cfg = TrainConfig(steps=80, batch_size=16, lr=1e-2, warmup_steps=5, log_every=20,
                       checkpoint_every=40)  # fmt: skip
-    res = latent.fit_vae(VAE_TINY, x, cfg, key=KEY, run_dir=tmp_path)
+    res = latent.fit_vae(VAE_TINY, x, cfg, key=KEY, run_dir=tmp_path, progress=True)
     assert res.logged_losses.shape == (4,) and np.all(np.diff(res.logged_losses) < 0)
+    assert "VAE" in capsys.readouterr().err  # the bar
     # Reference: a decoder that ignores z does best by predicting the mean image, scoring at
     # least 1/2 sum_pixels var / obs_std^2 + D log(obs_std sqrt(2 pi)) (KL >= 0 only adds). The
     # trained VAE must beat it (measured: ~2.8e3 against 7.2e3 nats; ~3.1e4 at initialisation),

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jaxtyping import Array, PRNGKeyArray
+from tqdm.auto import tqdm
 
 from .data import batch_indices, data_position
 from .train import TrainConfig, _check_data, make_optimizer
@@ -82,12 +83,14 @@ def fit_vae(
     obs_std: float = 0.1,
     run_dir: str | Path | None = None,
     resume: bool = False,
+    progress: bool = False,
 ) -> VAEResult:
     """Train ``vae`` on images ``data`` ``(N, 28, 28, C)`` by the mean negative ELBO over batches.
 
     Uses ``config``'s steps, batch_size, lr, warmup_steps, weight_decay, clip_norm (the optimiser
     of :func:`wgfm.train.make_optimizer`), checkpoint_every, keep_checkpoints and log_every; with
-    ``run_dir`` it checkpoints to ``run_dir/checkpoints`` and ``resume`` continues from there."""
+    ``run_dir`` it checkpoints to ``run_dir/checkpoints`` and ``resume`` continues from there.
+    ``progress`` shows a tqdm bar with the logged loss."""
     data = _check_data(data)
     if obs_std <= 0 or kl_weight < 0:
         raise ValueError(f"`obs_std` must be > 0 and `kl_weight` >= 0, got {obs_std}, {kl_weight}.")
@@ -109,8 +112,10 @@ def fit_vae(
     step_fn = _make_vae_step(vae, optimizer, float(kl_weight), float(obs_std))
     meta = {"config": dataclasses.asdict(config), "kl_weight": kl_weight, "obs_std": obs_std}
     data_dev, logged, window = jnp.asarray(data), [], []
+    start = int(state.step)
+    bar = tqdm(total=config.steps, initial=start, disable=not progress, desc="VAE", leave=False)
     try:
-        for s in range(int(state.step), config.steps):
+        for s in range(start, config.steps):
             idx = jnp.asarray(batch_indices(k_data, n, config.batch_size, s), jnp.int32)
             state, loss = step_fn(state, data_dev, idx)
             window.append(loss)
@@ -121,9 +126,12 @@ def fit_vae(
                     raise FloatingPointError(f"VAE loss became non-finite by step {done}.")
                 logged.append((done, mean_loss))
                 window = []
+                bar.set_postfix(loss=f"{mean_loss:.4g}", refresh=False)
+            bar.update()
             if ckpt is not None and (done % config.checkpoint_every == 0 or done == config.steps):
                 ckpt.save(done, state.as_dict(), {**meta, "time": time.time()})
     finally:
+        bar.close()
         if ckpt is not None:
             ckpt.close()
     steps = np.array([s for s, _ in logged], np.int64)
