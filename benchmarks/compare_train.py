@@ -19,6 +19,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -150,7 +151,7 @@ def run_case(
 
 
 # diffusers' UNet2DModel shaped as wgfm's unet-digits: 8 -> 4 with attention at 4x4.
-UNET_DIGITS = dict(
+UNET_DIGITS: dict[str, Any] = dict(
     sample_size=8, in_channels=1, out_channels=1, block_out_channels=(32, 64),
     layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
     up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8, attention_head_dim=None,
