@@ -112,22 +112,8 @@ def run_case(
 
     state = init_state(model, config, (dim,), key=jax.random.key(0))
     params0 = state.params
-    step = make_train_step(model, VP(), config)
-    dj, ij = jnp.asarray(data), [jnp.asarray(i) for i in idx]
-    t0 = time.perf_counter()
-    # jax.jit of the step (a PyTree callable) gives the same program, for its cost analysis.
-    compiled = jax.jit(step).lower(state, dj, ij[0]).compile()
-    compile_s = time.perf_counter() - t0
-    flops = _flops(compiled)
-    box = {"state": state}
-
-    def wgfm_steps():
-        st = box["state"]
-        for i in ij:
-            st, _ = step(st, dj, i)
-        box["state"] = block(st)
-
-    wgfm_steps()
+    wgfm_steps, compile_s, flops = _wgfm_side(model, config, state, data, idx)
+    dj = jnp.asarray(data)
     sides = {"wgfm make_train_step (jit)": wgfm_steps}
     port = None
     if torch is not None:
@@ -180,21 +166,8 @@ def run_unet_case(batch: int, steps: int, rounds: int, torch, peak: float) -> li
 
     state = init_state(model, config, (8, 8, 1), key=jax.random.key(0))
     state = eqx_replace_params(state, params0, config)
-    step = make_train_step(model, VP(), config)
-    dj, ij = jnp.asarray(data), [jnp.asarray(i) for i in idx]
-    t0 = time.perf_counter()
-    compiled = jax.jit(step).lower(state, dj, ij[0]).compile()
-    compile_s = time.perf_counter() - t0
-    flops = _flops(compiled)
-    box = {"state": state}
-
-    def wgfm_steps():
-        st = box["state"]
-        for i in ij:
-            st, _ = step(st, dj, i)
-        box["state"] = block(st)
-
-    wgfm_steps()
+    wgfm_steps, compile_s, flops = _wgfm_side(model, config, state, data, idx)
+    dj = jnp.asarray(data)
     nchw = np.ascontiguousarray(data.transpose(0, 3, 1, 2))
     ts = np.linspace(0.01, 1, 4, dtype=np.float32)
     ref = np.asarray(jax.vmap(model.apply, in_axes=(None, 0, 0))(params0, dj[:4], jnp.asarray(ts)))
@@ -248,6 +221,27 @@ def _rows(case, times, steps, rounds, batch, flops, peak, compile_s, port) -> li
                    median_s=per_step, repeats=rounds, **extra)
         )  # fmt: skip
     return rows
+
+
+def _wgfm_side(model, config: TrainConfig, state, data, idx):
+    """``(run one round of steps, compile seconds, XLA FLOPs per step)`` for wgfm's step
+    from ``state`` (warmed up; each round continues from the last)."""
+    step = make_train_step(model, VP(), config)
+    dj, ij = jnp.asarray(data), [jnp.asarray(i) for i in idx]
+    t0 = time.perf_counter()
+    # jax.jit of the step (a PyTree callable) gives the same program, for its cost analysis.
+    compiled = jax.jit(step).lower(state, dj, ij[0]).compile()
+    compile_s = time.perf_counter() - t0
+    box = {"state": state}
+
+    def wgfm_steps():
+        st = box["state"]
+        for i in ij:
+            st, _ = step(st, dj, i)
+        box["state"] = block(st)
+
+    wgfm_steps()
+    return wgfm_steps, compile_s, _flops(compiled)
 
 
 def _flops(compiled) -> float:
