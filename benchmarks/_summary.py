@@ -120,12 +120,8 @@ def _solver_choice(R) -> list[dict]:
                     continue
                 ok &= at <= nfe
                 parts.append(f"{case}, err {err:.2g}: Tsit5 {at:.0f} / {other} {nfe}")
-        if not parts:
-            out.append({"target": name, "goal": "Tsit5 NFE <=", "measured": "not measured",
-                        "met": None})  # fmt: skip
-        else:
-            out.append({"target": name, "goal": "Tsit5 NFE <=", "measured": "; ".join(parts),
-                        "met": ok})  # fmt: skip
+        out.append({"target": name, "goal": "Tsit5 NFE <=",
+                    "measured": "; ".join(parts) or "not measured", "met": ok if parts else None})  # fmt: skip
     return out
 
 

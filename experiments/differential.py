@@ -34,6 +34,7 @@ from experiments.report import (
     boxplot_by_level,
     fmt,
     image_grid,
+    level_bar,
 )
 from wgfm.diagnostics import noised_samples, sweep
 from wgfm.diagnostics.jacobian import (
@@ -123,14 +124,14 @@ def measure_asymmetry(
     if exact:
         res = {k: _values(sweep(exact_asymmetry, f, xs, tsj, checked=False,
                                 what="Jacobian asymmetry values are",
-                                progress=_bar(f"Jacobians, {label}, {k}", x0)))
+                                progress=level_bar(f"Jacobians, {label}, {k}", x0)))
                for k, f in fields.items()}  # fmt: skip
         what = "lambda"
     else:
         diag = SubAndProbe(sub_jacobian_size, num_probes)  # the same coordinates for every field
         res = {k: _values(sweep(diag, f, xs, tsj, key=k_sub, batch_size=batch_size,
                                 checked=False, what="sub-Jacobian or probe asymmetry values are",
-                                progress=_bar(f"sub-Jacobians, {label}, {k}", x0)))
+                                progress=level_bar(f"sub-Jacobians, {label}, {k}", x0)))
                for k, f in fields.items()}  # fmt: skip
         what = f"{sub_jacobian_size}x{sub_jacobian_size} sub-Jacobian lambda"
     lam = {k: v[0] for k, v in res.items()}  # (n, L) each
@@ -170,11 +171,6 @@ def _exact_subset(label, field, xs, ts, estimates, numbers: dict) -> ClaimRow:
     numbers["exact_samples"] = m
     return _agreement(label, sub, probe, exact, numbers, int(numbers["sub_jacobian_size"]),
                       f"{m} per level")  # fmt: skip
-
-
-def _bar(text: str, x0) -> str | None:
-    """A per-level progress bar for image sets (each Jacobian column a U-Net evaluation)."""
-    return text if x0.ndim > 2 else None
 
 
 def _values(result) -> tuple[np.ndarray, ...]:

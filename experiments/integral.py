@@ -30,6 +30,7 @@ from experiments.report import (
     Report,
     field_with_curl,
     fmt,
+    level_bar,
     lines_by_level,
 )
 from wgfm.diagnostics import loops, noised_samples, require_finite, sweep
@@ -126,7 +127,7 @@ def measure_circulation(
         k: jax.tree.map(lambda v: np.asarray(v).T,
                         sweep(diag, f, pairs, tsj, key=k_loop, batch_size=batch_size,
                               checked=False, what="loop circulation values are",
-                              progress=_bar(f"loops, {label}, {k}", x0)).values)
+                              progress=level_bar(f"loops, {label}, {k}", x0)).values)
         for k, f in fields.items()
     }  # fmt: skip
     numbers: dict = {"levels": np.asarray(ts)}
@@ -162,11 +163,6 @@ def _row(label: str, family: str, med: dict, control_name: str) -> ClaimRow:
     ratio = tr / np.maximum(orc, 1e-30)
     return ClaimRow(claim, measured, f"{control_name}: max {fmt(orc.max())}{untrained}",
                     bool(np.all(ratio > 10)), f"trained/control >= {fmt(ratio.min())}")  # fmt: skip
-
-
-def _bar(text: str, x0) -> str | None:
-    """A per-level progress bar for image sets (a U-Net evaluation per loop point)."""
-    return text if x0.ndim > 2 else None
 
 
 def run(ctx: Context, report: Report, title: str) -> None:

@@ -280,3 +280,9 @@ def png_is_valid_and_not_blank(path: Path) -> bool:
         return False
     img = plt.imread(path)
     return bool(np.asarray(img).std() > 1e-3)
+
+
+def level_bar(text: str, x0) -> str | None:
+    """``sweep``'s ``progress`` label for image samples ``x0`` (every Jacobian column and loop
+    point a U-Net evaluation, so a sweep takes minutes), ``None`` for vectors."""
+    return text if x0.ndim > 2 else None

@@ -29,7 +29,6 @@ from ..processes import DiscreteVP
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 WEIGHTS_BIN = "diffusion_pytorch_model.bin"
-# diffusers `prediction_type` -> the quantity the field returns (v-prediction is converted to eps).
 # google/ddpm-cifar10-32's published unet/config.json (the paper's data set; 35.7 M parameters):
 # with random weights, the model the tests, the benchmark and `wgfm diagnose --quick` are sized for.
 DDPM_CIFAR10_32: dict = {
@@ -42,6 +41,7 @@ DDPM_CIFAR10_32: dict = {
     "AttnUpBlock2D", "UpBlock2D"],
 }  # fmt: skip
 
+# diffusers `prediction_type` -> the quantity the field returns (v-prediction is converted to eps).
 KINDS = {"epsilon": "eps", "sample": "x0", "v_prediction": "eps"}
 # Pre-0.14 attention names, renamed by diffusers on load (`_fix_state_dict_keys_on_load`).
 _LEGACY_ATTN = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out_0"}
