@@ -63,22 +63,31 @@ def write_plots(records: list[dict], out_dir: Path) -> list[Path]:
             fig, ax = plt.subplots(figsize=(6, 4))
             _loglog(ax, series, xl, yl, title)
             paths.append(_save(fig, out_dir / name))
-    wp = defaultdict(list)
+    # Work-precision, one panel per problem (a line per solver), and time against NFE for the
+    # timed (network) cases.
+    wp = defaultdict(lambda: defaultdict(list))
     for r in records:
         if r["benchmark"] == "pf_solver_choice":
-            wp[r["impl"]].append((r["extra"]["nfe"], r["extra"]["max_err_vs_ref"], r["median_s"]))
-    if any(len(v) >= 2 for v in wp.values()):
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-        for impl, pts in wp.items():
-            pts.sort()
-            nfe, err, sec = zip(*pts, strict=True)
-            a1.loglog(nfe, err, "o-", label=impl)
-            a2.loglog(nfe, sec, "o-", label=impl)
-        a1.set(xlabel="NFE", ylabel="max error vs float64 reference", title="Work-precision")
-        a2.set(xlabel="NFE", ylabel="seconds per solve", title="Time vs NFE")
-        for a in (a1, a2):
+            wp[r["case"]][r["impl"]].append(
+                (r["extra"]["nfe"], r["extra"]["max_err_vs_ref"], r["median_s"])
+            )
+    cases = [c for c, by in wp.items() if any(len(v) >= 2 for v in by.values())]
+    if cases:
+        fig, axes = plt.subplots(1, len(cases) + 1, figsize=(4.2 * (len(cases) + 1), 4))
+        for ax, case in zip(axes, cases, strict=False):
+            for impl, pts in sorted(wp[case].items()):
+                nfe, err, _ = zip(*sorted(pts), strict=True)
+                ax.loglog(nfe, err, "o-", label=impl)
+            ax.set(xlabel="NFE", ylabel="max error vs float64 reference", title=case)
+        for case in cases:
+            for impl, pts in sorted(wp[case].items()):
+                timed = sorted((n, t) for n, _, t in pts if t is not None)
+                if timed:
+                    axes[-1].loglog(*zip(*timed, strict=True), "o-", label=f"{case}: {impl}")
+        axes[-1].set(xlabel="NFE", ylabel="seconds per solve", title="Time vs NFE")
+        for a in axes:
             a.grid(True, which="both", alpha=0.3)
-            a.legend(fontsize=7)
+            a.legend(fontsize=6)
         paths.append(_save(fig, out_dir / "scaling_nfe.png"))
     return paths
 

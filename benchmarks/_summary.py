@@ -101,26 +101,31 @@ def _dim(case: str) -> int:
     return int(m.group(1)) if m else 0
 
 
+DEFAULT_SOLVER = "Dopri5"  # wgfm.transport's default, as named in compare_peer_sampling
+
+
 def _solver_choice(R) -> list[dict]:
-    """The default solver (Tsit5) against Dopri5, wgfm's and torchdiffeq's, at equal final error:
-    at each error the Dopri5 side reached, the default's NFE interpolated log-log between its
-    tolerances (only within the range it covers). Met when it needs no more NFE at every one."""
+    """The default solver against the alternative (Tsit5) and the peer (torchdiffeq's dopri5) at
+    equal final error: at each error the other side reached, the default's NFE interpolated
+    log-log between its tolerances (only within the range it covers). Met when it needs no more
+    NFE at every one."""
     out = []
-    for other in ("Dopri5", "torchdiffeq dopri5"):
-        name = f"default solver (Tsit5): NFE at {other}'s final error"
+    mine_name = DEFAULT_SOLVER
+    for other in ("Tsit5", "torchdiffeq dopri5"):
+        name = f"default solver ({mine_name}): NFE at {other}'s final error"
         parts, ok = [], True
         for case in sorted({r["case"] for r in _rows(R, "pf_solver_choice")}):
             wp = _rows(R, "pf_solver_choice", case_has=case)
             pts = {impl: [(r["extra"]["max_err_vs_ref"], r["extra"]["nfe"]) for r in wp
-                          if r["impl"] == impl] for impl in ("Tsit5", other)}  # fmt: skip
-            mine, theirs = pts["Tsit5"], pts[other]
+                          if r["impl"] == impl] for impl in (mine_name, other)}  # fmt: skip
+            mine, theirs = pts[mine_name], pts[other]
             for err, nfe in sorted(theirs, reverse=True):
                 at = nfe_at_error(mine, err)
                 if at is None:
                     continue
                 ok &= at <= nfe
-                parts.append(f"{case}, err {err:.2g}: Tsit5 {at:.0f} / {other} {nfe}")
-        out.append({"target": name, "goal": "Tsit5 NFE <=",
+                parts.append(f"{case}, err {err:.2g}: {mine_name} {at:.0f} / {other} {nfe}")
+        out.append({"target": name, "goal": f"{mine_name} NFE <=",
                     "measured": "; ".join(parts) or "not measured", "met": ok if parts else None})  # fmt: skip
     return out
 

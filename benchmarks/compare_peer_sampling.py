@@ -9,8 +9,8 @@ is the median of the per-round ratios with its spread. Recorded beside it: NFE o
 each side's final error against a tight float64 reference solve (Dopri8, 1e-10), the difference
 to wgfm's Dopri5 (``agree``: within ``AGREE`` of the samples' scale), wgfm's time per NFE
 against a bare jitted field evaluation of the same batch, and that evaluation's FLOP rate as a
-fraction of the matmul peak measured in the same run. A work-precision sweep (Tsit5, Dopri5,
-Bosh3 over tolerances) backs the choice of the default solver.
+fraction of the matmul peak measured in the same run. A work-precision sweep (Dopri5, Tsit5,
+Bosh3, PI controllers, torchdiffeq over tolerances) backs the choice of the default solver.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from wgfm import gmm
 from wgfm.processes import VP
 from wgfm.transport import sample_ode
 
@@ -31,7 +32,7 @@ from ._harness import block, interleaved, ratio_stats, record, time_call, write_
 BENCH = "peer_sampling"
 TOL = 1e-5
 AGREE = 1e-3  # relative to 1 + max |x|: float32 solves at tolerance 1e-5 differ by ~1e-5..1e-4
-SOLVERS = {"Tsit5": diffrax.Tsit5, "Dopri5": diffrax.Dopri5, "Bosh3": diffrax.Bosh3}
+SOLVERS = {"Dopri5": diffrax.Dopri5, "Tsit5": diffrax.Tsit5, "Bosh3": diffrax.Bosh3}
 
 
 def reference(params, x0: np.ndarray) -> np.ndarray:
@@ -120,7 +121,7 @@ def run_case(dim: int, n: int, repeats: int, peak: float, torch) -> list[dict]:
                repeats=repeats, field_gflops=gflops, field_frac_of_peak=gflops / peak)
     ]  # fmt: skip
     outs = {}
-    default = "wgfm sample_ode Tsit5"
+    default = "wgfm sample_ode Dopri5"
     for name in SOLVERS:
         impl = f"wgfm sample_ode {name}"
         res = sample_ode(
@@ -142,8 +143,8 @@ def run_case(dim: int, n: int, repeats: int, peak: float, torch) -> list[dict]:
                    nfe=count["n"], max_err_vs_ref=_err(out, ref), max_abs_diff_vs_wgfm=diff,
                    agree=diff <= AGREE * scale,
                    **ratio_stats(times[impl], times[default]),
-                   **{f"dopri5_{k}": v for k, v in
-                      ratio_stats(times[impl], times["wgfm sample_ode Dopri5"]).items()})
+                   **{f"tsit5_{k}": v for k, v in
+                      ratio_stats(times[impl], times["wgfm sample_ode Tsit5"]).items()})
         )  # fmt: skip
     return rows
 
@@ -153,7 +154,7 @@ def _err(x: np.ndarray, ref: np.ndarray) -> float:
 
 
 # Work-precision: each solver and controller over tolerances, NFE against final error. "PI" is
-# diffrax's suggested PI controller (pcoeff 0.4, icoeff 0.3); the default is Tsit5 with the
+# diffrax's suggested PI controller (pcoeff 0.4, icoeff 0.3); the default is Dopri5 with the
 # plain I controller. Compared at equal *error* (not equal tolerance: solvers' error estimates
 # differ in scale), interpolating NFE log-log between tolerances (benchmarks/_summary.py).
 WP_SIDES = {
@@ -206,6 +207,37 @@ def work_precision(dim: int, n: int, tols, torch=None) -> list[dict]:
     return rows
 
 
+def work_precision_gmm(name: str, mix, process, n: int, tols) -> list[dict]:
+    """The same sweep (wgfm sides only) on the exact GMM velocity from the prior at ``t_max``
+    to ``t_min``: the stiff end a trained network's field does not show at random weights."""
+    x = np.asarray(process.prior_sample((n, mix.means.shape[1]), key=jax.random.key(0)))
+    with jax.enable_x64(True):
+        mix64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), mix)
+        ref = np.asarray(sample_ode(
+            gmm.velocity_field(mix64, process), process, jnp.asarray(x, jnp.float64),
+            solver=diffrax.Dopri8(), rtol=1e-11, atol=1e-11, max_steps=100_000,
+        ).samples)  # fmt: skip
+    field = gmm.velocity_field(mix, process)
+    case = f"GMM {name}, n={n}"
+    rows = []
+    for impl, (cls, pid) in WP_SIDES.items():
+        for tol in tols:
+
+            def solve(cls=cls, tol=tol, pid=pid):
+                ctrl = diffrax.PIDController(rtol=tol, atol=tol, **pid)
+                return sample_ode(field, process, jnp.asarray(x), solver=cls(),
+                                  stepsize_controller=ctrl, strict=False, max_steps=20_000)  # fmt: skip
+
+            _, med = time_call(lambda: block(solve()), repeats=1, warmup=0)
+            res = solve()
+            rows.append(
+                record("pf_solver_choice", case, impl, compile_s=None, median_s=med,
+                       repeats=1, tol=tol, nfe=int(np.max(np.asarray(res.stats.nfe))),
+                       max_err_vs_ref=_err(np.asarray(res.samples), ref))
+            )  # fmt: skip
+    return rows
+
+
 def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
     torch = C.torch_or_none(BENCH)
     if tiny:
@@ -218,7 +250,15 @@ def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
         cases, repeats = [(2, 10_000), (64, 1_000), (2, 1_000)], 7
     peak = C.matmul_peak()["peak_gflops"]
     rows = [r for d, n in cases for r in run_case(d, n, repeats, peak, torch)]
-    return rows + [r for d, n, tols in wp for r in work_precision(d, n, tols, torch)]
+    rows += [r for d, n, tols in wp for r in work_precision(d, n, tols, torch)]
+    mixtures = {"ring8 2-D VP": (gmm.ring(), VP())}
+    if not tiny:
+        mixtures["random 10-D VP"] = (gmm.random_mixture(10, 6, key=jax.random.key(3)), VP())
+    tols = (1e-3, 1e-4) if tiny else (1e-3, 1e-4, 1e-5, 1e-6)
+    n_gmm = 32 if tiny else 500
+    return rows + [
+        r for k, (m, p) in mixtures.items() for r in work_precision_gmm(k, m, p, n_gmm, tols)
+    ]
 
 
 if __name__ == "__main__":

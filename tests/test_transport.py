@@ -10,6 +10,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optimistix as optx
 import pytest
 
 from wgfm import gmm, metrics, processes, transport
@@ -122,9 +123,16 @@ def _counting(field, counter):
 
 
 @pytest.mark.parametrize(
-    "solver, fixed", [(diffrax.Tsit5(), False), (diffrax.Heun(), True), (diffrax.Euler(), True)]
+    "solver, fixed, dt0",
+    [
+        (diffrax.Tsit5(), False, None),
+        (diffrax.Dopri5(), False, None),
+        (diffrax.Tsit5(), False, -0.01),
+        (diffrax.Heun(), True, None),
+        (diffrax.Euler(), True, None),
+    ],
 )
-def test_nfe_equals_real_evaluation_count(solver, fixed):
+def test_nfe_equals_real_evaluation_count(solver, fixed, dt0):
     mix, process = gmm.ring(), processes.VP()
     counter = [0]
     field = _counting(gmm.velocity_field(mix, process), counter)
@@ -133,7 +141,7 @@ def test_nfe_equals_real_evaluation_count(solver, fixed):
         res = transport.sample_fixed_step(field, process, x, num_steps=20, solver=solver)
         assert int(res.stats.num_steps) == 20
     else:
-        res = transport.sample_ode(field, process, x, solver=solver)
+        res = transport.sample_ode(field, process, x, solver=solver, dt0=dt0)
     jax.block_until_ready(res)
     assert int(res.stats.nfe) == counter[0]
     np.testing.assert_array_equal(
@@ -142,8 +150,34 @@ def test_nfe_equals_real_evaluation_count(solver, fixed):
             solver,
             diffrax.StepTo(jnp.zeros(2)) if fixed else diffrax.PIDController(1e-5, 1e-5),
             res.stats.num_steps,
+            dt0_given=dt0 is not None,
         ),
     )
+
+
+def test_initial_step_is_hairers_not_diffraxs_fallback():
+    """diffeqsolve hands the controller a WrapTerm, for which diffrax's PID heuristic falls
+    back to dt0 = 0.01; the first step must be the one Hairer's algorithm picks for the plain
+    ODE (computed here on an ODETerm, as torchdiffeq does), within the controller's growth."""
+    from diffrax._step_size_controller.pid import _select_initial_step  # the reference
+
+    mix, process = gmm.ring(), processes.VP()
+    velocity = jax.vmap(gmm.velocity_field(mix, process), in_axes=(0, None))
+    x = process.prior_sample((64, 2), key=jax.random.key(12))
+    tol = 1e-4
+    term = diffrax.ODETerm(lambda s, y, _: -velocity(y, -s))  # forward time s = -t
+    h = _select_initial_step(
+        term, -process.t_max, x, None, lambda tm, t, y, a: tm.vf(t, y, a), 5, tol, tol,
+        optx.rms_norm,
+    )  # fmt: skip
+    assert float(h) > 0.02  # far from diffrax's 0.01 fallback on this problem
+    # Started at h, a solve over exactly [t_max - h, t_max] is one step; started at 0.01 it
+    # would take at least two.
+    res = transport.sample_ode(
+        gmm.velocity_field(mix, process), process, x, rtol=tol, atol=tol,
+        solver=diffrax.Dopri5(), t_end=process.t_max - float(h),
+    )  # fmt: skip
+    assert int(res.stats.num_steps) == 1 and int(res.stats.num_rejected_steps) == 0
 
 
 def test_new_tolerances_do_not_retrace(monkeypatch):

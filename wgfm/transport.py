@@ -153,8 +153,8 @@ def sample_ode(
 
     Starting points: ``x_init`` of shape ``(n, *shape)``, or ``num_samples`` prior draws of
     shape ``shape`` from ``key``. ``field`` predicts ``kind`` (converted to the WGF velocity
-    with :func:`wgfm.fields.as_field`). Defaults: ``Tsit5`` with ``PIDController`` at
-    ``rtol = atol = 1e-5``; ``rtol``/``atol`` (arrays, no recompile) override the controller's.
+    with :func:`wgfm.fields.as_field`). Defaults: ``Dopri5`` with ``PIDController`` at
+    ``rtol = atol = 1e-5``, the first step chosen by Hairer's heuristic; ``rtol``/``atol`` (arrays, no recompile) override the controller's.
     ``save_times`` (decreasing, in ``[t_end, t_start]``) returns the trajectory there.
 
     Every attempted step, rejected ones included, is watched for non-finite values of the
@@ -264,10 +264,11 @@ def count_nfe(
     *,
     dt0_given: bool = False,
 ) -> Array:
-    """Vector-field evaluations of a diffrax solve from its step count (diffrax does not count
+    """Vector-field evaluations of a wgfm solve from its step count (diffrax does not count
     them): Runge–Kutta stages per step (one fewer for FSAL tableaux, plus one initial
-    evaluation). Checked against a host-side evaluation counter in the tests (Tsit5 + PID,
-    Heun and Euler with fixed steps)."""
+    evaluation), plus two for the initial step size when a ``PIDController`` chooses it
+    (``dt0_given=False``). Checked against a host-side evaluation counter in the tests (Tsit5
+    and Dopri5 + PID, with and without ``dt0``; Heun and Euler with fixed steps)."""
     num_steps = jnp.asarray(num_steps)
     tableau = getattr(solver, "tableau", None)
     if tableau is not None:
@@ -277,11 +278,13 @@ def count_nfe(
         per_step, init = 1, 0
     else:
         raise ValueError(f"count_nfe: unsupported solver {type(solver).__name__}.")
-    adaptive = isinstance(stepsize_controller, diffrax.AbstractAdaptiveStepSizeController)
-    # The PID initial-step heuristic (dt0=None) adds no evaluation to the count measured by a
-    # host callback (tests/test_transport.py); kept as an explicit term for clarity.
-    init = init + (0 if adaptive and not dt0_given else 0)
-    return init + per_step * num_steps
+    if isinstance(stepsize_controller, _HairerStart):
+        stepsize_controller = stepsize_controller.inner
+    # With dt0=None the PID controller's initial-step heuristic evaluates the field twice, in
+    # wgfm's solves (see _HairerStart; a bare diffeqsolve skips it). Checked against a host
+    # callback counter in tests/test_transport.py.
+    heuristic = isinstance(stepsize_controller, diffrax.PIDController) and not dt0_given
+    return init + (2 if heuristic else 0) + per_step * num_steps
 
 
 def dequantize(
@@ -389,6 +392,36 @@ class _FiniteWatch(diffrax.AbstractStepSizeController):
             nonfinite = diffrax.RESULTS.nonfinite  # pyright: ignore[reportAttributeAccessIssue]
             result = diffrax.RESULTS.where(bad, nonfinite, result)  # pyright: ignore[reportArgumentType]
         return keep, tprev, tnext, jump, (inner_state, count, first), result
+
+
+class _HairerStart(diffrax.AbstractStepSizeController):
+    """Delegates to ``inner``, but lets its initial step-size heuristic see an ``ODETerm``.
+
+    Why by hand: ``diffeqsolve`` (diffrax 0.7.2) wraps every term in a ``WrapTerm`` before it
+    calls ``init``, and ``PIDController`` runs Hairer's initial-step algorithm (Hairer, Norsett
+    & Wanner, Sec. II.4; torchdiffeq's too) only for an ``ODETerm``: otherwise it starts every
+    solve at ``dt0 = 0.01``. A solve that the heuristic would start at a step of 0.07 then spends
+    two extra steps growing it (12 evaluations of Dopri5, a third of a short solve); measured in
+    ``benchmarks/compare_peer_sampling.py``. Re-wrapping the ``WrapTerm``'s own vector field (it
+    already applies the time direction) in an ``ODETerm`` makes the heuristic run; the solve
+    itself still uses the original terms. The heuristic costs two field evaluations."""
+
+    inner: diffrax.AbstractStepSizeController
+
+    def wrap(self, direction):
+        return _HairerStart(self.inner.wrap(direction))
+
+    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+        # WrapTerm is private in diffrax: recognised by the ODETerm it wraps.
+        wrapped = getattr(terms, "term", None)
+        if dt0 is None and isinstance(wrapped, diffrax.ODETerm):
+            terms = diffrax.ODETerm(terms.vf)
+        return self.inner.init(terms, t0, t1, y0, dt0, args, func, error_order)
+
+    def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, state):
+        return self.inner.adapt_step_size(
+            t0, t1, y0, y1_candidate, args, y_error, error_order, state
+        )
 
 
 def _all_finite(tree) -> Array:
@@ -529,7 +562,10 @@ def _strict(res, strict: bool):
 
 
 def _defaults(solver, controller, adjoint, rtol, atol):
-    solver = diffrax.Tsit5() if solver is None else solver
+    # Dopri5 by measurement (the work-precision rows of compare_peer_sampling): at equal final
+    # error it needs fewer NFE than Tsit5 on MLP velocity fields and about as many on the GMM
+    # oracle; it is also torchdiffeq's and SciPy's (RK45) pair, so NFE compare directly.
+    solver = diffrax.Dopri5() if solver is None else solver
     controller = diffrax.PIDController(rtol=1e-5, atol=1e-5) if controller is None else controller
     adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
     for name, obj, base in (
@@ -560,7 +596,7 @@ def _with_tol(controller, tol, dtype):
     if tol is None:
         return controller
     tol = tuple(jnp.asarray(v, dtype) for v in tol)  # the controller state follows the state dtype
-    return eqx.tree_at(lambda c: (c.rtol, c.atol), controller, tol)
+    return _HairerStart(eqx.tree_at(lambda c: (c.rtol, c.atol), controller, tol))
 
 
 def _starting_points(process, x_init, *, key, num_samples, shape) -> Array:
