@@ -200,3 +200,16 @@ def test_solver_choice_compares_at_equal_error_not_equal_tolerance():
     t = got["default solver (Dopri5): NFE at Tsit5's final error"]
     assert t["met"] is True and t["measured"] == "D=2, n=64, err 1e-05: Dopri5 24 / Tsit5 25", t
     assert got["default solver (Dopri5): NFE at torchdiffeq dopri5's final error"]["met"] is None
+
+
+def test_xla_flag_ab_runs_each_setting_in_its_own_process(tmp_path):
+    pytest.importorskip("torch")
+    from benchmarks.ab_xla_flags import main
+
+    flag = "--xla_cpu_experimental_ynn_fusion_type=+eltwise"
+    assert main(["--flag", flag, "--rounds", "1", "--n", "16", "--repeats", "2",
+                 "--out", str(tmp_path)]) == 0  # fmt: skip
+    got = json.loads((tmp_path / "xla_flags_ab.json").read_text())
+    assert [r["flags"] for r in got["rounds"]] == ["", flag]
+    assert all(r["jax_ms"] > 0 and r["torch_ms"] > 0 for r in got["rounds"])
+    assert set(got["median_jax_over_torch"]) == {"(none)", flag}

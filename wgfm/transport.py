@@ -395,33 +395,83 @@ class _FiniteWatch(diffrax.AbstractStepSizeController):
 
 
 class _HairerStart(diffrax.AbstractStepSizeController):
-    """Delegates to ``inner``, but lets its initial step-size heuristic see an ``ODETerm``.
+    """Delegates to ``inner`` (a ``PIDController``), but starts the solve at the step of
+    Hairer, Norsett & Wanner's algorithm (Sec. II.4) when no ``dt0`` is given.
 
     Why by hand: ``diffeqsolve`` (diffrax 0.7.2) wraps every term in a ``WrapTerm`` before it
-    calls ``init``, and ``PIDController`` runs Hairer's initial-step algorithm (Hairer, Norsett
-    & Wanner, Sec. II.4; torchdiffeq's too) only for an ``ODETerm``: otherwise it starts every
-    solve at ``dt0 = 0.01``. A solve that the heuristic would start at a step of 0.07 then spends
-    two extra steps growing it (12 evaluations of Dopri5, a third of a short solve); measured in
-    ``benchmarks/compare_peer_sampling.py``. Re-wrapping the ``WrapTerm``'s own vector field (it
-    already applies the time direction) in an ``ODETerm`` makes the heuristic run; the solve
-    itself still uses the original terms. The heuristic costs two field evaluations."""
+    calls ``init``, and ``PIDController`` runs its copy of the algorithm only for an
+    ``ODETerm``: otherwise it starts every solve at ``dt0 = 0.01``, and a solve the heuristic
+    would start at 0.07 spends two extra steps growing it (benchmarks/compare_peer_sampling.py).
+    Its copy would also probe the field outside the interval: at ``t_max`` a VP velocity is
+    near zero, so the probe step ``0.01 |y| / |f|`` exceeds the interval (3.2 on the 2-D ring)
+    and lands where the field may be undefined. Here the probe and the step are clipped to the
+    interval, as SciPy's ``select_initial_step`` does. Costs two field evaluations."""
 
-    inner: diffrax.AbstractStepSizeController
+    inner: diffrax.PIDController
 
     def wrap(self, direction):
         return _HairerStart(self.inner.wrap(direction))
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
-        # WrapTerm is private in diffrax: recognised by the ODETerm it wraps.
-        wrapped = getattr(terms, "term", None)
-        if dt0 is None and isinstance(wrapped, diffrax.ODETerm):
-            terms = diffrax.ODETerm(terms.vf)
+        if dt0 is None:
+            order = self.inner.error_order if self.inner.error_order is not None else error_order
+            dt0 = _initial_step(
+                terms, t0, t1, y0, args, func, order, self.inner.rtol, self.inner.atol,
+                self.inner.norm,
+            )  # fmt: skip
         return self.inner.init(terms, t0, t1, y0, dt0, args, func, error_order)
 
     def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, state):
         return self.inner.adapt_step_size(
             t0, t1, y0, y1_candidate, args, y_error, error_order, state
         )
+
+
+def _initial_step(terms, t0, t1, y0, args, func, order, rtol, atol, norm) -> Array:
+    """Hairer's starting step in the solve's (increasing) time, clipped to ``t1 - t0``. The two
+    field evaluations run as a two-iteration scan, so the field is traced once (as in diffrax),
+    which keeps a large network's compile time down."""
+    span = jnp.asarray(t1 - t0)
+    scale = jax.tree.map(lambda y: atol + jnp.abs(y) * rtol, y0)
+
+    def ratio(tree):
+        return norm(jax.tree.map(lambda a, s: (a / s).astype(s.dtype), tree, scale))
+
+    d0 = ratio(y0)
+    # dy/ds in the solve's time: diffrax's WrapTerm puts the time direction in the control.
+    unit = terms.contr(t0, t0 + jnp.ones_like(span))
+
+    def rate(t, y):
+        return terms.prod(func(terms, t, y, args), unit)
+
+    f_spec = jax.eval_shape(lambda: rate(t0, y0))
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), f_spec)
+
+    def body(carry, first):
+        t, y, h0, f0 = carry
+        f = rate(t, y)
+        d1 = ratio(f)  # meaningful on the first pass, where f = f(t0, y0)
+        small = (d0 < 1e-5) | (d1 < 1e-5)
+        h = jnp.where(small, 1e-6, 0.01 * d0 / jnp.where(small, 1.0, d1))
+        h0 = jnp.where(first, jnp.minimum(h, span).astype(span.dtype), h0)
+        f0 = jax.tree.map(lambda a, b: jnp.where(first, a, b), f, f0)
+        y = jax.tree.map(lambda a, b: (a + h0 * b).astype(a.dtype), y0, f0)
+        return (t0 + h0, y, h0, f0), f
+
+    init = (jnp.asarray(t0, span.dtype), y0, jnp.zeros((), span.dtype), zeros)
+    (_, _, h0, f0), fs = jax.lax.scan(body, init, jnp.array([True, False]))
+    f1 = jax.tree.map(lambda a: a[1], fs)
+    d1 = ratio(f0)
+    d2 = ratio(jax.tree.map(jnp.subtract, f1, f0)) / h0
+    max_d = jnp.maximum(d1, d2)
+    h1 = jnp.where(
+        max_d <= 1e-15,
+        jnp.maximum(1e-6, h0 * 1e-3),
+        (0.01 / jnp.where(max_d <= 1e-15, 1.0, max_d)) ** (1.0 / order),
+    )
+    dt0 = jnp.minimum(jnp.minimum(100 * h0, h1), span).astype(span.dtype)
+    # A non-finite field at the probe leaves diffrax's own start.
+    return jax.lax.stop_gradient(jnp.where(jnp.isfinite(dt0) & (dt0 > 0), dt0, 0.01))
 
 
 def _all_finite(tree) -> Array:
