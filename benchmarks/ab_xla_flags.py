@@ -60,7 +60,7 @@ def child(n: int, repeats: int) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description="A/B of an XLA_FLAGS setting against PyTorch.")
     ap.add_argument("--flag", action="append", default=[], help="an XLA_FLAGS setting to test")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--n", type=int, default=10_000, help="points per evaluation (D = 2)")
