@@ -207,7 +207,8 @@ def test_xla_flag_ab_runs_each_setting_in_its_own_process(tmp_path):
     from benchmarks.ab_xla_flags import main
 
     flag = "--xla_cpu_experimental_ynn_fusion_type=+eltwise"
-    assert main(["--flag", flag, "--rounds", "1", "--n", "16", "--repeats", "2",
+    # --flag=VALUE: argparse reads a separate value that starts with "--" as an option.
+    assert main([f"--flag={flag}", "--rounds", "1", "--n", "16", "--repeats", "2",
                  "--out", str(tmp_path)]) == 0  # fmt: skip
     got = json.loads((tmp_path / "xla_flags_ab.json").read_text())
     assert [r["flags"] for r in got["rounds"]] == ["", flag]
