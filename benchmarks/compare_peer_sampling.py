@@ -174,24 +174,12 @@ def work_precision(dim: int, n: int, tols, torch=None) -> list[dict]:
     x0 = np.random.default_rng(dim + n).standard_normal((n, dim)).astype(np.float32)
     ref = reference(params, x0)
     case = f"D={dim}, n={n}"
-    rows = []
-    for name, (cls, pid) in WP_SIDES.items():
-        for tol in tols:
-
-            def solve(cls=cls, tol=tol, pid=pid):
-                ctrl = diffrax.PIDController(rtol=tol, atol=tol, **pid)
-                return sample_ode(
-                    field, VP(), jnp.asarray(x0), solver=cls(), stepsize_controller=ctrl,
-                    t_start=1.0, t_end=0.0, strict=False,
-                )  # fmt: skip
-
-            _, med = time_call(lambda: block(solve()), repeats=1, warmup=0)
-            res = solve()
-            rows.append(
-                record("pf_solver_choice", case, name, compile_s=None, median_s=med,
-                       repeats=1, tol=tol, nfe=int(np.max(np.asarray(res.stats.nfe))),
-                       max_err_vs_ref=_err(np.asarray(res.samples), ref))
-            )  # fmt: skip
+    rows = _wgfm_work_precision(
+        case, ref, tols,
+        lambda cls, ctrl: sample_ode(field, VP(), jnp.asarray(x0), solver=cls(),
+                                     stepsize_controller=ctrl, t_start=1.0, t_end=0.0,
+                                     strict=False),
+    )  # fmt: skip
     if torch is not None:
         for tol in tols:
             sides, count = torch_sides(torch, params, x0, tol)
@@ -218,18 +206,23 @@ def work_precision_gmm(name: str, mix, process, n: int, tols) -> list[dict]:
             solver=diffrax.Dopri8(), rtol=1e-11, atol=1e-11, max_steps=100_000,
         ).samples)  # fmt: skip
     field = gmm.velocity_field(mix, process)
-    case = f"GMM {name}, n={n}"
+    return _wgfm_work_precision(
+        f"GMM {name}, n={n}", ref, tols,
+        lambda cls, ctrl: sample_ode(field, process, jnp.asarray(x), solver=cls(),
+                                     stepsize_controller=ctrl, strict=False, max_steps=20_000),
+    )  # fmt: skip
+
+
+def _wgfm_work_precision(case: str, ref: np.ndarray, tols, solve) -> list[dict]:
+    """One ``pf_solver_choice`` row per :data:`WP_SIDES` entry and tolerance, from
+    ``solve(solver_class, controller)``: its time, NFE and final error against ``ref``."""
     rows = []
     for impl, (cls, pid) in WP_SIDES.items():
         for tol in tols:
-
-            def solve(cls=cls, tol=tol, pid=pid):
-                ctrl = diffrax.PIDController(rtol=tol, atol=tol, **pid)
-                return sample_ode(field, process, jnp.asarray(x), solver=cls(),
-                                  stepsize_controller=ctrl, strict=False, max_steps=20_000)  # fmt: skip
-
-            _, med = time_call(lambda: block(solve()), repeats=1, warmup=0)
-            res = solve()
+            ctrl = diffrax.PIDController(rtol=tol, atol=tol, **pid)
+            _, med = time_call(lambda cls=cls, ctrl=ctrl: block(solve(cls, ctrl)), repeats=1,
+                               warmup=0)  # fmt: skip
+            res = solve(cls, ctrl)
             rows.append(
                 record("pf_solver_choice", case, impl, compile_s=None, median_s=med,
                        repeats=1, tol=tol, nfe=int(np.max(np.asarray(res.stats.nfe))),
