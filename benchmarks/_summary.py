@@ -101,7 +101,7 @@ def _dim(case: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-DEFAULT_SOLVER = "Dopri5"  # wgfm.transport's default, as named in compare_peer_sampling
+DEFAULT_SOLVER = "Dopri5"  # wgfm.transport's default; compare_peer_sampling names rows by it
 
 
 def _solver_choice(R) -> list[dict]:
@@ -110,22 +110,21 @@ def _solver_choice(R) -> list[dict]:
     log-log between its tolerances (only within the range it covers). Met when it needs no more
     NFE at every one."""
     out = []
-    mine_name = DEFAULT_SOLVER
     for other in ("Tsit5", "torchdiffeq dopri5"):
-        name = f"default solver ({mine_name}): NFE at {other}'s final error"
+        name = f"default solver ({DEFAULT_SOLVER}): NFE at {other}'s final error"
         parts, ok = [], True
         for case in sorted({r["case"] for r in _rows(R, "pf_solver_choice")}):
             wp = _rows(R, "pf_solver_choice", case_has=case)
             pts = {impl: [(r["extra"]["max_err_vs_ref"], r["extra"]["nfe"]) for r in wp
-                          if r["impl"] == impl] for impl in (mine_name, other)}  # fmt: skip
-            mine, theirs = pts[mine_name], pts[other]
+                          if r["impl"] == impl] for impl in (DEFAULT_SOLVER, other)}  # fmt: skip
+            mine, theirs = pts[DEFAULT_SOLVER], pts[other]
             for err, nfe in sorted(theirs, reverse=True):
                 at = nfe_at_error(mine, err)
                 if at is None:
                     continue
                 ok &= at <= nfe
-                parts.append(f"{case}, err {err:.2g}: {mine_name} {at:.0f} / {other} {nfe}")
-        out.append({"target": name, "goal": f"{mine_name} NFE <=",
+                parts.append(f"{case}, err {err:.2g}: {DEFAULT_SOLVER} {at:.0f} / {other} {nfe}")
+        out.append({"target": name, "goal": f"{DEFAULT_SOLVER} NFE <=",
                     "measured": "; ".join(parts) or "not measured", "met": ok if parts else None})  # fmt: skip
     return out
 

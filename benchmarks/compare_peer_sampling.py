@@ -28,6 +28,7 @@ from wgfm.transport import sample_ode
 
 from . import _compare as C
 from ._harness import block, interleaved, ratio_stats, record, time_call, write_results
+from ._summary import DEFAULT_SOLVER
 
 BENCH = "peer_sampling"
 TOL = 1e-5
@@ -121,7 +122,7 @@ def run_case(dim: int, n: int, repeats: int, peak: float, torch) -> list[dict]:
                repeats=repeats, field_gflops=gflops, field_frac_of_peak=gflops / peak)
     ]  # fmt: skip
     outs = {}
-    default = "wgfm sample_ode Dopri5"
+    default = f"wgfm sample_ode {DEFAULT_SOLVER}"
     for name in SOLVERS:
         impl = f"wgfm sample_ode {name}"
         res = sample_ode(

@@ -154,7 +154,8 @@ def sample_ode(
     Starting points: ``x_init`` of shape ``(n, *shape)``, or ``num_samples`` prior draws of
     shape ``shape`` from ``key``. ``field`` predicts ``kind`` (converted to the WGF velocity
     with :func:`wgfm.fields.as_field`). Defaults: ``Dopri5`` with ``PIDController`` at
-    ``rtol = atol = 1e-5``, the first step chosen by Hairer's heuristic; ``rtol``/``atol`` (arrays, no recompile) override the controller's.
+    ``rtol = atol = 1e-5``, the first step chosen by Hairer's heuristic; ``rtol``/``atol``
+    (arrays, no recompile) override the controller's.
     ``save_times`` (decreasing, in ``[t_end, t_start]``) returns the trajectory there.
 
     Every attempted step, rejected ones included, is watched for non-finite values of the
@@ -278,8 +279,6 @@ def count_nfe(
         per_step, init = 1, 0
     else:
         raise ValueError(f"count_nfe: unsupported solver {type(solver).__name__}.")
-    if isinstance(stepsize_controller, _HairerStart):
-        stepsize_controller = stepsize_controller.inner
     # With dt0=None the PID controller's initial-step heuristic evaluates the field twice, in
     # wgfm's solves (see _HairerStart; a bare diffeqsolve skips it). Checked against a host
     # callback counter in tests/test_transport.py.
@@ -325,8 +324,7 @@ def _sample_impl(
     max_steps, per_sample, fail_fast,
 ):  # fmt: skip
     _check_field_output(velocity, x[0], t_start)  # at trace time only: free on later calls
-    controller = _with_tol(controller, tol, x.dtype)
-    watch = _FiniteWatch(controller, fail_fast)
+    watch = _FiniteWatch(_with_tol(controller, tol, x.dtype), fail_fast)
     saveat = diffrax.SaveAt(t1=True, controller_state=True)
     if ts is not None:
         saveat = diffrax.SaveAt(ts=ts, t1=True, controller_state=True)
@@ -486,7 +484,7 @@ def _likelihood_impl(
     from .diagnostics.jacobian import exact_trace, probe_trace
 
     _check_field_output(velocity, x[0], t_start)  # at trace time only: free on later calls
-    controller = _with_tol(controller, tol, x.dtype)
+    stepping = _with_tol(controller, tol, x.dtype)  # `controller` as given counts the NFE
 
     def vf_one(t, y, p):
         xi, _ = y
@@ -505,7 +503,7 @@ def _likelihood_impl(
     def solve(y0, p, vf):
         return diffrax.diffeqsolve(
             diffrax.ODETerm(vf), solver, t_start, t_end, None, y0, args=p,
-            stepsize_controller=controller, adjoint=adjoint, max_steps=max_steps, throw=False,
+            stepsize_controller=stepping, adjoint=adjoint, max_steps=max_steps, throw=False,
         )  # fmt: skip
 
     zero = jnp.zeros(x.shape[:1], dtype=x.dtype)
