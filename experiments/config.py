@@ -6,8 +6,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import numpy as np
-
 from wgfm.train import TrainConfig
 
 
@@ -55,6 +53,15 @@ class Sizes:
     exact_samples: int = 0
     vae_steps: int = 0  # the latent setting's VAE (mnist-latent)
     figure_samples: int = 64  # generated images in the DDIM samples figure (image presets)
+    # Claim 4's designed experiment (experiments/harm_design.py): base networks are the EMA
+    # snapshots (fractions `snapshots`) of one training run per objective, width and seed; each
+    # is measured as trained and with harmless and generic score errors of `harm_strengths`
+    # (x ||grad log p_t||_{L2(p_t)}); intervals from `harm_resamples` bootstrap resamples.
+    harm_objectives: tuple[str, ...] = ("eps", "WGF-FM", "DSM", "conservative")
+    harm_archs: tuple[str, ...] = ()  # widths (names in wgfm.models.CONFIGS); () = arch_vector
+    harm_seeds: int = 1  # training seeds per objective and width
+    harm_strengths: tuple[float, ...] = (0.3, 1.0)
+    harm_resamples: int = 2000
 
 
 QUICK = Sizes(
@@ -173,15 +180,6 @@ PRESETS: dict[str, tuple[tuple[str, ...], str | None, Sizes, Sizes]] = {
     "mnist-latent": ((), "mnist-latent", LATENT_QUICK, LATENT_FULL),
     "cifar10-paper": ((), "cifar10", CIFAR_QUICK, CIFAR_FULL),
 }
-
-
-def times_grid(process, num_levels: int) -> np.ndarray:
-    """The authors' grid t = 1, 11, ..., 991 of 1000 (100 levels), thinned to ``num_levels``,
-    mapped to ``[t_min, t_max]`` of ``process``."""
-    steps = np.arange(1, 1000, 10)
-    if num_levels < len(steps):
-        steps = steps[np.linspace(0, len(steps) - 1, num_levels).round().astype(int)]
-    return np.clip(steps / 1000.0, process.t_min, process.t_max)
 
 
 @dataclasses.dataclass(frozen=True)

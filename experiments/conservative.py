@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.assets import Context
-from experiments.config import times_grid
 from experiments.harm import TRAINED_LEVELS, TRAINED_SAMPLES_FACTOR
 from experiments.measures import (
     floors,
@@ -26,7 +25,11 @@ from experiments.measures import (
     sample_quality,
 )
 from experiments.report import ClaimRow, Report, bars, fmt
+from wgfm.diagnostics import times_grid
 from wgfm.transport import log_likelihood
+
+TITLE = "5. Beyond the paper: conservative versus free"
+NUMBERS_KEY = "conservative"
 
 
 @eqx.filter_jit
@@ -100,4 +103,4 @@ def run(ctx: Context, report: Report, title: str) -> None:
     }
     fig = bars(labels, series, "value (lower is better)", "Conservative versus free networks")
     report.save_figure(title, fig, "conservative_vs_free")
-    report.numbers["conservative"] = out
+    report.numbers[NUMBERS_KEY] = out

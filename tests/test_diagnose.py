@@ -15,22 +15,37 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
-from experiments import diagnose  # noqa: E402
-from experiments.diagnose import TITLES, DiagnoseConfig, DiagnoseSizes, load_images, run  # noqa: E402
-from experiments.report import png_is_valid_and_not_blank  # noqa: E402
 from wgfm import cli  # noqa: E402
+from wgfm.diagnosis import TITLES, DiagnoseSizes, command  # noqa: E402
+from wgfm.diagnosis.command import DiagnoseConfig, load_images, run  # noqa: E402
+from wgfm.figures import png_is_valid_and_not_blank  # noqa: E402
 
 TINY = dict(
-    sample_size=8, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
-    down_block_types=("DownBlock2D", "AttnDownBlock2D"), attention_head_dim=8,
+    sample_size=8,
+    block_out_channels=(8, 16),
+    layers_per_block=1,
+    norm_num_groups=4,
+    down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+    attention_head_dim=8,
     up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-)  # fmt: skip
+)
 # D = 192 > max_exact_dim: the sub-Jacobian and probe path, as for real image models.
 SIZES = DiagnoseSizes(
-    num_levels=3, num_samples=2, sub_jacobian_size=4, num_probes=2, max_exact_dim=64,
-    batch_size=2, loop_levels=2, loop_samples=1, loop_points=8, bridge_steps=8, noisy_copies=3,
-    noisy_points=4, num_generated=4, ddim_steps=4,
-)  # fmt: skip
+    num_levels=3,
+    num_samples=2,
+    sub_jacobian_size=4,
+    num_probes=2,
+    max_exact_dim=64,
+    batch_size=2,
+    loop_levels=2,
+    loop_samples=1,
+    loop_points=8,
+    bridge_steps=8,
+    noisy_copies=3,
+    noisy_points=4,
+    num_generated=4,
+    ddim_steps=4,
+)
 
 
 def _save_pipeline(path: Path, seed: int) -> Path:
@@ -89,16 +104,16 @@ def test_both_claims_with_both_controls(diagnosed):
     assert np.load(out / "generated.npy").shape == (4, 8, 8, 3)
 
 
-def test_rerun_resumes_and_foreign_directories_are_refused(diagnosed, model_dir, tmp_path,
-                                                           monkeypatch):  # fmt: skip
+def test_rerun_resumes_and_foreign_directories_are_refused(
+    diagnosed, model_dir, tmp_path, monkeypatch
+):
     out, first = diagnosed
     claims_before = {p.name: p.read_text() for p in (out / "claims").iterdir()}
 
     def fail(*args, **kwargs):
         raise AssertionError("a finished claim or the generated images were recomputed")
 
-    monkeypatch.setattr(diagnose, "_claim1", fail)
-    monkeypatch.setattr(diagnose, "_claim2", fail)
+    monkeypatch.setattr(command, "diagnose", fail)
     monkeypatch.setattr("wgfm.samplers.sample_ddim", fail)
     run(DiagnoseConfig(model=model_dir, out=out), sizes=SIZES)
     again = json.loads((out / "results.json").read_text())

@@ -1,4 +1,4 @@
-"""The experiments' sweeps (``wgfm.diagnostics.sweep`` with ``checked=False``): no host
+"""The diagnosis kernels' sweeps (``wgfm.diagnostics.sweep`` with ``checked=False``): no host
 callback in their programs (so that JAX's persistent cache keeps them and a rerun skips their
 compilation), the same numbers as the checked diagnostics, and a clear error from the host check
 when a field is non-finite."""
@@ -9,12 +9,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import differential, integral, measures
+from experiments import measures
 from experiments.assets import Context
 from experiments.config import ReproduceConfig
 from wgfm import gmm
+from wgfm.diagnosis import measure_asymmetry, measure_circulation
 from wgfm.diagnostics import (
     DIAGNOSTICS,
+    FAMILIES,
+    Circulation,
+    ExactAsymmetry,
+    SubAndProbe,
     asymmetry,
     jacobian,
     noised_samples,
@@ -33,8 +38,8 @@ def setup():
     return ctx, ctx.oracle_score("2d"), x0, xt, ts
 
 
-def _circulation(ctx) -> integral.Circulation:
-    return integral.Circulation(ctx.process, integral.FAMILIES, 8, 20, 3, 8)
+def _circulation(ctx) -> Circulation:
+    return Circulation(ctx.process, FAMILIES, 8, 20, 3, 8)
 
 
 def _program_text(fn, *args) -> str:
@@ -44,13 +49,15 @@ def _program_text(fn, *args) -> str:
 def test_sweep_programs_hold_no_host_callback(setup):
     ctx, field, x0, xt, ts = setup
     v = gmm.velocity_field(ctx.mix2d, ctx.process)
-    residual = measures.Residual(gmm.log_density_field(ctx.mix2d, ctx.process),
-                                 gmm.dt_log_density_field(ctx.mix2d, ctx.process))  # fmt: skip
+    residual = measures.Residual(
+        gmm.log_density_field(ctx.mix2d, ctx.process),
+        gmm.dt_log_density_field(ctx.mix2d, ctx.process),
+    )
     keys = jax.random.split(jax.random.key(1), 2)
     pairs = (jnp.broadcast_to(x0, xt.shape), xt)
     programs = {  # _run(diagnostic, field, xs, ts, keys, batch_size, checked) as sweep calls it
-        "asymmetry": (differential.exact_asymmetry, field, xt, ts, None, None, False),
-        "large D": (differential.SubAndProbe(2, 4), field, xt, ts, keys, 2, False),
+        "asymmetry": (ExactAsymmetry(), field, xt, ts, None, None, False),
+        "large D": (SubAndProbe(2, 4), field, xt, ts, keys, 2, False),
         "circulation": (_circulation(ctx), field, pairs, ts, keys, None, False),
         "ratio": (DIAGNOSTICS["lambda"], field, xt, ts, None, None, False),
         "residual": (residual, v, xt, ts, None, None, False),
@@ -69,9 +76,10 @@ def test_unchecked_sweeps_match_the_checked_diagnostics(setup):
     def field(x, t):  # not a gradient: lambda of order 1, not float32 rounding noise
         return score(x, t) + rot @ score(x, t)
 
-    ratio, _ = sweep(differential.exact_asymmetry, field, xt, ts, checked=False).values
-    ref = np.array([[asymmetry(jacobian(field, xt[j, i], ts[j])).ratio for i in range(3)]
-                    for j in range(2)])  # fmt: skip
+    ratio, _ = sweep(ExactAsymmetry(), field, xt, ts, checked=False).values
+    ref = np.array(
+        [[asymmetry(jacobian(field, xt[j, i], ts[j])).ratio for i in range(3)] for j in range(2)]
+    )
     # float32; the same operations, fused differently under jit: rounding-level differences
     np.testing.assert_allclose(ratio, ref, rtol=1e-5)
     assert ratio.shape == (2, 3)
@@ -84,16 +92,22 @@ def test_host_check_names_the_first_non_finite_entry(setup):
         return jnp.where(x[0] == xt[1, 2, 0], jnp.nan, 1.0) * field(x, t)
 
     with pytest.raises(ValueError, match=r"Jacobian .* time index 1 .*sample index 2.* 1 of 6"):
-        sweep(differential.exact_asymmetry, bad, xt, ts, checked=False,
-              what="Jacobian asymmetry values are")  # fmt: skip
+        sweep(ExactAsymmetry(), bad, xt, ts, checked=False, what="Jacobian asymmetry values are")
 
     def bad_late(x, t):  # non-finite at the second level (loops never pass through xt itself)
         return jnp.where(t > 0.5, jnp.nan, 1.0) * field(x, t)
 
     pairs = (jnp.broadcast_to(x0, xt.shape), xt)
     with pytest.raises(ValueError, match=r"loop circ.* time index 1 .*sample index 0.* 3 of 6"):
-        sweep(_circulation(ctx), bad_late, pairs, ts, key=jax.random.key(1), checked=False,
-              what="loop circulation values are")  # fmt: skip
+        sweep(
+            _circulation(ctx),
+            bad_late,
+            pairs,
+            ts,
+            key=jax.random.key(1),
+            checked=False,
+            what="loop circulation values are",
+        )
     finite = {"a": np.ones((2, 3)), "b": jnp.zeros((2, 1))}
     out = require_finite(finite, ts, "x")
     assert all(isinstance(a, np.ndarray) for a in jax.tree.leaves(out))
@@ -124,13 +138,23 @@ def test_measurements_take_any_field_with_or_without_controls(setup):
         return field(x, t) + rot @ x
 
     key = jax.random.key(3)
-    m = differential.measure_asymmetry(curl, ctx.process, x0, np.asarray(ts), key=key,
-                                       gradient=field, label="toy")  # fmt: skip
+    m = measure_asymmetry(
+        curl, ctx.process, x0, np.asarray(ts), key=key, gradient=field, label="toy"
+    )
     assert [r.verdict for r in m.rows][0] and list(m.figures) == ["lambda_toy"]
     assert set(m.numbers["median_ratio"]) == {"trained", "oracle score"}
-    m = integral.measure_circulation(curl, ctx.process, x0, np.asarray(ts), key=key, label="toy",
-                                     bridge_steps=20, noisy_copies=3, noisy_points=8,
-                                     loop_points=8)  # fmt: skip
+    m = measure_circulation(
+        curl,
+        ctx.process,
+        x0,
+        np.asarray(ts),
+        key=key,
+        label="toy",
+        bridge_steps=20,
+        noisy_copies=3,
+        noisy_points=8,
+        loop_points=8,
+    )
     assert len(m.rows) == 4 and all(r.verdict for r in m.rows), m.rows
     assert "no gradient control" in m.rows[0].control and list(m.figures) == [
         "circulation_toy_bridge"

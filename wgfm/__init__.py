@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import (
     data,
+    diagnosis,
     diagnostics,
     distributed,
     fields,
@@ -19,6 +20,7 @@ from . import (
     samplers,
     transport,
 )
+from .diagnosis import Diagnosis, diagnose
 from .fields import as_field, conditional_velocity, convert, wgf_velocity
 from .gmm import (
     GaussianMixture,
@@ -48,6 +50,9 @@ except PackageNotFoundError:  # a source tree on sys.path, not installed
     __version__ = "0+unknown"
 
 __all__ = [
+    "Diagnosis",
+    "diagnose",
+    "diagnosis",
     "log_likelihood",
     "metrics",
     "perturbations",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import sys
 import warnings
@@ -98,20 +100,28 @@ def reproduce(
         pixel_run: --out of a `--preset mnist` run; `--preset mnist-latent` compares its
             Jacobian asymmetry with that run's (pixel versus latent space).
     """
+    if not _repo_on_path("experiments", "reproduce"):
+        return 2
     mesh = None
     if devices is not None:
         from .distributed import setup_devices
 
         mesh = setup_devices(devices)  # first: it must precede every other JAX call
-    _repo_on_path("experiments")
     from experiments.config import ReproduceConfig
     from experiments.reproduce import run
 
     try:
         config = ReproduceConfig(
-            quick=quick, out=out, preset=preset, data=data, seed=seed, only=only,
-            train_steps=train_steps, compile_cache=compile_cache, pixel_run=pixel_run,
-        )  # fmt: skip
+            quick=quick,
+            out=out,
+            preset=preset,
+            data=data,
+            seed=seed,
+            only=only,
+            train_steps=train_steps,
+            compile_cache=compile_cache,
+            pixel_run=pixel_run,
+        )
     except ValueError as e:
         print(f"wgfm reproduce: {e}", file=sys.stderr)
         return 2
@@ -147,12 +157,18 @@ def diagnose(
         seed: random seed of noise, loops, probes and the untrained network.
         compile_cache: keep compiled programs in JAX's persistent cache.
     """
-    _repo_on_path("experiments")
-    from experiments.diagnose import DiagnoseConfig, run
+    from .diagnosis.command import DiagnoseConfig, run
 
     try:
-        config = DiagnoseConfig(model=model, data=data, images=images, quick=quick, out=out,
-                                seed=seed, compile_cache=compile_cache)  # fmt: skip
+        config = DiagnoseConfig(
+            model=model,
+            data=data,
+            images=images,
+            quick=quick,
+            out=out,
+            seed=seed,
+            compile_cache=compile_cache,
+        )
         report = run(config)
     except (ValueError, OSError) as e:
         # One line: the checkpoint loader lists every mismatched tensor on its own line.
@@ -178,16 +194,8 @@ def bench(
         out: output directory.
         only: run only modules whose name contains one of these (e.g. jacobian sampling).
     """
-    root = _locate_benchmarks(Path(__file__).resolve().parent.parent)
-    if root is None:
-        print(
-            "wgfm bench: `benchmarks/run_all.py` not found next to the installed wgfm package; "
-            "run from a source checkout installed with `pip install -e .`.",
-            file=sys.stderr,
-        )
+    if not _repo_on_path("benchmarks", "bench"):
         return 2
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
     from benchmarks.run_all import main as run_all
 
     return run_all(quick=quick, out=out, only=only)
@@ -218,21 +226,22 @@ def data(
     return 0
 
 
-def _locate_benchmarks(root: Path) -> Path | None:
-    """``root`` if it is a source checkout holding ``benchmarks/run_all.py``, else None."""
-    return root if (root / "benchmarks" / "run_all.py").is_file() else None
-
-
-def _repo_on_path(package: str) -> None:
-    """Put the source checkout holding ``package/`` (next to ``wgfm/``) on ``sys.path``."""
+def _repo_on_path(package: str, command: str) -> bool:
+    """Put the source checkout holding ``package/`` (next to ``wgfm/``) on ``sys.path``; False,
+    after one line on stderr, when wgfm is installed from a wheel. ``reproduce`` and ``bench``
+    are the paper's experiments and the benchmarks, which live in the repository, not in the
+    package; every other command works from a wheel."""
     root = Path(__file__).resolve().parent.parent
-    if not (root / package / "__init__.py").exists():
-        raise SystemExit(
-            f"`{package}/` not found next to the installed wgfm package ({root}); run from a "
-            "source checkout installed with `pip install -e .`."
+    if not (root / package / "__init__.py").is_file():
+        print(
+            f"wgfm {command}: needs the source checkout (`{package}/` is not installed with the "
+            "package): clone the repository and `pip install -e .` there.",
+            file=sys.stderr,
         )
+        return False
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
+    return True
 
 
 COMMANDS: dict[str, Callable[..., int | None]] = {
@@ -253,9 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     command = next((a for a in args if a in COMMANDS), "")
-    if not debug:
-        _quiet_abandoned_reads()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_abandoned_reads(enabled=not debug):
         warnings.showwarning = _one_line_warning
         try:
             result = tyro.extras.subcommand_cli_from_dict(COMMANDS, args=args, prog="wgfm")
@@ -263,19 +270,27 @@ def main(argv: list[str] | None = None) -> int:
             if debug:
                 raise
             message = " ".join(str(e).split()) or "(no message)"
-            print(f"wgfm {command}: error: {type(e).__name__}: {message} (--debug for the "
-                  "traceback)", file=sys.stderr)  # fmt: skip
+            print(
+                f"wgfm {command}: error: {type(e).__name__}: {message} (--debug for the traceback)",
+                file=sys.stderr,
+            )
             return 1
     return int(result or 0)
 
 
-def _quiet_abandoned_reads() -> None:
-    """A failed orbax restore leaves tensorstore reads behind whose event loop is already closed;
-    they surface when garbage is collected, long after the one-line message, as hundreds of
-    "Exception ignored" tracebacks and asyncio "Task exception was never retrieved" logs. The
-    failure has been reported (and the step moved aside) by then, so the command drops exactly
-    those; ``--debug`` keeps them."""
+@contextlib.contextmanager
+def _quiet_abandoned_reads(*, enabled: bool = True):
+    """While a command runs: drop the "Exception ignored" tracebacks and asyncio "Task exception
+    was never retrieved" logs of tensorstore reads abandoned by a failed orbax restore, whose
+    event loop is already closed. The failure itself is reported (and the step moved aside) by
+    :mod:`wgfm.checkpoint`. The hook and the logger level are restored on exit, so a Python
+    caller of :func:`main` keeps its own; ``--debug`` keeps the messages."""
+    if not enabled:
+        yield
+        return
     default = sys.unraisablehook
+    logger = logging.getLogger("asyncio")
+    level = logger.level
 
     def hook(unraisable) -> None:
         text = str(unraisable.exc_value)
@@ -284,7 +299,14 @@ def _quiet_abandoned_reads() -> None:
         default(unraisable)
 
     sys.unraisablehook = hook
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        # Abandoned reads surface when garbage is collected: collect before restoring.
+        gc.collect()
+        sys.unraisablehook = default
+        logger.setLevel(level)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -11,6 +11,7 @@ outputs on the host instead (``sweep(..., checked=False)``, :func:`require_finit
 reproduction's experiments do.
 """
 
+from .controls import gaussian_fit_score, untrained_field, untrained_params
 from .helmholtz import HelmholtzSplit, grid_2d, helmholtz_split, helmholtz_split_field
 from .jacobian import (
     Asymmetry,
@@ -25,6 +26,7 @@ from .jacobian import (
     random_indices,
     sub_jacobian,
 )
+from .kernels import FAMILIES, Circulation, ExactAsymmetry, SubAndProbe
 from .loops import (
     LoopReport,
     PathDependence,
@@ -44,9 +46,17 @@ from .loops import (
     triangle_identity,
 )
 from .residual import transport_residual
-from .sweep import DIAGNOSTICS, SweepResult, noised_samples, require_finite, sweep
+from .sweep import DIAGNOSTICS, SweepResult, noised_samples, require_finite, sweep, times_grid
 
 __all__ = [
+    "FAMILIES",
+    "Circulation",
+    "ExactAsymmetry",
+    "SubAndProbe",
+    "gaussian_fit_score",
+    "untrained_field",
+    "untrained_params",
+    "times_grid",
     "DIAGNOSTICS",
     "SweepResult",
     "noised_samples",

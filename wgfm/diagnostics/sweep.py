@@ -25,19 +25,20 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from tqdm.auto import tqdm
 
 from ..processes import AbstractProcess
-from .jacobian import asymmetry, divergence, jacobian
+from .jacobian import divergence
+from .kernels import ExactAsymmetry
 
 Diagnostic = Callable[..., Any]  # an array, or a PyTree of arrays
 
 
-def lambda_ratio(field, x, t, *, checked: bool = True) -> Array:
-    """Exact asymmetry ratio ``||J - J^T||_F / ||J||_F``."""
-    return asymmetry(jacobian(field, x, t, checked=checked)).ratio
+def _component(index: int, name: str) -> Diagnostic:
+    """One entry of :class:`ExactAsymmetry`'s ``(lambda, NAsym)``, as a named diagnostic."""
 
+    def diagnostic(field, x, t, *, checked: bool = True) -> Array:
+        return ExactAsymmetry()(field, x, t, checked=checked)[index]
 
-def nasym(field, x, t, *, checked: bool = True) -> Array:
-    """QCSBM's ``NAsym = ||J - J^T||_F^2 / (4 ||J||_F^2)``, exact."""
-    return asymmetry(jacobian(field, x, t, checked=checked)).nasym
+    diagnostic.__name__ = diagnostic.__qualname__ = name
+    return diagnostic
 
 
 def field_norm(field, x, t, *, checked: bool = True) -> Array:
@@ -46,12 +47,26 @@ def field_norm(field, x, t, *, checked: bool = True) -> Array:
     return jnp.sqrt(jnp.sum(field(x, t) ** 2))
 
 
+# By name for `sweep("lambda", ...)`; "lambda" and "nasym" are the two outputs of the one exact
+# asymmetry kernel, ExactAsymmetry.
 DIAGNOSTICS: dict[str, Diagnostic] = {
-    "lambda": lambda_ratio,
-    "nasym": nasym,
+    "asymmetry": ExactAsymmetry(),
+    "lambda": _component(0, "lambda_ratio"),
+    "nasym": _component(1, "nasym"),
     "divergence": divergence,
     "norm": field_norm,
 }
+
+
+def times_grid(process: AbstractProcess, num_levels: int) -> np.ndarray:
+    """The authors' noise levels ``t = 1, 11, ..., 991`` of 1000 (100 levels), thinned evenly to
+    ``num_levels`` and clipped to ``[t_min, t_max]`` of ``process``."""
+    if int(num_levels) < 1:
+        raise ValueError(f"`num_levels` must be a positive integer, got {num_levels!r}.")
+    steps = np.arange(1, 1000, 10)
+    if num_levels < len(steps):
+        steps = steps[np.linspace(0, len(steps) - 1, num_levels).round().astype(int)]
+    return np.clip(steps / 1000.0, process.t_min, process.t_max)
 
 
 class SweepResult(eqx.Module):
@@ -107,9 +122,8 @@ def _run_levels(diag, field, xs, ts, keys, batch_size, checked, label: str):
     for i in tqdm(range(ts.shape[0]), desc=label, unit="level", leave=False):
         level = jax.tree_util.tree_map(lambda a, i=i: a[i : i + 1], xs)
         k = None if keys is None else keys[i : i + 1]
-        parts.append(jax.block_until_ready(
-            _run(diag, field, level, ts[i : i + 1], k, batch_size, checked)
-        ))  # fmt: skip
+        values = _run(diag, field, level, ts[i : i + 1], k, batch_size, checked)
+        parts.append(jax.block_until_ready(values))
     return jax.tree_util.tree_map(lambda *p: jnp.concatenate(p), *parts)
 
 
@@ -141,7 +155,7 @@ def sweep(
     ``mesh`` (``wgfm.distributed.make_mesh``) splits the samples over its devices: same values.
     ``batch_size`` evaluates the samples of a level that many at a time instead of in one
     ``vmap``: bounded memory for large networks, and faster once a level's Jacobian tangents
-    outgrow the cache (MLP width 256, D = 64: 2x at 64 per pass against 512 at once).
+    outgrow the cache (benchmarks/README.md).
     ``progress`` (a label) runs the levels one call each behind a tqdm bar, for sweeps that
     take minutes (a U-Net's Jacobians): one program for a single level, compiled once, and the
     same values as the single call up to float32 rounding (XLA may fuse the two programs

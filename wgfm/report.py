@@ -1,0 +1,153 @@
+"""Reports: claim rows (claim, measured, control, verdict), the numbers behind them, and their
+rendering as REPORT.md and results.json with PNG figures. ``wgfm diagnose`` and ``wgfm
+reproduce`` write theirs with :class:`Report`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class ClaimRow:
+    """One line of a claim's table: what was measured, against which control, and the verdict."""
+
+    claim: str
+    measured: str
+    control: str
+    verdict: bool
+    note: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+    """What a claim's measurement returns: its rows, the numbers behind them (for
+    results.json) and its figures (name -> matplotlib figure), ready for a :class:`Report`."""
+
+    rows: list[ClaimRow]
+    numbers: dict[str, Any]
+    figures: dict[str, Any]
+
+
+@dataclasses.dataclass
+class Report:
+    """Accumulates rows, numbers and figures; :meth:`write` renders them."""
+
+    out: Path
+    rows: dict[str, list[ClaimRow]] = dataclasses.field(default_factory=dict)
+    numbers: dict[str, Any] = dataclasses.field(default_factory=dict)
+    figures: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    notes: dict[str, str] = dataclasses.field(default_factory=dict)
+    title: str = "wgfm reproduction report"
+
+    @property
+    def fig_dir(self) -> Path:
+        d = self.out / "figures"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def add(self, section: str, row: ClaimRow) -> None:
+        self.rows.setdefault(section, []).append(row)
+
+    def add_measurement(self, section: str, m: Measurement) -> None:
+        """``m``'s rows and figures under ``section`` (its numbers are the caller's to place)."""
+        for row in m.rows:
+            self.add(section, row)
+        for name, fig in m.figures.items():
+            self.save_figure(section, fig, name)
+
+    def save_figure(self, section: str, fig, name: str) -> Path:
+        path = self.fig_dir / f"{name}.png"
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        _close(fig)
+        self.figures.setdefault(section, []).append(f"figures/{name}.png")
+        return path
+
+    def write(self, header: dict[str, Any]) -> tuple[Path, Path]:
+        self.out.mkdir(parents=True, exist_ok=True)
+        results = {
+            "header": header,
+            "claims": {s: [dataclasses.asdict(r) for r in rs] for s, rs in self.rows.items()},
+            "numbers": _jsonable(self.numbers),
+            "figures": self.figures,
+            "timings_s": self.timings,
+            "notes": self.notes,
+            "all_verdicts_pass": all(r.verdict for rs in self.rows.values() for r in rs),
+        }
+        jpath = self.out / "results.json"
+        jpath.write_text(json.dumps(results, indent=2))
+        mpath = self.out / "REPORT.md"
+        mpath.write_text(self.markdown(header))
+        return mpath, jpath
+
+    def markdown(self, header: dict[str, Any]) -> str:
+        """REPORT.md: the header as a list, then per section its note, table, figures and time."""
+        lines = [f"# {self.title}", ""]
+        lines += [f"- {k}: {v}" for k, v in header.items()]
+        lines.append("")
+        for section in list(self.rows) + [s for s in self.notes if s not in self.rows]:
+            rows = self.rows.get(section, [])
+            lines += [f"## {section}", ""]
+            if section in self.notes:
+                lines += [f"_{self.notes[section]}_", ""]
+            if not rows:
+                continue
+            lines += [
+                "| claim | measured | control | verdict |",
+                "|---|---|---|---|",
+            ]
+            for r in rows:
+                verdict = "holds" if r.verdict else "**does not hold**"
+                note = f" ({r.note})" if r.note else ""
+                cells = (r.claim, r.measured, r.control, f"{verdict}{note}")
+                lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+            lines.append("")
+            for f in self.figures.get(section, []):
+                lines += [f"![{Path(f).stem}]({f})", ""]
+            if section in self.timings:
+                lines += [f"_Run time: {self.timings[section]:.1f} s._", ""]
+        return "\n".join(lines)
+
+
+def _close(fig) -> None:
+    """Release a figure made through pyplot (one made as ``matplotlib.figure.Figure``, as wgfm's
+    are, is freed with its last reference). pyplot is not imported for this: importing it picks a
+    GUI backend in some environments."""
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close(fig)
+
+
+def jsonable(x: Any) -> Any:
+    """``x`` with arrays as lists and non-finite floats as strings (JSON has neither)."""
+    return _jsonable(x)
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if hasattr(x, "tolist"):
+        return _jsonable(np.asarray(x).tolist())
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    return x
+
+
+def fmt(x: float, digits: int = 3) -> str:
+    """A number for a table cell."""
+    return f"{float(x):.{digits}g}"
+
+
+def level_bar(text: str, x0) -> str | None:
+    """``sweep``'s ``progress`` label for image samples ``x0`` (every Jacobian column and loop
+    point a U-Net evaluation, so a sweep takes minutes), ``None`` for vectors."""
+    return text if x0.ndim > 2 else None
