@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Any
 
 import equinox as eqx
@@ -92,7 +93,24 @@ def mlp_flops(dim: int, width: int = 256, depth: int = 3) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def matmul_peak(n: int = 1024, repeats: int = 7) -> dict[str, float]:
+def best_threads(torch, call) -> int:
+    """PyTorch's faster thread count for ``call``: all cores, or 1 (on a shared machine OpenMP
+    barriers can make all-core runs 100x slower); it stays set for the rest of the run."""
+    best = (float("inf"), 1)
+    for n in sorted({os.cpu_count() or 1, 1}, reverse=True):
+        torch.set_num_threads(n)
+        call()
+        t0 = time.perf_counter()
+        call()
+        best = min(best, (time.perf_counter() - t0, n))
+    torch.set_num_threads(best[1])
+    return best[1]
+
+
+PEAK_REPEATS = 7
+
+
+def matmul_peak(n: int = 1024, repeats: int = PEAK_REPEATS) -> dict[str, float]:
     """Best achieved float32 GFLOP/s of an ``n x n`` matmul in JAX and (when present) torch: the
     machine's practical peak, measured in the same process as the benchmarks (best of
     ``repeats``, since a peak is a best case)."""
@@ -108,6 +126,18 @@ def matmul_peak(n: int = 1024, repeats: int = 7) -> dict[str, float]:
         pass
     out["peak_gflops"] = max(out.values())
     return out
+
+
+_PEAK: dict[str, float] = {}
+
+
+def run_peak() -> dict[str, float]:
+    """The run's one matmul peak (:func:`matmul_peak`, both frameworks), measured on first use
+    and shared by every module in the process, so that all fractions of peak have one
+    denominator (separate measurements on a loaded host differ by more than the effects)."""
+    if not _PEAK:
+        _PEAK.update(matmul_peak())
+    return dict(_PEAK)
 
 
 def _best(fn, repeats: int) -> float:
@@ -159,3 +189,40 @@ def oracle_max_diff(field, mixture, process, dim: int, n: int = 8) -> float:
         got = eqx.filter_vmap(field, in_axes=(0, None))(x, t)
         worst = max(worst, float(jnp.max(jnp.abs(got - ref)) / (1 + jnp.max(jnp.abs(ref)))))
     return worst
+
+
+def torch_subjac(torch, fn, xs, idxs, t: float, *, chunk: int, vmap_tangents: bool):
+    """``(n, K, K)`` sub-Jacobians ``J[idx][:, idx]`` of a batched PyTorch field
+    ``fn(x (N, C, H, W), t (N,))`` at each image ``xs[i]``, from one-hot JVPs, ``chunk`` tangents
+    per pass.
+
+    ``vmap_tangents=True`` is ``torch.func.vmap`` over ``torch.func.jvp`` at one primal per chunk
+    (the primal pass runs once per chunk: PyTorch's own recipe for Jacobian columns, what
+    ``torch.func.jacfwd`` does); ``False`` repeats the image once per tangent along the batch
+    axis (one primal pass per tangent), the paper authors' method."""
+    from torch.func import jvp, vmap
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    out = []
+    # PyTorch's fused CPU attention kernels have no forward-mode AD; the math backend does.
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        for x, idx in zip(xs, idxs, strict=True):
+            d, cols = x.numel(), []
+            for c in range(0, len(idx), chunk):
+                sel = idx[c : c + chunk]
+                tang = torch.zeros(len(sel), d)
+                tang[torch.arange(len(sel)), sel] = 1.0
+                tang = tang.reshape(len(sel), *x.shape)
+                if vmap_tangents:
+                    ts = torch.full((1,), t)
+                    one = lambda v, x=x, ts=ts: jvp(  # noqa: E731
+                        lambda y: fn(y[None], ts)[0], (x,), (v,)
+                    )[1]
+                    jv = vmap(one)(tang)
+                else:
+                    rep = x.expand(len(sel), *x.shape).contiguous()
+                    ts = torch.full((len(sel),), t)
+                    jv = jvp(fn, (rep, ts), (tang, torch.zeros_like(ts)))[1]
+                cols.append(jv.reshape(len(sel), d)[:, idx])
+            out.append(torch.cat(cols).T)
+    return torch.stack(out)

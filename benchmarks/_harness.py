@@ -146,3 +146,19 @@ def ratio_stats(slow: list[float], fast: list[float]) -> dict[str, float]:
         "speedup_min": ratios[0],
         "speedup_max": ratios[-1],
     }
+
+
+def warm_interleaved(
+    fns: dict[str, Callable[[], Any]], repeats: int
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """``(first_call_minus_steady_s, times)``: each callable called twice (the first call's
+    excess over the second is its compile and tracing time), then :func:`interleaved`."""
+    compile_s = {}
+    for name, fn in fns.items():
+        t0 = time.perf_counter()
+        fn()
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        fn()
+        compile_s[name] = max(first - (time.perf_counter() - t0), 0.0)
+    return compile_s, interleaved(fns, repeats)

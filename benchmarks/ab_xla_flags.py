@@ -93,8 +93,15 @@ def main(argv=None) -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "xla_flags_ab.json"
-    path.write_text(json.dumps({"n": args.n, "rounds": rounds, "median_jax_over_torch": summary},
-                               indent=2))  # fmt: skip
+    from .run_all import run_info
+
+    run = run_info(False, (), False, None)
+    run["command"] = "python -m benchmarks.ab_xla_flags " + " ".join(
+        f"--flag={f}" for f in args.flag
+    )
+    run["date"] = time.strftime("%Y-%m-%d %H:%M %Z")
+    path.write_text(json.dumps({"n": args.n, "run": run, "rounds": rounds,
+                                "median_jax_over_torch": summary}, indent=2))  # fmt: skip
     print(f"median jax/torch time per setting: {summary}\nWrote {path}")
     return 0
 

@@ -4,10 +4,12 @@ beside diffusers in PyTorch on the identical weights and beside ``wgfm.interop.t
 wrapping the same PyTorch module.
 
 Two measurements: a batched forward pass, and the 64 x 64 sub-Jacobian of the paper's
-differential test (``wgfm.diagnostics.sub_jacobian``; PyTorch: one-hot JVPs with
-``torch.func.jvp``, 16 tangents per pass with the image repeated along the batch axis, the
-authors' method). The port's field takes ``(H, W, C)``; it is wrapped to ``(C, H, W)`` so every
-implementation differentiates the same coordinates. Agreement is recorded as the largest
+differential test (``wgfm.diagnostics.sub_jacobian``; PyTorch: one-hot JVPs, 16 tangents per
+pass, with ``torch.func.vmap`` over ``torch.func.jvp`` at one primal per chunk, its fastest
+formulation, and with the image repeated once per tangent, the authors' method, as a second
+row). The sides run interleaved; speed-ups are medians of per-round ratios against the port's
+default configuration. The port's field takes ``(H, W, C)``; it is wrapped to ``(C, H, W)`` so
+every implementation differentiates the same coordinates. Agreement is recorded as the largest
 difference relative to the largest entry.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,7 @@ import numpy as np
 from wgfm.interop import DDPM_CIFAR10_32
 
 from . import _compare as C
-from ._harness import record, time_call, time_jitted, write_results
+from ._harness import block, interleaved, ratio_stats, record, write_results
 
 BENCH = "diffusers_unet"
 CIFAR_UNET: dict[str, Any] = DDPM_CIFAR10_32
@@ -42,43 +45,6 @@ def _unet(torch, config: dict):
 
     torch.manual_seed(0)
     return diffusers.UNet2DModel(**config).eval()
-
-
-def _torch_subjac(torch, fn, xs, idxs, t: float, chunk: int = 16):
-    """One-hot JVPs through ``fn`` (batched, NCHW), ``chunk`` tangents per pass, per image."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    out = []
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
-        for x, idx in zip(xs, idxs, strict=True):
-            d, cols = x.numel(), []
-            for c in range(0, len(idx), chunk):
-                sel = idx[c : c + chunk]
-                tang = torch.zeros(len(sel), d)
-                tang[torch.arange(len(sel)), sel] = 1.0
-                rep = x.expand(len(sel), *x.shape).contiguous()
-                ts = torch.full((len(sel),), t)
-                jv = torch.func.jvp(fn, (rep, ts), (tang.reshape(rep.shape), torch.zeros_like(ts)))
-                cols.append(jv[1].reshape(len(sel), d)[:, idx])
-            out.append(torch.cat(cols).T)
-    return torch.stack(out)
-
-
-def _best_threads(torch, call) -> int:
-    """PyTorch's faster thread count for ``call``: all cores, or 1 (on a shared machine OpenMP
-    barriers can make all-core runs 100x slower); it stays set for the rest of the run."""
-    import os
-    import time
-
-    best = (float("inf"), 1)
-    for n in sorted({os.cpu_count() or 1, 1}, reverse=True):
-        torch.set_num_threads(n)
-        call()
-        t0 = time.perf_counter()
-        call()
-        best = min(best, (time.perf_counter() - t0, n))
-    torch.set_num_threads(best[1])
-    return best[1]
 
 
 def _rel(a, ref) -> float:
@@ -110,67 +76,94 @@ def run(quick: bool = False, *, tiny: bool = False, repeats: int | None = None) 
     rng = np.random.default_rng(0)
     rows = []
 
-    # Forward pass on a batch.
+    # Forward pass on a batch, the two sides interleaved.
     xs = rng.standard_normal((n_fwd, c, size, size)).astype(np.float32)
     fwd = jax.jit(jax.vmap(port, in_axes=(0, None)))
     x_hwc = jnp.asarray(xs.transpose(0, 2, 3, 1))
-    compile_s, med = time_jitted(fwd, x_hwc, jnp.float32(T), repeats=repeats)
-    ref = np.asarray(fwd(x_hwc, jnp.float32(T))).transpose(0, 3, 1, 2)
-    fcase = f"{case}, forward, batch {n_fwd}"
-    rows.append(record(BENCH, fcase, "wgfm flax port (jit, vmap)", compile_s=compile_s,
-                       median_s=med, repeats=repeats, params=n_params))  # fmt: skip
+    t0 = time.perf_counter()
+    fwd_c = fwd.lower(x_hwc, jnp.float32(T)).compile()
+    fwd_compile = time.perf_counter() - t0
+    ref = np.asarray(fwd_c(x_hwc, jnp.float32(T))).transpose(0, 3, 1, 2)
     fn = diffusers_unet_fn(unet)
     xt, tt = torch.from_numpy(xs), torch.full((n_fwd,), T)
-    with torch.no_grad():
-        threads = _best_threads(torch, lambda: fn(xt, tt))
-        first, med_t = time_call(lambda: fn(xt, tt), repeats=repeats)
-        err = _rel(fn(xt, tt).numpy(), ref)
-    rows.append(record(BENCH, fcase, "diffusers PyTorch (no_grad)", compile_s=None,
-                       median_s=med_t, repeats=repeats, first_call_s=first, torch_threads=threads,
-                       wgfm_speedup=med_t / med, rel_diff_vs_wgfm=err))  # fmt: skip
 
-    # 64 x 64 sub-Jacobian.
+    def torch_fwd():
+        with torch.no_grad():
+            return fn(xt, tt)
+
+    threads = C.best_threads(torch, torch_fwd)
+    port_name, torch_name = "wgfm flax port (jit, vmap)", "diffusers PyTorch (no_grad)"
+    vals = {torch_name: torch_fwd().numpy()}
+    times = interleaved({port_name: lambda: block(fwd_c(x_hwc, jnp.float32(T))),
+                         torch_name: torch_fwd}, repeats)  # fmt: skip
+    fcase = f"{case}, forward, batch {n_fwd}"
+    rows.append(record(BENCH, fcase, port_name, compile_s=fwd_compile,
+                       median_s=float(np.median(times[port_name])), repeats=repeats,
+                       params=n_params))  # fmt: skip
+    rows.append(record(BENCH, fcase, torch_name, compile_s=None,
+                       median_s=float(np.median(times[torch_name])), repeats=repeats,
+                       torch_threads=threads, rel_diff_vs_wgfm=_rel(vals[torch_name], ref),
+                       **_speedups(times[torch_name], times[port_name])))  # fmt: skip
+
+    # 64 x 64 sub-Jacobian, every side interleaved.
     xs = rng.standard_normal((n_img, c, size, size)).astype(np.float32)
     d = c * size * size
     idxs = np.stack([rng.choice(d, k, replace=False) for _ in range(n_img)]).astype(np.int32)
     args = (jnp.asarray(xs), jnp.asarray(idxs))
     scase = f"{case}, {k}x{k} sub-Jacobian, {n_img} image(s)"
     chw = lambda x, t: jnp.transpose(port(jnp.transpose(x, (1, 2, 0)), t), (2, 0, 1))  # noqa: E731
-    tf = torch_field(fn, chunk_size=16)
 
     def subjac(field, chunk):
         one = lambda xi: sub_jacobian(field, xi[0], T, xi[1], chunk_size=chunk)  # noqa: E731
         return jax.jit(lambda a, b: jax.lax.map(one, (a, b)))
 
-    # The port's two chunkings (all K tangents in one pass, or 16 at a time as the authors);
-    # the comparisons are against the faster one.
-    ref, meds = None, []
-    for chunk in [None] + ([16] if k > 16 else []):
-        port_fn = subjac(chw, chunk)
-        compile_s, med = time_jitted(port_fn, *args, repeats=repeats)
-        val = np.asarray(port_fn(*args))
-        extra = {} if ref is None else {"rel_diff_vs_wgfm": _rel(val, ref)}
-        ref = val if ref is None else ref
-        how = f"all {k} tangents at once" if chunk is None else f"chunks of {chunk}"
-        rows.append(record(BENCH, scase, f"wgfm flax port, sub_jacobian ({how})",
-                           compile_s=compile_s, median_s=med, repeats=repeats, **extra))  # fmt: skip
-        meds.append(med)
-    med = min(meds)
+    fns, compile_s = {}, {}
+    # sub_jacobian's default (all K tangents in one pass) first: every speed-up divides by it.
+    # The authors' chunking (16 at a time) and torch_field are extra rows.
+    wgfm_sides: list[tuple[Any, int | None, str]] = [
+        (chw, None, f"wgfm flax port, sub_jacobian (default: all {k} tangents at once)")
+    ]
+    if k > 16:
+        wgfm_sides.append((chw, 16, "wgfm flax port, sub_jacobian (chunks of 16)"))
+    wgfm_sides.append((torch_field(fn, chunk_size=16), None,
+                       "wgfm torch_field (callback), sub_jacobian"))  # fmt: skip
+    for field, chunk, name in wgfm_sides:
+        t0 = time.perf_counter()
+        compiled = subjac(field, chunk).lower(*args).compile()
+        compile_s[name] = time.perf_counter() - t0
+        vals[name] = np.asarray(compiled(*args))
+        fns[name] = lambda c=compiled: block(c(*args))
+    default = next(iter(fns))
     targs = (torch.from_numpy(xs), torch.from_numpy(idxs.astype(np.int64)))
-    first, med_t = time_call(lambda: _torch_subjac(torch, fn, *targs, T), repeats=repeats)
-    err = _rel(_torch_subjac(torch, fn, *targs, T).numpy(), ref)
-    rows.append(record(BENCH, scase, "diffusers PyTorch, torch.func.jvp (chunks of 16)",
-                       compile_s=None, median_s=med_t, repeats=repeats, first_call_s=first,
-                       torch_threads=threads, wgfm_speedup=med_t / med,
-                       rel_diff_vs_wgfm=err))  # fmt: skip
-    cb_fn = subjac(tf, None)
-    compile_s, med_cb = time_jitted(cb_fn, *args, repeats=repeats)
-    err = _rel(cb_fn(*args), ref)
-    rows.append(record(BENCH, scase, "wgfm torch_field (callback), sub_jacobian",
-                       compile_s=compile_s, median_s=med_cb, repeats=repeats,
-                       wgfm_speedup=med_cb / med, vs_pytorch=med_cb / med_t,
-                       rel_diff_vs_wgfm=err))  # fmt: skip
+    peers = {
+        # PyTorch's fastest formulation: vmap over jvp, one primal pass per chunk of tangents.
+        "diffusers PyTorch, torch.func vmap(jvp), one primal per 16 tangents": True,
+        "diffusers PyTorch, one-hot JVPs, image repeated per tangent, chunks of 16 "
+        "(authors' method)": False,
+    }
+    for name, vm in peers.items():
+        call = lambda vm=vm: C.torch_subjac(torch, fn, *targs, T, chunk=16, vmap_tangents=vm)  # noqa: E731
+        vals[name] = call().numpy()  # warm-up (and the value compared)
+        fns[name] = call
+    times = interleaved(fns, repeats)
+    meds = {n: float(np.median(ts)) for n, ts in times.items()}
+    fastest = min(peers, key=meds.__getitem__)
+    ref = vals[default]
+    for name, ts in times.items():
+        ex: dict = {} if name == default else {"rel_diff_vs_wgfm": _rel(vals[name], ref)}
+        if name != default:
+            ex |= _speedups(ts, times[default])
+        if name in peers:
+            ex |= {"torch_threads": threads, "fastest_peer": name == fastest,
+                   "authors_method": not peers[name]}  # fmt: skip
+        rows.append(record(BENCH, scase, name, compile_s=compile_s.get(name), median_s=meds[name],
+                           repeats=repeats, **ex))  # fmt: skip
     return rows
+
+
+def _speedups(slow, fast) -> dict:
+    """``wgfm_default_speedup`` (median of per-round ratios) and its spread."""
+    return {f"wgfm_default_{k}": v for k, v in ratio_stats(slow, fast).items()}
 
 
 if __name__ == "__main__":

@@ -242,7 +242,7 @@ def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
     else:
         wp = [(d, 1_000, (1e-3, 1e-4, 1e-5, 1e-6)) for d in (2, 64)]
         cases, repeats = [(2, 10_000), (64, 1_000), (2, 1_000)], 7
-    peak = C.matmul_peak()["peak_gflops"]
+    peak = C.run_peak()["peak_gflops"]
     rows = [r for d, n in cases for r in run_case(d, n, repeats, peak, torch)]
     rows += [r for d, n, tols in wp for r in work_precision(d, n, tols, torch)]
     mixtures = {"ring8 2-D VP": (gmm.ring(), VP())}

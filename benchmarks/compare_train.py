@@ -282,7 +282,7 @@ def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
         cases, rounds, unet = [(2, 256, 10)], 3, (64, 5)
     else:
         cases, rounds, unet = [(2, 256, 20), (2, 512, 20), (64, 512, 20)], 7, (64, 10)
-    peak = C.matmul_peak()["peak_gflops"]
+    peak = C.run_peak()["peak_gflops"]
     # Tiny skips torch.compile: inductor's own build takes longer than the whole smoke test.
     rows = [r for d, b, s in cases for r in run_case(d, b, s, rounds, torch, peak, not tiny)]
     if torch is not None and importlib.util.find_spec("diffusers") is not None:

@@ -10,6 +10,7 @@ import inspect
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 import traceback
@@ -59,6 +60,54 @@ def machine_extra() -> dict:
     return info
 
 
+def run_info(quick: bool, only, tiny: bool, load_start: float | None) -> dict:
+    """What a published table names as its source: the command (without ``--out``, a path of
+    the machine it ran on), the commit and whether the code differed from it, the CPU, and
+    whether other jobs shared the host (1-min load average at the start at least half the
+    cores: ratios of interleaved rounds stay comparable, absolute times do not)."""
+    cmd = "wgfm bench" + (" --tiny" if tiny else " --quick" if quick else "")
+    cmd += "".join(f" --only {o}" for o in only)
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(HERE.parent), *args], capture_output=True,
+                                 text=True, timeout=30, check=True)  # fmt: skip
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip()
+
+    status = git("status", "--porcelain", "--", "wgfm", "benchmarks", "pyproject.toml")
+    cores = os.cpu_count() or 1
+    return {
+        "command": cmd,
+        "commit": git("rev-parse", "HEAD"),
+        "code_modified": None if status is None else bool(status),
+        "cpu_model": _cpu_model(),
+        "cores": cores,
+        "loadavg_1min_start": load_start,
+        "loadavg_1min_end": _load(),
+        "host_shared": None if load_start is None else load_start >= 0.5 * cores,
+    }
+
+
+def _load() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    for line in out.splitlines():
+        if line.strip().startswith("Model name:"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def run_benchmarks(
     *, quick: bool = False, out: Path = Path("results/bench"), only=(), tiny: bool = False
 ) -> tuple[Path, list[str]]:
@@ -71,6 +120,11 @@ def run_benchmarks(
     if not names:
         raise ValueError(f"`only` {list(only)} matches no benchmark module in {HERE}.")
     records, failed, timings = [], [], {}
+    load_start = _load()
+    # One matmul peak for the whole run, before any module: every fraction of peak divides by it.
+    from ._compare import run_peak
+
+    peak = run_peak()
     console = Console(stderr=True)
     cols = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())  # fmt: skip
     with Progress(*cols, console=console) as progress:
@@ -92,6 +146,8 @@ def run_benchmarks(
     payload = json.loads(path.read_text())
     payload["machine"].update(machine_extra())
     payload["mode"] = "tiny" if tiny else "quick" if quick else "full"
+    payload["run"] = run_info(quick, only, tiny, load_start)
+    payload["matmul_peak"] = peak
     payload["module_seconds"] = timings
     payload["failed"] = failed
     payload["plots"] = [p.name for p in write_plots(records, Path(out))]

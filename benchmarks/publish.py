@@ -1,0 +1,242 @@
+"""Write every published benchmark table from a run's JSON: nothing in them is typed by hand.
+
+    python -m benchmarks.publish [RUN_DIR]
+
+With ``RUN_DIR`` (the ``--out`` of a ``wgfm bench`` run), its ``benchmarks.json`` and plots are
+copied into ``benchmarks/results/`` first; without it, the committed ``benchmarks/results/``
+is the source. Then, from ``benchmarks/results/benchmarks.json`` (and ``xla_flags_ab.json``):
+
+- ``benchmarks/results/benchmarks.md`` (every record) and ``summary.md`` (the targets);
+- the blocks between ``<!-- BEGIN GENERATED: name -->`` and ``<!-- END GENERATED: name -->``
+  in ``benchmarks/README.md``, ``docs/diagnose_your_model.md`` and ``docs/xla_cpu.md``.
+
+Each table opens with the run it comes from (date, commit, CPU, the ``wgfm bench`` command).
+``tests/test_published.py`` fails when a committed file differs from what this writes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from ._harness import markdown_table
+from ._summary import markdown, targets
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+BEGIN, END = "<!-- BEGIN GENERATED: {} -->", "<!-- END GENERATED: {} -->"
+NOTE = "<!-- written by `python -m benchmarks.publish` from the run's JSON; do not edit -->"
+
+
+# ---------------------------------------------------------------------------------------------
+# The run a table comes from.
+
+
+def run_header(payload: dict, source: str = "benchmarks/results/benchmarks.json") -> str:
+    """One paragraph naming the run: command, date, commit, CPU, library versions, host."""
+    m, run = payload["machine"], payload.get("run")
+    libs = ", ".join(f"{k} {m[k]}" for k in ("jax", "torch") if m.get(k))
+    if run is None:
+        return (f"From `{source}`: a run that recorded no command or commit (older format), "
+                f"{m.get('time', '?')[:10]}, {libs}.")  # fmt: skip
+    commit = (run.get("commit") or "unknown")[:10]
+    if run.get("code_modified"):
+        commit += " with uncommitted changes to the code"
+    host = {
+        True: "a host shared with other jobs, so absolute times are slower than on an idle "
+        "machine; the speed-ups are ratios of interleaved rounds in one process",
+        False: "an otherwise idle host",
+        None: "a host of unrecorded load",
+    }[run.get("host_shared")]
+    peak = payload.get("matmul_peak")
+    peak_txt = (
+        f" The run's float32 matmul peak, measured once and used by every fraction of peak: "
+        f"{peak['peak_gflops']:.0f} GFLOP/s (JAX {peak['jax_gflops']:.0f}, torch "
+        f"{peak.get('torch_gflops', float('nan')):.0f})."
+        if peak
+        else ""
+    )
+    return (
+        f"From `{source}`: `{run['command']}`, {m['time'][:16].replace('T', ' ')} "
+        f"(UTC{m['time'][19:]}), commit `{commit}`, {run['cpu_model']} ({run['cores']} cores, "
+        f"{m['platform']}), {libs}, all modules in one process, on {host}.{peak_txt}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables.
+
+
+def _ms(s: float) -> str:
+    return f"{1e3 * s:,.0f} ms" if s >= 0.1 else f"{1e3 * s:.3g} ms"
+
+
+def _spread(e: dict, key: str) -> str:
+    if key not in e:
+        return ""
+    lo, hi = e.get(f"{key}_min"), e.get(f"{key}_max")
+    rng = f" [{lo:.3g}-{hi:.3g}]" if lo is not None and hi is not None else ""
+    return f"{e[key]:.3g}{rng}"
+
+
+def targets_block(payload: dict) -> str:
+    return run_header(payload) + "\n\n" + markdown(targets(payload["records"]))
+
+
+# Rows behind the targets' reasons: (benchmark, extra keys shown besides time and speed-up).
+SUPPORT = {
+    "peer_sampling": ("nfe", "max_err_vs_ref", "field_frac_of_peak", "per_nfe_vs_bare_eval"),
+    "peer_likelihood": ("nfe",),
+    "peer_ddim": (),
+    "train_step": ("frac_of_matmul_peak",),
+    "jacobian_asymmetry": ("peak_frac",),
+    "sub_jacobian_64": (),
+    "diffusers_unet": (),
+}
+SPEEDUP_KEYS = ("speedup", "wgfm_default_speedup")
+
+
+def support_block(payload: dict) -> str:
+    """Every row of the benchmarks the targets read: median time, speed-up of wgfm's default
+    over the row [min-max over rounds], and the numbers the reasons cite."""
+    lines = [run_header(payload), ""]
+    for bench, keys in SUPPORT.items():
+        rows = [r for r in payload["records"] if r["benchmark"] == bench]
+        if not rows:
+            continue
+        lines += [f"`{bench}`:", "", "| case | impl | median | wgfm default's speed-up | "
+                  + " | ".join(keys) + (" |" if keys else "|"),
+                  "|---|---|---|---|" + "---|" * len(keys)]  # fmt: skip
+        for r in rows:
+            e = r["extra"]
+            sp = next((_spread(e, k) for k in SPEEDUP_KEYS if k in e), "")
+            cells = [_fmt(e.get(k)) for k in keys]
+            lines.append(f"| {r['case']} | {r['impl']} | {_ms(r['median_s'])} | {sp} | "
+                         + " | ".join(cells) + (" |" if cells else "|"))  # fmt: skip
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def diffusers_block(payload: dict) -> str:
+    """The ``diffusers_unet`` rows: the flax port, diffusers in PyTorch (fastest formulation and
+    the authors' method) and ``torch_field``, with agreement and compile time."""
+    rows = [r for r in payload["records"] if r["benchmark"] == "diffusers_unet"]
+    lines = [run_header(payload, "benchmarks/results/benchmarks.json"), ""]
+    if not rows:
+        return "\n".join(lines + ["No `diffusers_unet` rows in this run.", ""])
+    lines += ["| case | implementation | median | port's speed-up [min-max] | "
+              "max diff / max entry | compile |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        e = r["extra"]
+        comp = "" if r["compile_s"] is None else f"{r['compile_s']:.1f} s"
+        diff = _fmt(e.get("rel_diff_vs_wgfm"))
+        lines.append(f"| {r['case']} | {r['impl']} | {_ms(r['median_s'])} | "
+                     f"{_spread(e, 'wgfm_default_speedup')} | {diff} | {comp} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def xla_block(ab: dict | None) -> str:
+    src = "benchmarks/results/xla_flags_ab.json"
+    if ab is None:
+        return f"No `{src}` in this checkout.\n"
+    run = ab.get("run")
+    head = (f"From `{src}` (`{run['command']}`, {run['date']}, commit `{(run['commit'] or '?')[:10]}`,"
+            f" {run['cpu_model']}); " if run else
+            f"From `{src}` (`python -m benchmarks.ab_xla_flags`; the file records no date or "
+            f"commit); ")  # fmt: skip
+    head += (f"{ab['n']:,} points, D = 2, one process per setting and round, rounds alternating. "
+             "wgfm time / PyTorch time in the same process (lower is better for wgfm):")  # fmt: skip
+    lines = [head, "", "| XLA_FLAGS | rounds | median wgfm / PyTorch | per round |",
+             "|---|---|---|---|"]  # fmt: skip
+    for flags, med in ab["median_jax_over_torch"].items():
+        rs = [x for x in ab["rounds"] if (x["flags"] or "(none)") == flags]
+        per = ", ".join(f"{x['jax_over_torch']:.2f}" for x in rs)
+        check = statistics.median(x["jax_over_torch"] for x in rs)
+        assert abs(check - med) < 1e-12, "the file's medians disagree with its rounds"
+        lines.append(f"| `{flags}` | {len(rs)} | {med:.2f} | {per} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Where the tables go.
+
+
+def blocks() -> dict[str, list[tuple[str, Callable[[dict, dict | None], str]]]]:
+    """File (relative to the repository) -> its generated blocks ``(name, render)``."""
+    return {
+        "benchmarks/README.md": [
+            ("targets", lambda p, _: targets_block(p)),
+            ("rows", lambda p, _: support_block(p)),
+            ("xla-flags", lambda _, ab: xla_block(ab)),
+        ],
+        "docs/diagnose_your_model.md": [("diffusers-unet", lambda p, _: diffusers_block(p))],
+        "docs/xla_cpu.md": [("xla-flags", lambda _, ab: xla_block(ab))],
+    }
+
+
+def replace_block(text: str, name: str, body: str, path: str) -> str:
+    begin, end = BEGIN.format(name), END.format(name)
+    pat = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if len(pat.findall(text)) != 1:
+        raise ValueError(f"{path}: expected one '{begin}' ... '{end}' block.")
+    return pat.sub(lambda _: f"{begin}\n{NOTE}\n\n{body.rstrip()}\n\n{end}", text)
+
+
+def render(results: Path = RESULTS, root: Path = ROOT) -> dict[Path, str]:
+    """Every generated file's expected content (path -> text), from ``results``' JSON."""
+    payload = json.loads((results / "benchmarks.json").read_text())
+    ab_path = results / "xla_flags_ab.json"
+    ab = json.loads(ab_path.read_text()) if ab_path.is_file() else None
+    header = run_header(payload)
+    out = {
+        results / "benchmarks.md": header + "\n\n" + markdown_table(payload["records"],
+                                                                     payload["machine"]),
+        results / "summary.md": targets_block(payload),
+    }  # fmt: skip
+    for rel, items in blocks().items():
+        path = root / rel
+        text = path.read_text()
+        for name, fn in items:
+            text = replace_block(text, name, fn(payload, ab), rel)
+        out[path] = text
+    return out
+
+
+def copy_run(run_dir: Path, results: Path = RESULTS) -> None:
+    """A run's JSON and plots into ``results`` (its Markdown is regenerated, not copied)."""
+    payload = json.loads((run_dir / "benchmarks.json").read_text())
+    shutil.copy2(run_dir / "benchmarks.json", results / "benchmarks.json")
+    for name in payload.get("plots", []):
+        shutil.copy2(run_dir / name, results / name)
+    if (run_dir / "xla_flags_ab.json").is_file():
+        shutil.copy2(run_dir / "xla_flags_ab.json", results / "xla_flags_ab.json")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv:
+        copy_run(Path(argv[0]))
+    changed = []
+    for path, text in render().items():
+        if not path.is_file() or path.read_text() != text:
+            path.write_text(text)
+            changed.append(path.relative_to(ROOT))
+    print("rewrote: " + ", ".join(map(str, changed)) if changed else "all up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
