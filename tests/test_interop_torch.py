@@ -79,6 +79,60 @@ def test_values_eager_jit_vmap_and_unbatched_fn():
     )  # batch size changes matmul blocking
 
 
+class _Recorder(torch.nn.Module):
+    """A float32 linear map ``A x + t b`` that records the dtype of every input it receives."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(4)
+        self.a = torch.nn.Parameter(torch.randn(5, 5))
+        self.b = torch.nn.Parameter(torch.randn(5))
+        self.seen: list[torch.dtype] = []
+
+    def forward(self, x, t):
+        self.seen += [x.dtype, t.dtype]
+        return x @ self.a.T + t[..., None] * self.b
+
+
+def test_inputs_cast_to_the_module_dtype_for_every_kind_of_fn():
+    import functools
+
+    x64 = np.random.default_rng(5).standard_normal(5)
+    m = _Recorder()
+    with torch.no_grad():  # reference in float32 on the float32-rounded input, as the cast does
+        ref = m(torch.from_numpy(x64[None]).float(), torch.tensor([0.3])).numpy()[0]
+    jac_ref = m.a.detach().numpy()
+    # A module, its bound method, a partial over it, an unbatched function of it, and a lambda
+    # with an explicit dtype: fn receives float32 every time, values and JVPs alike.
+    fns = {
+        "module": (m, {}),
+        "bound method": (m.forward, {}),
+        "partial": (functools.partial(lambda mod, x, t: mod(x, t), m), {}),
+        "unbatched": (m, {"batched": False}),
+        "explicit": (lambda x, t: m(x, t), {"dtype": torch.float32}),
+    }
+    for name, (fn, kw) in fns.items():
+        m.seen.clear()
+        field = torch_field(fn, **kw)
+        y = jax.jit(field)(jnp.asarray(x64), 0.3)
+        assert y.dtype == jnp.float64, name  # outputs come back in the input's dtype
+        # float32 inputs and parameters: equal to the float32 reference up to rounding order.
+        np.testing.assert_allclose(y, ref, rtol=1e-6, atol=1e-6, err_msg=name)
+        jac = jax.jacfwd(field)(jnp.asarray(x64), 0.3)
+        np.testing.assert_allclose(jac, jac_ref, rtol=1e-6, atol=1e-6, err_msg=name)
+        assert m.seen and set(m.seen) == {torch.float32}, (name, m.seen)
+    # No module found and no dtype: the JAX input's own dtype (float64 tensors fail on the
+    # float32 parameters, which is how a caller learns to pass dtype=).
+    m.seen.clear()
+    bare = torch_field(lambda x, t: x * t[:, None])
+    assert bare.dtype is None
+    np.testing.assert_allclose(bare(jnp.asarray(x64), 0.5), 0.5 * x64, rtol=0, atol=0)
+    with pytest.raises(Exception, match="dtype|Double|Float"):
+        jax.block_until_ready(torch_field(lambda x, t: m(x, t))(jnp.asarray(x64), 0.3))
+    with pytest.raises(ValueError, match="floating torch.dtype"):
+        torch_field(m, dtype=torch.int32)
+
+
 def test_diffusers_unet_asymmetry_equals_flax_port(tmp_path):
     diffusers = pytest.importorskip("diffusers")
     from wgfm.interop import load_diffusers
@@ -96,8 +150,13 @@ def test_diffusers_unet_asymmetry_equals_flax_port(tmp_path):
     port, _ = load_diffusers(tmp_path, scheduler_config={})
     chw = lambda x, t: jnp.transpose(port(jnp.transpose(x, (1, 2, 0)), t), (2, 0, 1))  # noqa: E731
     field = torch_field(diffusers_unet_fn(unet), chunk_size=64)
+    assert field.dtype == torch.float32  # found on the unet that diffusers_unet_fn wraps
     x = jnp.asarray(np.random.default_rng(2).standard_normal((3, 8, 8)), jnp.float32)
     t = jnp.float32(0.3)
+    # float64 inputs reach the float32 unet as float32: the same value, returned as float64.
+    y64 = field(x.astype(jnp.float64), jnp.float64(0.3))
+    assert y64.dtype == jnp.float64
+    np.testing.assert_array_equal(np.asarray(y64, np.float32), np.asarray(field(x, t)))
     idx = jnp.asarray(np.random.default_rng(3).choice(192, 48, replace=False))
     sub_torch = jax.jit(lambda a: sub_jacobian(field, a, t, idx))(x)
     sub_port = jax.jit(lambda a: sub_jacobian(chw, a, t, idx))(x)

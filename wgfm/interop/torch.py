@@ -6,6 +6,12 @@ The callable takes a *batch*: ``fn(x (N, *shape), t (N,)) -> (N, *shape)`` (``ba
 one sample ``fn(x (*shape), t ()) -> (*shape)``, vectorised with ``torch.func.vmap``). ``t`` is
 passed through unchanged: map ``wgfm`` time to the model's own inside ``fn``.
 
+Inputs reach ``fn`` as tensors of one dtype, chosen once by :func:`torch_field`: its ``dtype``
+argument if given; otherwise the first floating parameter's dtype of the ``torch.nn.Module``
+found on ``fn`` (``fn`` itself, the module of a bound method such as ``unet.forward``, the
+``unet`` of :func:`diffusers_unet_fn`, or a module among a ``functools.partial``'s arguments);
+otherwise the JAX input's own dtype. Outputs come back in the JAX input's dtype.
+
 Under ``vmap`` the callback receives every batch at once (``vmap_method="expand_dims"``). For the
 tangents of ``jacfwd``/``sub_jacobian`` (many tangents, one primal) the host splits the batch
 axes into primal axes (where ``x`` or ``t`` vary) and tangent-only axes, and runs one
@@ -36,6 +42,8 @@ class TorchField(eqx.Module):
     fn: Callable = eqx.field(static=True)
     chunk_size: int = eqx.field(static=True, default=64)
     vmap_tangents: bool | None = eqx.field(static=True, default=None)
+    # The dtype of the tensors passed to ``fn``; None: the JAX input's dtype (module docstring).
+    dtype: torch.dtype | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         if int(self.chunk_size) < 1:
@@ -48,23 +56,50 @@ class TorchField(eqx.Module):
         t = jnp.asarray(t, x.dtype)
         if t.ndim != 0:
             raise ValueError(f"`t` must be a scalar (vmap outside), got shape {t.shape}.")
-        return _call(self.fn, self.chunk_size, self.vmap_tangents, x, t)
+        return _call(self.fn, self.chunk_size, self.vmap_tangents, self.dtype, x, t)
 
 
 def torch_field(
-    fn: Callable, *, batched: bool = True, chunk_size: int = 64, vmap_tangents: bool | None = None
+    fn: Callable,
+    *,
+    batched: bool = True,
+    chunk_size: int = 64,
+    vmap_tangents: bool | None = None,
+    dtype: torch.dtype | None = None,
 ) -> TorchField:
     """Wrap ``fn(x, t) -> y`` (PyTorch) as a JAX field; ``chunk_size`` bounds the samples per
     PyTorch JVP call (memory). Tangents at one primal: ``vmap_tangents=True`` pushes them through
     one primal pass with ``torch.func.vmap`` over ``jvp``; ``False`` repeats the primal once per
     tangent along ``fn``'s batch axis (works for any batched model); ``None`` tries the first
-    and falls back to the second for good if ``fn``'s ops lack batching rules. Example, a
-    diffusers UNet2DModel: ``torch_field(diffusers_unet_fn(unet))``."""
+    and falls back to the second for good if ``fn``'s ops lack batching rules. ``dtype``: the
+    floating dtype of the tensors ``fn`` receives; ``None`` takes the parameter dtype of the
+    module found on ``fn``, else the JAX input's dtype (module docstring). Example, a diffusers
+    UNet2DModel: ``torch_field(diffusers_unet_fn(unet))``."""
     if not callable(fn):
         raise ValueError(f"`fn` must be callable, got {type(fn).__name__}.")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"`dtype` must be a floating torch.dtype or None, got {dtype!r}.")
+    if dtype is None:
+        dtype = _module_dtype(fn)
     if not batched:
         fn = torch.func.vmap(fn)
-    return TorchField(fn, int(chunk_size), None if vmap_tangents is None else bool(vmap_tangents))
+    vmap = None if vmap_tangents is None else bool(vmap_tangents)
+    return TorchField(fn, int(chunk_size), vmap, dtype)
+
+
+def _module_dtype(fn) -> torch.dtype | None:
+    """The first floating parameter's dtype of the ``torch.nn.Module`` found on ``fn`` (the
+    callable itself, a bound method's object, a ``functools.partial``'s function or arguments),
+    or None when there is none."""
+    seen = [fn, getattr(fn, "__self__", None)]
+    if isinstance(fn, functools.partial):
+        seen += [fn.func, getattr(fn.func, "__self__", None), *fn.args, *fn.keywords.values()]
+    for obj in seen:
+        if isinstance(obj, torch.nn.Module):
+            for p in obj.parameters():
+                if p.is_floating_point():
+                    return p.dtype
+    return None
 
 
 _HOOKED: weakref.WeakSet = weakref.WeakSet()  # GroupNorms already made contiguous
@@ -81,44 +116,43 @@ def diffusers_unet_fn(unet, num_train_timesteps: int = 1000) -> Callable:
         if isinstance(mod, torch.nn.GroupNorm) and mod not in _HOOKED:
             mod.register_forward_pre_hook(lambda _, args: (args[0].contiguous(), *args[1:]))
             _HOOKED.add(mod)
-    k = int(num_train_timesteps)
-    return lambda x, t: unet(x, t * k - 1).sample
+    # A partial (not a lambda) keeps the unet findable: torch_field takes its parameter dtype.
+    return functools.partial(_unet_call, unet, int(num_train_timesteps))
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
-def _call(fn, chunk_size, vmap_tangents, x, t):
+def _unet_call(unet, k: int, x, t):
+    return unet(x, t * k - 1).sample
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2, 3))
+def _call(fn, chunk_size, vmap_tangents, dtype, x, t):
     out = jax.ShapeDtypeStruct(x.shape, x.dtype)
-    host = functools.partial(_host_value, fn, x.ndim)
+    host = functools.partial(_host_value, fn, dtype, x.ndim)
     return jax.pure_callback(host, out, x, t, vmap_method="expand_dims")
 
 
 @_call.defjvp
-def _call_jvp(fn, chunk_size, vmap_tangents, primals, tangents):
+def _call_jvp(fn, chunk_size, vmap_tangents, dtype, primals, tangents):
     x, t = primals
     dx, dt = tangents
     # The primal comes from its own callback: under jacfwd's vmap over tangents it must stay
     # unbatched, which a callback whose outputs are all batched cannot express (one extra
     # forward pass per primal, not per tangent).
-    y = _call(fn, chunk_size, vmap_tangents, x, t)
+    y = _call(fn, chunk_size, vmap_tangents, dtype, x, t)
     out = jax.ShapeDtypeStruct(x.shape, x.dtype)
-    host = functools.partial(_host_jvp, fn, chunk_size, vmap_tangents, x.ndim)
+    host = functools.partial(_host_jvp, fn, dtype, chunk_size, vmap_tangents, x.ndim)
     return y, jax.pure_callback(host, out, x, t, dx, dt, vmap_method="expand_dims")
 
 
-def _torch_dtype(fn, x: np.ndarray) -> torch.dtype:
-    """The callable's parameter dtype if it has one (a float32 model gets float32 inputs)."""
-    params = getattr(fn, "parameters", None)
-    if params is not None:
-        for p in params():
-            if p.is_floating_point():
-                return p.dtype
-    return torch.from_numpy(np.zeros((), x.dtype)).dtype
+def _torch_dtype(dtype: torch.dtype | None, x: np.ndarray) -> torch.dtype:
+    """``dtype``, or the torch dtype of the JAX input ``x`` when it is None."""
+    return dtype if dtype is not None else torch.from_numpy(np.zeros((), x.dtype)).dtype
 
 
-def _host_value(fn, nd: int, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+def _host_value(fn, dtype, nd: int, x: np.ndarray, t: np.ndarray) -> np.ndarray:
     shape = x.shape[x.ndim - nd :]
     lead = np.broadcast_shapes(x.shape[: x.ndim - nd], t.shape)
-    dtype = _torch_dtype(fn, x)
+    dtype = _torch_dtype(dtype, x)
     xs = _tensor(np.broadcast_to(x, lead + shape).reshape(-1, *shape), dtype)
     ts = _tensor(np.broadcast_to(t, lead).reshape(-1), dtype)
     with torch.no_grad():
@@ -126,7 +160,7 @@ def _host_value(fn, nd: int, x: np.ndarray, t: np.ndarray) -> np.ndarray:
     return _to_numpy(y, x.dtype, "fn(x, t)", (xs.shape[0], *shape)).reshape(lead + shape)
 
 
-def _host_jvp(fn, chunk_size: int, vmap_tangents: bool | None, nd: int, x, t, dx, dt):
+def _host_jvp(fn, dtype, chunk_size: int, vmap_tangents: bool | None, nd: int, x, t, dx, dt):
     """Tangent outputs for every combination of batch axes (module docstring)."""
     shape = x.shape[x.ndim - nd :]
     k = max(x.ndim - nd, dx.ndim - nd, t.ndim, dt.ndim)
@@ -139,7 +173,7 @@ def _host_jvp(fn, chunk_size: int, vmap_tangents: bool | None, nd: int, x, t, dx
     lp, ltg = tuple(lead[i] for i in prim), tuple(lead[i] for i in tang)
     p, m = math.prod(lp), math.prod(ltg)
     first = tuple(slice(None) if i in prim else 0 for i in range(k))
-    dtype = _torch_dtype(fn, x)
+    dtype = _torch_dtype(dtype, x)
 
     def as_torch(a, full, take_first):
         a = np.broadcast_to(a.reshape(full), lead + full[k:])
