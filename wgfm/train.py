@@ -111,7 +111,9 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 
 
 def init_state(model, config: TrainConfig, sample_shape, *, key: PRNGKeyArray, dtype=jnp.float32):
-    """A fresh :class:`TrainState` (``key`` is split into initialisation and training keys)."""
+    """A fresh :class:`TrainState` of ``model`` (anything with ``init(key, sample_shape, dtype)``:
+    a :class:`wgfm.models.Model` or an objective; ``key`` is split into initialisation and
+    training keys)."""
     k_init, k_train = jax.random.split(key)
     params = model.init(k_init, tuple(sample_shape), dtype)
     opt_state = make_optimizer(config).init(params)
@@ -120,26 +122,57 @@ def init_state(model, config: TrainConfig, sample_shape, *, key: PRNGKeyArray, d
 
 
 def make_train_step(model, process: AbstractProcess, config: TrainConfig) -> TrainStep:
-    """``step(state, data, indices) -> (state, loss)``, jit-compiled once per data shape.
+    """``step(state, data, indices) -> (state, loss)`` of the diffusion objective, jit-compiled
+    once per data shape.
 
     A non-finite loss or gradient leaves the state unchanged and records the step in
     ``state.bad_step`` (checked by the host, which then stops). Steps for equal
     ``(model, process, config)`` share one compiled program (``equinox.filter_jit``'s cache:
     the model and config are static, the process's arrays are arguments), so a resumed or
     repeated run in one process does not compile again."""
-    return TrainStep(model, process, config)
+    return TrainStep(
+        DiffusionObjective(model, process, config.weighting, config.time_sampler), config
+    )
 
 
-class TrainStep(eqx.Module):
-    """One optimiser update of ``model`` under ``process`` and ``config`` (see
-    :func:`make_train_step`); a PyTree, so it can be passed to ``jax.jit`` itself."""
+class DiffusionObjective(eqx.Module):
+    """The diffusion training objective of a batch, ``mean_i w(t_i) loss(model, process, x0_i,
+    t_i, eps_i)``, with the loss chosen by what the model predicts (module docstring)."""
 
     model: Any = eqx.field(static=True)
     process: AbstractProcess
+    weighting: str = eqx.field(static=True, default="uniform")
+    time_sampler: str = eqx.field(static=True, default="stratified")
+
+    def init(self, key: PRNGKeyArray, sample_shape, dtype=jnp.float32):
+        return self.model.init(key, tuple(sample_shape), dtype)
+
+    def describe(self) -> dict:
+        """Settings a resumed run must share beyond the :class:`TrainConfig` (none here: the
+        config names the weighting and time sampler, the run directory the model)."""
+        return {}
+
+    def __call__(self, params, x0: Array, key: PRNGKeyArray) -> Array:
+        process = self.process
+        loss_fn, weight_fn = get_loss(self.model.predicts), get_weighting(self.weighting)
+        sampler = TIME_SAMPLERS[self.time_sampler]
+        k_t, k_eps = jax.random.split(key)
+        t = sampler(x0.shape[0], key=k_t, t_min=process.t_min, t_max=process.t_max, dtype=x0.dtype)
+        eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
+        field = self.model.field(params)
+        per_example = jax.vmap(lambda x, ti, e: loss_fn(field, process, x, ti, e))(x0, t, eps)
+        return jnp.mean(jax.vmap(lambda ti: weight_fn(process, ti))(t) * per_example)
+
+
+class TrainStep(eqx.Module):
+    """One optimiser update of ``objective(params, batch, key) -> loss`` under ``config`` (see
+    :func:`make_train_step`); a PyTree, so it can be passed to ``jax.jit`` itself."""
+
+    objective: Any
     config: TrainConfig = eqx.field(static=True)
 
     def __call__(self, state: TrainState, data: Array, indices: Array):
-        return _train_step(self.model, self.process, self.config, state, data, indices)
+        return _train_step(self.objective, self.config, state, data, indices)
 
     def _cache_size(self) -> int:
         """Compiled variants of the update so far (filter_jit's cache, shared by all steps)."""
@@ -147,20 +180,8 @@ class TrainStep(eqx.Module):
 
 
 @eqx.filter_jit
-def _train_step(model, process: AbstractProcess, config: TrainConfig, state: TrainState,
-                data: Array, indices: Array):  # fmt: skip
+def _train_step(objective, config: TrainConfig, state: TrainState, data: Array, indices: Array):
     optimizer = make_optimizer(config)
-    loss_fn, weight_fn = get_loss(model.predicts), get_weighting(config.weighting)
-    sampler = TIME_SAMPLERS[config.time_sampler]
-
-    def objective(params, x0, key):
-        k_t, k_eps = jax.random.split(key)
-        t = sampler(x0.shape[0], key=k_t, t_min=process.t_min, t_max=process.t_max, dtype=x0.dtype)
-        eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
-        field = model.field(params)
-        per_example = jax.vmap(lambda x, ti, e: loss_fn(field, process, x, ti, e))(x0, t, eps)
-        return jnp.mean(jax.vmap(lambda ti: weight_fn(process, ti))(t) * per_example)
-
     x0 = data[indices]
     loss, grads = jax.value_and_grad(objective)(
         state.params, x0, jax.random.fold_in(state.key, state.step)
@@ -238,7 +259,74 @@ def fit(
     after those steps (``TrainResult.snapshots``): a training curve without retraining. Raises
     ``ValueError`` on non-finite data before the first step, :class:`NonFiniteLossError`
     (naming the step) if the loss diverges."""
-    data = _check_data(data)
+    return _fit(
+        lambda: make_train_step(model, process, config),
+        model,
+        data,
+        config,
+        key=key,
+        run_dir=run_dir,
+        resume=resume,
+        stop_at=stop_at,
+        progress=progress,
+        extra_meta=extra_meta,
+        mesh=mesh,
+        snapshot_steps=snapshot_steps,
+        on_start=on_start,
+    )
+
+
+def fit_objective(
+    objective,
+    data,
+    config: TrainConfig,
+    *,
+    key: PRNGKeyArray,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    stop_at: int | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> TrainResult:
+    """:func:`fit`'s loop (checkpoints with their checksums, resume, metrics, EMA, the
+    non-finite stop) for any ``objective(params, batch, key) -> scalar loss`` that has
+    ``init(key, sample_shape, dtype)`` and ``describe() -> dict``. What ``describe`` returns is
+    stored with every checkpoint beside the config, and ``resume`` refuses a checkpoint trained
+    with other values, as it does for the config. :func:`wgfm.latent.fit_vae` trains the VAE
+    with it."""
+    return _fit(
+        lambda: TrainStep(objective, config),
+        objective,
+        data,
+        config,
+        key=key,
+        run_dir=run_dir,
+        resume=resume,
+        stop_at=stop_at,
+        progress=progress,
+        extra_meta={"objective": objective.describe()},
+        desc=desc,
+    )
+
+
+def _fit(
+    make_step: Callable[[], Any],
+    initialiser,
+    data,
+    config: TrainConfig,
+    *,
+    key: PRNGKeyArray,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    stop_at: int | None = None,
+    progress: bool = True,
+    extra_meta: dict | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    snapshot_steps: Sequence[int] = (),
+    on_start: Callable[[int], None] | None = None,
+    desc: str = "train",
+) -> TrainResult:
+    data = check_data(data)
     n = data.shape[0]
     snap_at = {int(s) for s in snapshot_steps}
     if any(not 1 <= s <= config.steps for s in snap_at):
@@ -249,7 +337,7 @@ def fit(
     snaps: dict[int, Any] = {}
     data_position(n, config.batch_size, 0)  # validates batch_size against the data size
     k_run, k_data = jax.random.split(key)
-    state = init_state(model, config, data.shape[1:], key=k_run, dtype=data.dtype)
+    state = init_state(initialiser, config, data.shape[1:], key=k_run, dtype=data.dtype)
     ckpt = None
     if run_dir is not None:
         from .checkpoint import Checkpointer  # orbax is imported only for runs that checkpoint
@@ -260,13 +348,13 @@ def fit(
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt = Checkpointer(run_dir / "checkpoints", max(2, config.keep_checkpoints))
         if resume:
-            state = _resume_state(ckpt, state, config)
+            state = _resume_state(ckpt, state, config, (extra_meta or {}).get("objective"))
             _truncate_metrics(run_dir, int(state.step))
     elif resume:
         raise ValueError("`resume=True` needs a `run_dir` to resume from.")
     if on_start is not None:
         on_start(int(state.step))
-    step_fn = make_train_step(model, process, config)
+    step_fn = make_step()
     data_dev = jnp.asarray(data)
     if mesh is not None:
         from .distributed import data_parallel, replicate
@@ -276,7 +364,7 @@ def fit(
     start, end = int(state.step), min(config.steps, stop_at or config.steps)
     meta = {"config": dataclasses.asdict(config), **(extra_meta or {})}
     logged: list[tuple[int, float]] = []
-    bar = tqdm(total=config.steps, initial=start, disable=not progress, desc="train")
+    bar = tqdm(total=config.steps, initial=start, disable=not progress, desc=desc)
     t_last, s_last, window = time.perf_counter(), start, []
     # One compiled update per host call: a fori_loop over several updates would save the
     # dispatch for a small MLP, but XLA:CPU runs a U-Net's update several times slower inside
@@ -317,7 +405,9 @@ def fit(
     return TrainResult(state, steps_arr, np.array([v for _, v in logged]), snaps)
 
 
-def _check_data(data) -> np.ndarray:
+def check_data(data) -> np.ndarray:
+    """``data`` as a floating NumPy array ``(N, *sample_shape)``, or a ValueError naming the
+    first non-finite example."""
     arr = np.asarray(data)
     if arr.ndim < 2 or arr.shape[0] < 1:
         raise ValueError(f"`data` must have shape (N, *sample_shape), got {arr.shape}.")
@@ -349,9 +439,12 @@ def _refuse_used_run_dir(run_dir: Path) -> None:
         )
 
 
-def _resume_state(ckpt: Checkpointer, state: TrainState, config: TrainConfig) -> TrainState:
+def _resume_state(
+    ckpt: Checkpointer, state: TrainState, config: TrainConfig, objective: dict | None = None
+) -> TrainState:
     """The newest readable checkpoint's state, after checking that it was trained with
-    ``config``; ``state`` itself (with a warning) when there is no checkpoint."""
+    ``config`` (and the objective's settings ``objective``, when given); ``state`` itself (with
+    a warning) when there is no checkpoint."""
     restored = ckpt.restore_latest(state.as_dict())
     if restored is None:
         run_dir = ckpt.directory.parent
@@ -364,8 +457,13 @@ def _resume_state(ckpt: Checkpointer, state: TrainState, config: TrainConfig) ->
     stored = restored[1].get("config", {})
     wanted = dataclasses.asdict(config)
     differ = [k for k in wanted if k not in _BOOKKEEPING and k in stored and stored[k] != wanted[k]]
+    if objective is not None:
+        stored_obj = restored[1].get("objective", {})
+        wanted.update({f"objective.{k}": v for k, v in objective.items()})
+        stored.update({f"objective.{k}": v for k, v in stored_obj.items()})
+        differ += [f"objective.{k}" for k in objective if stored_obj.get(k) != objective[k]]
     if differ:
-        pairs = ", ".join(f"{k}: {stored[k]!r} -> {wanted[k]!r}" for k in differ)
+        pairs = ", ".join(f"{k}: {stored.get(k)!r} -> {wanted[k]!r}" for k in differ)
         raise ValueError(
             f"resume: the checkpoint at step {restored[1].get('step')} in {ckpt.directory} was "
             f"trained with another `config` ({pairs}); resume with the same values or train "

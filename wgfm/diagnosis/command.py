@@ -233,17 +233,12 @@ def clean_images(config: DiagnoseConfig, field, process, shape, sz: DiagnoseSize
 
 def load_data(data_dir: Path) -> np.ndarray:
     """CIFAR-10 python batches or MNIST IDX files in ``data_dir`` (training split), in [-1, 1]."""
-    from .. import data as wdata
+    from .. import data
 
-    root = Path(data_dir)
-    if any((d / "data_batch_1").is_file() for d in (root, root / "cifar-10-batches-py")):
-        return wdata.load_cifar10(root, "train")[0]
-    if any(root.glob("train-images-idx3-ubyte*")):
-        return wdata.load_mnist(root, "train")[0]
-    raise ValueError(
-        f"`--data` {str(root)!r} holds neither CIFAR-10 python batches "
-        "(data_batch_1 ...) nor MNIST IDX files (train-images-idx3-ubyte ...)."
-    )
+    try:
+        return data.load("auto", data_dir)
+    except ValueError as e:
+        raise ValueError(str(e).replace("`data_dir`", "`--data`")) from None
 
 
 def load_images(folder: Path, shape: tuple[int, int, int]) -> np.ndarray:
