@@ -1,0 +1,223 @@
+"""``wgfm.diagnose`` and its controls, against closed forms.
+
+A linear field ``x -> A x`` has the Jacobian ``A`` at every point and time, so its asymmetry
+ratio is ``||A - A^T||_F / ||A||_F`` at every level, whatever the noise draws; a symmetric ``A``
+is a gradient (of ``x^T A x / 2``), so its loop integrals vanish up to rounding.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import wgfm
+from wgfm.diagnosis import TITLES, DiagnoseSizes, Diagnosis, diagnose
+from wgfm.diagnostics import gaussian_fit_score, times_grid, untrained_field, untrained_params
+from wgfm.figures import png_is_valid_and_not_blank
+
+SIZES = DiagnoseSizes(
+    num_levels=3,
+    num_samples=4,
+    sub_jacobian_size=2,
+    num_probes=2,
+    max_exact_dim=64,
+    batch_size=4,
+    loop_levels=2,
+    loop_samples=2,
+    loop_points=16,
+    bridge_steps=16,
+    noisy_copies=3,
+    noisy_points=6,
+    num_generated=1,
+    ddim_steps=1,
+)
+A_ROT = np.array([[0.5, 1.0], [-1.0, 0.2]], np.float32)  # symmetric part diag(0.5, 0.2)
+A_SYM = np.array([[-1.0, 0.3], [0.3, -2.0]], np.float32)
+
+
+def _images(n=64):
+    return np.asarray(
+        wgfm.gmm.ring(num_modes=4, radius=2.0, std=0.3).sample(n, key=jax.random.key(0)), np.float32
+    )
+
+
+def _linear(a):
+    a = jnp.asarray(a)
+    return lambda x, t: a @ x
+
+
+@pytest.fixture(scope="module")
+def rotating():
+    return diagnose(
+        _linear(A_ROT),
+        wgfm.VP(),
+        _images(),
+        key=jax.random.key(1),
+        kind="score",
+        sizes=SIZES,
+        label="rot",
+    )
+
+
+def test_asymmetry_is_the_closed_form_at_every_level(rotating):
+    lam = np.linalg.norm(A_ROT - A_ROT.T) / np.linalg.norm(A_ROT)
+    num = rotating.numbers["differential"]
+    np.testing.assert_allclose(num["levels"], times_grid(wgfm.VP(), 3))
+    # float32 Jacobian of a 2x2 linear map: exact up to rounding of the norms
+    np.testing.assert_allclose(num["median_ratio"]["trained"], lam, rtol=1e-6)
+    # the Gaussian fit's exact score is a gradient: its symmetric Jacobian rounds to ~1e-7
+    assert np.all(np.asarray(num["median_ratio"]["oracle score"]) < 1e-5)
+    rows = rotating.rows[TITLES[1]]
+    assert rows[0].verdict and "Gaussian fitted to 64 clean images" in rows[0].control
+    assert "no untrained control" in rows[1].control  # a plain function carries no model
+
+
+def test_a_gradient_field_fails_the_not_a_gradient_rows():
+    d = diagnose(
+        _linear(A_SYM), wgfm.VP(), _images(), key=jax.random.key(1), kind="score", sizes=SIZES
+    )
+    (row, _), loops = d.rows[TITLES[1]], d.rows[TITLES[2]]
+    assert not row.verdict and not d.passed
+    assert np.all(np.asarray(d.numbers["differential"]["median_ratio"]["trained"]) < 1e-5)
+    circ = d.numbers["integral"]
+    for family in ("circle", "bridge", "pair rotation", "noisy copies"):
+        # |I/L| of a gradient: float32 rounding of sums of ~16-64 terms of size ~|A x| ~ 5
+        assert np.all(np.asarray(circ[family]["trained"]["median_abs_I_over_L"]) < 1e-4), family
+    assert len(loops) == 4
+
+
+def test_rotation_circulates_and_the_report_renders(rotating, tmp_path):
+    assert all(r.verdict for r in rotating.rows[TITLES[2]]), rotating.rows[TITLES[2]]
+    md = rotating.to_markdown()
+    assert md.startswith("# wgfm diagnose report: rot") and md.count("| --- |") == 0
+    assert TITLES[1] in md and TITLES[2] in md and "![lambda_rot](figures/lambda_rot.png)" in md
+    js = json.loads(rotating.to_json())
+    # (the trend row is an observation: a linear field's lambda is the same at every level)
+    assert js["all_verdicts_pass"] == rotating.passed
+    assert set(js["numbers"]) == {"differential", "integral"}
+    assert [r["verdict"] for r in js["claims"][TITLES[1]]][0] is True
+    md_path, js_path = rotating.save(tmp_path / "out")
+    assert md_path.read_text().count("![") == 2
+    figs = sorted((tmp_path / "out" / "figures").glob("*.png"))
+    assert len(figs) == 2 and all(png_is_valid_and_not_blank(f) for f in figs)
+    saved = json.loads(js_path.read_text())
+    np.testing.assert_allclose(
+        saved["numbers"]["differential"]["rot"]["median_ratio"]["trained"],
+        rotating.numbers["differential"]["median_ratio"]["trained"],
+    )
+
+
+def test_one_claim_alone_gives_the_numbers_of_the_full_diagnosis(rotating):
+    alone = diagnose(
+        _linear(A_ROT),
+        wgfm.VP(),
+        _images(),
+        key=jax.random.key(1),
+        kind="score",
+        sizes=SIZES,
+        claims=(2,),
+        label="rot",
+    )
+    assert list(alone.measurements) == [TITLES[2]]
+    for fam in ("bridge", "noisy copies"):
+        np.testing.assert_array_equal(
+            alone.numbers["integral"][fam]["trained"]["median_abs_I"],
+            rotating.numbers["integral"][fam]["trained"]["median_abs_I"],
+        )
+
+
+def test_a_network_field_gets_its_untrained_control():
+    from wgfm.models import get_model
+
+    model = get_model("mlp-small")
+    params = model.init(jax.random.key(0), (2,), jnp.float32)
+    d = diagnose(
+        model.field(params),
+        wgfm.VP(),
+        _images(),
+        key=jax.random.key(2),
+        kind="eps",
+        sizes=SIZES,
+        claims=(1,),
+    )
+    med = d.numbers["differential"]["median_ratio"]
+    assert set(med) == {"trained", "untrained", "oracle score"}
+    assert np.all(np.asarray(med["untrained"]) > 1e-3)  # an MLP's Jacobian is not symmetric
+    assert "untrained:" in d.rows[TITLES[1]][1].control
+
+
+def test_bad_input_is_named():
+    f, imgs, key = _linear(A_ROT), _images(), jax.random.key(0)
+    with pytest.raises(ValueError, match="`kind` is required"):
+        diagnose(f, wgfm.VP(), imgs, key=key)
+    with pytest.raises(ValueError, match="`claims`"):
+        diagnose(f, wgfm.VP(), imgs, key=key, kind="score", claims=(3,))
+    with pytest.raises(ValueError, match="`images` must have shape"):
+        diagnose(f, wgfm.VP(), imgs[:1], key=key, kind="score")
+    with pytest.raises(ValueError, match="claim 1 needs 4 clean images"):
+        diagnose(f, wgfm.VP(), imgs[:3], key=key, kind="score", sizes=SIZES)
+    with pytest.raises(ValueError, match="non-finite"):
+        diagnose(f, wgfm.VP(), np.full((8, 2), np.nan, np.float32), key=key, kind="score")
+    with pytest.raises(ValueError, match="must be positive"):
+        DiagnoseSizes(**{**SIZES.__dict__, "num_levels": 0})
+    with pytest.raises(ValueError, match="carries no `model`"):
+        untrained_field(f, key, (2,))
+
+
+def test_gaussian_fit_score_is_the_closed_form_marginal_score():
+    x = _images(200).astype(np.float64)
+    process, t = wgfm.VP(), 0.3
+    score = gaussian_fit_score(x, process)
+    m, c = x.mean(0), np.cov(x.T) + 1e-3 * np.eye(2)
+    a, s = float(process.alpha(t)), float(process.sigma(t))
+    cov_t = a**2 * c + s**2 * np.eye(2)
+    pts = x[:5] + 0.1
+    ref = np.stack([-np.linalg.solve(cov_t, p - a * m) for p in pts])
+    got = np.stack([np.asarray(score(jnp.asarray(p, jnp.float32), t)) for p in pts])
+    np.testing.assert_allclose(got, ref, rtol=2e-5, atol=2e-5)  # the fit is stored in float32
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        gaussian_fit_score(x[:1], process)
+
+
+class _ZeroOutput:
+    """An initialiser whose output layer starts at zero, as DDPM U-Nets do."""
+
+    def init(self, key, shape, dtype):
+        k = jax.random.normal(key, (3, 3), dtype)
+        zero = jnp.zeros((3, 2), dtype)
+        return {
+            "params": {
+                "conv_out": {"kernel": zero, "bias": jnp.zeros(2, dtype)},
+                "dense": {"kernel": k},
+            }
+        }
+
+
+def test_untrained_params_redraws_only_zero_kernels():
+    key = jax.random.key(5)
+    p = untrained_params(_ZeroOutput(), key, (3,))
+    ref = jax.nn.initializers.lecun_normal()(jax.random.fold_in(key, 1), (3, 2), jnp.float32)
+    np.testing.assert_array_equal(p["params"]["conv_out"]["kernel"], ref)
+    np.testing.assert_array_equal(p["params"]["conv_out"]["bias"], 0.0)  # biases stay at zero
+    np.testing.assert_array_equal(
+        p["params"]["dense"]["kernel"],
+        _ZeroOutput().init(key, (3,), jnp.float32)["params"]["dense"]["kernel"],
+    )
+
+
+def test_times_grid_is_the_authors_grid_thinned():
+    vp = wgfm.VP()
+    full = times_grid(vp, 100)
+    np.testing.assert_allclose(full, np.clip(np.arange(1, 1000, 10) / 1000, vp.t_min, vp.t_max))
+    thin = times_grid(vp, 4)
+    assert thin[0] == full[0] and thin[-1] == full[-1] and len(thin) == 4
+    with pytest.raises(ValueError, match="`num_levels`"):
+        times_grid(vp, 0)
+
+
+def test_diagnosis_is_exported_at_the_top_level():
+    assert wgfm.diagnose is diagnose and wgfm.Diagnosis is Diagnosis
