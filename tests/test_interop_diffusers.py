@@ -21,7 +21,9 @@ from wgfm import as_field, samplers  # noqa: E402
 from wgfm.interop import DDPM_CIFAR10_32, load_diffusers, load_unet2d, scheduler_betas  # noqa: E402
 from wgfm.processes import DiscreteVP, discrete_schedule  # noqa: E402
 
-CIFAR = Path("/work/shared/pretrained-configs/ddpm-cifar10-32.json")
+# google/ddpm-cifar10-32's published unet and scheduler configurations, copied into the
+# repository: the package's constant is checked against this copy, not against itself.
+PUBLISHED = json.loads((Path(__file__).parent / "fixtures" / "ddpm-cifar10-32.json").read_text())
 CIFAR_UNET = DDPM_CIFAR10_32
 TINY = dict(
     sample_size=8, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=4,
@@ -98,7 +100,7 @@ def test_port_matches_diffusers(tmp_path, name):
 
 
 def test_ddpm_cifar10_32_config_matches_diffusers(tmp_path):
-    config = json.loads(CIFAR.read_text())["unet"] if CIFAR.is_file() else CIFAR_UNET
+    config = PUBLISHED["unet"]
     assert config == CIFAR_UNET
     m = _random_unet(config)
     m.save_pretrained(tmp_path)
@@ -170,10 +172,12 @@ SCHEDULES = [
     dict(beta_schedule="sigmoid", beta_start=1e-4, beta_end=0.02),
     dict(trained_betas=list(np.linspace(1e-4, 0.05, 500))),
     dict(beta_schedule="linear", rescale_betas_zero_snr=True, num_train_timesteps=400),
+    # the published DDPM CIFAR-10 scheduler (its class name is not a constructor argument)
+    {k: v for k, v in PUBLISHED["scheduler"].items() if not k.startswith("_")},
 ]
 
 
-@pytest.mark.parametrize("cfg", SCHEDULES, ids=lambda c: c.get("beta_schedule", "trained"))
+@pytest.mark.parametrize("cfg", SCHEDULES, ids=lambda c: c.get("beta_schedule") or "trained")
 def test_scheduler_alphas_cumprod(cfg):
     sched = diffusers.DDPMScheduler(**cfg)
     ref_b = sched.betas.double().numpy()

