@@ -25,7 +25,7 @@ def _sig(z):
 
 
 # Hand-derived (alpha, sigma, dlog_alpha, g^2) in NumPy float64, written independently of the
-# implementation: DESIGN.md §1 table.
+# implementation: docs/design.md §1 table.
 def reference(name, t):
     if name in ("vp", "sub-vp"):
         bmin, bmax = 0.1, 20.0

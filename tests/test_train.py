@@ -59,7 +59,7 @@ def test_eps_and_flow_matching_objectives_give_the_same_velocity(eps_run, fm_run
         x = MIX.marginal(VP, t).sample(500, key=jax.random.PRNGKey(10 + i))  # held-out points
         a, b, c = (jax.jit(jax.vmap(f, in_axes=(0, None)))(x, t) for f in (v_eps, v_fm, v_true))
         diff = np.sqrt(np.mean(np.sum((a - b) ** 2, 1))) / np.sqrt(np.mean(np.sum(c**2, 1)))
-        # Both objectives regress onto the same conditional mean (DESIGN.md §1). After 400 steps
+        # Both objectives regress onto the same conditional mean (docs/design.md §1). After 400 steps
         # the two networks differ by 7-12% RMS of |v| at these times (each is 10-40% from the
         # oracle, with correlated errors: same data, architecture and noise); 20% is the stated
         # tolerance. A mis-converted parametrisation would differ by O(100%). Beyond t ~ 0.6

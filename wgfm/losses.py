@@ -1,4 +1,4 @@
-"""Per-example training losses, time weightings and time samplers (DESIGN.md §1).
+"""Per-example training losses, time weightings and time samplers (docs/design.md §1).
 
 All losses take a ``model`` field ``(x, t) -> prediction``, one clean example ``x0``, a time ``t``
 and the noise ``eps`` (drawn by the caller from an explicit key), form

@@ -1,4 +1,4 @@
-"""Errors added to a velocity field, for the density-transport experiments (DESIGN.md §1).
+"""Errors added to a velocity field, for the density-transport experiments (docs/design.md §1).
 
 A velocity ``v + w`` transports the same marginals as ``v`` iff ``div(p_t w) = 0``. Harmless
 (non-conservative, yet weighted-divergence-free) families:

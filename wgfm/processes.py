@@ -2,7 +2,7 @@
 
 Every process is a frozen PyTree (``equinox.Module``) exposing ``alpha(t)``, ``sigma(t)``, the
 log-rate ``dlog_alpha(t) = d log alpha_t / dt`` and ``g2(t)``, the squared diffusion
-``g^2 = d(sigma^2)/dt - 2 (d log alpha/dt) sigma^2`` (DESIGN.md §1). From these follow the SDE
+``g^2 = d(sigma^2)/dt - 2 (d log alpha/dt) sigma^2`` (docs/design.md §1). From these follow the SDE
 ``dx = f(x, t) dt + g(t) dW`` with ``f = (d log alpha / dt) x`` and the WGF velocity
 ``v = f - g^2/2 grad log p_t``.
 

@@ -1,4 +1,4 @@
-"""Density-weighted Helmholtz split of a 2D error field ``w`` on a grid (DESIGN.md §1).
+"""Density-weighted Helmholtz split of a 2D error field ``w`` on a grid (docs/design.md §1).
 
 ``w = grad phi + r`` with ``div(p r) = 0``: ``phi`` solves ``div(p grad phi) = div(p w)``
 (no-flux boundary). Only ``grad phi`` changes the continuity equation, so

@@ -1,4 +1,4 @@
-"""Integral constraint: loop families and line integrals (DESIGN.md §1).
+"""Integral constraint: loop families and line integrals (docs/design.md §1).
 
 A gradient field has zero circulation around every closed loop and path-independent line
 integrals. A *path* is an array ``(n + 1, *shape)`` of points; a *loop* is a path whose last point

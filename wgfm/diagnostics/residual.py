@@ -1,6 +1,6 @@
 """Transport residual: does a velocity field transport the marginals ``p_t`` exactly?
 
-``R(x, t) = d_t log p_t(x) + div v(x, t) + v(x, t) . grad log p_t(x)`` (DESIGN.md §1) is the
+``R(x, t) = d_t log p_t(x) + div v(x, t) + v(x, t) . grad log p_t(x)`` (docs/design.md §1) is the
 continuity equation ``d_t p + div(p v) = 0`` divided by ``p``; it vanishes everywhere iff ``v``
 transports ``p_t``. A harmless (weighted-divergence-free) error adds nothing to it.
 """

@@ -105,7 +105,7 @@ class ModelField(eqx.Module):
 
 
 def score_field(model: Model, params, process: AbstractProcess):
-    """The score field ``s(x, t)`` implied by a model of any ``predicts`` (DESIGN.md §1)."""
+    """The score field ``s(x, t)`` implied by a model of any ``predicts`` (docs/design.md §1)."""
     return as_field(process, model.field(params), src=model.predicts, dst="score")  # type: ignore[arg-type]
 
 
