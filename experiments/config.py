@@ -118,15 +118,13 @@ FULL = Sizes(
 # images at 100 levels). Their full sizes are meant for a GPU; the quick sizes check the
 # pipeline end to end on a CPU in minutes, not the paper's numbers.
 _AUTHORS = dict(image_diag_samples=None, image_loop_levels=None, image_loop_samples=None)
-# MNIST on a CPU, sized to the 60-minute budget on 2 cores: the authors' 100 levels for both
-# claims and their three loop families (plus noisy copies), with every count that multiplies
-# U-Net evaluations thinned. XLA:CPU runs unet-mnist at ~30 GFLOP/s (356 MFLOP, ~10 ms per
-# evaluation), so the full run takes unet-mnist-small (~90 MFLOP), 1,500 updates at batch 32;
-# claim 1 on 4 digits per level (64x64 sub-Jacobians and 32 probes, each a JVP and a VJP, for
-# the trained and the untrained network; an exact 784x784 Jacobian of one); claim 2 on 2 digits
-# per level with 32-point circles, 100-step bridges and 4x25 noisy copies (the authors' counts
-# are 1,000 and 10x100). With twice these claim-1 and loop counts, a run was still in claim 1
-# (its untrained control) after 48 minutes. The measured time: docs/mnist_full.md.
+# MNIST on a CPU, sized for about an hour on 2 cores (measured: docs/mnist_full.md): the authors'
+# 100 levels for both claims and their three loop families (plus noisy copies), with every count
+# that multiplies U-Net evaluations thinned. Each evaluation of unet-mnist costs ~4x one of
+# unet-mnist-small, so the full run trains the small one (1,500 updates at batch 32); claim 1 on
+# 4 digits per level (64x64 sub-Jacobians and 32 probes, each a JVP and a VJP, for the trained
+# and the untrained network; an exact 784x784 Jacobian of one); claim 2 on 2 digits per level
+# with 32-point circles, 100-step bridges and 4x25 noisy copies (the authors: 1,000 and 10x100).
 MNIST_FULL = dataclasses.replace(
     FULL, num_diag_samples=4, train_steps_image=1500, arch_image="unet-mnist-small",
     image_batch=32, image_lr=1e-3, sub_jacobian_size=64, exact_samples=1,
