@@ -48,6 +48,18 @@ def l2_rel(a, b, ref) -> np.ndarray:
     return num / np.sqrt(np.mean(np.sum(ref**2, -1), 1))
 
 
+def samples_agree(sw2: dict[str, float], floor: float) -> bool:
+    """Claim 3's sample verdict: every network's probability-flow samples are within the noise
+    floor of the data law, ``SW2(samples, exact samples) <= floor`` for each (the floor: mean +
+    3 std of the SW2 between two independent exact sample sets of the same size, so a correct
+    sampler exceeds it rarely). Then any two networks' samples are within ``2 floor`` of each
+    other (SW2 is a metric), and a network whose samples miss the data law by more than the
+    metric's own noise fails, whatever the others do."""
+    if not sw2:
+        raise ValueError("`sw2` must hold at least one network's SW2.")
+    return bool(all(v <= floor for v in sw2.values()))
+
+
 def run(ctx: Context, report: Report, title: str) -> None:
     sz = ctx.sizes
     ts = times_grid(ctx.process, 20)
@@ -104,8 +116,8 @@ def run(ctx: Context, report: Report, title: str) -> None:
             "their probability-flow samples agree",
             ", ".join(f"{k}: SW2 {fmt(v)}" for k, v in sw.items()),
             f"noise floor SW2 {fmt(fl['sw2'])}",
-            bool(max(sw.values()) < 3 * max(min(sw.values()), fl["sw2"])),
-            "max SW2 within 3x of max(min SW2, floor)",
+            samples_agree(sw, fl["sw2"]),
+            "every SW2 against exact samples at most the noise floor",
         ),
     )
     report.add(
