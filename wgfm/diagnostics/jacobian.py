@@ -206,6 +206,9 @@ class ProbeAsymmetry(eqx.Module):
     stats: Asymmetry
 
 
+ProbeMethod = Literal["auto", "vjp", "forward"]
+
+
 def probe_asymmetry(
     field: Field,
     x: Array,
@@ -214,17 +217,45 @@ def probe_asymmetry(
     key: PRNGKeyArray,
     num_probes: int,
     kind: ProbeKind = "rademacher",
+    method: ProbeMethod = "auto",
     checked: bool = True,
 ) -> ProbeAsymmetry:
-    """``E_v ||J v - J^T v||^2 = ||J - J^T||_F^2`` and ``E_v ||J v||^2 = ||J||_F^2`` for
-    ``E[v v^T] = I``: one JVP and one VJP per probe, J never formed."""
+    """Unbiased probe estimates of ``||J - J^T||_F^2`` and ``||J||_F^2`` (``E[v v^T] = I``),
+    J never formed. ``method``:
+
+    - ``"vjp"``: ``||J v - J^T v||^2`` per probe, one JVP and one VJP (QCSBM's estimator).
+    - ``"forward"``: ``2 ||J v||^2 - 2 v . J (J v)`` per probe, from
+      ``||J - J^T||_F^2 = 2 ||J||_F^2 - 2 tr(J^2)``: two JVPs in sequence, no VJP, so it works
+      for fields with forward-mode derivatives only (:func:`wgfm.interop.torch_field`). It is
+      noisier: its relative standard error grows like ``1 / lambda`` where the VJP estimator's
+      does not, so compare the returned standard errors.
+    - ``"auto"``: ``"vjp"`` where the field can be transposed, else ``"forward"``.
+
+    ``||J||_F^2`` is ``||J v||^2`` per probe either way."""
+    if method not in ("auto", "vjp", "forward"):
+        raise ValueError(f"`method` must be 'auto', 'vjp' or 'forward', got {method!r}.")
     fx, jvp = _linearized(field, x, t)
-    vjp = jax.linear_transpose(jvp, jnp.reshape(x, (-1,)))
     probes = make_probes(key, num_probes, fx.shape, kind=kind, dtype=jnp.result_type(x))
+    vjp = None
+    if method != "forward":
+        try:
+            vjp = jax.linear_transpose(jvp, jnp.reshape(x, (-1,)))
+            jax.eval_shape(vjp, fx)  # a field without a transpose rule fails here, at trace time
+        except (NotImplementedError, TypeError, ValueError) as e:
+            if method == "vjp":
+                raise ValueError(
+                    f"`method='vjp'`: the field has no reverse-mode derivative ({e}); use "
+                    "method='forward' (two JVPs per probe)."
+                ) from e
+            vjp = None
 
     def one(v):
-        jv, jtv = jvp(v), vjp(v.astype(fx.dtype))[0]
-        return jnp.sum((jv - jtv) ** 2), jnp.sum(jv**2)
+        jv = jvp(v)
+        if vjp is not None:
+            jtv = vjp(v.astype(fx.dtype))[0]
+            return jnp.sum((jv - jtv) ** 2), jnp.sum(jv**2)
+        jjv = jvp(jv.astype(v.dtype))
+        return 2 * jnp.sum(jv**2) - 2 * jnp.vdot(v, jjv), jnp.sum(jv**2)
 
     a2, f2 = jax.vmap(one)(probes)
     k = a2.shape[0]
@@ -235,7 +266,9 @@ def probe_asymmetry(
     a2m, f2m = check_finite(
         (a2.mean(), f2.mean(), fx), x, t, "values or probe estimates", checked=checked
     )[:2]
-    return ProbeAsymmetry(a2m, f2m, se(a2), se(f2), _asym_from_squares(a2m, f2m))
+    # The forward estimate of ||J - J^T||^2 is a difference and can fall below 0 with few
+    # probes; the ratio takes it clipped at 0 (the unclipped mean stays in `asym_sq`).
+    return ProbeAsymmetry(a2m, f2m, se(a2), se(f2), _asym_from_squares(jnp.maximum(a2m, 0), f2m))
 
 
 def curl_2d(field: Field, x: Float[Array, " 2"], t: Scalar, *, checked: bool = True) -> Array:
