@@ -46,8 +46,15 @@ class Trained:
             raise ValueError(f"`step` must be one of {sorted(self.snapshots)}, got {step}.")
         # Time prorated: the snapshots come out of one run.
         secs = self.train_seconds * step / max(self.steps, 1)
-        return Trained(f"{self.name}@{step}", self.model, self.snapshots[step], self.process,
-                       secs, step, float("nan"))  # fmt: skip
+        return Trained(
+            f"{self.name}@{step}",
+            self.model,
+            self.snapshots[step],
+            self.process,
+            secs,
+            step,
+            float("nan"),
+        )
 
     def score(self):
         from wgfm.models import score_field
@@ -191,9 +198,18 @@ class Context:
             snaps = sorted({max(1, int(f * steps)) for f in sz.snapshots} - {steps})
 
             t0 = time.perf_counter()
-            res = fit(model, self.process, x, cfg, key=key, run_dir=run_dir,
-                      resume=run_dir is not None, progress=long, mesh=self.mesh,
-                      snapshot_steps=snaps)  # fmt: skip
+            res = fit(
+                model,
+                self.process,
+                x,
+                cfg,
+                key=key,
+                run_dir=run_dir,
+                resume=run_dir is not None,
+                progress=long,
+                mesh=self.mesh,
+                snapshot_steps=snaps,
+            )
             jax.block_until_ready(res.ema)
             secs = time.perf_counter() - t0
             loss = float(res.logged_losses[-1]) if len(res.logged_losses) else float("nan")
@@ -215,13 +231,23 @@ class Context:
             raise ValueError(f"the latent setting needs `vae_steps` >= 1, got {steps}.")
         images = self.data("mnist")
         vae = VAE(VAENet(width=VAE_WIDTH))
-        cfg = dataclasses.replace(VAE_TRAINING, steps=steps,
-                                  warmup_steps=min(VAE_TRAINING.warmup_steps, steps // 10),
-                                  checkpoint_every=max(1, min(steps, 500)),
-                                  log_every=max(1, min(50, steps)))  # fmt: skip
+        cfg = dataclasses.replace(
+            VAE_TRAINING,
+            steps=steps,
+            warmup_steps=min(VAE_TRAINING.warmup_steps, steps // 10),
+            checkpoint_every=max(1, min(steps, 500)),
+            log_every=max(1, min(50, steps)),
+        )
         t0 = time.perf_counter()
-        res = fit_vae(vae, images, cfg, key=self.key("vae"), resume=True, progress=steps >= 1000,
-                      run_dir=self.config.out / "networks" / f"vae-{steps}")  # fmt: skip
+        res = fit_vae(
+            vae,
+            images,
+            cfg,
+            key=self.key("vae"),
+            resume=True,
+            progress=steps >= 1000,
+            run_dir=self.config.out / "networks" / f"vae-{steps}",
+        )
         latents, scale = encode_dataset(vae, res.params, images)
         secs = time.perf_counter() - t0
         self.console.log(f"VAE ({steps} steps) and encoding in {secs:.1f} s; scale {scale:.3f}")
@@ -234,10 +260,15 @@ class Context:
         from wgfm.samplers import sample_ddim
 
         net = self.network(data)
-        res = sample_ddim(net.model.field(net.params), self.process,  # type: ignore[attr-defined]
-                          key=self.key(f"samples-{data}"), num_samples=n,
-                          shape=self.data(data).shape[1:], kind=net.model.predicts,  # type: ignore[attr-defined]
-                          num_steps=50)  # fmt: skip
+        res = sample_ddim(
+            net.model.field(net.params),
+            self.process,  # type: ignore[attr-defined]
+            key=self.key(f"samples-{data}"),
+            num_samples=n,
+            shape=self.data(data).shape[1:],
+            kind=net.model.predicts,  # type: ignore[attr-defined]
+            num_steps=50,
+        )
         x = np.asarray(res.samples)
         if data == "mnist-latent":
             lat = self.latent

@@ -126,46 +126,99 @@ _AUTHORS = dict(image_diag_samples=None, image_loop_levels=None, image_loop_samp
 # and the untrained network; an exact 784x784 Jacobian of one); claim 2 on 2 digits per level
 # with 32-point circles, 100-step bridges and 4x25 noisy copies (the authors: 1,000 and 10x100).
 MNIST_FULL = dataclasses.replace(
-    FULL, num_diag_samples=4, train_steps_image=1500, arch_image="unet-mnist-small",
-    image_batch=32, image_lr=1e-3, sub_jacobian_size=64, exact_samples=1,
-    image_diag_samples=None, image_loop_levels=None, image_loop_samples=2, loop_points=(32,),
-    bridge_steps=100, noisy_copies=4, noisy_points=25, figure_samples=64,
-)  # fmt: skip
+    FULL,
+    num_diag_samples=4,
+    train_steps_image=1500,
+    arch_image="unet-mnist-small",
+    image_batch=32,
+    image_lr=1e-3,
+    sub_jacobian_size=64,
+    exact_samples=1,
+    image_diag_samples=None,
+    image_loop_levels=None,
+    image_loop_samples=2,
+    loop_points=(32,),
+    bridge_steps=100,
+    noisy_copies=4,
+    noisy_points=25,
+    figure_samples=64,
+)
 # --quick checks the pipeline on a CPU in minutes with the tiny U-Net (unet-mnist's 150 updates
 # alone take minutes) at a larger learning rate, so its samples are not yet digits.
 MNIST_QUICK = dataclasses.replace(
-    QUICK, num_levels=5, num_diag_samples=4, train_steps_image=300, arch_image="unet-tiny",
-    image_batch=32, image_lr=2e-3, sub_jacobian_size=64, exact_samples=1, image_diag_samples=None,
-    image_loop_samples=2, figure_samples=16,
-)  # fmt: skip
+    QUICK,
+    num_levels=5,
+    num_diag_samples=4,
+    train_steps_image=300,
+    arch_image="unet-tiny",
+    image_batch=32,
+    image_lr=2e-3,
+    sub_jacobian_size=64,
+    exact_samples=1,
+    image_diag_samples=None,
+    image_loop_samples=2,
+    figure_samples=16,
+)
 # The latent setting: a VAE (28x28x1 -> 8x8x3) and an eps U-Net in its latent space; at
 # D = 192 every Jacobian is exact (max_exact_dim), and the estimators are checked against them.
 # The full run's levels and loops are the pixel run's (so the two compare level by level); its
 # network is the latent training below (unet-digits, 4,000 updates at batch 64: an 8x8 U-Net
 # evaluation is cheap), with claim 1 on 16 latents per level.
 LATENT_FULL = dataclasses.replace(
-    MNIST_FULL, max_exact_dim=192, exact_samples=0, vae_steps=1500, num_diag_samples=16,
-    arch_image=None, image_batch=None, image_lr=None, train_steps_image=4000,
-)  # fmt: skip
+    MNIST_FULL,
+    max_exact_dim=192,
+    exact_samples=0,
+    vae_steps=1500,
+    num_diag_samples=16,
+    arch_image=None,
+    image_batch=None,
+    image_lr=None,
+    train_steps_image=4000,
+)
 LATENT_QUICK = dataclasses.replace(
-    MNIST_QUICK, max_exact_dim=192, exact_samples=0, vae_steps=150, train_steps_image=300,
-    num_diag_samples=8, estimator_check=True,
-)  # fmt: skip
+    MNIST_QUICK,
+    max_exact_dim=192,
+    exact_samples=0,
+    vae_steps=150,
+    train_steps_image=300,
+    num_diag_samples=8,
+    estimator_check=True,
+)
 CIFAR_FULL = dataclasses.replace(
-    FULL, **_AUTHORS, num_diag_samples=256, train_steps_image=100_000, sub_jacobian_size=64,
-)  # fmt: skip
+    FULL,
+    **_AUTHORS,
+    num_diag_samples=256,
+    train_steps_image=100_000,
+    sub_jacobian_size=64,
+)
 CIFAR_QUICK = dataclasses.replace(
-    QUICK, num_levels=5, num_diag_samples=8, train_steps_image=100, arch_image=None,
-    image_batch=16, sub_jacobian_size=64,
-)  # fmt: skip
+    QUICK,
+    num_levels=5,
+    num_diag_samples=8,
+    train_steps_image=100,
+    arch_image=None,
+    image_batch=16,
+    sub_jacobian_size=64,
+)
 
 # The smallest sizes that still run every code path of the image presets (readers, the large-D
 # sub-Jacobian and probe path, image loops, checkpointed networks, report): the tests' runs.
 TINY = dataclasses.replace(
-    QUICK, num_levels=2, num_diag_samples=2, train_steps_image=4, image_batch=8, loop_points=(8,),
-    bridge_steps=16, noisy_copies=3, noisy_points=6, arch_image="unet-tiny", sub_jacobian_size=16,
-    image_diag_samples=None, image_loop_samples=None, figure_samples=4,
-)  # fmt: skip
+    QUICK,
+    num_levels=2,
+    num_diag_samples=2,
+    train_steps_image=4,
+    image_batch=8,
+    loop_points=(8,),
+    bridge_steps=16,
+    noisy_copies=3,
+    noisy_points=6,
+    arch_image="unet-tiny",
+    sub_jacobian_size=16,
+    image_diag_samples=None,
+    image_loop_samples=None,
+    figure_samples=4,
+)
 
 # Data sets with an exact Gaussian-mixture oracle; every other name is an image set.
 MIXTURES = ("2d", "10d")
@@ -193,10 +246,14 @@ LATENT = dataclasses.replace(
     TRAINING["mnist"],
     model="unet-digits",
     train=TrainConfig(
-        steps=4000, batch_size=64, lr=1e-3, warmup_steps=50, weighting="min-snr",
+        steps=4000,
+        batch_size=64,
+        lr=1e-3,
+        warmup_steps=50,
+        weighting="min-snr",
         checkpoint_every=500,
     ),
-)  # fmt: skip
+)
 VAE_TRAINING = TrainConfig(
     steps=1500, batch_size=64, lr=2e-3, warmup_steps=50, checkpoint_every=500, log_every=50
 )

@@ -31,7 +31,12 @@ def test_python_dash_m_wgfm_runs_the_command_and_the_package_exposes_diagnostics
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
     }
-    out = subprocess.run([sys.executable, "-m", "wgfm", "--help"], capture_output=True, text=True,
-                         env=env, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "wgfm", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
     assert all(c in out for c in ("check", "train", "reproduce", "diagnose", "bench"))
     assert callable(wgfm.diagnostics.sweep) and isinstance(wgfm.__version__, str)

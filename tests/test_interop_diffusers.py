@@ -26,30 +26,54 @@ from wgfm.processes import DiscreteVP, discrete_schedule  # noqa: E402
 PUBLISHED = json.loads((Path(__file__).parent / "fixtures" / "ddpm-cifar10-32.json").read_text())
 CIFAR_UNET = DDPM_CIFAR10_32
 TINY = dict(
-    sample_size=8, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=4,
-    down_block_types=("DownBlock2D", "AttnDownBlock2D"), attention_head_dim=8,
+    sample_size=8,
+    block_out_channels=(16, 32),
+    layers_per_block=1,
+    norm_num_groups=4,
+    down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+    attention_head_dim=8,
     up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-)  # fmt: skip
+)
 CONFIGS = {
     "tiny": (TINY, [3.0, 700.5]),
     # Fourier embedding (timesteps are noise levels > 0), FiLM time conditioning, one input
     # channel, two outputs, right/bottom-padded downsampling, a mid-block scale, GELU.
     "fourier-scale-shift": (
-        dict(sample_size=16, block_out_channels=(16, 32, 32), layers_per_block=2,
-             down_block_types=("AttnDownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-             up_block_types=("AttnUpBlock2D", "UpBlock2D", "AttnUpBlock2D"),
-             norm_num_groups=4, attention_head_dim=None, time_embedding_type="fourier",
-             resnet_time_scale_shift="scale_shift", center_input_sample=True,
-             downsample_padding=0, mid_block_scale_factor=2**0.5, act_fn="gelu",
-             flip_sin_to_cos=False, in_channels=1, out_channels=2, norm_eps=1e-6),
+        dict(
+            sample_size=16,
+            block_out_channels=(16, 32, 32),
+            layers_per_block=2,
+            down_block_types=("AttnDownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+            up_block_types=("AttnUpBlock2D", "UpBlock2D", "AttnUpBlock2D"),
+            norm_num_groups=4,
+            attention_head_dim=None,
+            time_embedding_type="fourier",
+            resnet_time_scale_shift="scale_shift",
+            center_input_sample=True,
+            downsample_padding=0,
+            mid_block_scale_factor=2**0.5,
+            act_fn="gelu",
+            flip_sin_to_cos=False,
+            in_channels=1,
+            out_channels=2,
+            norm_eps=1e-6,
+        ),
         [0.5, 20.0],
     ),
     "mish-attn-groups": (
-        dict(TINY, resnet_time_scale_shift="scale_shift", attn_norm_num_groups=2, freq_shift=1,
-             act_fn="mish", time_embedding_dim=24, attention_head_dim=4, add_attention=True),
+        dict(
+            TINY,
+            resnet_time_scale_shift="scale_shift",
+            attn_norm_num_groups=2,
+            freq_shift=1,
+            act_fn="mish",
+            time_embedding_dim=24,
+            attention_head_dim=4,
+            add_attention=True,
+        ),
         [0.0, 999.0],
     ),
-}  # fmt: skip
+}
 
 
 def _random_unet(config: dict, seed: int = 0):
@@ -294,8 +318,11 @@ def test_missing_files(tmp_path, tiny_dir):
 def test_wrong_shape_names_tensor_and_both_shapes(tiny_dir):
     key = "down_blocks.0.resnets.0.conv1.weight"
     _edit_weights(tiny_dir, lambda s: s.update({key: np.zeros((16, 16, 3, 1), np.float32)}))
-    with pytest.raises(ValueError, match=r"down_blocks\.0\.resnets\.0\.conv1\.weight` has shape "
-                       r"\(16, 16, 3, 1\).*expects \(3, 3, 16, 16\)"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"down_blocks\.0\.resnets\.0\.conv1\.weight` has shape "
+        r"\(16, 16, 3, 1\).*expects \(3, 3, 16, 16\)",
+    ):
         load_unet2d(tiny_dir)
 
 

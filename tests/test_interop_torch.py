@@ -139,10 +139,14 @@ def test_diffusers_unet_asymmetry_equals_flax_port(tmp_path):
 
     torch.manual_seed(0)
     unet = diffusers.UNet2DModel(
-        sample_size=8, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=4,
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"), attention_head_dim=8,
+        sample_size=8,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        attention_head_dim=8,
         up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-    ).eval()  # fmt: skip
+    ).eval()
     with torch.no_grad():
         for p in unet.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -165,8 +169,9 @@ def test_diffusers_unet_asymmetry_equals_flax_port(tmp_path):
     eye[torch.arange(48), torch.from_numpy(np.array(idx))] = 1.0
     xs = torch.from_numpy(np.array(x)).expand(48, 3, 8, 8).contiguous()
     with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
-        cols = torch.func.jvp(lambda a: unet(a, torch.tensor(299.0)).sample, (xs,),
-                              (eye.reshape(48, 3, 8, 8),))[1]  # fmt: skip
+        cols = torch.func.jvp(
+            lambda a: unet(a, torch.tensor(299.0)).sample, (xs,), (eye.reshape(48, 3, 8, 8),)
+        )[1]
     ref = cols.detach().reshape(48, 192).numpy()[:, np.asarray(idx)].T
     scale = np.abs(ref).max()
     # float32: the same PyTorch kernels (1e-6 of the scale), and the port's XLA convolutions

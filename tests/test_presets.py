@@ -100,11 +100,16 @@ def test_cifar10_paper_preset_uses_the_authors_settings(cifar_dir, tmp_path):
     assert isinstance(config.make_process(), VPSigmoid)
     model, train = config.image_training()  # wgfm train's cifar10-paper preset
     assert (model, train.weighting, full.sub_jacobian_size, full.num_levels) == (
-        "unet-cifar10-paper", "min-snr", 64, 100,
-    )  # fmt: skip
+        "unet-cifar10-paper",
+        "min-snr",
+        64,
+        100,
+    )
     assert (full.num_diag_samples, full.image_loop_levels, full.train_steps_image) == (
-        256, None, 100_000,
-    )  # fmt: skip
+        256,
+        None,
+        100_000,
+    )
     ctx = Context(config, sizes=TINY)
     assert ctx.data("cifar10").shape == (40, 32, 32, 3) and ctx.datasets == ("cifar10",)
     net = ctx.network("cifar10")

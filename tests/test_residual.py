@@ -136,8 +136,11 @@ def test_bad_inputs():
 @pytest.mark.parametrize("kind", ["exact", "chunked", "probes"])
 def test_unchecked_residual_same_numbers_no_callback(kind):
     v, _, dens, _ = setup()
-    kw = {"exact": {}, "chunked": {"chunk_size": 1},
-          "probes": {"probes": make_probes(jax.random.key(0), 4, (2,))}}[kind]  # fmt: skip
+    kw = {
+        "exact": {},
+        "chunked": {"chunk_size": 1},
+        "probes": {"probes": make_probes(jax.random.key(0), 4, (2,))},
+    }[kind]
 
     def res(field, x, **extra):
         return transport_residual(field, x, T, **dens, **kw, **extra)

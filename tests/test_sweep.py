@@ -35,8 +35,9 @@ def test_sweep_matches_a_python_loop_and_numpy_quantiles(data):
     )
     assert res.values.shape == (4, 6) and res.quantiles.shape == (5, 4)
     for bs in (1, 4):  # samples in chunks (4 does not divide 6): the same numbers
-        np.testing.assert_allclose(sweep("lambda", field, xs, ts, batch_size=bs).values, loop,
-                                   rtol=1e-12)  # fmt: skip
+        np.testing.assert_allclose(
+            sweep("lambda", field, xs, ts, batch_size=bs).values, loop, rtol=1e-12
+        )
     with pytest.raises(ValueError, match="batch_size"):
         sweep("lambda", field, xs, ts, batch_size=0)
 

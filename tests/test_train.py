@@ -17,8 +17,9 @@ from wgfm.models import get_model, velocity_field
 VP = processes.VP()
 MIX = gmm.ring(dtype=jnp.float32)
 DATA = np.asarray(MIX.sample(4096, key=jax.random.PRNGKey(1)), np.float32)
-RING_CFG = train.TrainConfig(steps=400, batch_size=256, lr=3e-3, warmup_steps=20, log_every=100,
-                             ema_decay=0.99)  # fmt: skip
+RING_CFG = train.TrainConfig(
+    steps=400, batch_size=256, lr=3e-3, warmup_steps=20, log_every=100, ema_decay=0.99
+)
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +40,9 @@ def test_mlp_on_ring_learns_and_samples_match_oracle(eps_run):
     losses = res.logged_losses
     assert losses[-1] < 0.8 * losses[0]
     v = velocity_field(model, res.ema, VP)
-    out = transport.sample_ode(v, VP, key=jax.random.PRNGKey(2), num_samples=1000, shape=(2,),
-                               rtol=1e-3, atol=1e-3)  # fmt: skip
+    out = transport.sample_ode(
+        v, VP, key=jax.random.PRNGKey(2), num_samples=1000, shape=(2,), rtol=1e-3, atol=1e-3
+    )
     ref = MIX.sample(1000, key=jax.random.PRNGKey(3))
     sw = float(metrics.sliced_wasserstein(out.samples, ref, key=jax.random.PRNGKey(4)))
     prior = VP.prior_sample((1000, 2), key=jax.random.PRNGKey(5), dtype=jnp.float32)
@@ -69,8 +71,16 @@ def test_eps_and_flow_matching_objectives_give_the_same_velocity(eps_run, fm_run
 
 @pytest.fixture(scope="module")
 def resume_runs(tmp_path_factory):
-    cfg = train.TrainConfig(steps=40, batch_size=64, lr=1e-3, warmup_steps=5, checkpoint_every=20,
-                            log_every=20, ema_decay=0.9, weighting="min-snr")  # fmt: skip
+    cfg = train.TrainConfig(
+        steps=40,
+        batch_size=64,
+        lr=1e-3,
+        warmup_steps=5,
+        checkpoint_every=20,
+        log_every=20,
+        ema_decay=0.9,
+        weighting="min-snr",
+    )
     model = get_model("mlp-small", predicts="eps", width=32)
     data, key = DATA[:512], jax.random.PRNGKey(7)
     root = tmp_path_factory.mktemp("resume")
@@ -78,8 +88,16 @@ def resume_runs(tmp_path_factory):
     straight = train.fit(model, VP, data, cfg, run_dir=root / "a", **kw)
     first = train.fit(model, VP, data, cfg, run_dir=root / "b", stop_at=20, **kw)
     resumed = train.fit(model, VP, data, cfg, run_dir=root / "b", resume=True, **kw)
-    return dict(cfg=cfg, model=model, data=data, key=key, root=root, straight=straight,
-                first=first, resumed=resumed)  # fmt: skip
+    return dict(
+        cfg=cfg,
+        model=model,
+        data=data,
+        key=key,
+        root=root,
+        straight=straight,
+        first=first,
+        resumed=resumed,
+    )
 
 
 def test_resume_is_bit_identical(resume_runs):
@@ -127,8 +145,16 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(resume_runs, tmp_p
     shutil.rmtree(tmp_path / "run" / "checkpoints" / "40")  # resume from step 20
     huge = np.full_like(r["data"], 1e30)  # finite, but its square overflows float32
     with pytest.raises(train.NonFiniteLossError, match="step 21.*step 20"):
-        train.fit(r["model"], VP, huge, r["cfg"], key=r["key"], run_dir=tmp_path / "run",
-                  resume=True, progress=False)  # fmt: skip
+        train.fit(
+            r["model"],
+            VP,
+            huge,
+            r["cfg"],
+            key=r["key"],
+            run_dir=tmp_path / "run",
+            resume=True,
+            progress=False,
+        )
     assert Checkpointer(tmp_path / "run" / "checkpoints").steps() == [20]
 
 
@@ -146,9 +172,27 @@ def test_non_finite_data_is_rejected_before_training(tmp_path):
 
 
 def test_cli_train_writes_a_run_directory(tmp_path):
-    rc = main(["train", "gmm2d", "--train.steps", "30", "--train.checkpoint-every", "15",
-               "--train.log-every", "15", "--out", str(tmp_path), "--name", "r",
-               "--num-examples", "512", "--figure-samples", "16", "--no-progress"])  # fmt: skip
+    rc = main(
+        [
+            "train",
+            "gmm2d",
+            "--train.steps",
+            "30",
+            "--train.checkpoint-every",
+            "15",
+            "--train.log-every",
+            "15",
+            "--out",
+            str(tmp_path),
+            "--name",
+            "r",
+            "--num-examples",
+            "512",
+            "--figure-samples",
+            "16",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     run = tmp_path / "r"
     cfg = json.loads((run / "config.json").read_text())
@@ -174,8 +218,9 @@ def test_train_step_traces_once():
 def test_snapshots_are_the_ema_of_runs_stopped_there():
     # `snapshot_steps` keeps the EMA after those updates: exactly what a run stopped there ends
     # with (same compiled step, same keys and batches), so a training curve needs one run.
-    cfg = train.TrainConfig(steps=30, batch_size=32, lr=1e-3, warmup_steps=3, log_every=10,
-                            ema_decay=0.9)  # fmt: skip
+    cfg = train.TrainConfig(
+        steps=30, batch_size=32, lr=1e-3, warmup_steps=3, log_every=10, ema_decay=0.9
+    )
     model = get_model("mlp-small", predicts="eps", width=16)
     data, key = DATA[:512], jax.random.PRNGKey(3)
     res = train.fit(model, VP, data, cfg, key=key, progress=False, snapshot_steps=(12, 30))

@@ -37,13 +37,16 @@ def _predict(model: Field, process: AbstractProcess, x0: Array, t: Scalar, eps: 
             f"`eps` must have the shape of `x0` {jnp.shape(x0)}, got {jnp.shape(eps)}."
         )
     if jnp.ndim(t) != 0:
-        raise ValueError(f"`t` must be a scalar (one time per example; vmap over examples), "
-                         f"got shape {jnp.shape(t)}.")  # fmt: skip
+        raise ValueError(
+            f"`t` must be a scalar (one time per example; vmap over examples), "
+            f"got shape {jnp.shape(t)}."
+        )
     check_time("t", t, process.t_min, process.t_max, f"the losses of {type(process).__name__}")
     pred = model(process.alpha(t) * x0 + process.sigma(t) * eps, t)
     if jnp.shape(pred) != jnp.shape(x0):
-        raise ValueError(f"`model` must return an array shaped like `x0` {jnp.shape(x0)}, got "
-                         f"{jnp.shape(pred)}.")  # fmt: skip
+        raise ValueError(
+            f"`model` must return an array shaped like `x0` {jnp.shape(x0)}, got {jnp.shape(pred)}."
+        )
     return pred
 
 

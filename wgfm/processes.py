@@ -300,8 +300,10 @@ class DiscreteVP(AbstractProcess):
     def __check_init__(self):
         b = np.asarray(self.betas, np.float64)
         if b.ndim != 1 or b.size < 2 or not np.all((b > 0) & (b <= 1)):
-            raise ValueError(f"`betas` must be >= 2 values in (0, 1], got {b.size} values "
-                             f"in [{b.min(initial=np.inf)}, {b.max(initial=-np.inf)}].")  # fmt: skip
+            raise ValueError(
+                f"`betas` must be >= 2 values in (0, 1], got {b.size} values "
+                f"in [{b.min(initial=np.inf)}, {b.max(initial=-np.inf)}]."
+            )
         _check_interval(self.t_min, self.t_max)
         if self.t_max > 1.0 or (b[-1] >= 1.0 and self.t_max > (b.size - 1) / b.size):
             raise ValueError(

@@ -512,8 +512,14 @@ def _save(ckpt: Checkpointer, state: TrainState, step: int, n: int, config, meta
 def _log_metrics(run_dir: Path, step: int, loss: float, rate: float, n: int, config) -> None:
     lr = float(np.asarray(make_optimizer_schedule(config)(step)))
     epoch, _ = data_position(n, config.batch_size, step)
-    rec = {"step": step, "loss": loss, "lr": lr, "steps_per_s": rate, "epoch": epoch,
-           "time": time.time()}  # fmt: skip
+    rec = {
+        "step": step,
+        "loss": loss,
+        "lr": lr,
+        "steps_per_s": rate,
+        "epoch": epoch,
+        "time": time.time(),
+    }
     with open(run_dir / "metrics.jsonl", "a") as f:
         f.write(json.dumps(rec) + "\n")
 

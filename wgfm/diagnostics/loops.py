@@ -322,8 +322,9 @@ def loop_reports(
     batched call replaces one per loop. Same numbers as separate calls."""
     if len(loops) == 0:
         raise ValueError("`loops` must hold at least one loop.")
-    loops = [check_closed(f"loops[{i}]", jnp.asarray(lp), checked=checked)
-             for i, lp in enumerate(loops)]  # fmt: skip
+    loops = [
+        check_closed(f"loops[{i}]", jnp.asarray(lp), checked=checked) for i, lp in enumerate(loops)
+    ]
     loops = _materialize(loops)
     shapes = {lp.shape[1:] for lp in loops}
     if len(shapes) != 1:

@@ -57,8 +57,9 @@ def transport_residual(
     for name, fn in (("log_density", log_density), ("dt_log_density", dt_log_density)):
         shape = jax.eval_shape(fn, x, t).shape  # static: checked under jit too
         if shape != ():
-            raise ValueError(f"`{name}` must return a scalar per point (a scalar field), got "
-                             f"shape {shape}.")  # fmt: skip
+            raise ValueError(
+                f"`{name}` must return a scalar per point (a scalar field), got shape {shape}."
+            )
     grad_logp = jax.grad(log_density)(x, t)
     out = dt_log_density(x, t) + div + jnp.sum(v * grad_logp)
     return check_finite(out, x, t, "transport residual", checked=checked)

@@ -179,9 +179,11 @@ def scheduler_process(config: dict) -> tuple[DiscreteVP, str]:
     """``(DiscreteVP, prediction_type)`` of a diffusers scheduler config (DDPM, DDIM, PNDM ...:
     any scheduler defined by betas)."""
     name = config.get("_class_name", "DDPMScheduler")
-    if "beta_schedule" not in config and config.get("trained_betas") is None and name not in (
-        "DDPMScheduler", "DDIMScheduler"
-    ):  # fmt: skip
+    if (
+        "beta_schedule" not in config
+        and config.get("trained_betas") is None
+        and name not in ("DDPMScheduler", "DDIMScheduler")
+    ):
         raise ValueError(f"scheduler {name!r} is not defined by betas; it cannot be mapped.")
     prediction_type = config.get("prediction_type", "epsilon")
     if prediction_type not in KINDS:

@@ -139,8 +139,11 @@ class UNet2D(nn.Module):
     freq_shift: float = 0
     flip_sin_to_cos: bool = True
     down_block_types: Sequence[str] = (
-        "DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"
-    )  # fmt: skip
+        "DownBlock2D",
+        "AttnDownBlock2D",
+        "AttnDownBlock2D",
+        "AttnDownBlock2D",
+    )
     mid_block_type: str | None = "UNetMidBlock2D"
     up_block_types: Sequence[str] = ("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D")
     block_out_channels: Sequence[int] = (224, 448, 672, 896)
@@ -166,8 +169,15 @@ class UNet2D(nn.Module):
             raise ValueError(f"`x` must have {self.in_channels} channels, got shape {shape}.")
 
     def _resnet(self, ch: int, name: str, output_scale: float = 1.0) -> ResnetBlock2D:
-        return ResnetBlock2D(ch, self.norm_num_groups, self.norm_eps, self.act_fn,
-                             self.resnet_time_scale_shift, output_scale, name=name)  # fmt: skip
+        return ResnetBlock2D(
+            ch,
+            self.norm_num_groups,
+            self.norm_eps,
+            self.act_fn,
+            self.resnet_time_scale_shift,
+            output_scale,
+            name=name,
+        )
 
     def _attn(self, ch: int, name: str, groups, output_scale: float = 1.0) -> Attention:
         head_dim = self.attention_head_dim or ch
