@@ -221,3 +221,23 @@ def test_times_grid_is_the_authors_grid_thinned():
 
 def test_diagnosis_is_exported_at_the_top_level():
     assert wgfm.diagnose is diagnose and wgfm.Diagnosis is Diagnosis
+
+
+def test_beyond_the_exact_dimension_the_headline_is_the_full_dimension_estimate():
+    """A random K x K block certifies asymmetry but is not its size: the first number reported
+    is the probe estimate of the full ratio, the sub-Jacobian is labelled a certificate."""
+    a = np.asarray(jax.random.normal(jax.random.key(3), (6, 6)), np.float32)
+    x = np.asarray(jax.random.normal(jax.random.key(4), (16, 6)), np.float32)
+    sizes = DiagnoseSizes(**{**SIZES.__dict__, "max_exact_dim": 4, "num_probes": 64})
+    d = diagnose(
+        _linear(a), wgfm.VP(), x, key=jax.random.key(5), kind="score", sizes=sizes, claims=(1,)
+    )
+    row = d.rows[TITLES[1]][0]
+    assert row.measured.startswith("median full-dimension lambda (64-probe estimate)")
+    assert "certificate: median 2x2 sub-Jacobian lambda" in row.measured
+    num = d.numbers["differential"]
+    probe = np.asarray(num["median_probe_ratio"]["trained"])
+    assert f"{float(probe.min()):.3g}" in row.measured
+    lam = np.linalg.norm(a - a.T) / np.linalg.norm(a)
+    # 64 Rademacher probes of a 6x6 map: a few percent relative error per estimate
+    np.testing.assert_allclose(probe, lam, rtol=0.25)
