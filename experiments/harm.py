@@ -91,9 +91,12 @@ def oracle_part(ctx: Context, report: Report, title: str) -> dict:
             ),
         )
     fig = metric_vs_strength(
-        np.asarray(sz.strengths), curves, max(f["sw2"] for f in fl_seen.values()),
-        "sliced W2 to the data law", "Transport under non-conservative errors (oracle)",
-    )  # fmt: skip
+        np.asarray(sz.strengths),
+        curves,
+        max(f["sw2"] for f in fl_seen.values()),
+        "sliced W2 to the data law",
+        "Transport under non-conservative errors (oracle)",
+    )
     report.save_figure(title, fig, "harm_vs_strength")
     return out
 
@@ -107,18 +110,20 @@ def trained_part(ctx: Context, report: Report, title: str) -> dict:
     numbers = harm_design.measure(ctx)
     an = harm_design.analyse(numbers, seed=ctx.config.seed, n_resamples=ctx.sizes.harm_resamples)
     n, b = an["n_fields"], an["n_bases"]
-    how = (f"{n} fields: {b} base networks, each also + harmless and + generic score errors of "
-           f"sizes {', '.join(fmt(s) for s in numbers['strengths'])} x ||grad log p_t||; "
-           f"95% bootstrap intervals resampling base networks with their copies "
-           f"({an['n_resamples']} resamples)")  # fmt: skip
+    how = (
+        f"{n} fields: {b} base networks, each also + harmless and + generic score errors of "
+        f"sizes +-{', +-'.join(fmt(s) for s in numbers['strengths'])} x ||grad log p_t||; "
+        "quality below its noise floor censored to it (ties); "
+        f"95% bootstrap intervals resampling base networks with their copies "
+        f"({an['n_resamples']} resamples)"
+    )
     for m, label in harm_design.METRICS.items():
         a = an[m]
 
         def iv(k, a=a):
             return Interval(**a[k]).text()
 
-        floor = (f"; {an['at_floor'][m]} of {n} at the noise floor" if m in an["at_floor"]
-                 else "")  # fmt: skip
+        floor = f"; {an['at_floor'][m]} of {n} at the noise floor" if m in an["at_floor"] else ""
         report.add(
             title,
             ClaimRow(
@@ -130,9 +135,11 @@ def trained_part(ctx: Context, report: Report, title: str) -> dict:
                 f"Spearman {iv('spearman_lambda')}; slope {iv('slope_lambda')}",
                 bool(a["verdict"]),
                 f"holds iff the first interval excludes 0 (positive) and the second contains 0; "
-                f"{how}{floor}" if m == "sw2" else f"as above{floor}",
+                f"{how}{floor}"
+                if m == "sw2"
+                else f"as above{floor}",
             ),
-        )  # fmt: skip
+        )
     h, g = an["+harmless"], an["+generic"]
     report.add(
         title,
@@ -140,15 +147,20 @@ def trained_part(ctx: Context, report: Report, title: str) -> dict:
             "the design separates the two: + A grad log p_t keeps each network's residual and "
             "raises its lambda; a generic error raises both",
             f"+ harmless: residual changed by at most {fmt(h['max_rel_residual_change'], 2)} "
-            f"(relative), lambda x{fmt(h['median_lambda_ratio'], 3)} (median)",
+            f"(relative), lambda x{fmt(h['median_lambda_ratio'], 3)} (median); "
+            f"mean log SW2 ratio to the network's own {Interval(**h['sw2_log_ratio']).text()}",
             f"+ generic: residual x{fmt(g['median_residual_ratio'], 3)}, "
-            f"lambda x{fmt(g['median_lambda_ratio'], 3)} (medians)",
-            bool(h["max_rel_residual_change"] < RESIDUAL_TOL and h["median_lambda_ratio"] > 1.5
-                 and g["median_residual_ratio"] > 1.5),
+            f"lambda x{fmt(g['median_lambda_ratio'], 3)} (medians); mean log SW2 ratio "
+            f"{Interval(**g['sw2_log_ratio']).text()}",
+            bool(
+                h["max_rel_residual_change"] < RESIDUAL_TOL
+                and h["median_lambda_ratio"] > 1.5
+                and g["median_residual_ratio"] > 1.5
+            ),
             f"residual unchanged to {RESIDUAL_TOL:g} (float32 sweeps), lambda and the generic "
             "residual at least 1.5x",
         ),
-    )  # fmt: skip
+    )
     sh = Interval(**an["harmless_share_mean"])
     shares = np.array([s["share"] for s in numbers["shares"]])
     report.add(
@@ -164,7 +176,7 @@ def trained_part(ctx: Context, report: Report, title: str) -> dict:
             "observation; holds iff the interval lies above 20%; per network in results.json "
             "and the figure",
         ),
-    )  # fmt: skip
+    )
     report.save_figure(title, harm_design.figure_quality(numbers), "quality_vs_lambda_residual")
     report.save_figure(title, harm_design.figure_shares(numbers), "harmless_share")
     return {**numbers, "analysis": an}

@@ -94,14 +94,25 @@ def _train(ctx: Context, objective: str, arch: str, seed: int) -> Trained:
     steps = sz.train_steps_2d
     model = get_model(arch, predicts=predicts, conservative=conservative)
     cfg = TrainConfig(
-        steps=steps, batch_size=sz.batch_size, lr=2e-3, warmup_steps=min(100, steps // 10),
-        ema_decay=max(0.0, min(0.999, 1.0 - 10.0 / steps)), weighting=weighting or "uniform",
+        steps=steps,
+        batch_size=sz.batch_size,
+        lr=2e-3,
+        warmup_steps=min(100, steps // 10),
+        ema_decay=max(0.0, min(0.999, 1.0 - 10.0 / steps)),
+        weighting=weighting or "uniform",
         log_every=max(1, min(100, steps)),
-    )  # fmt: skip
+    )
     snaps = sorted({max(1, int(f * steps)) for f in sz.snapshots} - {steps})
     t0 = time.perf_counter()
-    res = fit(model, ctx.process, ctx.data("2d"), cfg, key=ctx.key(f"harm-net-{arch}-{seed}"),
-              progress=False, snapshot_steps=snaps)  # fmt: skip
+    res = fit(
+        model,
+        ctx.process,
+        ctx.data("2d"),
+        cfg,
+        key=ctx.key(f"harm-net-{arch}-{seed}"),
+        progress=False,
+        snapshot_steps=snaps,
+    )
     jax.block_until_ready(res.ema)
     secs = time.perf_counter() - t0
     loss = float(res.logged_losses[-1]) if len(res.logged_losses) else float("nan")
@@ -130,8 +141,10 @@ def _unit_errors(ctx: Context):
     k1, k2, k3 = jax.random.split(ctx.key("harm-design-errors"), 3)
     score = gmm.score_field(mix, proc)
     a = perturbations.random_antisymmetric(2, key=k1).astype(jnp.float32)
-    errs = {"+harmless": perturbations.AntisymmetricScore(score, a),
-            "+generic": perturbations.GenericError(2, key=k2)}  # fmt: skip
+    errs = {
+        "+harmless": perturbations.AntisymmetricScore(score, a),
+        "+generic": perturbations.GenericError(2, key=k2),
+    }
     return {
         k: perturbations.scale_to_size(e, mix, proc, 1.0, key=k3, relative_to=score)
         for k, e in errs.items()
@@ -155,15 +168,23 @@ def measure(ctx: Context) -> dict:
     sz = ctx.sizes
     mix = ctx.mix2d
     ts = times_grid(ctx.process, LEVELS)
-    xs = marginal_samples(ctx, mix, ts, sz.num_diag_samples * SAMPLES_FACTOR,
-                          ctx.key("harm-design-x"))  # fmt: skip
+    xs = marginal_samples(
+        ctx, mix, ts, sz.num_diag_samples * SAMPLES_FACTOR, ctx.key("harm-design-x")
+    )
     held_out = mix.sample(sz.num_likelihood, key=ctx.key("harm-design-ll"))
     exact_nll = -float(np.mean(np.asarray(jax.vmap(mix.log_density)(held_out))))
     units = _unit_errors(ctx)
     bases = base_networks(ctx)
-    variants = [("trained", 0.0)] + [(f, s) for f in FAMILIES[1:] for s in sz.harm_strengths]
+    # Each error with both signs: in 2D the unit antisymmetric A is one of two rotations, and a
+    # network's own error (an angular bias, say) can be undone by one direction and doubled by
+    # the other; with both, neither direction of the harmless error is favoured by the draw.
+    variants = [("trained", 0.0)] + [
+        (f, sign * s) for f in FAMILIES[1:] for s in sz.harm_strengths for sign in (1.0, -1.0)
+    ]
     rows: list[dict] = []
+    t0 = time.perf_counter()
     for b_idx, base in enumerate(bases):
+        ctx.console.log(f"claim 4: {base.name} ({time.perf_counter() - t0:.0f} s into the design)")
         for family, size in variants:
             score = designed_score(base.net.score(), units, family, size)
             vel = wgf_velocity(ctx.process, score)
@@ -175,11 +196,20 @@ def measure(ctx: Context) -> dict:
             q = sample_quality(ctx, vel, mix, sz.num_eval_samples, ctx.key("harm-design-q"))
             ll = log_likelihood(vel, ctx.process, held_out, rtol=1e-4, atol=1e-4)
             nll = -float(np.mean(np.asarray(ll.log_likelihood)))
-            rows.append({
-                "base": b_idx, "run": base.run, "network": base.name, "family": family,
-                "size": size, "lambda": lam, "residual": res, "sw2": q["sw2"], "mmd": q["mmd"],
-                "excess_nll": nll - exact_nll,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "base": b_idx,
+                    "run": base.run,
+                    "network": base.name,
+                    "family": family,
+                    "size": size,
+                    "lambda": lam,
+                    "residual": res,
+                    "sw2": q["sw2"],
+                    "mmd": q["mmd"],
+                    "excess_nll": nll - exact_nll,
+                }
+            )
     return {
         "rows": rows,
         "bases": [b.name for b in bases],
@@ -212,8 +242,9 @@ def harmless_shares(ctx: Context, bases: list[Base]) -> list[dict]:
                 )
             h2, f2 = float(split.harmless) ** 2, float(split.harmful) ** 2
             shares.append(h2 / (h2 + f2))
-        out.append({"network": base.name, "share": shares[0],
-                    "discretisation": abs(shares[0] - shares[1])})  # fmt: skip
+        out.append(
+            {"network": base.name, "share": shares[0], "discretisation": abs(shares[0] - shares[1])}
+        )
     return out
 
 
@@ -230,9 +261,13 @@ class _Scaled(eqx.Module):
 # quality metric -> label; the verdict of the claim is SW2's, the others are reported beside it
 METRICS = {"sw2": "SW2", "mmd": "MMD", "excess_nll": "excess NLL"}
 STATISTICS = (
-    "spearman_residual", "spearman_lambda", "partial_residual_given_lambda",
-    "partial_lambda_given_residual", "slope_residual", "slope_lambda",
-)  # fmt: skip
+    "spearman_residual",
+    "spearman_lambda",
+    "partial_residual_given_lambda",
+    "partial_lambda_given_residual",
+    "slope_residual",
+    "slope_lambda",
+)
 
 
 def analyse(numbers: dict, *, seed: int, n_resamples: int) -> dict:
@@ -244,44 +279,81 @@ def analyse(numbers: dict, *, seed: int, n_resamples: int) -> dict:
     col = {k: np.array([r[k] for r in rows]) for k in ("lambda", "residual", "base", *METRICS)}
     fam = np.array([r["family"] for r in rows])
     rk = stats.rankdata
-    out: dict = {"n_fields": len(rows), "n_bases": len(numbers["bases"]),
-                 "n_resamples": n_resamples}  # fmt: skip
+    out: dict = {
+        "n_fields": len(rows),
+        "n_bases": len(numbers["bases"]),
+        "n_resamples": n_resamples,
+    }
+    floor = numbers["floor"]
     for m in METRICS:
+        # Below its noise floor a metric cannot order two sample sets (two exact ones differ by
+        # that much): values under the floor are censored to it, so they tie in the ranks.
+        y_m = np.maximum(col[m], floor[m]) if m in floor else col[m]
 
-        def stat(idx, y=col[m]):
+        def stat(idx, y=y_m):
             lam, res, q = col["lambda"][idx], col["residual"][idx], y[idx]
             slope = standardized_regression(rk(q), rk(res), rk(lam))
-            return np.array([
-                spearman(res, q), spearman(lam, q), partial_spearman(q, res, lam),
-                partial_spearman(q, lam, res), slope[0], slope[1],
-            ])  # fmt: skip
+            return np.array(
+                [
+                    spearman(res, q),
+                    spearman(lam, q),
+                    partial_spearman(q, res, lam),
+                    partial_spearman(q, lam, res),
+                    slope[0],
+                    slope[1],
+                ]
+            )
 
         est, lo, hi = cluster_bootstrap(stat, col["base"], seed=seed, n_resamples=n_resamples)
-        iv = {s: Interval(float(e), float(a), float(b))
-              for s, e, a, b in zip(STATISTICS, est, lo, hi, strict=True)}  # fmt: skip
+        iv = {
+            s: Interval(float(e), float(a), float(b))
+            for s, e, a, b in zip(STATISTICS, est, lo, hi, strict=True)
+        }
         out[m] = {
             **{s: dataclasses.asdict(v) for s, v in iv.items()},
-            "verdict": transport_verdict(iv["partial_residual_given_lambda"],
-                                         iv["partial_lambda_given_residual"]),
-        }  # fmt: skip
-    floor = numbers["floor"]
-    out["at_floor"] = {"sw2": int(np.sum(col["sw2"] <= floor["sw2"])),
-                       "mmd": int(np.sum(col["mmd"] <= floor["mmd"]))}  # fmt: skip
+            "verdict": transport_verdict(
+                iv["partial_residual_given_lambda"], iv["partial_lambda_given_residual"]
+            ),
+        }
+    out["at_floor"] = {
+        "sw2": int(np.sum(col["sw2"] <= floor["sw2"])),
+        "mmd": int(np.sum(col["mmd"] <= floor["mmd"])),
+    }
     # The design's premise, measured: the harmless error keeps each base network's residual
     # and raises its lambda; the generic one raises both.
-    trained = {int(b): i for i, (b, f) in enumerate(zip(col["base"], fam, strict=True))
-               if f == "trained"}  # fmt: skip
+    trained = {
+        int(b): i for i, (b, f) in enumerate(zip(col["base"], fam, strict=True)) if f == "trained"
+    }
     for f in FAMILIES[1:]:
         idx = np.flatnonzero(fam == f)
         ref = np.array([trained[int(b)] for b in col["base"][idx]])
         out[f] = {
-            "max_rel_residual_change": float(np.max(np.abs(col["residual"][idx] / col["residual"][ref] - 1))),
+            "max_rel_residual_change": float(
+                np.max(np.abs(col["residual"][idx] / col["residual"][ref] - 1))
+            ),
             "median_residual_ratio": float(np.median(col["residual"][idx] / col["residual"][ref])),
             "median_lambda_ratio": float(np.median(col["lambda"][idx] / col["lambda"][ref])),
-        }  # fmt: skip
+        }
+        # The paired effect on quality: mean log ratio of the copy's censored SW2 to its base
+        # network's (0: unchanged), with its interval over base networks.
+        sw = np.maximum(col["sw2"], floor["sw2"])
+        lr = np.log(sw[idx] / sw[ref])
+        est, lo, hi = cluster_bootstrap(
+            lambda i, lr=lr: np.array([lr[i].mean()]),
+            col["base"][idx],
+            seed=seed,
+            n_resamples=n_resamples,
+        )
+        out[f]["sw2_log_ratio"] = dataclasses.asdict(
+            Interval(float(est[0]), float(lo[0]), float(hi[0]))
+        )
     share = np.array([s["share"] for s in numbers["shares"]])
-    est, lo, hi = cluster_bootstrap(lambda i: np.array([share[i].mean()]), np.arange(len(share)),
-                                    seed=seed, n_resamples=n_resamples)  # fmt: skip
+    est, lo, hi = cluster_bootstrap(
+        lambda i: np.array([share[i].mean()]),
+        np.arange(len(share)),
+        seed=seed,
+        n_resamples=n_resamples,
+    )
     out["harmless_share_mean"] = dataclasses.asdict(
         Interval(float(est[0]), float(lo[0]), float(hi[0]))
     )
@@ -292,6 +364,7 @@ def analyse(numbers: dict, *, seed: int, n_resamples: int) -> dict:
 
 
 _COLOURS = {"trained": "C0", "+harmless": "C2", "+generic": "C3"}
+LAMBDA_DRAWN_MIN = 1e-3
 
 
 def figure_quality(numbers: dict):
@@ -299,6 +372,7 @@ def figure_quality(numbers: dict):
     joined to its perturbed copies, the noise floor (SW2) dashed: a harmless copy moves right
     in lambda and stays put in the residual."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     rows = numbers["rows"]
     fig, axes = plt.subplots(2, 2, figsize=(10, 7.5), sharey="row")
@@ -309,33 +383,66 @@ def figure_quality(numbers: dict):
             by_base: dict[int, dict] = {}
             for row in rows:
                 by_base.setdefault(row["base"], {}).setdefault(row["family"], []).append(row)
+
+            def xv(q, x=x):  # the conservative head's lambda is rounding (~1e-8): drawn at 1e-3
+                return max(q[x], LAMBDA_DRAWN_MIN) if x == "lambda" else q[x]
+
             for fams in by_base.values():
                 t0 = fams["trained"][0]
                 for f in FAMILIES[1:]:
-                    pts = [t0] + sorted(fams.get(f, []), key=lambda q: q["size"])
-                    ax.plot([p[x] for p in pts], [p[metric] for p in pts], color=_COLOURS[f],
-                            lw=0.6, alpha=0.35)  # fmt: skip
+                    for sign in (1, -1):
+                        pts = [t0] + sorted(
+                            (q for q in fams.get(f, []) if q["size"] * sign > 0),
+                            key=lambda q: abs(q["size"]),
+                        )
+                        ax.plot(
+                            [xv(p) for p in pts],
+                            [p[metric] for p in pts],
+                            color=_COLOURS[f],
+                            lw=0.6,
+                            alpha=0.35,
+                        )
             for f in FAMILIES:
                 pts = [q for q in rows if q["family"] == f]
-                ms = [12 if f == "trained" else 12 + 30 * (sizes.index(q["size"]) + 1) / len(sizes)
-                      for q in pts]  # fmt: skip
-                ax.scatter([q[x] for q in pts], [q[metric] for q in pts], s=ms,
-                           color=_COLOURS[f], alpha=0.75, label=f, edgecolors="none")  # fmt: skip
+                ms = [
+                    12
+                    if f == "trained"
+                    else 12 + 30 * (sizes.index(abs(q["size"])) + 1) / len(sizes)
+                    for q in pts
+                ]
+                ax.scatter(
+                    [xv(q) for q in pts],
+                    [q[metric] for q in pts],
+                    s=ms,
+                    color=_COLOURS[f],
+                    alpha=0.75,
+                    label=f,
+                    edgecolors="none",
+                )
             if metric == "sw2":
                 ax.axhline(numbers["floor"]["sw2"], color="k", ls="--", lw=1, label="noise floor")
                 ax.set_yscale("log")
             else:
                 ax.axhline(0.0, color="k", ls=":", lw=1, label="exact density")
             ax.set_xscale("log")
-            ax.set_xlabel("median asymmetry ratio lambda" if x == "lambda"
-                          else "median relative transport residual")  # fmt: skip
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlabel(
+                f"median asymmetry ratio lambda (below {LAMBDA_DRAWN_MIN:g}: at it)"
+                if x == "lambda"
+                else "median relative transport residual"
+            )
             if c == 0:
-                ax.set_ylabel("sliced W2 to the data law" if metric == "sw2"
-                              else "NLL of held-out data - exact NLL")  # fmt: skip
+                ax.set_ylabel(
+                    "sliced W2 to the data law"
+                    if metric == "sw2"
+                    else "NLL of held-out data - exact NLL"
+                )
     axes[0, 0].legend(fontsize=8)
-    fig.suptitle("Sample quality against lambda and against the transport residual\n"
-                 "(marker size: perturbation size; lines join a network to its copies)",
-                 fontsize=10)  # fmt: skip
+    fig.suptitle(
+        "Sample quality against lambda and against the transport residual\n"
+        "(marker size: perturbation size; lines join a network to its copies)",
+        fontsize=10,
+    )
     fig.tight_layout()
     return fig
 
@@ -347,12 +454,17 @@ def figure_shares(numbers: dict):
     sh = numbers["shares"]
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(sh)), 4))
     x = np.arange(len(sh))
-    ax.bar(x, [s["share"] for s in sh], color="C2", yerr=[s["discretisation"] for s in sh],
-           capsize=2)  # fmt: skip
+    ax.bar(
+        x, [s["share"] for s in sh], color="C2", yerr=[s["discretisation"] for s in sh], capsize=2
+    )
     ax.set_xticks(x)
     ax.set_xticklabels([s["network"] for s in sh], rotation=80, fontsize=6)
-    ax.set_ylabel(f"harmless share of ||v_theta - v||^2 at t = {T_SPLIT}")
+    ax.set_ylabel("harmless share of ||v_theta - v||^2")
     ax.set_ylim(0, 1)
-    ax.set_title("Learned error: share that leaves the marginals unchanged (2D Helmholtz split)")
+    ax.set_title(
+        f"Learned error at t = {T_SPLIT}: share with div(p_t r) = 0\n"
+        "(2D density-weighted Helmholtz split; bars: discretisation)",
+        fontsize=9,
+    )
     fig.tight_layout()
     return fig

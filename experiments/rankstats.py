@@ -62,9 +62,12 @@ def partial_corr(
     formula): the correlation of what is left of ``x`` and of ``y`` after a linear fit on ``z``."""
     r = np.corrcoef(np.stack([np.asarray(x), np.asarray(y), np.asarray(z)]))
     rxy, rxz, ryz = r[0, 1], r[0, 2], r[1, 2]
-    den = np.sqrt(max((1.0 - rxz**2) * (1.0 - ryz**2), 0.0))
-    # z determines x or y up to a line: nothing is left to correlate.
-    return float((rxy - rxz * ryz) / den) if den > 1e-12 else float("nan")
+    ax, ay = 1.0 - rxz**2, 1.0 - ryz**2
+    # z determines x or y up to a line (1 - r^2 at float64 rounding, ~1e-16): nothing is left
+    # to correlate.
+    if min(ax, ay) < 1e-10:
+        return float("nan")
+    return float((rxy - rxz * ryz) / np.sqrt(ax * ay))
 
 
 def partial_spearman(
