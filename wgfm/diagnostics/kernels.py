@@ -20,7 +20,14 @@ from jaxtyping import Array
 
 from ..processes import AbstractProcess
 from . import loops
-from .jacobian import asymmetry, jacobian, probe_asymmetry, random_indices, sub_jacobian
+from .jacobian import (
+    JACOBIAN_CHUNK,
+    asymmetry,
+    jacobian,
+    probe_asymmetry,
+    random_indices,
+    sub_jacobian,
+)
 
 FAMILIES = ("circle", "bridge", "pair rotation", "noisy copies")
 
@@ -28,10 +35,11 @@ FAMILIES = ("circle", "bridge", "pair rotation", "noisy copies")
 class ExactAsymmetry(eqx.Module):
     """``(lambda, NAsym)`` of the exact ``D x D`` Jacobian of ``field`` at ``(x, t)``.
 
-    ``chunk_size`` columns at a time (``None``: all at once). A U-Net's 784 tangents at once
-    would hold 784 copies of its activations; chunks bound that memory."""
+    ``chunk_size`` columns at a time (``None``: all at once; default :func:`jacobian`'s). A
+    U-Net's 784 tangents at once would hold 784 copies of its activations; chunks bound that
+    memory."""
 
-    chunk_size: int | None = eqx.field(static=True, default=None)
+    chunk_size: int | None = eqx.field(static=True, default=JACOBIAN_CHUNK)
 
     def __call__(self, field, x, t, *, checked: bool = True) -> tuple[Array, Array]:
         a = asymmetry(jacobian(field, x, t, chunk_size=self.chunk_size, checked=checked))
