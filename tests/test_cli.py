@@ -40,3 +40,31 @@ def test_python_dash_m_wgfm_runs_the_command_and_the_package_exposes_diagnostics
     ).stdout
     assert all(c in out for c in ("check", "train", "reproduce", "diagnose", "bench"))
     assert callable(wgfm.diagnostics.sweep) and isinstance(wgfm.__version__, str)
+
+
+def test_check_thresholds_sit_near_rounding_and_catch_a_small_error(monkeypatch):
+    import jax
+    import jax.numpy as jnp
+
+    from wgfm import check, gmm
+    from wgfm.processes import VP
+
+    with jax.enable_x64(True):
+        mixture = gmm.ring(num_modes=8, radius=4.0, std=0.5, dtype=jnp.float64)
+        good = check.check_process("vp", VP(), mixture, 16, jax.random.key(0))
+        assert good.passed
+        # Every identity holds far below its threshold (rounding, not the threshold, is measured).
+        assert good.residual < 1e-2 * check.TOLERANCES["residual"]
+        assert good.score_error < 1e-2 * check.TOLERANCES["score_error"]
+        assert good.roundtrip_error < 1e-2 * check.TOLERANCES["roundtrip_error"]
+        # A velocity off by 1e-8 relative (a slightly wrong drift) breaks the continuity equation
+        # by ~1e-8 of its terms: the former threshold (1e-7) let it pass, this one does not.
+        exact = gmm.velocity_field
+
+        def wrong(mix, process):
+            v = exact(mix, process)
+            return lambda x, t: v(x, t) * (1 + 1e-8)
+
+        monkeypatch.setattr(check.gmm, "velocity_field", wrong)
+        bad = check.check_process("vp", VP(), mixture, 16, jax.random.key(0))
+        assert not bad.passed and 1e-9 < bad.residual < 1e-7, bad
