@@ -459,6 +459,64 @@ class LinearInterpolant(AbstractProcess):
         return -0.5 * jnp.sum(x**2) - 0.5 * x.size * jnp.log(2 * jnp.pi)
 
 
+class ShiftedInterpolant(AbstractProcess):
+    """The linear interpolant in shifted time: ``x_t = (1 - s_t) x0 + s_t eps`` with
+    ``s_t = shift t / (1 + (shift - 1) t)`` (the timestep shift of Esser et al. 2024, eq. 23;
+    diffusers' ``FlowMatchEulerDiscreteScheduler(shift=...)``). ``shift = 1`` is
+    :class:`LinearInterpolant`. So ``alpha_t = (1 - t) / (1 + (shift - 1) t)``,
+    ``d sigma/dt = shift / (1 + (shift - 1) t)^2``, ``d log alpha/dt = -shift / ((1 - t)(1 +
+    (shift - 1) t))`` and the formal ``g^2 = 2 sigma sigma' / (1 - sigma)``: a flow, not an SDE,
+    singular at ``t = 1`` (hence ``t_max < 1``)."""
+
+    shift: float = 1.0
+    t_min: float = 1e-3
+    t_max: float = 0.999
+
+    def __check_init__(self):
+        check_positive("shift", self.shift)
+        _check_interval(self.t_min, self.t_max)
+        if self.t_max >= 1.0:
+            raise ValueError(f"`t_max` must be < 1 (alpha(1) = 0), got {self.t_max}.")
+
+    @property
+    def has_sde(self) -> bool:
+        return False
+
+    def _d(self, t):
+        return 1.0 + (self.shift - 1.0) * _f(t)
+
+    def alpha(self, t):
+        self.check_time(t)
+        # (1 - t) / D rather than 1 - sigma: exact as t -> 1.
+        return (1.0 - _f(t)) / self._d(t)
+
+    def sigma(self, t):
+        self.check_time(t)
+        return self.shift * _f(t) / self._d(t)
+
+    def dsigma(self, t):
+        return self.shift / self._d(t) ** 2
+
+    def dlog_alpha(self, t):
+        return -self.shift / ((1.0 - _f(t)) * self._d(t))
+
+    def g2(self, t):
+        t = _f(t)
+        return 2.0 * self.shift**2 * t / (self._d(t) ** 2 * (1.0 - t))
+
+    def time_of_sigma(self, sigma: Scalar) -> Array:
+        """The inverse of ``sigma_t``: ``t = sigma / (shift - (shift - 1) sigma)``."""
+        s = _f(sigma)
+        return s / (self.shift - (self.shift - 1.0) * s)
+
+    def prior_sample(self, shape, *, key, dtype=None):
+        dtype = dtype or jnp.result_type(float)
+        return jax.random.normal(key, shape, dtype=dtype)
+
+    def prior_log_density(self, x):
+        return -0.5 * jnp.sum(x**2) - 0.5 * x.size * jnp.log(2 * jnp.pi)
+
+
 class EDM(AbstractProcess):
     """EDM (Karras et al.): ``alpha = 1``, ``sigma = t``, ``g = sqrt(2 t)``, on [0.002, 80]."""
 

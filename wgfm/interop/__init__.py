@@ -16,9 +16,8 @@ from .diffusers import (
     convert_state_dict,
     load_diffusers,
     load_unet2d,
-    scheduler_betas,
-    scheduler_process,
 )
+from .schedulers import SchedulerMap, scheduler_betas, scheduler_map, scheduler_process
 
 if TYPE_CHECKING:
     from .torch import TorchField, diffusers_unet_fn, torch_field
@@ -26,12 +25,14 @@ if TYPE_CHECKING:
 __all__ = [
     "DDPM_CIFAR10_32",
     "DiffusersField",
+    "SchedulerMap",
     "TorchField",
     "convert_state_dict",
     "diffusers_unet_fn",
     "load_diffusers",
     "load_unet2d",
     "scheduler_betas",
+    "scheduler_map",
     "scheduler_process",
     "torch_field",
 ]

@@ -14,7 +14,6 @@ Time convention: diffusers' training step ``k`` (``0 .. K-1``) is ``wgfm`` time
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from pathlib import Path
 
@@ -25,7 +24,8 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from ..models import Model, UNet2D, unet2d_from_config
-from ..processes import DiscreteVP
+from ..processes import AbstractProcess
+from .schedulers import SchedulerMap, scheduler_map
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 WEIGHTS_BIN = "diffusion_pytorch_model.bin"
@@ -41,49 +41,72 @@ DDPM_CIFAR10_32: dict = {
     "AttnUpBlock2D", "UpBlock2D"],
 }  # fmt: skip
 
-# diffusers `prediction_type` -> the quantity the field returns (v-prediction is converted to eps).
-KINDS = {"epsilon": "eps", "sample": "x0", "v_prediction": "eps"}
 # Pre-0.14 attention names, renamed by diffusers on load (`_fix_state_dict_keys_on_load`).
 _LEGACY_ATTN = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out_0"}
 
 
 class DiffusersField(eqx.Module):
-    """A diffusers ``UNet2DModel`` as a wgfm field ``(x (H, W, C), t in [0, 1]) -> eps or x0``.
+    """A diffusers ``UNet2DModel`` (flax port) as a wgfm field ``(x (H, W, C), t) -> kind``.
 
-    Calls the network at timestep ``t K - 1`` (module docstring); a v-prediction network's
-    output ``v`` is returned as ``eps = sigma_t x + alpha_t v``. ``kind`` says what it returns."""
+    The scheduler's :class:`~wgfm.interop.schedulers.SchedulerMap` says how: the network sees
+    ``schedule.model_input(x, t)`` at timestep ``schedule.timestep(t)`` and its output becomes
+    a value of ``kind`` (for DDPM schedulers: timestep ``t K - 1``, v-prediction returned as
+    ``eps = sigma_t x + alpha_t v``). ``learned_variance``: the network also predicts a
+    variance (``out_channels = 2 in_channels``, Improved DDPM / ADM); only the first half of
+    its channels, the eps (or x0 / v) prediction, is returned."""
 
     model: Model
     params: dict
-    process: DiscreteVP
-    prediction_type: str = eqx.field(static=True, default="epsilon")
+    schedule: SchedulerMap
+    learned_variance: bool = eqx.field(static=True, default=False)
 
     @property
     def kind(self) -> str:
-        return KINDS[self.prediction_type]
+        return self.schedule.kind
+
+    @property
+    def process(self) -> AbstractProcess:
+        return self.schedule.process
+
+    @property
+    def prediction_type(self) -> str:
+        return self.schedule.prediction_type
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """``(H, W, C)`` of one sample, from the config's ``sample_size`` and ``in_channels``."""
+        return _hwc(self.model.net.sample_size, self.model.net.in_channels, "UNet2DModel")
 
     def __call__(self, x: Float[Array, "h w c"], t: Float[ArrayLike, ""]) -> Array:
         t = jnp.asarray(t, x.dtype)
-        out = self.model.apply(self.params, x, t * self.process.num_steps - 1)
-        if self.prediction_type == "v_prediction":
-            return self.process.sigma(t) * x + self.process.alpha(t) * out
-        return out
+        s = self.schedule
+        out = self.model.apply(self.params, s.model_input(x, t), s.timestep(t))
+        if self.learned_variance:
+            out = out[..., : x.shape[-1]]
+        return s.value(x, out, t)
 
 
 def load_diffusers(
-    path: str | Path, *, dtype=jnp.float32, scheduler_config: dict | None = None
-) -> tuple[DiffusersField, DiscreteVP]:
+    path: str | Path,
+    *,
+    dtype=jnp.float32,
+    scheduler_config: dict | None = None,
+    mu: float | None = None,
+) -> tuple[DiffusersField, AbstractProcess]:
     """``(field, process)`` of a diffusers model or pipeline directory.
 
     The scheduler comes from ``scheduler_config`` if given, else ``path/scheduler/``; a bare model
     directory without either gets diffusers' ``DDPMScheduler`` defaults (linear betas 1e-4..0.02,
-    1000 steps, epsilon), with a warning. Use ``wgfm.as_field(process, field, src=field.kind,
-    dst="score" | "velocity")`` for the score or the WGF velocity."""
-    model, params, _ = load_unet2d(path, dtype=dtype)
+    1000 steps, epsilon), with a warning. ``mu``: a dynamically shifted flow-matching
+    scheduler's shift (:func:`~wgfm.interop.schedulers.scheduler_map`). Use
+    ``wgfm.as_field(process, field, src=field.kind, dst="score" | "velocity")`` for the score or
+    the WGF velocity."""
+    model, params, config = load_unet2d(path, dtype=dtype)
     if scheduler_config is None:
         scheduler_config = _read_scheduler_config(Path(path))
-    process, prediction_type = scheduler_process(scheduler_config)
-    return DiffusersField(model, params, process, prediction_type), process
+    schedule = scheduler_map(scheduler_config, mu=mu)
+    field = DiffusersField(model, params, schedule, _learned_variance(config))
+    return field, schedule.process
 
 
 def load_unet2d(path: str | Path, *, dtype=jnp.float32) -> tuple[Model, dict, dict]:
@@ -144,65 +167,21 @@ def convert_state_dict(state: dict[str, np.ndarray], net: UNet2D, *, dtype=jnp.f
 
 
 # ---------------------------------------------------------------------------------------------
-# Schedulers
-
-
-def scheduler_betas(config: dict) -> np.ndarray:
-    """Per-step betas (float64) of a diffusers scheduler config, as its ``__init__`` builds them
-    (diffusers stores them in float32; here they are exact)."""
-    k = int(config.get("num_train_timesteps", 1000))
-    b0, b1 = float(config.get("beta_start", 1e-4)), float(config.get("beta_end", 0.02))
-    schedule = config.get("beta_schedule", "linear")
-    if config.get("trained_betas") is not None:
-        betas = np.asarray(config["trained_betas"], np.float64)
-    elif schedule == "linear":
-        betas = np.linspace(b0, b1, k)
-    elif schedule == "scaled_linear":
-        betas = np.linspace(math.sqrt(b0), math.sqrt(b1), k) ** 2
-    elif schedule == "squaredcos_cap_v2":
-        f = lambda s: np.cos((s + 0.008) / 1.008 * np.pi / 2) ** 2  # noqa: E731  (GLIDE cosine)
-        i = np.arange(k, dtype=np.float64)
-        betas = np.minimum(1 - f((i + 1) / k) / f(i / k), 0.999)
-    elif schedule == "sigmoid":
-        betas = 1 / (1 + np.exp(-np.linspace(-6.0, 6.0, k))) * (b1 - b0) + b0
-    else:
-        raise ValueError(
-            f"scheduler `beta_schedule` {schedule!r} is not supported "
-            "('linear', 'scaled_linear', 'squaredcos_cap_v2', 'sigmoid' or `trained_betas`)."
-        )
-    if config.get("rescale_betas_zero_snr", False):
-        betas = _rescale_zero_terminal_snr(betas)
-    return betas
-
-
-def scheduler_process(config: dict) -> tuple[DiscreteVP, str]:
-    """``(DiscreteVP, prediction_type)`` of a diffusers scheduler config (DDPM, DDIM, PNDM ...:
-    any scheduler defined by betas)."""
-    name = config.get("_class_name", "DDPMScheduler")
-    if (
-        "beta_schedule" not in config
-        and config.get("trained_betas") is None
-        and name not in ("DDPMScheduler", "DDIMScheduler")
-    ):
-        raise ValueError(f"scheduler {name!r} is not defined by betas; it cannot be mapped.")
-    prediction_type = config.get("prediction_type", "epsilon")
-    if prediction_type not in KINDS:
-        raise ValueError(
-            f"scheduler `prediction_type` must be one of {tuple(KINDS)}, got {prediction_type!r}."
-        )
-    return DiscreteVP.from_betas(scheduler_betas(config)), prediction_type
-
-
-def _rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
-    """Lin et al. (2024), Algorithm 1: shift and scale sqrt(alphabar) so the last step has SNR 0."""
-    s = np.sqrt(np.cumprod(1 - betas))
-    s = (s - s[-1]) * s[0] / (s[0] - s[-1])
-    ab = s**2
-    return 1 - np.concatenate([ab[:1], ab[1:] / ab[:-1]])
-
-
-# ---------------------------------------------------------------------------------------------
 # Files
+
+
+def _hwc(size, channels, what: str) -> tuple[int, int, int]:
+    if size is None:
+        raise ValueError(f"the {what} config has no `sample_size`: the image size is unknown.")
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    return int(h), int(w), int(channels)
+
+
+def _learned_variance(config: dict) -> bool:
+    """Whether the network's output carries a variance half (``out_channels = 2 in_channels``)."""
+    c_in = config.get("in_channels")
+    c_out = config.get("out_channels") or c_in
+    return c_in is not None and c_out == 2 * c_in
 
 
 def _unet_dir(path: Path) -> Path:
