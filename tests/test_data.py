@@ -131,6 +131,12 @@ def cifar_dir(tmp_path):
     return tmp_path, parts
 
 
+def test_scale_images_maps_bytes_to_unit_interval():
+    out = data.scale_images(np.array([0, 127, 255], np.uint8))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, [-1.0, 127 / 127.5 - 1.0, 1.0], rtol=0, atol=1e-7)
+
+
 def test_cifar_round_trip(cifar_dir):
     root, parts = cifar_dir
     x, y = data.load_cifar10(root, "train")

@@ -173,6 +173,17 @@ def test_make_mesh():
             dist.make_mesh(bad)  # type: ignore[arg-type]
 
 
+def test_mesh_helpers():
+    from wgfm.distributed.mesh import argnum_set, data_axis, leading_size
+
+    assert data_axis(dist.make_mesh(1)) == dist.DATA_AXIS
+    assert leading_size({"a": jnp.ones((3, 2)), "b": jnp.ones(3)}, "batch") == 3
+    for bad in ((jnp.ones(3), jnp.ones(4)), (jnp.ones(3), jnp.ones(())), ()):
+        with pytest.raises(ValueError, match="`batch` must be a PyTree of arrays sharing one"):
+            leading_size(bad, "batch")
+    assert argnum_set(1) == {1} and argnum_set((0, 2)) == {0, 2}
+
+
 def test_pad_batch():
     x = jnp.arange(10.0).reshape(5, 2)
     y = jnp.arange(5)

@@ -48,6 +48,41 @@ def test_field_conversions_refuse_division_by_zero_and_vector_times():
     assert np.all(np.isfinite(score(x, 0.5)))
 
 
+@pytest.mark.parametrize(
+    "build",
+    [gmm.score_field, gmm.velocity_field, gmm.log_density_field, gmm.dt_log_density_field],
+)
+def test_oracle_fields_refuse_a_vector_of_times(build):
+    # Issue #25: a vector t used to broadcast against the sample into a plausible array.
+    field = build(MIX, VP)
+    x, ts = jnp.ones(2), jnp.array([0.3, 0.5])
+    with pytest.raises(ValueError, match="`t` must be a scalar: one time per field call"):
+        field(x, ts)
+    with pytest.raises(ValueError, match="`t` must be a scalar"):  # static: under jit too
+        jax.jit(lambda x, t: field(x, t))(x, ts)
+    assert np.all(np.isfinite(field(x, 0.3)))
+
+
+def test_conversions_and_model_fields_refuse_a_vector_of_times():
+    from wgfm.models import get_model
+    from wgfm.models.core import velocity_field
+
+    x, ts = jnp.ones(2), jnp.array([0.3, 0.5])
+    for src, dst in (("score", "velocity"), ("eps", "eps")):  # the identity too
+        with pytest.raises(ValueError, match="`t` must be a scalar: one time per field call"):
+            fields.convert(VP, x, ts, x, src=src, dst=dst)
+    with pytest.raises(ValueError, match="`t` must be a scalar"):
+        fields.to_score(VP, x, ts, x, "eps")
+    with pytest.raises(ValueError, match="`t` must be a scalar"):
+        fields.from_score(VP, x, ts, x, "eps")
+    model = get_model("mlp-small", predicts="velocity", width=8)
+    params = model.init(jax.random.key(0), (2,))
+    field = velocity_field(model, params, VP)  # the model's own field (no conversion)
+    with pytest.raises(ValueError, match="`t` must be a scalar: one time per field call"):
+        field(x, ts)
+    assert field(x, 0.3).shape == (2,)
+
+
 @pytest.mark.parametrize("loss", [losses.dsm_loss, losses.eps_loss, losses.fm_loss])
 def test_losses_check_time_and_shapes(loss):
     x0, eps = jnp.ones(2), jnp.ones(2)
@@ -146,6 +181,49 @@ def test_sample_ode_refuses_non_finite_starting_points():
     x = jnp.zeros((3, 2)).at[1, 0].set(jnp.nan)
     with pytest.raises(ValueError, match="`x_init` must be finite; sample 1"):
         transport.sample_ode(V_TRUE, VP, x)
+
+
+def test_prior_draws_start_only_at_t_max():
+    # Issue #25: prior draws used to be started at any `t_start`, e.g. t_min.
+    prior = dict(key=jax.random.PRNGKey(0), num_samples=2, shape=(2,))
+    with pytest.raises(ValueError, match="`t_start`.*prior draws .* at t_max = 1.0 only"):
+        transport.sample_ode(V_TRUE, VP, t_start=VP.t_min, t_end=VP.t_max, **prior)
+    with pytest.raises(ValueError, match="`t_start`.*at t_max"):
+        transport.sample_ode(V_TRUE, VP, t_start=0.5, **prior)
+    with pytest.raises(ValueError, match="`t_start`.*at t_max"):
+        transport.sample_fixed_step(V_TRUE, VP, num_steps=4, t_start=0.5, **prior)
+    # Starting points given as `x_init` may start anywhere.
+    x = MIX.marginal(VP, 0.5).sample(2, key=jax.random.PRNGKey(1))
+    out = transport.sample_fixed_step(V_TRUE, VP, x, num_steps=4, t_start=0.5)
+    assert out.samples.shape == (2, 2)
+
+
+def test_check_helpers():
+    from wgfm import _checks
+
+    _checks.check_scalar_time(0.5)
+    _checks.check_scalar_time(jnp.float32(0.5))
+    with pytest.raises(ValueError, match="`s` must be a scalar"):
+        _checks.check_scalar_time(jnp.zeros(1), "s")
+    _checks.check_max_steps(np.int64(3))
+    for bad in (0, 2.0, "3"):
+        with pytest.raises(ValueError, match="`max_steps` must be an integer >= 1"):
+            _checks.check_max_steps(bad)
+    _checks.check_field_output(lambda x, t: x * t, jnp.ones(3), 0.5)
+    with pytest.raises(ValueError, match=r"`field` must map one sample of shape \(3,\)"):
+        _checks.check_field_output(lambda x, t: x[:2], jnp.ones(3), 0.5)
+    with pytest.raises(ValueError, match="`field` could not be evaluated"):
+        _checks.check_field_output(lambda x, t: x @ jnp.ones(4), jnp.ones(3), 0.5)
+    key = jax.random.PRNGKey(0)
+    x = _checks.starting_points(VP, None, key=key, num_samples=3, shape=(2,), t_start=VP.t_max)
+    assert x.shape == (3, 2)
+    with pytest.raises(ValueError, match="`t0`=0.5: prior draws"):
+        _checks.starting_points(
+            VP, None, key=key, num_samples=3, shape=(2,), t_start=0.5, name="t0"
+        )
+    with pytest.raises(ValueError, match="not both"):
+        _checks.starting_points(VP, x, key=key, num_samples=3, shape=(2,))
+    assert _checks.starting_points(VP, x, key=None, num_samples=None, shape=(2,)) is not None
 
 
 # --- data readers ----------------------------------------------------------------------------

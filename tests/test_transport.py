@@ -337,10 +337,10 @@ def test_bits_per_dim_and_dequantize():
     # Uniform density on [-1, 1]^D has log p = -D log 2; after mapping to [0, 256)^D the density
     # is 256^-D, i.e. exactly 8 bits/dim.
     d = 12
-    bpd = transport.bits_per_dim(jnp.array([-d * np.log(2.0)]), d)
+    bpd = metrics.bits_per_dim(jnp.array([-d * np.log(2.0)]), d)
     np.testing.assert_allclose(bpd, 8.0, rtol=1e-12)
     x = jnp.arange(256).reshape(1, 256)
-    y = transport.dequantize(x, key=jax.random.key(0))
+    y = metrics.dequantize(x, key=jax.random.key(0))
     assert float(y.min()) >= -1.0 and float(y.max()) < 1.0
     np.testing.assert_array_equal(jnp.floor((y + 1) * 128), x)
 

@@ -117,7 +117,7 @@ def load_mnist(data_dir: str | Path, split: str = "train") -> tuple[np.ndarray, 
             f"MNIST {split}: images {images.shape} and labels {labels.shape} do not match "
             "(expected (N, H, W) and (N,))."
         )
-    return _scale(images[..., None]), labels.astype(np.int32)
+    return scale_images(images[..., None]), labels.astype(np.int32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,7 +173,8 @@ def load_cifar10(data_dir: str | Path, split: str = "train") -> tuple[np.ndarray
     if (root / "cifar-10-batches-py").is_dir():
         root = root / "cifar-10-batches-py"
     parts = [read_cifar_batch(_find(root, name)) for name in CIFAR_FILES[split]]
-    return _scale(np.concatenate([p[0] for p in parts])), np.concatenate([p[1] for p in parts])
+    images, labels = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    return scale_images(images), labels
 
 
 IMAGE_SETS = ("digits", "mnist", "cifar10", "auto")
@@ -219,7 +220,8 @@ def _detect(data_dir: str | Path | None) -> str:
     )
 
 
-def _scale(images: np.ndarray) -> np.ndarray:
+def scale_images(images: np.ndarray) -> np.ndarray:
+    """8-bit images ``0..255`` as float32 in ``[-1, 1]`` (``x / 127.5 - 1``)."""
     return images.astype(np.float32) / 127.5 - 1.0
 
 

@@ -1,4 +1,4 @@
-"""Closed-form conversions between score, eps, x0 and the WGF velocity (DESIGN.md §1).
+"""Closed-form conversions between score, eps, x0 and the WGF velocity (docs/design.md).
 
 For ``x_t = alpha_t x0 + sigma_t eps`` (Tweedie):
 
@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._checks import concrete
+from ._checks import check_scalar_time, concrete
 from .processes import AbstractProcess
 
 Quantity = Literal["score", "eps", "x0", "velocity"]
@@ -31,6 +31,7 @@ Scalar = Float[ArrayLike, ""]
 def to_score(process: AbstractProcess, x: Array, t: Scalar, value: Array, kind: Quantity) -> Array:
     """Convert a prediction ``value`` of quantity ``kind`` at ``(x, t)`` into the score."""
     _check_kind(kind)
+    check_scalar_time(t)
     if kind == "score":
         return value
     if kind == "eps":
@@ -46,6 +47,7 @@ def from_score(
 ) -> Array:
     """Convert a score at ``(x, t)`` into quantity ``kind``."""
     _check_kind(kind)
+    check_scalar_time(t)
     if kind == "score":
         return score
     if kind == "eps":
@@ -59,7 +61,9 @@ def from_score(
 def convert(
     process: AbstractProcess, x: Array, t: Scalar, value: Array, *, src: Quantity, dst: Quantity
 ) -> Array:
-    """Convert ``value`` (a prediction of ``src`` at ``(x, t)``) into ``dst``."""
+    """Convert ``value`` (a prediction of ``src`` at ``(x, t)``) into ``dst``. ``t`` is one
+    scalar time (``ValueError`` otherwise; vmap over samples and times)."""
+    check_scalar_time(t)
     if src == dst:
         _check_kind(src)
         return value
@@ -89,14 +93,14 @@ class ConvertedField(eqx.Module):
         outside the process's times or where the conversion divides by zero (``sigma_t = 0``
         for eps/x0 -> score, ``alpha_t = 0`` for -> x0, ``g_t = 0`` for velocity -> score).
         A traced ``t`` is not checked: the formula stays free of checks in compiled code."""
-        if jnp.ndim(t) != 0:
-            raise ValueError(f"`t` must be a scalar (one time per sample; vmap over samples), "
-                             f"got shape {jnp.shape(t)}.")  # fmt: skip
+        check_scalar_time(t)
         self._check_time(t)
         value = self.field(x, t)
         if jnp.shape(value) != jnp.shape(x):
-            raise ValueError(f"`field` must return an array shaped like `x` {jnp.shape(x)}, got "
-                             f"{jnp.shape(value)}.")  # fmt: skip
+            raise ValueError(
+                f"`field` must return an array shaped like `x` {jnp.shape(x)}, got "
+                f"{jnp.shape(value)}."
+            )
         return convert(self.process, x, t, value, src=self.src, dst=self.dst)  # type: ignore[arg-type]
 
     def _check_time(self, t) -> None:

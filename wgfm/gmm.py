@@ -15,7 +15,7 @@ import jax.scipy.linalg as jsl
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._checks import concrete
+from ._checks import check_scalar_time, concrete
 from .processes import AbstractProcess
 
 Scalar = Float[ArrayLike, ""]
@@ -39,8 +39,9 @@ class GaussianMixture(eqx.Module):
             means = means.astype(jnp.result_type(float))
         m = concrete(means)
         if m is not None and not np.all(np.isfinite(m)):
-            raise ValueError(f"`means` must be finite, got {int((~np.isfinite(m)).sum())} "
-                             "non-finite entries.")  # fmt: skip
+            raise ValueError(
+                f"`means` must be finite, got {int((~np.isfinite(m)).sum())} non-finite entries."
+            )
         k, d = means.shape
         weights = jnp.asarray(weights, dtype=means.dtype)
         if weights.shape != (k,):
@@ -63,8 +64,8 @@ class GaussianMixture(eqx.Module):
 
         Computed from the covariances alone, so under ``vmap`` over points they are evaluated
         once; per-point work is then plain matrix products. (Batched LAPACK custom calls per
-        point — a triangular solve for every x — intermittently deadlock XLA:CPU's thread pool
-        in large vmapped programs, jaxlib 0.10.)"""
+        point, a triangular solve for every x, can deadlock XLA:CPU's thread pool in large
+        vmapped programs: docs/xla_cpu.md.)"""
         chol = jnp.linalg.cholesky(self.covs)
         eye = jnp.broadcast_to(jnp.eye(self.dim, dtype=self.covs.dtype), self.covs.shape)
         chol_inv = jsl.solve_triangular(chol, eye, lower=True)
@@ -216,8 +217,8 @@ class _OracleField(eqx.Module):
 
     So evaluating a field at any ``(x, t)`` is matrix products only: no factorisation per time
     or per point. (Batched LAPACK kernels inside ``vmap``-ed diffrax loops, e.g. a Cholesky
-    per sample when each sample has its own time, deadlock XLA:CPU in jaxlib 0.10: the kernel
-    blocks a pool worker waiting for batch tasks queued on the same, exhausted pool.)"""
+    per sample when each sample has its own time, can deadlock XLA:CPU: the kernel blocks a
+    pool worker waiting for batch tasks queued on the same, exhausted pool; docs/xla_cpu.md.)"""
 
     mixture: GaussianMixture
     process: AbstractProcess
@@ -233,6 +234,7 @@ class _OracleField(eqx.Module):
         """``(log w_k + log N(x; m_k(t), C_k(t)), z_k, W_k, eigenvalues of C_k(t))`` with
         ``W_k = diag(lam_k)^{-1/2} U_k^T`` (so ``W_k^T W_k = C_k(t)^{-1}``)."""
         _check_point(x, self.mixture.dim)
+        check_scalar_time(t)
         self.process.check_time(t)
         a, s = self.process.alpha(t), self.process.sigma(t)
         lam = a**2 * self.evals + s**2

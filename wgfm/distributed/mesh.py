@@ -35,7 +35,8 @@ def make_mesh(devices: int | None = None, *, axis_name: str = DATA_AXIS) -> Mesh
     return Mesh(np.asarray(available[: int(n)]), (axis_name,))
 
 
-def _axis(mesh: Mesh) -> str:
+def data_axis(mesh: Mesh) -> str:
+    """The name of the one (data) axis of ``mesh``; ``ValueError`` for a mesh of other rank."""
     if len(mesh.axis_names) != 1:
         raise ValueError(f"`mesh` must be 1-D (a data axis), got axes {mesh.axis_names}.")
     return str(mesh.axis_names[0])
@@ -43,7 +44,7 @@ def _axis(mesh: Mesh) -> str:
 
 def data_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (sample) axis split over the mesh, other axes whole: ``PartitionSpec("data")``."""
-    return NamedSharding(mesh, P(_axis(mesh)))
+    return NamedSharding(mesh, P(data_axis(mesh)))
 
 
 def replicated_sharding(mesh: Mesh) -> NamedSharding:
@@ -56,7 +57,9 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.device_put(tree, replicated_sharding(mesh))
 
 
-def _leading(tree: Any, name: str) -> int:
+def leading_size(tree: Any, name: str) -> int:
+    """The leading (sample) axis length shared by every leaf of ``tree`` (argument ``name`` in
+    the error when the leaves disagree or one is a scalar)."""
     leaves = jax.tree_util.tree_leaves(tree)
     sizes = {int(jnp.shape(x)[0]) for x in leaves if jnp.ndim(x) > 0}
     if not leaves or len(sizes) != 1 or any(jnp.ndim(x) == 0 for x in leaves):
@@ -75,7 +78,7 @@ def shard_batch(batch: Any, mesh: Mesh, *, process_local: bool = False) -> Any:
     :func:`pad_batch` and a mask). Multi-host: by default ``batch`` is the GLOBAL batch, the same
     on every process; with ``process_local`` each process passes only its own slice and the
     global batch is their concatenation (``jax.make_array_from_process_local_data``)."""
-    n = _leading(batch, "batch")
+    n = leading_size(batch, "batch")
     sharding = data_sharding(mesh)
     local = mesh.devices.size // (jax.process_count() if process_local else 1)
     if n % local:
@@ -95,11 +98,12 @@ def pad_batch(batch: Any, multiple: int) -> tuple[Any, Bool[Array, " m"]]:
     last sample (a valid input for any field), and ``mask`` true on the real samples."""
     if int(multiple) < 1:
         raise ValueError(f"`multiple` must be a positive integer, got {multiple!r}.")
-    n = _leading(batch, "batch")
+    n = leading_size(batch, "batch")
     m = -(-n // int(multiple)) * int(multiple)
     padded = jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], m - n, 0)]), batch)
     return padded, jnp.arange(m) < n
 
 
-def _argnums(argnums: int | Sequence[int]) -> frozenset[int]:
+def argnum_set(argnums: int | Sequence[int]) -> frozenset[int]:
+    """``argnums`` (one index or several) as a set of argument indices."""
     return frozenset((argnums,) if isinstance(argnums, int) else tuple(argnums))

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from .mesh import _argnums, _axis, _leading, pad_batch
+from .mesh import argnum_set, data_axis, leading_size, pad_batch
 
 
 def shard_over_samples(
@@ -30,8 +30,8 @@ def shard_over_samples(
     diagnostic, ``sample_ode``/``log_likelihood`` with ``per_sample=True``). Per-sample
     randomness must come in as per-sample keys (a sharded argument), not one shared key.
     Compiled once per input shape (``equinox.filter_jit``)."""
-    axis, size = _axis(mesh), mesh.devices.size
-    which = _argnums(sharded_argnums)
+    axis, size = data_axis(mesh), mesh.devices.size
+    which = argnum_set(sharded_argnums)
 
     def count(args) -> int:
         if not which or max(which) >= len(args):
@@ -40,7 +40,7 @@ def shard_over_samples(
                 f"(got {len(args)} arguments)."
             )
         dyn = eqx.filter(args, eqx.is_array)
-        ns = {_leading(dyn[i], f"argument {i}") for i in which}
+        ns = {leading_size(dyn[i], f"argument {i}") for i in which}
         if len(ns) != 1:
             raise ValueError(f"sharded arguments {sorted(which)} disagree on sample count {ns}.")
         return ns.pop()

@@ -10,7 +10,7 @@ from typing import Any
 import jax
 from jax.sharding import Mesh
 
-from .mesh import _argnums, _leading, data_sharding, replicated_sharding
+from .mesh import argnum_set, data_sharding, leading_size, replicated_sharding
 
 
 def data_parallel(
@@ -27,7 +27,7 @@ def data_parallel(
     arrays (close over models and optimisers). The partitioner turns the batch mean into a
     cross-device all-reduce, so the result equals the single-device step up to float summation
     order. The returned function checks the batch size and exposes ``.lower`` (AOT)."""
-    which = _argnums(batch_argnums)
+    which = argnum_set(batch_argnums)
     params = inspect.signature(step).parameters.values()
     kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     if any(p.kind not in kinds for p in params):
@@ -37,12 +37,12 @@ def data_parallel(
         raise ValueError(
             f"`batch_argnums`={sorted(which)} must name arguments of `step` ({nargs})."
         )
-    jitted = _data_parallel_jit(step, mesh, which, nargs, _argnums(donate_argnums))
+    jitted = _data_parallel_jit(step, mesh, which, nargs, argnum_set(donate_argnums))
 
     @functools.wraps(step)
     def run(*args):
         for i in which:
-            n, local = _leading(args[i], "batch"), mesh.devices.size
+            n, local = leading_size(args[i], "batch"), mesh.devices.size
             if n % local:
                 raise ValueError(
                     f"`batch` has {n} samples, which does not divide over {local} devices; use "

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from .._checks import check_scalar_time
 from ..fields import QUANTITIES, as_field
 from ..processes import AbstractProcess
 
@@ -62,7 +63,9 @@ class Model(eqx.Module):
         return -0.5 * jnp.sum(out**2)
 
     def apply(self, params, x: Array, t: Scalar) -> Array:
-        """Prediction of ``predicts`` at one unbatched sample ``x`` and scalar time ``t``."""
+        """Prediction of ``predicts`` at one unbatched sample ``x`` and scalar time ``t``
+        (``ValueError`` for a vector ``t``: static, so checked under ``jit`` too)."""
+        check_scalar_time(t)
         self._check_shape(x.shape, params)
         if self.conservative:
             return jax.grad(self.potential, argnums=1)(params, x, t)
