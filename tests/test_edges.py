@@ -223,7 +223,9 @@ def test_check_helpers():
         )
     with pytest.raises(ValueError, match="not both"):
         _checks.starting_points(VP, x, key=key, num_samples=3, shape=(2,))
-    assert _checks.starting_points(VP, x, key=None, num_samples=None, shape=(2,)) is not None
+    # Given points are the starting points, unchanged.
+    given = _checks.starting_points(VP, x, key=None, num_samples=None, shape=(2,))
+    np.testing.assert_array_equal(given, x)
 
 
 # --- data readers ----------------------------------------------------------------------------
