@@ -41,10 +41,10 @@ T = 0.5  # wgfm time; diffusers timestep 0.5 K - 1 = 499
 
 
 def _unet(torch, config: dict):
-    import diffusers
+    from diffusers.models.unets.unet_2d import UNet2DModel
 
     torch.manual_seed(0)
-    return diffusers.UNet2DModel(**config).eval()
+    return UNet2DModel(**config).eval()
 
 
 def _rel(a, ref) -> float:

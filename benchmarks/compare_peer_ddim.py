@@ -32,7 +32,7 @@ AGREE = 1e-3
 
 def diffusers_loop(torch, params, x0: np.ndarray):
     """``() -> samples`` running the DDIMScheduler loop, and ``() -> None`` the bare net calls."""
-    from diffusers import DDIMScheduler
+    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 
     t_grid, ab = VPSigmoid().discrete_schedule(K)
     betas = 1.0 - ab / np.concatenate([[1.0], ab[:-1]])

@@ -146,7 +146,7 @@ UNET_DIGITS: dict[str, Any] = dict(
 
 def run_unet_case(batch: int, steps: int, rounds: int, torch, peak: float) -> list[dict]:
     """The digits-sized U-Net step in both frameworks, from the same (PyTorch) initial weights."""
-    from diffusers import UNet2DModel
+    from diffusers.models.unets.unet_2d import UNet2DModel
 
     from wgfm.interop.diffusers import convert_state_dict
     from wgfm.models import Model

@@ -202,6 +202,27 @@ def test_cli_train_writes_a_run_directory(tmp_path):
     assert (run / "samples.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_sample_figure_leaves_the_matplotlib_backend_alone(tmp_path, monkeypatch):
+    import sys
+
+    import matplotlib
+
+    from wgfm.presets import save_sample_figure
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("library code called matplotlib.use")
+
+    monkeypatch.setattr(matplotlib, "use", refuse)
+    had_pyplot = "matplotlib.pyplot" in sys.modules
+    model = get_model("mlp-small", predicts="eps", width=8)
+    params = model.init(jax.random.PRNGKey(0), (2,))
+    path = tmp_path / "samples.png"
+    save_sample_figure(model, params, VP, DATA, path, num=16, key=jax.random.PRNGKey(2))
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    # Importing pyplot would pick a backend for the whole process.
+    assert had_pyplot or "matplotlib.pyplot" not in sys.modules
+
+
 def test_train_step_traces_once():
     cfg = train.TrainConfig(steps=10, batch_size=32, weighting="min-snr", ema_decay=0.5)
     model = get_model("mlp-small", predicts="eps", width=16)

@@ -194,22 +194,22 @@ def _move_run_aside(run_dir: Path) -> Path:
 
 
 def save_sample_figure(model, params, process, data, path: Path, *, num: int, key) -> None:
-    """Probability-flow ODE samples (EMA parameters) beside training data, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Probability-flow ODE samples (EMA parameters) beside training data, as a PNG. Drawn on
+    a ``matplotlib.figure.Figure`` without pyplot, so the process's backend is left alone."""
+    from matplotlib.figure import Figure
 
     from .models import velocity_field
     from .transport import sample_ode
 
     shape = tuple(data.shape[1:])
     v = velocity_field(model, params, process)
-    out = sample_ode(v, process, key=key, num_samples=num, shape=shape, rtol=1e-3, atol=1e-3,
-                     strict=False)  # fmt: skip
+    out = sample_ode(
+        v, process, key=key, num_samples=num, shape=shape, rtol=1e-3, atol=1e-3, strict=False
+    )
     samples = np.asarray(out.samples)
     if len(shape) == 1:
-        fig, ax = plt.subplots(figsize=(5, 5))
+        fig = Figure(figsize=(5, 5))
+        ax = fig.subplots()
         ax.scatter(*data[:num, :2].T, s=3, alpha=0.4, label="data")
         ax.scatter(*samples[:, :2].T, s=3, alpha=0.6, label="samples")
         ax.legend(loc="upper right")
@@ -219,10 +219,10 @@ def save_sample_figure(model, params, process, data, path: Path, *, num: int, ke
         grid = np.clip((samples[: k * k] + 1) / 2, 0, 1)
         h, w, c = shape
         grid = grid.reshape(k, k, h, w, c).transpose(0, 2, 1, 3, 4).reshape(k * h, k * w, c)
-        fig, ax = plt.subplots(figsize=(5, 5))
+        fig = Figure(figsize=(5, 5))
+        ax = fig.subplots()
         ax.imshow(grid.squeeze(-1) if c == 1 else grid, cmap="gray" if c == 1 else None)
         ax.axis("off")
     ok = "" if out.stats.converged else " (solver flagged failures)"
     ax.set_title(f"probability-flow samples{ok}")
     fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
