@@ -181,12 +181,22 @@ def test_prediction_type_sets_kind(pipeline, kind):
     assert field.kind == {"epsilon": "eps", "sample": "x0"}[kind]
 
 
-def test_bare_model_dir_warns_and_uses_ddpm_defaults(pipeline):
-    root, _, _ = pipeline
+def test_bare_model_dir_warns_and_uses_ddpm_defaults(tmp_path):
+    _random_unet(TINY).save_pretrained(tmp_path / "alone")
     with pytest.warns(UserWarning, match="DDPMScheduler defaults"):
-        _, process = load_diffusers(root / "unet")
+        _, process = load_diffusers(tmp_path / "alone")
     ref = diffusers.DDPMScheduler().alphas_cumprod.double().numpy()
     np.testing.assert_allclose(process.alphas_cumprod(), ref, rtol=1e-4)
+
+
+def test_component_dir_keeps_the_sibling_scheduler(pipeline):
+    """``--model pipe/unet`` uses ``pipe/scheduler`` (v-prediction, cosine), not defaults."""
+    root, _, sched = pipeline
+    field, process = load_diffusers(root / "unet")
+    assert field.prediction_type == "v_prediction"
+    np.testing.assert_allclose(
+        process.alphas_cumprod(), sched.alphas_cumprod.double().numpy(), rtol=1e-4
+    )
 
 
 SCHEDULES = [

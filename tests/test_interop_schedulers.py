@@ -180,7 +180,7 @@ def test_euler_family_is_the_vp_process_in_ve_form(cls):
     x0, noise = _points(2)
     worst = 0.0
     seen = set()
-    for i, ts in enumerate(sched.timesteps):
+    for ts in sched.timesteps:
         if float(ts) in seen:  # Heun repeats each step for its second stage
             continue
         seen.add(float(ts))

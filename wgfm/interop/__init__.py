@@ -1,10 +1,14 @@
 """Models from elsewhere as ``wgfm`` fields (the only place ``wgfm`` touches torch or diffusers).
 
-* :func:`load_diffusers` — a ``diffusers`` ``UNet2DModel`` directory (or pipeline) as a flax
-  field plus its :class:`wgfm.processes.DiscreteVP` process; needs ``safetensors``, not torch.
+* :func:`load_diffusers` — any diffusers pipeline or model directory as ``(field, process)``:
+  ``model_index.json`` chooses the denoiser class; ``UNet2DModel`` runs on the flax port
+  (needs ``safetensors``, not torch), ``UNet2DConditionModel``, ``DiTTransformer2DModel`` and
+  ``Transformer2DModel`` through :func:`torch_field` (:mod:`wgfm.interop.pipelines`).
+* :func:`scheduler_map` — a diffusers scheduler as a wgfm process and the network's calling
+  convention in its time: DDPM-family betas, flow matching (with ``shift``), EDM
+  (:mod:`wgfm.interop.schedulers`).
 * :func:`torch_field` — any PyTorch callable ``(x, t) -> y`` as a JAX field (jit, vmap and
-  forward-mode AD through ``torch.func``); torch is imported only when it is called.
-"""
+  forward-mode AD through ``torch.func``); torch is imported only when it is called."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from .diffusers import (
     load_diffusers,
     load_unet2d,
 )
+from .pipelines import TorchDiffusersField, load_pipeline, read_pipeline
 from .schedulers import SchedulerMap, scheduler_betas, scheduler_map, scheduler_process
 
 if TYPE_CHECKING:
@@ -26,10 +31,13 @@ __all__ = [
     "DDPM_CIFAR10_32",
     "DiffusersField",
     "SchedulerMap",
+    "TorchDiffusersField",
     "TorchField",
     "convert_state_dict",
     "diffusers_unet_fn",
     "load_diffusers",
+    "load_pipeline",
+    "read_pipeline",
     "load_unet2d",
     "scheduler_betas",
     "scheduler_map",
@@ -40,7 +48,7 @@ __all__ = [
 
 def __getattr__(name: str):
     # Lazy: importing wgfm.interop must not import torch.
-    if name in ("torch_field", "TorchField", "diffusers_unet_fn"):
+    if name in ("torch_field", "TorchField", "diffusers_unet_fn", "contiguous_group_norms"):
         from . import torch as _torch
 
         return getattr(_torch, name)

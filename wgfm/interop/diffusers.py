@@ -14,8 +14,8 @@ Time convention: diffusers' training step ``k`` (``0 .. K-1``) is ``wgfm`` time
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -25,7 +25,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from ..models import Model, UNet2D, unet2d_from_config
 from ..processes import AbstractProcess
-from .schedulers import SchedulerMap, scheduler_map
+from .schedulers import SchedulerMap
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 WEIGHTS_BIN = "diffusion_pytorch_model.bin"
@@ -59,6 +59,10 @@ class DiffusersField(eqx.Module):
     params: dict
     schedule: SchedulerMap
     learned_variance: bool = eqx.field(static=True, default=False)
+    notes: tuple[str, ...] = eqx.field(static=True, default=())
+    latent: Any = eqx.field(static=True, default=None)  # a pipelines.Latent, or None
+    cls: str = eqx.field(static=True, default="UNet2DModel")
+    backend: str = eqx.field(static=True, default="JAX (the flax port of UNet2DModel)")
 
     @property
     def kind(self) -> str:
@@ -92,32 +96,50 @@ def load_diffusers(
     dtype=jnp.float32,
     scheduler_config: dict | None = None,
     mu: float | None = None,
-) -> tuple[DiffusersField, AbstractProcess]:
-    """``(field, process)`` of a diffusers model or pipeline directory.
+    backend: str = "auto",
+    class_label: int | None = None,
+    encoder_hidden_states: ArrayLike | None = None,
+    variant: str | None = None,
+):
+    """``(field, process)`` of a diffusers pipeline or model directory.
 
-    The scheduler comes from ``scheduler_config`` if given, else ``path/scheduler/``; a bare model
-    directory without either gets diffusers' ``DDPMScheduler`` defaults (linear betas 1e-4..0.02,
-    1000 steps, epsilon), with a warning. ``mu``: a dynamically shifted flow-matching
-    scheduler's shift (:func:`~wgfm.interop.schedulers.scheduler_map`). Use
+    ``model_index.json`` (or the denoiser's config) chooses the class: ``UNet2DModel`` on the
+    flax port (a :class:`DiffusersField`), the other denoisers through PyTorch
+    (:class:`wgfm.interop.pipelines.TorchDiffusersField`); see
+    :func:`wgfm.interop.pipelines.load_pipeline` for the arguments. The scheduler comes from
+    ``scheduler_config`` if given, else the pipeline's ``scheduler/`` (also for ``pipe/unet``);
+    a bare model directory without either gets diffusers' ``DDPMScheduler`` defaults (linear
+    betas 1e-4..0.02, 1000 steps, epsilon), with a warning. ``mu``: a dynamically shifted
+    flow-matching scheduler's shift (:func:`~wgfm.interop.schedulers.scheduler_map`). Use
     ``wgfm.as_field(process, field, src=field.kind, dst="score" | "velocity")`` for the score or
     the WGF velocity."""
-    model, params, config = load_unet2d(path, dtype=dtype)
-    if scheduler_config is None:
-        scheduler_config = _read_scheduler_config(Path(path))
-    schedule = scheduler_map(scheduler_config, mu=mu)
-    field = DiffusersField(model, params, schedule, _learned_variance(config))
-    return field, schedule.process
+    from .pipelines import load_pipeline
+
+    return load_pipeline(
+        path,
+        dtype=dtype,
+        scheduler_config=scheduler_config,
+        mu=mu,
+        backend=backend,
+        class_label=class_label,
+        encoder_hidden_states=encoder_hidden_states,
+        variant=variant,
+    )
 
 
-def load_unet2d(path: str | Path, *, dtype=jnp.float32) -> tuple[Model, dict, dict]:
+def load_unet2d(
+    path: str | Path, *, dtype=jnp.float32, variant: str | None = None
+) -> tuple[Model, dict, dict]:
     """``(model, params, config)``: the flax port, its parameters (``dtype``) and the raw config.
 
     ``model.apply(params, x, timestep)`` takes diffusers timesteps (not ``wgfm`` times) and
-    predicts whatever the checkpoint was trained for (``model.predicts`` is only a label here)."""
+    predicts whatever the checkpoint was trained for (``model.predicts`` is only a label here).
+    Weights: one ``.safetensors`` file or shards listed by ``.safetensors.index.json``;
+    ``variant`` (e.g. ``"fp16"``) reads ``diffusion_pytorch_model.<variant>.safetensors``."""
     unet_dir = _unet_dir(Path(path))
     config = json.loads((unet_dir / "config.json").read_text())
     net = unet2d_from_config(config)
-    state = _read_weights(unet_dir)
+    state = _read_weights(unet_dir, variant)
     params = convert_state_dict(state, net, dtype=dtype)
     return Model(net, "eps"), params, config
 
@@ -191,24 +213,25 @@ def _unet_dir(path: Path) -> Path:
     raise ValueError(f"`path` {str(path)!r} has no config.json (nor unet/config.json).")
 
 
-def _read_scheduler_config(path: Path) -> dict:
-    for f in (path / "scheduler" / "scheduler_config.json", path / "scheduler_config.json"):
-        if f.is_file():
-            return json.loads(f.read_text())
-    warnings.warn(
-        f"no scheduler in {str(path)!r}: using diffusers' DDPMScheduler defaults "
-        "(linear betas 1e-4..0.02, 1000 steps, epsilon prediction).",
-        stacklevel=3,
-    )
-    return {}
-
-
-def _read_weights(unet_dir: Path) -> dict[str, np.ndarray]:
-    st, bin_ = unet_dir / WEIGHTS, unet_dir / WEIGHTS_BIN
+def _read_weights(unet_dir: Path, variant: str | None = None) -> dict[str, np.ndarray]:
+    """The state dict of ``unet_dir``: a single file, or shards from its index (``variant``:
+    ``name.<variant>.ext``, as diffusers names them)."""
+    st, bin_ = (unet_dir / _variant(f, variant) for f in (WEIGHTS, WEIGHTS_BIN))
+    index = unet_dir / _variant(WEIGHTS + ".index.json", variant)
     if st.is_file():
         from safetensors.numpy import load_file
 
         return load_file(str(st))
+    if index.is_file():
+        from safetensors.numpy import load_file
+
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        state: dict[str, np.ndarray] = {}
+        for name in shards:
+            if not (unet_dir / name).is_file():
+                raise ValueError(f"{str(index)!r} lists the shard {name!r}, which is missing.")
+            state.update(load_file(str(unet_dir / name)))
+        return state
     if bin_.is_file():
         try:
             import torch
@@ -219,7 +242,17 @@ def _read_weights(unet_dir: Path) -> dict[str, np.ndarray]:
             ) from None
         sd = torch.load(str(bin_), map_location="cpu", weights_only=True)
         return {k: v.float().numpy() for k, v in sd.items()}
-    raise ValueError(f"`path` {str(unet_dir)!r} has no {WEIGHTS} (nor {WEIGHTS_BIN}).")
+    others = sorted(p.name for p in unet_dir.glob("diffusion_pytorch_model*"))
+    hint = f" (it holds {', '.join(others)}: pass `variant`?)" if others else ""
+    raise ValueError(f"`path` {str(unet_dir)!r} has no {st.name} (nor {bin_.name}){hint}.")
+
+
+def _variant(name: str, variant: str | None) -> str:
+    """``diffusion_pytorch_model.safetensors`` -> ``diffusion_pytorch_model.fp16.safetensors``."""
+    if not variant:
+        return name
+    stem, _, ext = name.partition(".")
+    return f"{stem}.{variant}.{ext}"
 
 
 def _expected_params(net: UNet2D) -> dict[tuple[str, str], tuple[tuple[str, ...], tuple]]:

@@ -112,12 +112,19 @@ def diffusers_unet_fn(unet, num_train_timesteps: int = 1000) -> Callable:
     Adds a pre-hook to each of ``unet``'s GroupNorms making its input contiguous (a no-op
     otherwise): PyTorch's forward-mode AD of ``group_norm`` fails on the transposed tensors of
     diffusers' attention blocks."""
-    for mod in unet.modules():
+    contiguous_group_norms(unet)
+    # A partial (not a lambda) keeps the unet findable: torch_field takes its parameter dtype.
+    return functools.partial(_unet_call, unet, int(num_train_timesteps))
+
+
+def contiguous_group_norms(module) -> None:
+    """Make every GroupNorm of ``module`` take a contiguous input (a pre-hook; a no-op on
+    contiguous tensors, added once): PyTorch's forward-mode AD of ``group_norm`` fails on the
+    transposed tensors of diffusers' attention blocks."""
+    for mod in module.modules():
         if isinstance(mod, torch.nn.GroupNorm) and mod not in _HOOKED:
             mod.register_forward_pre_hook(lambda _, args: (args[0].contiguous(), *args[1:]))
             _HOOKED.add(mod)
-    # A partial (not a lambda) keeps the unet findable: torch_field takes its parameter dtype.
-    return functools.partial(_unet_call, unet, int(num_train_timesteps))
 
 
 def _unet_call(unet, k: int, x, t):
