@@ -141,6 +141,10 @@ def diagnose(
     out: Path = Path("results/diagnose"),
     seed: int = 0,
     compile_cache: bool = True,
+    class_label: int | None = None,
+    prompt_embedding: Path | None = None,
+    variant: str | None = None,
+    mu: float | None = None,
 ) -> int:
     """Diagnose a pretrained diffusers model: the paper's claims 1 (Jacobian asymmetry at every
     noise level) and 2 (circulation around its three loop families and a circle) beside an
@@ -148,7 +152,10 @@ def diagnose(
     clean images (REPORT.md, results.json and figures/ under --out). Rerunning resumes --out.
 
     Args:
-        model: a diffusers UNet2DModel directory or pipeline directory (unet/ + scheduler/).
+        model: a diffusers pipeline or model directory (model_index.json chooses the
+            denoiser: UNet2DModel on the flax port; UNet2DConditionModel, DiT and
+            Transformer2DModel through PyTorch), or package.module:function returning
+            (field, process) or (field, process, kind).
         data: CIFAR-10 python batches or MNIST IDX files, noised as the clean images.
         images: a folder of PNG/JPEG images (resized to the model's sample_size) instead.
         quick: minutes on a CPU for a ddpm-cifar10-32-sized model (few levels and images);
@@ -156,6 +163,10 @@ def diagnose(
         out: output directory: new, empty, or an earlier run of the same model and settings.
         seed: random seed of noise, loops, probes and the untrained network.
         compile_cache: keep compiled programs in JAX's persistent cache.
+        class_label: the class of a class-conditional denoiser (default: its null class).
+        prompt_embedding: a .npy text embedding (seq, dim) for a UNet2DConditionModel.
+        variant: weights variant, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors).
+        mu: the shift of a flow-matching scheduler with use_dynamic_shifting.
     """
     from .diagnosis.command import DiagnoseConfig, run
 
@@ -168,6 +179,10 @@ def diagnose(
             out=out,
             seed=seed,
             compile_cache=compile_cache,
+            class_label=class_label,
+            prompt_embedding=prompt_embedding,
+            variant=variant,
+            mu=mu,
         )
         report = run(config)
     except (ValueError, OSError) as e:

@@ -1,15 +1,19 @@
-"""``wgfm diagnose``: :func:`wgfm.diagnose` on a pretrained diffusers model, into a directory.
+"""``wgfm diagnose``: :func:`wgfm.diagnose` on a pretrained model, into a directory.
 
-The model directory is loaded by :func:`wgfm.interop.load_diffusers` (flax port + the scheduler's
-:class:`wgfm.processes.DiscreteVP`) and diagnosed by :func:`wgfm.diagnosis.diagnose`, the
-measurement ``wgfm reproduce`` makes for claims 1 and 2, beside its two controls. Clean images
-come from ``--data`` (CIFAR-10 / MNIST), ``--images`` (a folder of PNG/JPEG files) or, with
-neither, from the model itself (DDIM).
+The model is a diffusers pipeline or model directory, loaded by
+:func:`wgfm.interop.load_diffusers` (``model_index.json`` chooses: the flax port of
+``UNet2DModel``, or PyTorch through ``torch_field`` for the other denoisers; the scheduler's
+process), or ``package.module:function`` returning ``(field, process)`` or
+``(field, process, kind)`` (:func:`load_callable`). It is diagnosed by
+:func:`wgfm.diagnosis.diagnose`, the measurement ``wgfm reproduce`` makes for claims 1 and 2,
+beside its two controls. Clean images come from ``--data`` (CIFAR-10 / MNIST), ``--images`` (a
+folder of PNG/JPEG files) or, with neither, from the model itself (DDIM on a DDPM schedule,
+else the probability-flow ODE). A latent pipeline is diagnosed in its latent space: given
+images are encoded by the pipeline's autoencoder (times its ``scaling_factor``).
 
 The output directory is resumable and belongs to one (model, settings) pair: ``diagnose.json``
 records both, each finished claim is kept in ``claims/<n>.json`` and generated images in
-``generated.npy``, and a rerun reuses them. A directory holding anything else is refused.
-"""
+``generated.npy``, and a rerun reuses them. A directory holding anything else is refused."""
 
 from __future__ import annotations
 
@@ -22,7 +26,9 @@ import re
 import time
 import zlib
 from pathlib import Path
+from typing import Any
 
+import equinox as eqx
 import jax
 import numpy as np
 from rich.console import Console
@@ -47,10 +53,18 @@ class DiagnoseConfig:
     out: Path = Path("results/diagnose")
     seed: int = 0
     compile_cache: bool = True
+    class_label: int | None = None
+    prompt_embedding: Path | None = None
+    variant: str | None = None
+    mu: float | None = None
 
     def __post_init__(self):
-        if not Path(self.model).is_dir():
-            raise ValueError(f"`--model` {str(self.model)!r} is not a directory.")
+        if not Path(self.model).is_dir() and not is_callable_spec(str(self.model)):
+            raise ValueError(
+                f"`--model` {str(self.model)!r} is neither a directory nor package.module:function."
+            )
+        if self.prompt_embedding is not None and not Path(self.prompt_embedding).is_file():
+            raise ValueError(f"`--prompt-embedding` {str(self.prompt_embedding)!r} is not a file.")
         if self.data is not None and self.images is not None:
             raise ValueError("`--data` and `--images` are alternatives: give one of them.")
         for name in ("data", "images"):
@@ -69,31 +83,37 @@ def run(config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None) -> Report
     """Diagnose ``config.model``: claims 1 and 2 with both controls, written to ``config.out``
     (REPORT.md, results.json, figures/). ``sizes`` overrides the mode's (tests)."""
     from ..compile_cache import use_compile_cache
-    from ..interop import load_diffusers
 
     console = Console(stderr=True)
     sz = sizes or config.sizes
     t_all = time.perf_counter()
-    field, process = load_diffusers(config.model)
+    field, process, kind = load_model(config)
     out = Path(config.out)
     settings = {
         "sizes": dataclasses.asdict(sz),
         "seed": config.seed,
         "clean images": _source(config),
+        "field": field_description(field, kind),
     }
     fingerprint = model_fingerprint(config.model)
-    _claim_directory(out, fingerprint, str(Path(config.model).resolve()), settings)
+    _claim_directory(out, fingerprint, _model_name(config.model), settings)
     if config.compile_cache:
         use_compile_cache()
     root = jax.random.key(config.seed)
-    shape = _sample_shape(field)
-    label = re.sub(r"[^\w.-]", "_", Path(config.model).resolve().name) or "model"
+    shape = _sample_shape(field, config)
+    untrained, untrained_note = _untrained(field, config.seed)
+    name = (
+        str(config.model).rsplit(":", 1)[-1]
+        if is_callable_spec(str(config.model))
+        else (Path(config.model).resolve().name)
+    )
+    label = re.sub(r"[^\w.-]", "_", name) or "model"
     report = Report(out, title=f"wgfm diagnose report: {label}")
     with tqdm(total=3, desc="wgfm diagnose", unit="stage", dynamic_ncols=True) as bar:
         bar.set_postfix_str("clean images")
         t0 = time.perf_counter()
         clean = jax.random.fold_in(root, zlib.crc32(b"clean"))
-        images, described = clean_images(config, field, process, shape, sz, clean)
+        images, described = clean_images(config, field, process, shape, sz, clean, kind)
         console.log(f"clean images: {described} ({time.perf_counter() - t0:.1f} s)")
         bar.update()
         reused_claims: list[str] = []
@@ -103,7 +123,15 @@ def run(config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None) -> Report
 
             def compute(claim=claim):
                 d = diagnose(
-                    field, process, images, key=root, sizes=sz, claims=(claim,), label=label
+                    field,
+                    process,
+                    images,
+                    key=root,
+                    kind=kind,  # pyright: ignore[reportArgumentType]
+                    sizes=sz,
+                    untrained=untrained,
+                    claims=(claim,),
+                    label=label,
                 )
                 return d.measurements[TITLES[claim]]
 
@@ -120,13 +148,13 @@ def run(config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None) -> Report
             bar.update()
     header = {
         "mode": ("quick" if config.quick else "full") + (" (sizes overridden)" if sizes else ""),
-        "model": str(Path(config.model).resolve()),
+        "model": _model_name(config.model),
         "model fingerprint (sha256)": fingerprint[:16],
-        "prediction type": field.prediction_type,
-        "process": f"DiscreteVP from the scheduler ({len(process.betas)} steps)",
+        "field diagnosed": field_description(field, kind),
+        "process": _process_description(field, process),
         "clean images": described,
         "controls": f"exact score of the Gaussian fitted to up to {GAUSSIAN_FIT_MAX} clean "
-        "images; the same architecture with freshly drawn parameters",
+        f"images; {untrained_note}",
         "seed": config.seed,
         "device": f"{jax.devices()[0].platform} ({jax.devices()[0].device_kind})",
         "python": platform.python_version(),
@@ -171,18 +199,188 @@ def _claim(report: Report, claim: int, label: str, path: Path, settings: dict, c
     return False
 
 
-def model_fingerprint(model_dir: Path) -> str:
-    """sha256 over the U-Net's config and weights and the scheduler's config: what makes two
-    model directories the same model."""
+CALLABLE_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def is_callable_spec(model: str) -> bool:
+    """Whether ``model`` reads ``package.module:function`` (and is not a directory)."""
+    return bool(CALLABLE_SPEC.match(model)) and not Path(model).is_dir()
+
+
+def load_model(config: DiagnoseConfig) -> tuple[Any, Any, str]:
+    """``(field, process, kind)`` of ``config.model``: a diffusers directory or a callable."""
+    if is_callable_spec(str(config.model)):
+        if config.class_label is not None or config.prompt_embedding is not None:
+            raise ValueError(
+                "`--class-label` and `--prompt-embedding` apply to diffusers directories; a "
+                "`package.module:function` model conditions its own field."
+            )
+        return load_callable(str(config.model))
+    from ..interop import load_diffusers
+
+    ehs = None if config.prompt_embedding is None else np.load(config.prompt_embedding)
+    field, process = load_diffusers(
+        config.model,
+        class_label=config.class_label,
+        encoder_hidden_states=ehs,
+        variant=config.variant,
+        mu=config.mu,
+    )
+    return field, process, field.kind
+
+
+def load_callable(spec: str) -> tuple[Any, Any, str]:
+    """``(field, process, kind)`` from ``package.module:function``: the function, called with no
+    arguments, returns ``(field, process)`` (the field carrying ``kind``) or
+    ``(field, process, kind)``. A ``torch.nn.Module`` field (batched: ``(N, *shape), (N,) ->
+    (N, *shape)`` in the process's time) is wrapped by :func:`wgfm.interop.torch_field`; any
+    other is a JAX field. ``field.sample_shape``, if present, is the shape of one sample."""
+    import importlib
+
+    from ..processes import AbstractProcess
+    from ..typing import KINDS
+
+    mod_name, fn_name = spec.split(":")
+    try:
+        obj: object = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ValueError(f"`--model` {spec!r}: cannot import {mod_name!r} ({e}).") from None
+    for part in fn_name.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"`--model` {spec!r}: {mod_name!r} has no {fn_name!r}.")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ValueError(f"`--model` {spec!r} is not callable.")
+    got = obj()
+    if not isinstance(got, tuple) or len(got) not in (2, 3):
+        raise ValueError(
+            f"`--model` {spec!r} must return (field, process) or (field, process, kind), got "
+            f"{type(got).__name__}."
+        )
+    field, process = got[0], got[1]
+    kind = got[2] if len(got) == 3 else getattr(field, "kind", None)
+    if kind not in KINDS:
+        raise ValueError(
+            f"`--model` {spec!r}: the field's kind must be one of {KINDS} (a `kind` attribute "
+            f"or the third returned value), got {kind!r}."
+        )
+    if not isinstance(process, AbstractProcess):
+        raise ValueError(
+            f"`--model` {spec!r}: the second returned value must be a wgfm process, got "
+            f"{type(process).__name__}."
+        )
+    if _is_torch_module(field):
+        from ..interop import torch_field
+
+        wrapped = _CallableTorchField(torch_field(field), field, kind)
+        return wrapped, process, kind
+    if not callable(field):
+        raise ValueError(f"`--model` {spec!r}: the field is not callable.")
+    return field, process, kind
+
+
+def _is_torch_module(obj) -> bool:
+    import sys
+
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.nn.Module)
+
+
+class _CallableTorchField(eqx.Module):
+    """A PyTorch module from ``--model package.module:function`` as a field, keeping the module
+    (for its untrained copy) and its ``sample_shape``."""
+
+    net: Any  # a wgfm.interop.TorchField
+    module: Any = eqx.field(static=True)
+    kind: str = eqx.field(static=True)
+    backend: str = eqx.field(
+        static=True, default="PyTorch (torch_field: forward-mode JVPs, no VJP)"
+    )
+
+    @property
+    def sample_shape(self):
+        return getattr(self.module, "sample_shape", None)
+
+    @property
+    def cls(self) -> str:
+        return type(self.module).__name__
+
+    def __call__(self, x, t):
+        return self.net(x, t)
+
+    def untrained(self, seed: int):
+        """The module deep-copied with every submodule's ``reset_parameters`` re-run."""
+        import copy
+
+        import torch
+
+        from ..interop import torch_field
+
+        torch.manual_seed(int(seed))
+        fresh = copy.deepcopy(self.module)
+        for m in fresh.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        return _CallableTorchField(torch_field(fresh), fresh, self.kind)
+
+
+def field_description(field, kind: str) -> str:
+    """One line: the field's class, backend, kind and what was diagnosed (its notes)."""
+    cls = getattr(field, "cls", None) or type(field).__name__
+    backend = getattr(field, "backend", "JAX")
+    notes = "; ".join(getattr(field, "notes", ()) or ())
+    return f"{cls} on {backend}, kind {kind}" + (f"; {notes}" if notes else "")
+
+
+def _process_description(field, process) -> str:
+    schedule = getattr(field, "schedule", None)
+    if schedule is not None:
+        return schedule.describe()
+    return f"{type(process).__name__} (given by the model's function)"
+
+
+def _model_name(model) -> str:
+    return str(model) if is_callable_spec(str(model)) else str(Path(model).resolve())
+
+
+def _untrained(field, seed: int):
+    """``(untrained field or None, its description for the report)``."""
+    if hasattr(field, "untrained"):
+        return field.untrained(seed), (
+            f"the same architecture freshly initialised by PyTorch (seed {seed})"
+        )
+    if hasattr(field, "model") and hasattr(field, "params"):
+        return None, "the same architecture with freshly drawn parameters"
+    return None, "no untrained control (the field carries no parameters to redraw)"
+
+
+def model_fingerprint(model) -> str:
+    """sha256 over what makes two models the same: for a diffusers directory the denoiser's
+    config and weights (every shard and variant), the scheduler's config and model_index.json;
+    for ``package.module:function`` the spec and the source of its module."""
     h = hashlib.sha256()
-    root = Path(model_dir)
-    unet = root / "unet" if (root / "unet" / "config.json").is_file() else root
-    for f in (
-        sorted(unet.glob("config.json"))
-        + sorted(unet.glob("diffusion_pytorch_model.*"))
-        + sorted(root.glob("scheduler/scheduler_config.json"))
-        + sorted(root.glob("scheduler_config.json"))
-    ):
+    if is_callable_spec(str(model)):
+        import importlib
+        import inspect
+
+        h.update(str(model).encode())
+        mod = importlib.import_module(str(model).split(":")[0])
+        src = inspect.getsourcefile(mod)
+        files = [Path(src)] if src else []
+    else:
+        from ..interop import read_pipeline
+
+        root = Path(model)
+        pd = read_pipeline(root)
+        top = pd.root or root
+        files = (
+            sorted(pd.denoiser.glob("config.json"))
+            + sorted(pd.denoiser.glob("diffusion_pytorch_model*"))
+            + sorted(top.glob("scheduler/scheduler_config.json"))
+            + sorted(root.glob("scheduler_config.json"))
+            + sorted(top.glob("model_index.json"))
+        )
+    for f in files:
         h.update(f.name.encode())
         with f.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 22), b""):
@@ -190,13 +388,16 @@ def model_fingerprint(model_dir: Path) -> str:
     return h.hexdigest()
 
 
-def _sample_shape(field) -> tuple[int, int, int]:
-    net = field.model.net
-    size = net.sample_size
-    if size is None:
-        raise ValueError("the model's config has no `sample_size`: the image size is unknown.")
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
-    return int(h), int(w), int(net.in_channels)
+def _sample_shape(field, config: DiagnoseConfig) -> tuple[int, ...]:
+    shape = getattr(field, "sample_shape", None)
+    if shape is not None:
+        return tuple(int(v) for v in shape)
+    if config.data is not None:
+        return tuple(load_data(config.data).shape[1:])
+    raise ValueError(
+        "the field has no `sample_shape` and no --data was given: the sample shape is unknown "
+        "(give the field a `sample_shape` attribute)."
+    )
 
 
 def _source(config: DiagnoseConfig) -> str:
@@ -207,28 +408,79 @@ def _source(config: DiagnoseConfig) -> str:
     return "generated by the model (DDIM)"
 
 
-def clean_images(config: DiagnoseConfig, field, process, shape, sz: DiagnoseSizes, key):
-    """``(images (N, H, W, C) in [-1, 1], description)`` for the run."""
+def clean_images(
+    config: DiagnoseConfig, field, process, shape, sz: DiagnoseSizes, key, kind: str | None = None
+):
+    """``(images (N, *shape), description)`` for the run: in [-1, 1], or for a latent pipeline
+    the given images' latents under its autoencoder."""
+    kind = kind or field.kind
+    latent = getattr(field, "latent", None)
+    pixel_shape = shape
+    if latent is not None and (config.data is not None or config.images is not None):
+        pixel_shape = _pixel_shape(latent, shape)
     if config.data is not None:
         x = load_data(config.data)
         what = f"{len(x)} images of {config.data}"
     elif config.images is not None:
-        x = load_images(config.images, shape)
-        what = f"{len(x)} images of {config.images}, resized to {shape[0]}x{shape[1]}"
+        x = load_images(config.images, pixel_shape)
+        what = f"{len(x)} images of {config.images}, resized to {pixel_shape[0]}x{pixel_shape[1]}"
     else:
-        x = _generated(config.out, field, process, shape, sz, key)
+        x = _generated(config.out, field, process, shape, sz, key, kind)
+        how = (
+            f"DDIM-{sz.ddim_steps}"
+            if hasattr(process, "betas")
+            else (f"the probability-flow ODE, {sz.ddim_steps} Euler steps")
+        )
+        where = f" (in {latent.describe()})" if latent is not None else ""
         return x, (
-            f"{len(x)} images generated by the model itself (DDIM-{sz.ddim_steps}, "
-            "clipped to [-1, 1]): no data was given, so the noise levels surround "
-            "the model's own samples, not data"
+            f"{len(x)} samples generated by the model itself{where} ({how}"
+            + (", clipped to [-1, 1]" if latent is None else "")
+            + "): no data was given, so the noise levels surround the model's own samples, "
+            "not data"
         )
     if len(x) < 2:
         raise ValueError(f"{what}: the Gaussian-fit control needs at least 2 clean images.")
-    if x.shape[1:] != shape:
+    if x.shape[1:] != pixel_shape:
         raise ValueError(
-            f"the clean images have shape {x.shape[1:]} but the model takes {shape} (H, W, C)."
+            f"the clean images have shape {x.shape[1:]} but the model takes {pixel_shape} "
+            "(H, W, C)" + (f" (the pixel size of its {latent.cls})" if latent else "") + "."
         )
+    if latent is not None:
+        x = encode_latents(latent, x)
+        what += f", encoded into {latent.describe()}"
     return x, what
+
+
+def _pixel_shape(latent, shape) -> tuple[int, int, int]:
+    """The images a latent pipeline's autoencoder encodes to latents of ``shape``."""
+    import json as _json
+
+    cfg = _json.loads((latent.path / "config.json").read_text())
+    f = 2 ** (len(cfg.get("block_out_channels", [0])) - 1)
+    return shape[0] * f, shape[1] * f, int(cfg.get("in_channels", 3))
+
+
+def encode_latents(latent, images: np.ndarray, batch: int = 16) -> np.ndarray:
+    """``(encode(x) - shift_factor) * scaling_factor`` of ``images (N, H, W, C)`` in [-1, 1]
+    by the pipeline's autoencoder (PyTorch, float32): the posterior mean of an
+    ``AutoencoderKL``, the unquantised latents of a ``VQModel``."""
+    try:
+        import diffusers
+        import torch
+    except ImportError:
+        raise ValueError(
+            f"encoding images into the latent space of the pipeline's {latent.cls} needs torch "
+            "and diffusers."
+        ) from None
+    vae = getattr(diffusers, latent.cls).from_pretrained(str(latent.path)).eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch].transpose(0, 3, 1, 2)))
+            enc = vae.encode(x.float())
+            z = enc.latent_dist.mode() if hasattr(enc, "latent_dist") else enc.latents
+            out.append(((z - latent.shift_factor) * latent.scaling_factor).numpy())
+    return np.concatenate(out).transpose(0, 2, 3, 1).astype(np.float32)
 
 
 def load_data(data_dir: Path) -> np.ndarray:
@@ -271,9 +523,13 @@ def load_images(folder: Path, shape: tuple[int, int, int]) -> np.ndarray:
     return out
 
 
-def _generated(out: Path, field, process, shape, sz: DiagnoseSizes, key) -> np.ndarray:
-    """``sz.num_generated`` DDIM samples of the model, kept in ``out/generated.npy``."""
+def _generated(out: Path, field, process, shape, sz: DiagnoseSizes, key, kind: str) -> np.ndarray:
+    """``sz.num_generated`` samples of the model (DDIM on a DDPM schedule, else Euler steps of
+    the probability-flow ODE), kept in ``out/generated.npy``."""
+    import diffrax
+
     from ..samplers import sample_ddim
+    from ..transport import sample_ode
 
     path = out / "generated.npy"
     if path.is_file():
@@ -283,21 +539,36 @@ def _generated(out: Path, field, process, shape, sz: DiagnoseSizes, key) -> np.n
     # Equal chunks (one compiled sampler; the last is trimmed): memory stays that of one chunk.
     chunk = min(sz.num_generated, GENERATION_CHUNK)
     parts = []
-    for i in tqdm(range(-(-sz.num_generated // chunk)), desc="DDIM", unit="chunk", leave=False):
-        res = sample_ddim(
-            field,
-            process,
-            key=jax.random.fold_in(key, i),
-            num_samples=chunk,
-            shape=shape,
-            kind=field.kind,
-            num_steps=sz.ddim_steps,
-            num_train_steps=len(process.betas),
-        )
+    for i in tqdm(range(-(-sz.num_generated // chunk)), desc="generate", unit="chunk", leave=False):
+        k = jax.random.fold_in(key, i)
+        if hasattr(process, "betas"):
+            res = sample_ddim(
+                field,
+                process,
+                key=k,
+                num_samples=chunk,
+                shape=shape,
+                kind=kind,  # pyright: ignore[reportArgumentType]
+                num_steps=sz.ddim_steps,
+                num_train_steps=len(process.betas),
+            )
+        else:
+            res = sample_ode(
+                field,
+                process,
+                key=k,
+                num_samples=chunk,
+                shape=shape,
+                kind=kind,  # pyright: ignore[reportArgumentType]
+                solver=diffrax.Euler(),
+                stepsize_controller=diffrax.ConstantStepSize(),
+                dt0=-(process.t_max - process.t_min) / sz.ddim_steps,
+            )
         parts.append(np.asarray(res.samples, np.float32))
     x = np.concatenate(parts)[: sz.num_generated]
-    # As the diffusers pipelines return images: clipped to the data range.
-    x = np.clip(x, -1.0, 1.0)
+    if getattr(field, "latent", None) is None:
+        # As the diffusers pipelines return images: clipped to the data range.
+        x = np.clip(x, -1.0, 1.0)
     tmp = path.with_suffix(".tmp.npy")
     np.save(tmp, x)
     os.replace(tmp, path)

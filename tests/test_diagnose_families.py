@@ -1,0 +1,157 @@
+"""`wgfm diagnose` end to end on each model family beyond the pixel-space DDPM U-Net: a
+flow-matching pipeline (flax port), a latent class-conditional DiT pipeline with images encoded
+by its VAE (PyTorch path, forward-mode probes, untrained control re-initialised by PyTorch),
+and ``package.module:function`` models (a PyTorch module, a JAX field with its kind given)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+
+from test_diagnose import SIZES, TINY  # noqa: E402
+from test_interop_pipelines import DIT, _pipeline  # noqa: E402
+
+from wgfm import cli  # noqa: E402
+from wgfm.diagnosis import TITLES  # noqa: E402
+from wgfm.diagnosis.command import DiagnoseConfig, load_callable, run  # noqa: E402
+
+
+def _rows(out):
+    res = json.loads((out / "results.json").read_text())
+    return res, (out / "REPORT.md").read_text()
+
+
+def test_flow_matching_pipeline_generates_with_the_ode(tmp_path):
+    torch.manual_seed(0)
+    root = _pipeline(
+        tmp_path / "flow",
+        "FlowPipeline",
+        {
+            "unet": diffusers.UNet2DModel(**TINY),
+            "scheduler": diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0),
+        },
+    )
+    out = tmp_path / "run"
+    run(DiagnoseConfig(model=root / "unet", out=out), sizes=SIZES)
+    res, md = _rows(out)
+    assert "ShiftedInterpolant (shift 3)" in md and "kind velocity" in md
+    assert "probability-flow ODE" in md
+    rows1 = res["claims"][TITLES[1]]
+    assert len(rows1) == 2 and "untrained" in rows1[1]["control"]
+    assert np.isfinite(np.load(out / "generated.npy")).all()
+
+
+def test_latent_dit_pipeline_encodes_images_with_its_vae(tmp_path):
+    from PIL import Image
+
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(
+        block_out_channels=(8, 8), norm_num_groups=4, latent_channels=4, sample_size=16
+    )
+    root = _pipeline(
+        tmp_path / "dit",
+        "DiTPipeline",
+        {
+            "transformer": diffusers.DiTTransformer2DModel(**DIT),
+            "vae": vae,
+            "scheduler": diffusers.DDIMScheduler(),
+        },
+    )
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    out = tmp_path / "run"
+    run(DiagnoseConfig(model=root, images=images, out=out, class_label=3), sizes=SIZES)
+    res, md = _rows(out)
+    assert "encoded into the latent space of the pipeline's AutoencoderKL" in md
+    assert "DiTTransformer2DModel on PyTorch" in md and "class label 3" in md
+    assert "learned variance" in md and "freshly initialised by PyTorch" in md
+    (claim1,) = res["numbers"]["differential"].values()
+    probe = claim1["median_probe_ratio"]
+    assert set(probe) == {"trained", "untrained", "oracle score"}
+    assert np.all(np.isfinite(probe["trained"])) and np.all(np.asarray(probe["trained"]) > 1e-2)
+
+
+MODULE = textwrap.dedent(
+    """
+    import jax.numpy as jnp
+    import torch
+
+    from wgfm.processes import VP
+
+
+    class Net(torch.nn.Module):
+        kind = "eps"
+        sample_shape = (6,)
+
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.a = torch.nn.Linear(7, 16)
+            self.b = torch.nn.Linear(16, 6)
+
+        def forward(self, x, t):
+            return self.b(torch.tanh(self.a(torch.cat([x, t[:, None]], 1))))
+
+
+    def torch_model():
+        return Net(), VP()
+
+
+    def jax_model():
+        w = jnp.arange(36.0).reshape(6, 6) / 36.0
+        field = lambda x, t: jnp.tanh(w @ x) * (1 + t)
+        field.sample_shape = (6,)
+        return field, VP(), "score"
+
+
+    def no_kind():
+        return (lambda x, t: x), VP()
+    """
+)
+
+
+@pytest.fixture
+def research_module(tmp_path, monkeypatch):
+    (tmp_path / "myresearch.py").write_text(MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "myresearch"
+    sys.modules.pop("myresearch", None)
+
+
+def test_callable_models(tmp_path, research_module, capsys):
+    field, process, kind = load_callable(f"{research_module}:torch_model")
+    assert kind == "eps" and field.sample_shape == (6,)
+    x = np.linspace(-1, 1, 6)
+    want = field.module(torch.from_numpy(x)[None].float(), torch.tensor([0.3]))[0]
+    np.testing.assert_allclose(np.asarray(field(x.astype(np.float32), 0.3)), want.detach(), 1e-6)
+    data = np.random.default_rng(0).standard_normal((8, 6)).astype(np.float32)
+    out = tmp_path / "torch-run"
+    run(DiagnoseConfig(model=f"{research_module}:torch_model", out=out), sizes=SIZES)  # type: ignore[arg-type]
+    res, md = _rows(out)
+    assert "Net on PyTorch" in md and "(given by the model's function)" in md
+    assert "freshly initialised by PyTorch" in md
+    out = tmp_path / "jax-run"
+    run(DiagnoseConfig(model=f"{research_module}:jax_model", out=out), sizes=SIZES)  # type: ignore[arg-type]
+    res, md = _rows(out)
+    assert "kind score" in md and "no untrained control" in md
+    assert len(res["claims"][TITLES[1]]) == 1  # the Gaussian control only
+    del data
+    assert (
+        cli.main(
+            ["diagnose", "--model", f"{research_module}:no_kind", "--out", str(tmp_path / "o")]
+        )
+        == 2
+    )
+    assert "the field's kind must be one of" in capsys.readouterr().err
+    assert cli.main(["diagnose", "--model", "nosuchpkg.mod:fn", "--out", str(tmp_path / "p")]) == 2
+    assert "cannot import 'nosuchpkg.mod'" in capsys.readouterr().err
