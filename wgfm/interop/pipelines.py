@@ -201,7 +201,16 @@ class TorchDiffusersField(eqx.Module):
         torch.manual_seed(int(seed))
         dtype = next(self.module.parameters()).dtype
         fresh = type(self.module).from_config(self.module.config).eval().to(dtype)
-        return dataclasses.replace(self, module=fresh, net=_torch_net(fresh, self.conditioning))  # type: ignore[type-var]
+        return TorchDiffusersField(
+            _torch_net(fresh, self.conditioning),
+            self.schedule,
+            self.sample_shape,
+            self.cls,
+            self.notes,
+            self.latent,
+            fresh,
+            self.conditioning,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
