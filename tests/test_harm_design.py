@@ -210,16 +210,16 @@ def test_designed_score_is_one_structure_with_the_size_as_input():
 
 TINY4 = dataclasses.replace(
     QUICK,
-    train_steps_2d=300,
+    train_steps_2d=200,
     batch_size=128,
     num_eval_samples=500,
     num_diag_samples=4,
-    num_likelihood=16,
-    helmholtz_grid=24,
+    num_likelihood=8,
+    helmholtz_grid=12,
     snapshots=(0.1, 0.3, 1.0),
     harm_objectives=("eps",),
     harm_seeds=2,
-    harm_strengths=(0.1, 0.5),
+    harm_strengths=(0.5,),
     harm_resamples=500,
 )
 

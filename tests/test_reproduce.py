@@ -64,6 +64,18 @@ def test_harmless_at_floor_and_harmful_beyond(results):
     assert len(rows) == 4 and all(r["verdict"] for r in rows), rows
 
 
+def test_designed_transport_experiment_reports_intervals(results):
+    _, res = results
+    rows = _rows(res, "4.")
+    corr = [r for r in rows if r["claim"].startswith("trained networks (")]
+    # SW2, MMD and excess NLL, each with a point estimate and [lo, hi] per statistic
+    assert len(corr) == 3 and all(r["measured"].count("[") == 3 for r in corr), corr
+    design = [r for r in rows if r["claim"].startswith("the design separates")]
+    assert len(design) == 1 and design[0]["verdict"], design
+    an = res["numbers"]["harm"]["designed"]["analysis"]
+    assert an["n_bases"] >= 12 and an["sw2"]["partial_residual_given_lambda"]["lo"] > 0
+
+
 def test_figures_are_valid_pngs(results):
     out, res = results
     figs = [f for fs in res["figures"].values() for f in fs]
