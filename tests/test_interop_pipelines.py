@@ -143,6 +143,27 @@ def test_dit_latent_learned_variance_and_null_class(tmp_path):
         load_diffusers(root, class_label=10)
 
 
+def test_classifier_free_guidance(tmp_path):
+    dit = _perturbed(diffusers.DiTTransformer2DModel(**DIT))
+    root = _pipeline(
+        tmp_path, "DiTPipeline", {"transformer": dit, "scheduler": diffusers.DDIMScheduler()}
+    )
+    with pytest.raises(ValueError, match="guidance_scale"):
+        load_diffusers(root, guidance_scale=2.0)  # no class label: the null class only
+    field, _ = load_diffusers(root, class_label=3, guidance_scale=2.0)
+    assert "(1 + w) F(x, c) - w F(x, null) with w = 2, c = 3, null = 10" in " ".join(field.notes)
+    c, u = torch.full((1,), 3), torch.full((1,), 10)
+
+    def ref(x, t):
+        k = t * 1000 - 1
+        return (
+            3 * dit(x, k, class_labels=c).sample[:, :4]
+            - 2 * dit(x, k, class_labels=u).sample[:, :4]
+        )
+
+    _check_against(field, ref, (8, 8, 4), 0.5)
+
+
 def test_transformer2d_model_patched(tmp_path):
     cfg = dict(DIT, norm_type="ada_norm_zero", out_channels=4)
     tr = _perturbed(diffusers.Transformer2DModel(**cfg))

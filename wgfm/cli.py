@@ -145,6 +145,7 @@ def diagnose(
     prompt_embedding: Path | None = None,
     variant: str | None = None,
     mu: float | None = None,
+    guidance_scale: float | None = None,
 ) -> int:
     """Diagnose a pretrained diffusers model: the paper's claims 1 (Jacobian asymmetry at every
     noise level) and 2 (circulation around its three loop families and a circle) beside an
@@ -167,6 +168,8 @@ def diagnose(
         prompt_embedding: a .npy text embedding (seq, dim) for a UNet2DConditionModel.
         variant: weights variant, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors).
         mu: the shift of a flow-matching scheduler with use_dynamic_shifting.
+        guidance_scale: w, for the classifier-free-guided field (1 + w) eps(x, c) - w eps(x)
+            of a class-conditional model with a null class (needs --class-label).
     """
     from .diagnosis.command import DiagnoseConfig, run
 
@@ -183,6 +186,7 @@ def diagnose(
             prompt_embedding=prompt_embedding,
             variant=variant,
             mu=mu,
+            guidance_scale=guidance_scale,
         )
         report = run(config)
     except (ValueError, OSError) as e:

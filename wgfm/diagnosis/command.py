@@ -28,7 +28,6 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-import equinox as eqx
 import jax
 import numpy as np
 from rich.console import Console
@@ -57,6 +56,7 @@ class DiagnoseConfig:
     prompt_embedding: Path | None = None
     variant: str | None = None
     mu: float | None = None
+    guidance_scale: float | None = None
 
     def __post_init__(self):
         if not Path(self.model).is_dir() and not is_callable_spec(str(self.model)):
@@ -210,9 +210,14 @@ def is_callable_spec(model: str) -> bool:
 def load_model(config: DiagnoseConfig) -> tuple[Any, Any, str]:
     """``(field, process, kind)`` of ``config.model``: a diffusers directory or a callable."""
     if is_callable_spec(str(config.model)):
-        if config.class_label is not None or config.prompt_embedding is not None:
+        if (
+            config.class_label is not None
+            or config.prompt_embedding is not None
+            or config.guidance_scale is not None
+        ):
             raise ValueError(
-                "`--class-label` and `--prompt-embedding` apply to diffusers directories; a "
+                "`--class-label`, `--prompt-embedding` and `--guidance-scale` apply to diffusers "
+                "directories; a "
                 "`package.module:function` model conditions its own field."
             )
         return load_callable(str(config.model))
@@ -225,6 +230,7 @@ def load_model(config: DiagnoseConfig) -> tuple[Any, Any, str]:
         encoder_hidden_states=ehs,
         variant=config.variant,
         mu=config.mu,
+        guidance_scale=config.guidance_scale,
     )
     return field, process, field.kind
 
@@ -270,10 +276,9 @@ def load_callable(spec: str) -> tuple[Any, Any, str]:
             f"{type(process).__name__}."
         )
     if _is_torch_module(field):
-        from ..interop import torch_field
+        from ..interop.torch import module_field
 
-        wrapped = _CallableTorchField(torch_field(field), field, kind)
-        return wrapped, process, kind
+        return module_field(field, kind), process, kind
     if not callable(field):
         raise ValueError(f"`--model` {spec!r}: the field is not callable.")
     return field, process, kind
@@ -284,44 +289,6 @@ def _is_torch_module(obj) -> bool:
 
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(obj, torch.nn.Module)
-
-
-class _CallableTorchField(eqx.Module):
-    """A PyTorch module from ``--model package.module:function`` as a field, keeping the module
-    (for its untrained copy) and its ``sample_shape``."""
-
-    net: Any  # a wgfm.interop.TorchField
-    module: Any = eqx.field(static=True)
-    kind: str = eqx.field(static=True)
-    backend: str = eqx.field(
-        static=True, default="PyTorch (torch_field: forward-mode JVPs, no VJP)"
-    )
-
-    @property
-    def sample_shape(self):
-        return getattr(self.module, "sample_shape", None)
-
-    @property
-    def cls(self) -> str:
-        return type(self.module).__name__
-
-    def __call__(self, x, t):
-        return self.net(x, t)
-
-    def untrained(self, seed: int):
-        """The module deep-copied with every submodule's ``reset_parameters`` re-run."""
-        import copy
-
-        import torch
-
-        from ..interop import torch_field
-
-        torch.manual_seed(int(seed))
-        fresh = copy.deepcopy(self.module)
-        for m in fresh.modules():
-            if hasattr(m, "reset_parameters"):
-                m.reset_parameters()
-        return _CallableTorchField(torch_field(fresh), fresh, self.kind)
 
 
 def field_description(field, kind: str) -> str:
@@ -417,6 +384,8 @@ def clean_images(
     latent = getattr(field, "latent", None)
     pixel_shape = shape
     if latent is not None and (config.data is not None or config.images is not None):
+        from ..interop.pipelines import pixel_shape as _pixel_shape
+
         pixel_shape = _pixel_shape(latent, shape)
     if config.data is not None:
         x = load_data(config.data)
@@ -446,41 +415,11 @@ def clean_images(
             "(H, W, C)" + (f" (the pixel size of its {latent.cls})" if latent else "") + "."
         )
     if latent is not None:
+        from ..interop.pipelines import encode_latents
+
         x = encode_latents(latent, x)
         what += f", encoded into {latent.describe()}"
     return x, what
-
-
-def _pixel_shape(latent, shape) -> tuple[int, int, int]:
-    """The images a latent pipeline's autoencoder encodes to latents of ``shape``."""
-    import json as _json
-
-    cfg = _json.loads((latent.path / "config.json").read_text())
-    f = 2 ** (len(cfg.get("block_out_channels", [0])) - 1)
-    return shape[0] * f, shape[1] * f, int(cfg.get("in_channels", 3))
-
-
-def encode_latents(latent, images: np.ndarray, batch: int = 16) -> np.ndarray:
-    """``(encode(x) - shift_factor) * scaling_factor`` of ``images (N, H, W, C)`` in [-1, 1]
-    by the pipeline's autoencoder (PyTorch, float32): the posterior mean of an
-    ``AutoencoderKL``, the unquantised latents of a ``VQModel``."""
-    try:
-        import diffusers
-        import torch
-    except ImportError:
-        raise ValueError(
-            f"encoding images into the latent space of the pipeline's {latent.cls} needs torch "
-            "and diffusers."
-        ) from None
-    vae = getattr(diffusers, latent.cls).from_pretrained(str(latent.path)).eval()
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(images), batch):
-            x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch].transpose(0, 3, 1, 2)))
-            enc = vae.encode(x.float())
-            z = enc.latent_dist.mode() if hasattr(enc, "latent_dist") else enc.latents
-            out.append(((z - latent.shift_factor) * latent.scaling_factor).numpy())
-    return np.concatenate(out).transpose(0, 2, 3, 1).astype(np.float32)
 
 
 def load_data(data_dir: Path) -> np.ndarray:

@@ -79,7 +79,7 @@ class DiffusersField(eqx.Module):
     @property
     def sample_shape(self) -> tuple[int, int, int]:
         """``(H, W, C)`` of one sample, from the config's ``sample_size`` and ``in_channels``."""
-        return _hwc(self.model.net.sample_size, self.model.net.in_channels, "UNet2DModel")
+        return hwc_shape(self.model.net.sample_size, self.model.net.in_channels, "UNet2DModel")
 
     def __call__(self, x: Float[Array, "h w c"], t: Float[ArrayLike, ""]) -> Array:
         t = jnp.asarray(t, x.dtype)
@@ -100,6 +100,7 @@ def load_diffusers(
     class_label: int | None = None,
     encoder_hidden_states: ArrayLike | None = None,
     variant: str | None = None,
+    guidance_scale: float | None = None,
 ):
     """``(field, process)`` of a diffusers pipeline or model directory.
 
@@ -124,6 +125,7 @@ def load_diffusers(
         class_label=class_label,
         encoder_hidden_states=encoder_hidden_states,
         variant=variant,
+        guidance_scale=guidance_scale,
     )
 
 
@@ -192,14 +194,14 @@ def convert_state_dict(state: dict[str, np.ndarray], net: UNet2D, *, dtype=jnp.f
 # Files
 
 
-def _hwc(size, channels, what: str) -> tuple[int, int, int]:
+def hwc_shape(size, channels, what: str) -> tuple[int, int, int]:
     if size is None:
         raise ValueError(f"the {what} config has no `sample_size`: the image size is unknown.")
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     return int(h), int(w), int(channels)
 
 
-def _learned_variance(config: dict) -> bool:
+def has_learned_variance(config: dict) -> bool:
     """Whether the network's output carries a variance half (``out_channels = 2 in_channels``)."""
     c_in = config.get("in_channels")
     c_out = config.get("out_channels") or c_in

@@ -221,6 +221,8 @@ class Conditioning:
     learned_variance: bool = False
     class_label: int | None = None
     encoder_hidden_states: tuple | None = None  # (bytes, shape, dtype str)
+    guidance_scale: float = 0.0  # w of (1 + w) F(x, c) - w F(x, null)
+    null_label: int | None = None
 
     def ehs(self) -> np.ndarray | None:
         if self.encoder_hidden_states is None:
@@ -249,13 +251,23 @@ def _module_call(module, cond: Conditioning, ehs, x, t):
 
     n = x.shape[0]
     kw = {}
+    w = cond.guidance_scale
+    if w:  # one call on [conditional; unconditional], as the diffusers pipelines batch it
+        x, t = torch.cat([x, x]), torch.cat([t, t])
     if cond.class_label is not None:
-        kw["class_labels"] = torch.full((n,), cond.class_label, dtype=torch.long)
+        labels = torch.full((n,), cond.class_label, dtype=torch.long)
+        if w:
+            null = int(cond.null_label)  # pyright: ignore[reportArgumentType]  (load checks it)
+            labels = torch.cat([labels, torch.full((n,), null, dtype=torch.long)])
+        kw["class_labels"] = labels
     if ehs is not None:
-        kw["encoder_hidden_states"] = ehs.to(x.dtype).expand(n, *ehs.shape[1:])
+        kw["encoder_hidden_states"] = ehs.to(x.dtype).expand(x.shape[0], *ehs.shape[1:])
     out = module(x.permute(0, 3, 1, 2), timestep=t, **kw).sample
     if cond.learned_variance:
         out = out[:, : cond.channels]
+    if w:
+        # Guidance of the raw prediction is guidance of the field: value() is affine in it.
+        out = (1 + w) * out[:n] - w * out[n:]
     return out.permute(0, 2, 3, 1)
 
 
@@ -273,6 +285,7 @@ def load_pipeline(
     class_label: int | None = None,
     encoder_hidden_states: ArrayLike | None = None,
     variant: str | None = None,
+    guidance_scale: float | None = None,
 ):
     """``(field, process)`` of a diffusers pipeline or model directory (module docstring).
 
@@ -280,8 +293,10 @@ def load_pipeline(
     ``"torch"``. ``class_label``: the class of a class-conditional denoiser (default: its null
     class where it has one); ``encoder_hidden_states``: the ``(seq, dim)`` or ``(1, seq, dim)``
     text embedding of a ``UNet2DConditionModel``. ``variant``: weights such as
-    ``diffusion_pytorch_model.fp16.safetensors`` (cast to ``dtype``)."""
-    from .diffusers import DiffusersField, _hwc, _learned_variance, load_unet2d
+    ``diffusion_pytorch_model.fp16.safetensors`` (cast to ``dtype``). ``guidance_scale`` ``w``:
+    the classifier-free-guided field ``(1 + w) F(x, c) - w F(x, null)`` of a class-conditional
+    denoiser with a null class (diffusers' ``guidance_scale`` is ``1 + w``)."""
+    from .diffusers import DiffusersField, has_learned_variance, hwc_shape, load_unet2d
 
     if backend not in ("auto", "flax", "torch"):
         raise ValueError(f"`backend` must be 'auto', 'flax' or 'torch', got {backend!r}.")
@@ -309,7 +324,7 @@ def load_pipeline(
         )
         scheduler_config = {}
     schedule = scheduler_map(scheduler_config, mu=mu)
-    learned = _learned_variance(pd.config)
+    learned = has_learned_variance(pd.config)
     notes = []
     if learned:
         c = pd.config["in_channels"]
@@ -332,7 +347,7 @@ def load_pipeline(
         except ValueError as e:
             port_problem = str(e)
         if port_problem is None or backend == "flax":
-            if class_label is not None or encoder_hidden_states is not None:
+            if class_label is not None or encoder_hidden_states is not None or guidance_scale:
                 raise ValueError(f"{cls} at {str(pd.denoiser)!r} is unconditional.")
             model, params, _ = load_unet2d(pd.denoiser, dtype=dtype, variant=variant)
             field = DiffusersField(model, params, schedule, learned, tuple(notes), pd.latent)
@@ -343,10 +358,22 @@ def load_pipeline(
         )
     module = _load_module(pd, variant, dtype)
     cond = _conditioning(module, pd, learned, class_label, encoder_hidden_states, notes)
+    if guidance_scale:
+        if cond.class_label is None or cond.null_label in (None, cond.class_label):
+            raise ValueError(
+                f"`guidance_scale` needs a class-conditional denoiser with a null class and a "
+                f"`class_label` other than it ({cls} at {str(pd.denoiser)!r})."
+            )
+        cond = dataclasses.replace(cond, guidance_scale=float(guidance_scale))
+        notes.append(
+            f"the classifier-free-guided field (1 + w) F(x, c) - w F(x, null) with w = "
+            f"{float(guidance_scale):g}, c = {cond.class_label}, null = {cond.null_label}: not "
+            "the score of a noised distribution, even for exact F"
+        )
     if port_problem:
         notes.append(f"PyTorch, as the flax port does not support this config ({port_problem})")
     c = module.config
-    shape = _hwc(c.get("sample_size"), c.get("in_channels"), cls)
+    shape = hwc_shape(c.get("sample_size"), c.get("in_channels"), cls)
     field = TorchDiffusersField(
         _torch_net(module, cond), schedule, shape, cls, tuple(notes), pd.latent, module, cond
     )
@@ -396,6 +423,7 @@ def _conditioning(module, pd, learned, class_label, ehs, notes) -> Conditioning:
     elif ehs is not None:
         raise ValueError(f"{cls} takes no text embedding (`encoder_hidden_states`).")
     label_emb = _label_embedding(module)
+    null = None
     if label_emb is not None:
         n, null = label_emb
         if class_label is None:
@@ -411,7 +439,8 @@ def _conditioning(module, pd, learned, class_label, ehs, notes) -> Conditioning:
             notes.append(f"conditioned on class label {int(class_label)}")
     elif class_label is not None:
         raise ValueError(f"{cls} is not class-conditional: `class_label` does not apply.")
-    return Conditioning(c, learned, None if class_label is None else int(class_label), ehs_key)
+    label = None if class_label is None else int(class_label)
+    return Conditioning(c, learned, label, ehs_key, null_label=null)
 
 
 def _label_embedding(module) -> tuple[int, int | None] | None:
@@ -427,3 +456,37 @@ def _label_embedding(module) -> tuple[int, int | None] | None:
     if isinstance(emb, torch.nn.Embedding):
         return int(emb.num_embeddings), None
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Latents
+
+
+def pixel_shape(latent: Latent, shape) -> tuple[int, int, int]:
+    """The images a latent pipeline's autoencoder encodes to latents of ``shape``."""
+    cfg = json.loads((latent.path / "config.json").read_text())
+    f = 2 ** (len(cfg.get("block_out_channels", [0])) - 1)
+    return shape[0] * f, shape[1] * f, int(cfg.get("in_channels", 3))
+
+
+def encode_latents(latent: Latent, images: np.ndarray, batch: int = 16) -> np.ndarray:
+    """``(encode(x) - shift_factor) * scaling_factor`` of ``images (N, H, W, C)`` in [-1, 1]
+    by the pipeline's autoencoder (PyTorch, float32): the posterior mean of an
+    ``AutoencoderKL``, the unquantised latents of a ``VQModel``."""
+    try:
+        import diffusers
+        import torch
+    except ImportError:
+        raise ValueError(
+            f"encoding images into the latent space of the pipeline's {latent.cls} needs torch "
+            "and diffusers."
+        ) from None
+    vae = getattr(diffusers, latent.cls).from_pretrained(str(latent.path)).eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch].transpose(0, 3, 1, 2)))
+            enc = vae.encode(x.float())
+            z = enc.latent_dist.mode() if hasattr(enc, "latent_dist") else enc.latents
+            out.append(((z - latent.shift_factor) * latent.scaling_factor).numpy())
+    return np.concatenate(out).transpose(0, 2, 3, 1).astype(np.float32)

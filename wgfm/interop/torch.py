@@ -22,6 +22,7 @@ plain ``jvp`` with each primal repeated per tangent: see ``vmap_tangents``).
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import weakref
@@ -85,6 +86,45 @@ def torch_field(
         fn = torch.func.vmap(fn)
     vmap = None if vmap_tangents is None else bool(vmap_tangents)
     return TorchField(fn, int(chunk_size), vmap, dtype)
+
+
+class TorchModuleField(eqx.Module):
+    """A batched ``torch.nn.Module`` ``(x (N, *shape), t (N,)) -> (N, *shape)`` as a field of
+    ``kind`` (through :func:`torch_field`), keeping the module for its untrained copy and its
+    ``sample_shape`` attribute, if any. Build it with :func:`module_field`."""
+
+    net: TorchField
+    module: torch.nn.Module = eqx.field(static=True)
+    kind: str = eqx.field(static=True)
+    backend: str = eqx.field(
+        static=True, default="PyTorch (torch_field: forward-mode JVPs, no VJP)"
+    )
+
+    @property
+    def sample_shape(self) -> tuple[int, ...] | None:
+        return getattr(self.module, "sample_shape", None)
+
+    @property
+    def cls(self) -> str:
+        return type(self.module).__name__
+
+    def __call__(self, x: Float[ArrayLike, "*shape"], t: Float[ArrayLike, ""]) -> Array:
+        return self.net(x, t)
+
+    def untrained(self, seed: int) -> TorchModuleField:
+        """The module deep-copied with every submodule's ``reset_parameters`` re-run under
+        ``torch.manual_seed(seed)``: the untrained control."""
+        torch.manual_seed(int(seed))
+        fresh = copy.deepcopy(self.module)
+        for m in fresh.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()  # pyright: ignore[reportCallIssue]
+        return module_field(fresh, self.kind)
+
+
+def module_field(module: torch.nn.Module, kind: str) -> TorchModuleField:
+    """:class:`TorchModuleField` of a batched ``module`` predicting ``kind``."""
+    return TorchModuleField(torch_field(module), module, kind)
 
 
 def _module_dtype(fn) -> torch.dtype | None:
