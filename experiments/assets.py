@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import time
 import zlib
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,8 +31,8 @@ class Trained:
     """A trained (or untrained) network with the time it took."""
 
     name: str
-    model: object  # wgfm.models.Model
-    params: object
+    model: Any  # wgfm.models.Model
+    params: Any
     process: AbstractProcess
     train_seconds: float
     steps: int
@@ -262,11 +263,11 @@ class Context:
         net = self.network(data)
         res = sample_ddim(
             net.model.field(net.params),
-            self.process,  # type: ignore[attr-defined]
+            self.process,  # type: ignore[arg-type]  (a VP-family process here)
             key=self.key(f"samples-{data}"),
             num_samples=n,
             shape=self.data(data).shape[1:],
-            kind=net.model.predicts,  # type: ignore[attr-defined]
+            kind=net.model.predicts,
             num_steps=50,
         )
         x = np.asarray(res.samples)

@@ -2,7 +2,6 @@
 independent computation, training (the ELBO improves, checkpoints restore), latent scaling and
 the latent pipeline end to end on tiny sizes."""
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
