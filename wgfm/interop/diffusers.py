@@ -1,15 +1,16 @@
 """Load a ``diffusers`` ``UNet2DModel`` directory (and its scheduler) without PyTorch.
 
-``load_diffusers(dir) -> (field, process)``: ``dir`` is either a model directory written by
-``UNet2DModel.save_pretrained`` (``config.json`` + ``diffusion_pytorch_model.safetensors``) or a
-pipeline directory with ``unet/`` and ``scheduler/``. Weights are read with ``safetensors``'
-NumPy reader and mapped one-to-one onto :class:`wgfm.models.UNet2D`'s flax parameters; the
-scheduler's betas become a :class:`wgfm.processes.DiscreteVP`.
+``load_diffusers(dir) -> (field, process)`` takes any pipeline or model directory
+(:mod:`wgfm.interop.pipelines` chooses the denoiser by class); a ``UNet2DModel`` lands here: a
+model directory written by ``UNet2DModel.save_pretrained`` (``config.json`` +
+``diffusion_pytorch_model.safetensors``, sharded or a ``variant``) or a pipeline directory with
+``unet/`` and ``scheduler/``. Weights are read with ``safetensors``' NumPy reader and mapped
+one-to-one onto :class:`wgfm.models.UNet2D`'s flax parameters; the scheduler becomes a process
+and a calling convention (:func:`wgfm.interop.schedulers.scheduler_map`).
 
-Time convention: diffusers' training step ``k`` (``0 .. K-1``) is ``wgfm`` time
-``t = (k + 1)/K``, so the field calls the network at timestep ``t K - 1`` and
-``process.alpha(t)^2`` equals the scheduler's ``alphas_cumprod[k]`` at every step.
-"""
+Time convention of the DDPM family: diffusers' training step ``k`` (``0 .. K-1``) is ``wgfm``
+time ``t = (k + 1)/K``, so the field calls the network at timestep ``t K - 1`` and
+``process.alpha(t)^2`` equals the scheduler's ``alphas_cumprod[k]`` at every step."""
 
 from __future__ import annotations
 
