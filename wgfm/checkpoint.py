@@ -16,14 +16,17 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
+import inspect
 import json
 import logging
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -49,7 +52,8 @@ def tree_checksum(state: Any, meta: dict) -> str:
     """SHA-256 over every leaf's dtype, shape and bytes (in tree order) and the JSON of ``meta``."""
     h = hashlib.sha256()
     for leaf in jax.tree.leaves(state):
-        if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+        dtype = getattr(leaf, "dtype", None)  # Python scalars have none
+        if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
             leaf = jax.random.key_data(leaf)  # typed keys have no NumPy view
         arr = np.ascontiguousarray(jax.device_get(leaf))
         h.update(f"{arr.dtype.str}{arr.shape}".encode())
@@ -71,17 +75,34 @@ def _quiet_orbax():
             lg.setLevel(level)
 
 
-def _collect_quietly() -> None:
-    """Collect the coroutines a failed tensorstore read abandons now, without the "never
-    awaited" warnings and "Exception ignored" reports they would print when collected later."""
+def _collect_quietly(timeout: float = 2.0) -> None:
+    """Collect the reads a failed tensorstore restore abandons, now and in silence. Collected
+    later (at the latest at exit), they print "Exception ignored" tracebacks ("while reading
+    array index", "Event loop is closed") and asyncio "Task exception was never retrieved"
+    logs, long after the one-line warning that reports the failure. Reads still in flight are
+    waited for (up to ``timeout`` seconds) and collected once they end. The hook, the warning
+    filters and the logger levels are put back on return: nothing outlives the call."""
     hook = sys.unraisablehook
     sys.unraisablehook = lambda _: None
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_orbax():
             warnings.simplefilter("ignore")
             gc.collect()
+            deadline = time.monotonic() + timeout
+            while _reads_in_flight() and time.monotonic() < deadline:
+                time.sleep(0.05)
+                gc.collect()
     finally:
         sys.unraisablehook = hook
+
+
+def _reads_in_flight() -> bool:
+    """Whether an orbax coroutine is still suspended (a read of the failed restore that has
+    not ended yet: it is collected, noisily, only once it has)."""
+    return any(
+        inspect.iscoroutine(o) and o.cr_frame is not None and "orbax" in o.cr_code.co_filename
+        for o in gc.get_objects()
+    )
 
 
 class Checkpointer:
@@ -163,15 +184,17 @@ class Checkpointer:
             except CheckpointMismatchError:
                 raise
             except Exception as e:  # orbax/tensorstore raise many types on corrupt files
-                _collect_quietly()
-                moved = self.move_aside(step)
-                first_line = (str(e).strip().splitlines() or [""])[0][:160]
-                warnings.warn(
-                    f"checkpoint at step {step} is unreadable ({type(e).__name__}: "
-                    f"{first_line}); moved to {moved}, falling back to an older one.",
-                    CheckpointWarning,
-                    stacklevel=2,
-                )
+                error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}"
+            # Outside the except block: the exception's traceback no longer holds the reads
+            # it abandoned, so they can be collected here rather than at exit.
+            _collect_quietly()
+            moved = self.move_aside(step)
+            warnings.warn(
+                f"checkpoint at step {step} is unreadable ({error}); moved to {moved}, "
+                "falling back to an older one.",
+                CheckpointWarning,
+                stacklevel=2,
+            )
         if steps:
             raise RuntimeError(
                 f"no readable checkpoint in {self.directory}: steps {steps} were all unreadable "
@@ -197,7 +220,7 @@ class Checkpointer:
 
 
 def _shape_dtype(x) -> tuple[tuple[int, ...], str]:
-    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
         x = jax.eval_shape(jax.random.key_data, x)  # orbax stores a typed key as its data
     return tuple(int(d) for d in x.shape), str(np.dtype(x.dtype))
 
