@@ -57,6 +57,10 @@ def _rows(res, prefix):
     return [r for s, rows in res["claims"].items() if s.startswith(prefix) for r in rows]
 
 
+# Slow: the mnist preset runs end to end in the default run on the real digits
+# (tests/test_reproduce_mnist.py: both claims, the claims 3-5 notes, the checkpointed network
+# restored on a rerun), and the IDX reader has its own tests (tests/test_data.py).
+@pytest.mark.slow
 def test_mnist_preset_runs_the_papers_claims_and_resumes(mnist_dir, tmp_path):
     config = ReproduceConfig(preset="mnist", data=mnist_dir, out=tmp_path, quick=True)
     assert config.datasets == ("mnist",) and isinstance(config.make_process(), VPSigmoid)
