@@ -27,7 +27,7 @@ def check(dim: int = 2, num_points: int = 64, seed: int = 0) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from .check import run_check
+    from .check import TOLERANCES, run_check
 
     rows = run_check(dim=dim, num_points=num_points, seed=seed)
     table = Table(title=f"wgfm check: exact Gaussian mixture in {dim}D, float64")
@@ -43,7 +43,15 @@ def check(dim: int = 2, num_points: int = 64, seed: int = 0) -> int:
         )
     Console().print(table)
     ok = all(r.passed for r in rows)
-    print("All identities hold to float64 rounding." if ok else "Some identities FAILED.")
+    tol = (
+        f"continuity residual < {TOLERANCES['residual']:g}, score and conversion cycle "
+        f"< {TOLERANCES['score_error']:g}, relative"
+    )
+    print(
+        f"All identities hold within their float64 tolerances ({tol})."
+        if ok
+        else f"Some identities FAILED ({tol})."
+    )
     return 0 if ok else 1
 
 
