@@ -139,6 +139,11 @@ def run_benchmarks(
                 console.print(f"[red]{name} failed:[/red]\n{traceback.format_exc()}")
             timings[name] = time.perf_counter() - t0
             progress.advance(task)
+            # Records so far, so that a run killed part-way still leaves what it measured.
+            Path(out).mkdir(parents=True, exist_ok=True)
+            (Path(out) / "partial.json").write_text(
+                json.dumps({"records": records, "module_seconds": timings, "failed": failed})
+            )
     plat = jax.devices()[0].platform
     path = write_results(
         records, Path(out), "benchmarks" if plat == "cpu" else f"benchmarks_{plat}"
@@ -154,6 +159,7 @@ def run_benchmarks(
     payload["targets"] = targets(records)
     (Path(out) / "summary.md").write_text(markdown(payload["targets"]))
     path.write_text(json.dumps(payload, indent=2))
+    (Path(out) / "partial.json").unlink(missing_ok=True)
     return path, failed
 
 
