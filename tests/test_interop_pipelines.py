@@ -311,3 +311,39 @@ def test_sharded_and_variant_weights(tmp_path):
     t16, _ = load_diffusers(tmp_path / "fp16", scheduler_config={}, backend="torch", variant="fp16")
     c = np.asarray(t16(x, 0.5))
     assert np.abs(c - np.asarray(half(x, 0.5))).max() <= RTOL * np.abs(b).max()
+
+
+# ---------------------------------------------------------------------------------------------
+# Latent pipelines
+
+
+@pytest.mark.parametrize("vae_cls", ["VQModel", "AutoencoderKL"])
+def test_latent_pipeline_encodes_with_its_autoencoder(tmp_path, vae_cls):
+    """LDMPipeline (UNet2DModel + VQModel) and a KL latent pipeline: the field is the flax port
+    in latent space, and images are encoded by the pipeline's own autoencoder times its
+    scaling_factor (VQ: unquantised latents; KL: the posterior mean)."""
+    from wgfm.interop.pipelines import encode_latents, pixel_shape
+
+    torch.manual_seed(0)
+    cfg = dict(block_out_channels=(8, 8), norm_num_groups=4, latent_channels=3, sample_size=16)
+    cfg["down_block_types"] = ("DownEncoderBlock2D",) * 2
+    cfg["up_block_types"] = ("UpDecoderBlock2D",) * 2
+    vae = _perturbed(getattr(diffusers, vae_cls)(**cfg, scaling_factor=0.7))
+    unet = diffusers.UNet2DModel(**UNET)
+    name = "vqvae" if vae_cls == "VQModel" else "vae"
+    root = _pipeline(
+        tmp_path, "LDMPipeline", {"unet": unet, name: vae, "scheduler": diffusers.DDIMScheduler()}
+    )
+    field, _ = load_diffusers(root)
+    assert isinstance(field, DiffusersField) and field.latent.cls == vae_cls
+    assert f"latent space of the pipeline's {vae_cls} (scaling_factor 0.7)" in field.notes[-1]
+    assert pixel_shape(field.latent, field.sample_shape) == (16, 16, 3)
+    x = np.random.default_rng(0).uniform(-1, 1, (3, 16, 16, 3)).astype(np.float32)
+    z = encode_latents(field.latent, x, batch=2)
+    with torch.no_grad():
+        enc = vae.encode(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
+        ref = enc.latents if vae_cls == "VQModel" else enc.latent_dist.mode()
+    ref = 0.7 * ref.numpy().transpose(0, 2, 3, 1)
+    assert z.shape == (3, 8, 8, 3) == ref.shape
+    # The same float32 kernels, batched 2 + 1 against 3: summation order only.
+    np.testing.assert_allclose(z, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
