@@ -347,3 +347,17 @@ def test_latent_pipeline_encodes_with_its_autoencoder(tmp_path, vae_cls):
     assert z.shape == (3, 8, 8, 3) == ref.shape
     # The same float32 kernels, batched 2 + 1 against 3: summation order only.
     np.testing.assert_allclose(z, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_unet2d_beyond_the_port_runs_on_pytorch(tmp_path):
+    unet = _perturbed(diffusers.UNet2DModel(**UNET, downsample_type="resnet"))
+    root = _pipeline(
+        tmp_path, "DDPMPipeline", {"unet": unet, "scheduler": diffusers.DDPMScheduler()}
+    )
+    field, _ = load_diffusers(root)
+    assert isinstance(field, TorchDiffusersField)
+    assert "flax port does not support" in field.notes[-1] and "downsample_type" in field.notes[-1]
+    ref = lambda x, t: unet(x, t * 1000 - 1).sample  # noqa: E731
+    _check_against(field, ref, (8, 8, 3), 0.2)
+    with pytest.raises(ValueError, match="downsample_type"):
+        load_diffusers(root, backend="flax")
