@@ -56,7 +56,7 @@ def _workloads(mesh, sizes: dict):
 
     proc = processes.VP()
     key = jax.random.key(0)
-    model = get_model("mlp-small", predicts="eps")
+    model = get_model("mlp-small", kind="eps")
     cfg = TrainConfig(steps=1000, batch_size=sizes["batch"])
     data = jnp.asarray(gmm.ring().sample(4 * sizes["batch"], key=key), jnp.float32)
     state = dist.replicate(init_state(model, cfg, (2,), key=key), mesh)

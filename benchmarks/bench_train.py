@@ -36,7 +36,7 @@ def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
         name, batch = ("unet-tiny" if "unet" in name else name, 8) if tiny else (name, batch)
         x = jnp.asarray(_dataset(case))
         cfg = train.TrainConfig(steps=1000, batch_size=batch, weighting=weighting)
-        model = get_model(name, predicts="eps")
+        model = get_model(name, kind="eps")
         state = train.init_state(model, cfg, x.shape[1:], key=jax.random.PRNGKey(0))
         step = train.make_train_step(model, process, cfg)
         idx = jnp.arange(batch, dtype=jnp.int32)

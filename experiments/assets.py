@@ -145,14 +145,14 @@ class Context:
     def network(
         self,
         data: str,
-        predicts: str = "eps",
+        kind: str = "eps",
         *,
         conservative: bool = False,
         steps: int | None = None,
         weighting: str | None = None,
     ) -> Trained:
         """The network for ``data`` ('2d', '10d' or an image set) trained to predict
-        ``predicts`` for ``steps`` updates (default from the sizes; 0 gives the untrained
+        ``kind`` for ``steps`` updates (default from the sizes; 0 gives the untrained
         network). Image networks train as ``wgfm train``'s preset of the same name (model,
         batch, learning rate, weighting; see :meth:`ReproduceConfig.image_training`) with the
         sizes' steps; the mixtures' networks as below, with uniform weighting unless
@@ -173,10 +173,10 @@ class Context:
         else:
             arch, base = sz.arch_vector, TrainConfig(batch_size=sz.batch_size, lr=2e-3)
         weighting = weighting or base.weighting
-        name = f"{data}-{predicts}-{'cons' if conservative else 'free'}-{steps}-{weighting}"
+        name = f"{data}-{kind}-{'cons' if conservative else 'free'}-{steps}-{weighting}"
         if name in self._cache:
             return self._cache[name]  # type: ignore[return-value]
-        model = get_model(arch, predicts=predicts, conservative=conservative)
+        model = get_model(arch, kind=kind, conservative=conservative)
         x = self.data(data)
         key = self.key(f"net-{data}")  # same init for every objective: a controlled comparison
         if steps == 0:
@@ -267,7 +267,7 @@ class Context:
             key=self.key(f"samples-{data}"),
             num_samples=n,
             shape=self.data(data).shape[1:],
-            kind=net.model.predicts,
+            kind=net.model.kind,
             num_steps=50,
         )
         x = np.asarray(res.samples)

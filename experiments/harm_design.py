@@ -93,7 +93,7 @@ def _train(ctx: Context, objective: str, arch: str, seed: int) -> Trained:
     from wgfm.models import get_model
 
     steps = sz.train_steps_2d
-    model = get_model(arch, predicts=predicts, conservative=conservative)
+    model = get_model(arch, kind=predicts, conservative=conservative)
     cfg = TrainConfig(
         steps=steps,
         batch_size=sz.batch_size,

@@ -163,7 +163,7 @@ def train_setup():
     from wgfm.models import get_model
     from wgfm.train import TrainConfig
 
-    model = get_model("mlp-small", predicts="eps")
+    model = get_model("mlp-small", kind="eps")
     config = TrainConfig(
         steps=4, batch_size=16, warmup_steps=1, weighting="min-snr", checkpoint_every=2,
         log_every=2,

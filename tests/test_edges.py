@@ -35,7 +35,7 @@ def test_process_times_outside_the_schedule_are_refused():
 
 
 def test_field_conversions_refuse_division_by_zero_and_vector_times():
-    score = fields.as_field(VP, _eps_model, src="eps", dst="score")
+    score = fields.as_field(VP, _eps_model, kind="eps", to="score")
     x = jnp.ones(2)
     with pytest.raises(ValueError, match="`t`.*divides by sigma_t = 0"):
         score(x, 0.0)
@@ -44,7 +44,7 @@ def test_field_conversions_refuse_division_by_zero_and_vector_times():
     with pytest.raises(ValueError, match="`t` must be a scalar"):  # static: under jit too
         jax.jit(score)(x, jnp.array([0.5, 0.6]))
     with pytest.raises(ValueError, match="`field` must return"):
-        fields.as_field(VP, lambda x, t: x[:1], src="eps", dst="score")(x, 0.5)
+        fields.as_field(VP, lambda x, t: x[:1], kind="eps", to="score")(x, 0.5)
     assert np.all(np.isfinite(score(x, 0.5)))
 
 
@@ -70,12 +70,12 @@ def test_conversions_and_model_fields_refuse_a_vector_of_times():
     x, ts = jnp.ones(2), jnp.array([0.3, 0.5])
     for src, dst in (("score", "velocity"), ("eps", "eps")):  # the identity too
         with pytest.raises(ValueError, match="`t` must be a scalar: one time per field call"):
-            fields.convert(VP, x, ts, x, src=src, dst=dst)
+            fields.convert(VP, x, ts, x, kind=src, to=dst)
     with pytest.raises(ValueError, match="`t` must be a scalar"):
         fields.to_score(VP, x, ts, x, "eps")
     with pytest.raises(ValueError, match="`t` must be a scalar"):
         fields.from_score(VP, x, ts, x, "eps")
-    model = get_model("mlp-small", predicts="velocity", width=8)
+    model = get_model("mlp-small", kind="velocity", width=8)
     params = model.init(jax.random.key(0), (2,))
     field = velocity_field(model, params, VP)  # the model's own field (no conversion)
     with pytest.raises(ValueError, match="`t` must be a scalar: one time per field call"):

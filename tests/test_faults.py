@@ -308,7 +308,6 @@ def test_typed_keys_checksum_and_shape_check(tmp_path):
     ck.close()
 
 
-
 _RESUME_SCRIPT = """
 import logging, sys
 from pathlib import Path

@@ -21,8 +21,8 @@ def test_conversions_round_trip(name):
     x, value = jax.random.normal(key, (2, 4))
     t = jnp.float64(0.3 * proc.t_max)
     for src, dst in itertools.permutations(KINDS, 2):
-        there = fields.convert(proc, x, t, value, src=src, dst=dst)
-        back = fields.convert(proc, x, t, there, src=dst, dst=src)
+        there = fields.convert(proc, x, t, value, kind=src, to=dst)
+        back = fields.convert(proc, x, t, there, kind=dst, to=src)
         np.testing.assert_allclose(back, value, rtol=1e-9, atol=1e-9, err_msg=f"{src}->{dst}")
 
 
@@ -35,9 +35,9 @@ def test_conversions_agree_with_oracle(name):
     t = jnp.float64(0.4 * proc.t_max)
     xt = proc.alpha(t) * x0 + proc.sigma(t) * eps
     np.testing.assert_allclose(
-        fields.convert(proc, xt, t, eps, src="eps", dst="x0"), x0, rtol=1e-10
+        fields.convert(proc, xt, t, eps, kind="eps", to="x0"), x0, rtol=1e-10
     )
-    v = fields.convert(proc, xt, t, eps, src="eps", dst="velocity")
+    v = fields.convert(proc, xt, t, eps, kind="eps", to="velocity")
     np.testing.assert_allclose(
         v, fields.conditional_velocity(proc, x0, eps, t), rtol=1e-10, atol=1e-12
     )
@@ -108,8 +108,8 @@ def test_wgf_velocity_of_oracle_score():
 def test_as_field_jit_and_identity():
     proc = P.VP()
     eps_field = lambda x, t: jnp.tanh(x) * t  # noqa: E731
-    assert fields.as_field(proc, eps_field, src="eps", dst="eps") is eps_field
-    vf = fields.as_field(proc, eps_field, src="eps", dst="velocity")
+    assert fields.as_field(proc, eps_field, kind="eps", to="eps") is eps_field
+    vf = fields.as_field(proc, eps_field, kind="eps", to="velocity")
     x = jnp.array([0.3, -0.2])
     np.testing.assert_allclose(eqx.filter_jit(vf)(x, 0.5), vf(x, 0.5), rtol=1e-14)
     xs = jnp.stack([x, 2 * x])
@@ -121,5 +121,5 @@ def test_as_field_jit_and_identity():
 def test_bad_kind():
     with pytest.raises(ValueError, match="`kind` must be one of"):
         fields.to_score(P.VP(), jnp.zeros(2), 0.5, jnp.zeros(2), "noise")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="`dst`"):
-        fields.as_field(P.VP(), lambda x, t: x, src="eps", dst="velocityy")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="`to`"):
+        fields.as_field(P.VP(), lambda x, t: x, kind="eps", to="velocityy")  # type: ignore[arg-type]

@@ -163,7 +163,7 @@ def test_pipeline_field_time_convention_and_v_prediction(pipeline):
     jitted = eqx.filter_jit(field)(jnp.asarray(x.transpose(1, 2, 0)), jnp.float32(t))
     np.testing.assert_allclose(np.asarray(jitted).transpose(2, 0, 1), got, rtol=1e-5, atol=1e-5)
     # Usable downstream: the WGF velocity and DDIM on the scheduler's own grid.
-    vel = as_field(process, field, src=field.kind, dst="velocity")
+    vel = as_field(process, field, kind=field.kind, to="velocity")
     y = jnp.asarray(x.transpose(1, 2, 0))
     a, b = process.velocity_coefficients(t)
     expect = a * y - b * jnp.asarray(got.transpose(1, 2, 0)) / process.sigma(t)

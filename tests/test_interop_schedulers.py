@@ -152,7 +152,7 @@ def test_ddim_step_with_mapped_prediction_at_every_step(prediction_type):
     p = DiscreteVP.from_betas(sched.betas.double().numpy())
     m = type(m)(p, m.family, m.prediction_type, m.num_train_timesteps, m.scheduler)
     x0, noise = _points(1)
-    x0_field = as_field(p, lambda x, t: jnp.asarray(x0), src="x0", dst=m.kind)
+    x0_field = as_field(p, lambda x, t: jnp.asarray(x0), kind="x0", to=m.kind)
     ks = sched.timesteps.numpy()
     ts = jnp.asarray((ks + 1) / 1000)
     # Every step at once on the JAX side (vmap); the scheduler steps one by one.
@@ -256,7 +256,7 @@ def test_flow_match_scale_noise_and_step_at_every_step(cfg):
     # Inference: scale_noise, the network timestep and step, at every one of 50 steps.
     sched.set_timesteps(50, mu=mu)
     x0, noise = _points(3)
-    x0_velocity = as_field(p, lambda x, t: jnp.asarray(x0), src="x0", dst="velocity")
+    x0_velocity = as_field(p, lambda x, t: jnp.asarray(x0), kind="x0", to="velocity")
     sigmas = sched.sigmas.double().numpy()
     for i, ts in enumerate(sched.timesteps):
         s = sigmas[i]

@@ -20,7 +20,7 @@ def _eps_model(x, t):
 def test_eps_loss_equals_weighted_fm_loss(name):
     """fm_loss(v_theta) = eps_to_fm_weight(t) * eps_loss(eps_theta), per example, exactly."""
     proc = P.ALL_PROCESSES[name]()
-    v_model = fields.as_field(proc, _eps_model, src="eps", dst="velocity")
+    v_model = fields.as_field(proc, _eps_model, kind="eps", to="velocity")
     x0, eps = jax.random.normal(jax.random.key(0), (2, 5, 3))
     ts = jnp.linspace(proc.t_min, proc.t_max, 5)
     fm = jax.vmap(lambda a, b, t: losses.fm_loss(v_model, proc, a, t, b))(x0, eps, ts)
@@ -31,7 +31,7 @@ def test_eps_loss_equals_weighted_fm_loss(name):
 
 def test_dsm_times_sigma2_is_eps_loss():
     proc = P.VP()
-    s_model = fields.as_field(proc, _eps_model, src="eps", dst="score")
+    s_model = fields.as_field(proc, _eps_model, kind="eps", to="score")
     x0, eps = jax.random.normal(jax.random.key(1), (2, 3))
     t = 0.37
     np.testing.assert_allclose(
@@ -39,7 +39,7 @@ def test_dsm_times_sigma2_is_eps_loss():
         losses.eps_loss(_eps_model, proc, x0, t, eps),
         rtol=1e-12,
     )
-    x0_model = fields.as_field(proc, _eps_model, src="eps", dst="x0")
+    x0_model = fields.as_field(proc, _eps_model, kind="eps", to="x0")
     np.testing.assert_allclose(
         losses.x0_loss(x0_model, proc, x0, t, eps) * proc.snr(t),
         losses.eps_loss(_eps_model, proc, x0, t, eps),
@@ -54,7 +54,7 @@ def test_oracle_minimises_each_loss(kind):
     mix = gmm.ring(num_modes=4, radius=2.0, std=0.5)
     proc = P.VP()
     t = 0.3
-    oracle = fields.as_field(proc, gmm.score_field(mix, proc), src="score", dst=kind)  # type: ignore[arg-type]
+    oracle = fields.as_field(proc, gmm.score_field(mix, proc), kind="score", to=kind)  # type: ignore[arg-type]
     delta = jnp.array([0.3, -0.2])
     loss = losses.get_loss(kind)
     n = 100000

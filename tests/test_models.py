@@ -46,7 +46,7 @@ def test_mnist_unets_shape_and_relative_cost(name):
 
 
 def test_unet_runs_and_rejects_bad_images():
-    model = get_model("unet-tiny", predicts="eps")
+    model = get_model("unet-tiny", kind="eps")
     params = model.init(KEY, (8, 8, 1))
     x = jax.random.normal(KEY, (8, 8, 1), jnp.float32)
     y = jax.jit(model.apply)(params, x, 0.3)
@@ -57,7 +57,7 @@ def test_unet_runs_and_rejects_bad_images():
         model.apply(params, jnp.zeros((9, 9, 1)), 0.3)
     with pytest.raises(ValueError, match=r"\(H, W, C\)"):
         model.init(KEY, (64,))
-    with pytest.raises(ValueError, match="`predicts`"):
+    with pytest.raises(ValueError, match="`kind`"):
         Model(model.net, "noise")
     with pytest.raises(ValueError, match="`name`"):
         get_model("resnet")
@@ -73,7 +73,7 @@ def test_sinusoidal_embedding_closed_form():
 
 @pytest.fixture(scope="module")
 def mlp():
-    model = get_model("mlp-small", predicts="eps")
+    model = get_model("mlp-small", kind="eps")
     params = model.init(KEY, (3,), jnp.float64)
     return model, params
 
@@ -93,7 +93,7 @@ def test_mlp_jit_equals_eager_and_vmap_equals_loop(mlp):
 
 
 def test_conservative_head_jacobian_is_symmetric():
-    model = get_model("mlp-small", predicts="score", conservative=True)
+    model = get_model("mlp-small", kind="score", conservative=True)
     params = model.init(KEY, (4,), jnp.float64)
     x = jax.random.normal(KEY, (4,))
     jac = jax.jit(jax.jacfwd(model.apply, argnums=1))(params, x, 0.4)
@@ -106,17 +106,17 @@ def test_conservative_head_jacobian_is_symmetric():
     grad = jax.jit(model.apply)(params, x, 0.4)
     np.testing.assert_allclose(grad, np.array(fd), rtol=1e-6, atol=1e-8)
     # The free network is not symmetric (the comparison the head exists for).
-    free = get_model("mlp-small", predicts="score")
+    free = get_model("mlp-small", kind="score")
     jf = jax.jit(jax.jacfwd(free.apply, argnums=1))(free.init(KEY, (4,), jnp.float64), x, 0.4)
     assert np.abs(jf - jf.T).max() > 1e-3
 
 
-@pytest.mark.parametrize(("predicts", "expected"), [("eps", 1.0), ("score", -1.0), ("x0", 0.0)])
-def test_conservative_head_has_the_right_tail(predicts, expected):
+@pytest.mark.parametrize(("kind", "expected"), [("eps", 1.0), ("score", -1.0), ("x0", 0.0)])
+def test_conservative_head_has_the_right_tail(kind, expected):
     """Where the network outputs ~0 (far from the data; here a zeroed output layer) the head
     gives eps ~ x, score ~ -x, others ~ 0: the behaviour at high noise. (The old eps head gave
     -x there and sent probability-flow trajectories from the prior to |x| ~ 1e5.)"""
-    model = get_model("mlp-small", predicts=predicts, conservative=True)
+    model = get_model("mlp-small", kind=kind, conservative=True)
     params = model.init(KEY, (3,), jnp.float64)
     dense = params["params"]
     last = max((k for k in dense if k.startswith("Dense_")), key=lambda k: int(k.split("_")[1]))
@@ -134,12 +134,12 @@ def test_adapters_convert_by_the_closed_forms(mlp):
     np.testing.assert_allclose(s, -eps / VP.sigma(t), rtol=1e-12)
     a, b = VP.velocity_coefficients(t)
     np.testing.assert_allclose(velocity_field(model, params, VP)(x, t), a * x + b * s, rtol=1e-12)
-    vmodel = get_model("mlp-small", predicts="velocity")
+    vmodel = get_model("mlp-small", kind="velocity")
     vp = vmodel.init(KEY, (3,), jnp.float64)
     np.testing.assert_array_equal(velocity_field(vmodel, vp, VP)(x, t), vmodel.apply(vp, x, t))
     s2 = score_field(vmodel, vp, VP)(x, t)
     np.testing.assert_allclose(
-        s2, fields.convert(VP, x, t, vmodel.apply(vp, x, t), src="velocity", dst="score")
+        s2, fields.convert(VP, x, t, vmodel.apply(vp, x, t), kind="velocity", to="score")
     )
 
 

@@ -24,13 +24,13 @@ RING_CFG = train.TrainConfig(
 
 @pytest.fixture(scope="module")
 def eps_run():
-    model = get_model("mlp-small", predicts="eps")
+    model = get_model("mlp-small", kind="eps")
     return model, train.fit(model, VP, DATA, RING_CFG, key=jax.random.PRNGKey(0), progress=False)
 
 
 @pytest.fixture(scope="module")
 def fm_run():
-    model = get_model("mlp-small", predicts="velocity")
+    model = get_model("mlp-small", kind="velocity")
     return model, train.fit(model, VP, DATA, RING_CFG, key=jax.random.PRNGKey(0), progress=False)
 
 
@@ -81,7 +81,7 @@ def resume_runs(tmp_path_factory):
         ema_decay=0.9,
         weighting="min-snr",
     )
-    model = get_model("mlp-small", predicts="eps", width=32)
+    model = get_model("mlp-small", kind="eps", width=32)
     data, key = DATA[:512], jax.random.PRNGKey(7)
     root = tmp_path_factory.mktemp("resume")
     kw = dict(key=key, progress=False)
@@ -214,7 +214,7 @@ def test_sample_figure_leaves_the_matplotlib_backend_alone(tmp_path, monkeypatch
 
     monkeypatch.setattr(matplotlib, "use", refuse)
     had_pyplot = "matplotlib.pyplot" in sys.modules
-    model = get_model("mlp-small", predicts="eps", width=8)
+    model = get_model("mlp-small", kind="eps", width=8)
     params = model.init(jax.random.PRNGKey(0), (2,))
     path = tmp_path / "samples.png"
     save_sample_figure(model, params, VP, DATA, path, num=16, key=jax.random.PRNGKey(2))
@@ -225,7 +225,7 @@ def test_sample_figure_leaves_the_matplotlib_backend_alone(tmp_path, monkeypatch
 
 def test_train_step_traces_once():
     cfg = train.TrainConfig(steps=10, batch_size=32, weighting="min-snr", ema_decay=0.5)
-    model = get_model("mlp-small", predicts="eps", width=16)
+    model = get_model("mlp-small", kind="eps", width=16)
     state = train.init_state(model, cfg, (2,), key=jax.random.PRNGKey(0))
     step = train.make_train_step(model, VP, cfg)
     data = jnp.asarray(DATA[:256])
@@ -242,7 +242,7 @@ def test_snapshots_are_the_ema_of_runs_stopped_there():
     cfg = train.TrainConfig(
         steps=30, batch_size=32, lr=1e-3, warmup_steps=3, log_every=10, ema_decay=0.9
     )
-    model = get_model("mlp-small", predicts="eps", width=16)
+    model = get_model("mlp-small", kind="eps", width=16)
     data, key = DATA[:512], jax.random.PRNGKey(3)
     res = train.fit(model, VP, data, cfg, key=key, progress=False, snapshot_steps=(12, 30))
     assert sorted(res.snapshots) == [12, 30]

@@ -65,7 +65,7 @@ def check_process(
             ("x0", "velocity"),
             ("velocity", "score"),
         ]:
-            y = fields.convert(process, x, t, y, src=src, dst=dst)  # type: ignore[arg-type]
+            y = fields.convert(process, x, t, y, kind=src, to=dst)  # type: ignore[arg-type]
         # The x0 step loses digits like |x| / (sigma^2 |s|): measure on that scale.
         scale_rt = 1.0 + jnp.max(jnp.abs(s)) + jnp.max(jnp.abs(x)) / process.sigma(t) ** 2
         rt = jnp.max(jnp.abs(y - s)) / scale_rt

@@ -11,24 +11,17 @@ A *field* is ``field(x, t) -> array shaped like x`` for one unbatched sample ``x
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Literal
-
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array
 
 from ._checks import check_scalar_time, concrete
 from .processes import AbstractProcess
-
-Quantity = Literal["score", "eps", "x0", "velocity"]
-QUANTITIES: tuple[str, ...] = ("score", "eps", "x0", "velocity")
-Field = Callable[..., Array]
-Scalar = Float[ArrayLike, ""]
+from .typing import KINDS, Field, Kind, Scalar
 
 
-def to_score(process: AbstractProcess, x: Array, t: Scalar, value: Array, kind: Quantity) -> Array:
+def to_score(process: AbstractProcess, x: Array, t: Scalar, value: Array, kind: Kind) -> Array:
     """Convert a prediction ``value`` of quantity ``kind`` at ``(x, t)`` into the score."""
     _check_kind(kind)
     check_scalar_time(t)
@@ -42,9 +35,7 @@ def to_score(process: AbstractProcess, x: Array, t: Scalar, value: Array, kind: 
     return (value - a * x) / b
 
 
-def from_score(
-    process: AbstractProcess, x: Array, t: Scalar, score: Array, kind: Quantity
-) -> Array:
+def from_score(process: AbstractProcess, x: Array, t: Scalar, score: Array, kind: Kind) -> Array:
     """Convert a score at ``(x, t)`` into quantity ``kind``."""
     _check_kind(kind)
     check_scalar_time(t)
@@ -59,15 +50,15 @@ def from_score(
 
 
 def convert(
-    process: AbstractProcess, x: Array, t: Scalar, value: Array, *, src: Quantity, dst: Quantity
+    process: AbstractProcess, x: Array, t: Scalar, value: Array, *, kind: Kind, to: Kind
 ) -> Array:
-    """Convert ``value`` (a prediction of ``src`` at ``(x, t)``) into ``dst``. ``t`` is one
-    scalar time (``ValueError`` otherwise; vmap over samples and times)."""
+    """Convert ``value`` (a prediction of kind ``kind`` at ``(x, t)``) into kind ``to``. ``t``
+    is one scalar time (``ValueError`` otherwise; vmap over samples and times)."""
     check_scalar_time(t)
-    if src == dst:
-        _check_kind(src)
+    if kind == to:
+        _check_kind(kind)
         return value
-    return from_score(process, x, t, to_score(process, x, t, value, src), dst)
+    return from_score(process, x, t, to_score(process, x, t, value, kind), to)
 
 
 def conditional_velocity(process: AbstractProcess, x0: Array, eps: Array, t: Scalar) -> Array:
@@ -76,16 +67,16 @@ def conditional_velocity(process: AbstractProcess, x0: Array, eps: Array, t: Sca
 
 
 class ConvertedField(eqx.Module):
-    """The field ``(x, t) -> convert(field(x, t), src -> dst)``; a PyTree, so jit-friendly."""
+    """The field ``(x, t) -> convert(field(x, t), kind -> to)``; a PyTree, so jit-friendly."""
 
     process: AbstractProcess
     field: Field
-    src: str = eqx.field(static=True)
-    dst: str = eqx.field(static=True)
+    kind: str = eqx.field(static=True)
+    to: str = eqx.field(static=True)
 
     def __check_init__(self):
-        _check_kind(self.src, "src")
-        _check_kind(self.dst, "dst")
+        _check_kind(self.kind, "kind")
+        _check_kind(self.to, "to")
 
     def __call__(self, x: Array, t: Scalar) -> Array:
         """The converted value. ``ValueError`` if ``t`` is not a scalar or the wrapped field's
@@ -101,23 +92,23 @@ class ConvertedField(eqx.Module):
                 f"`field` must return an array shaped like `x` {jnp.shape(x)}, got "
                 f"{jnp.shape(value)}."
             )
-        return convert(self.process, x, t, value, src=self.src, dst=self.dst)  # type: ignore[arg-type]
+        return convert(self.process, x, t, value, kind=self.kind, to=self.to)  # type: ignore[arg-type]
 
     def _check_time(self, t) -> None:
         if concrete(t) is None:
             return
         self.process.check_time(t)
-        p, kinds = self.process, (self.src, self.dst)
+        p, kinds = self.process, (self.kind, self.to)
         divisors = {
-            "sigma_t": p.sigma(t) if self.src in ("eps", "x0") and self.dst != self.src else 1.0,
+            "sigma_t": p.sigma(t) if self.kind in ("eps", "x0") and self.to != self.kind else 1.0,
             "alpha_t": p.alpha(t) if "x0" in kinds else 1.0,
-            "g_t^2": p.g2(t) if self.src == "velocity" else 1.0,
+            "g_t^2": p.g2(t) if self.kind == "velocity" else 1.0,
         }
         for name, value in divisors.items():
             v = concrete(value)  # traced when t is a Python constant inside jit
             if v is not None and not np.all(np.abs(v) > 0):
                 raise ValueError(
-                    f"`t` = {t!r}: converting {self.src} -> {self.dst} divides by {name} = 0 "
+                    f"`t` = {t!r}: converting {self.kind} -> {self.to} divides by {name} = 0 "
                     f"for {type(p).__name__}; use t in [t_min, t_max] = [{p.t_min}, {p.t_max}]."
                 )
 
@@ -127,14 +118,15 @@ def wgf_velocity(process: AbstractProcess, score_field: Field) -> ConvertedField
     return ConvertedField(process, score_field, "score", "velocity")
 
 
-def as_field(process: AbstractProcess, field: Field, *, src: Quantity, dst: Quantity) -> Field:
-    """View a field predicting ``src`` as a field predicting ``dst`` (identity if equal)."""
-    if src == dst:
-        _check_kind(src, "src")
+def as_field(process: AbstractProcess, field: Field, *, kind: Kind, to: Kind) -> Field:
+    """View a field of kind ``kind`` (what it returns) as a field of kind ``to`` (identity if
+    equal)."""
+    if kind == to:
+        _check_kind(kind, "kind")
         return field
-    return ConvertedField(process, field, src, dst)
+    return ConvertedField(process, field, kind, to)
 
 
 def _check_kind(kind: str, name: str = "kind") -> None:
-    if kind not in QUANTITIES:
-        raise ValueError(f"`{name}` must be one of {QUANTITIES}, got {kind!r}.")
+    if kind not in KINDS:
+        raise ValueError(f"`{name}` must be one of {KINDS}, got {kind!r}.")

@@ -17,8 +17,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._checks import check_scalar_time, concrete
 from .processes import AbstractProcess
-
-Scalar = Float[ArrayLike, ""]
+from .typing import Scalar
 
 
 class GaussianMixture(eqx.Module):

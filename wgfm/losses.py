@@ -21,13 +21,12 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._checks import check_time
 from .fields import Field, conditional_velocity
 from .processes import AbstractProcess
-
-Scalar = Float[ArrayLike, ""]
+from .typing import Scalar
 
 
 def _predict(model: Field, process: AbstractProcess, x0: Array, t: Scalar, eps: Array) -> Array:

@@ -15,8 +15,6 @@ harmful control of the same size.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -26,8 +24,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 from ._checks import concrete
 from .gmm import GaussianMixture
 from .processes import AbstractProcess
-
-Field = Callable[..., Array]
+from .typing import Field
 
 __all__ = [
     "AntisymmetricScore",

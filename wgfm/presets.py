@@ -35,7 +35,7 @@ class RunConfig:
     """Training set size for the synthetic datasets."""
     model: str = "mlp-small"
     """A name in ``wgfm.models.CONFIGS``."""
-    predicts: Literal["eps", "score", "x0", "velocity"] = "eps"
+    kind: Literal["eps", "score", "x0", "velocity"] = "eps"
     conservative: bool = False
     process: str = "vp"
     """A name in ``wgfm.processes.ALL_PROCESSES``."""
@@ -55,7 +55,7 @@ class RunConfig:
     Multi-host: set WGFM_COORDINATOR, WGFM_NUM_PROCESSES, WGFM_PROCESS_ID on every host."""
 
     def run_dir(self) -> Path:
-        return self.out / (self.name or f"{self.dataset}-{self.model}-{self.predicts}")
+        return self.out / (self.name or f"{self.dataset}-{self.model}-{self.kind}")
 
 
 PRESETS: dict[str, RunConfig] = {
@@ -113,7 +113,7 @@ def run(config: RunConfig) -> Path:
             f"`process` must be one of {tuple(processes.ALL_PROCESSES)}, got {config.process!r}."
         )
     process = processes.ALL_PROCESSES[config.process]()
-    model = get_model(config.model, predicts=config.predicts, conservative=config.conservative)
+    model = get_model(config.model, kind=config.kind, conservative=config.conservative)
     run_dir = config.run_dir()
     check_run_dir(config, run_dir)
     k_data, k_train, k_fig = jax.random.split(jax.random.PRNGKey(config.seed), 3)

@@ -25,11 +25,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._checks import check_less, check_positive, check_time
-
-Scalar = Float[ArrayLike, ""]
+from .typing import Scalar
 
 
 class AbstractProcess(eqx.Module):

@@ -19,9 +19,10 @@ import lineax
 from jaxtyping import ArrayLike, PRNGKeyArray
 
 from ._checks import check_field_output, starting_points
-from .fields import Field, Quantity, as_field
+from .fields import as_field
 from .processes import AbstractProcess, DiscreteVP, VPCosine, VPSigmoid, discrete_schedule
 from .results import SampleResult, SolveStats, check_solve
+from .typing import Field, Kind
 
 __all__ = ["sample_ddim", "sample_sde"]
 
@@ -34,7 +35,7 @@ def sample_sde(
     key: PRNGKeyArray,
     num_samples: int | None = None,
     shape: tuple[int, ...] | None = None,
-    kind: Quantity = "velocity",
+    kind: Kind = "velocity",
     num_steps: int = 1000,
     solver: diffrax.AbstractSolver | None = None,
     strict: bool = True,
@@ -54,7 +55,7 @@ def sample_sde(
         num_samples=num_samples,
         shape=shape,
     )
-    score = as_field(process, field, src=kind, dst="score")
+    score = as_field(process, field, kind=kind, to="score")
     keys = jax.random.split(k_bm, x.shape[0])
     solver = solver or diffrax.Euler()
     return check_solve(_sde_jit(score, process, x, keys, int(num_steps), solver), strict)
@@ -104,7 +105,7 @@ def sample_ddim(
     key: PRNGKeyArray | None = None,
     num_samples: int | None = None,
     shape: tuple[int, ...] | None = None,
-    kind: Quantity = "velocity",
+    kind: Kind = "velocity",
     num_steps: int = 50,
     num_train_steps: int = 1000,
     eta: float = 0.0,
@@ -140,7 +141,7 @@ def sample_ddim(
     idx = (stride * jnp.arange(int(num_steps)))[::-1]
     ts, ab = jnp.asarray(t_grid)[idx], jnp.asarray(ab_grid)[idx]
     ab_next = jnp.concatenate([ab[1:], jnp.ones((1,), ab.dtype)])
-    eps_field = as_field(process, field, src=kind, dst="eps")
+    eps_field = as_field(process, field, kind=kind, to="eps")
     eta_arr = jnp.asarray(eta, float)
     return check_solve(_ddim_jit(eps_field, x, ts, ab, ab_next, eta_arr, k_noise), strict)
 

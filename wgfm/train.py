@@ -154,7 +154,7 @@ class DiffusionObjective(eqx.Module):
 
     def __call__(self, params, x0: Array, key: PRNGKeyArray) -> Array:
         process = self.process
-        loss_fn, weight_fn = get_loss(self.model.predicts), get_weighting(self.weighting)
+        loss_fn, weight_fn = get_loss(self.model.kind), get_weighting(self.weighting)
         sampler = TIME_SAMPLERS[self.time_sampler]
         k_t, k_eps = jax.random.split(key)
         t = sampler(x0.shape[0], key=k_t, t_min=process.t_min, t_max=process.t_max, dtype=x0.dtype)

@@ -37,9 +37,10 @@ from jaxtyping import Array, ArrayLike, PRNGKeyArray
 
 from ._checks import check_field_output, check_max_steps, concrete, starting_points
 from .controllers import FiniteWatch, with_tolerances
-from .fields import Field, Quantity, as_field
+from .fields import as_field
 from .processes import AbstractProcess
 from .results import LikelihoodResult, SampleResult, SolveStats, check_solve
+from .typing import Field, Kind
 
 __all__ = [
     "LikelihoodResult",
@@ -64,7 +65,7 @@ def sample_ode(
     key: PRNGKeyArray | None = None,
     num_samples: int | None = None,
     shape: tuple[int, ...] | None = None,
-    kind: Quantity = "velocity",
+    kind: Kind = "velocity",
     solver: diffrax.AbstractSolver | None = None,
     stepsize_controller: diffrax.AbstractStepSizeController | None = None,
     adjoint: diffrax.AbstractAdjoint | None = None,
@@ -100,7 +101,7 @@ def sample_ode(
         process, x_init, key=key, num_samples=num_samples, shape=shape, t_start=t_start
     )
     t_start, t_end = _times(process, t_start, process.t_max, t_end, process.t_min, x.dtype)
-    velocity = as_field(process, field, src=kind, dst="velocity")
+    velocity = as_field(process, field, kind=kind, to="velocity")
     ts = _save_times(save_times, t_start, t_end)
     solver, controller, adjoint, tol = _defaults(solver, stepsize_controller, adjoint, rtol, atol)
     dt0 = None if dt0 is None else jnp.asarray(dt0)
@@ -156,7 +157,7 @@ def log_likelihood(
     process: AbstractProcess,
     x: ArrayLike,
     *,
-    kind: Quantity = "velocity",
+    kind: Kind = "velocity",
     num_probes: int | None = None,
     probe_kind: Literal["rademacher", "gaussian"] = "rademacher",
     key: PRNGKeyArray | None = None,
@@ -185,7 +186,7 @@ def log_likelihood(
     if x.ndim < 2:
         raise ValueError(f"`x` must be a batch of shape (n, *shape), got shape {x.shape}.")
     t_start, t_end = _times(process, t_start, process.t_min, t_end, process.t_max, x.dtype)
-    velocity = as_field(process, field, src=kind, dst="velocity")
+    velocity = as_field(process, field, kind=kind, to="velocity")
     probes = None
     if num_probes is not None:
         if int(num_probes) < 1:

@@ -2,7 +2,7 @@
 
 A *field* is ``field(x, t) -> array shaped like x`` for one unbatched sample ``x`` and one scalar
 time ``t`` (docs/design.md). What it returns is its *kind*: one of :data:`KINDS`. A network's
-config says which kind it predicts (``Model.predicts``, a diffusers scheduler's
+config says which kind it predicts (``Model.kind``, a diffusers scheduler's
 ``prediction_type``); once it is a wgfm field, that quantity is called its kind everywhere.
 """
 

@@ -203,13 +203,13 @@ def diagnose(
         return jax.random.fold_in(key, zlib.crc32(name.encode()))
 
     shape = tuple(x.shape[1:])
-    score = as_field(process, field, src=kind, dst="score")
+    score = as_field(process, field, kind=kind, to="score")
     fit = x[:GAUSSIAN_FIT_MAX]
     gradient = gaussian_fit_score(fit, process)
     if untrained is None and hasattr(field, "model") and hasattr(field, "params"):
         untrained = untrained_field(field, sub("untrained"), shape)
     untrained_score = (
-        None if untrained is None else as_field(process, untrained, src=kind, dst="score")
+        None if untrained is None else as_field(process, untrained, kind=kind, to="score")
     )
     common = dict(
         gradient=gradient,

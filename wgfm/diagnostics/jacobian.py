@@ -18,10 +18,9 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from .._checks import concrete
+from ..typing import Field, Scalar
 from ._common import check_finite, flat_field
 
-Scalar = Float[ArrayLike, ""]
-Field = Callable[..., Array]
 ProbeKind = Literal["rademacher", "gaussian"]
 
 

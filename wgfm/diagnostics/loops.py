@@ -16,14 +16,13 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from jaxtyping import Array, PRNGKeyArray
 
 from .._checks import check_positive, concrete
 from ..processes import AbstractProcess
+from ..typing import Field, Scalar
 from ._common import check_closed, check_finite
 
-Scalar = Float[ArrayLike, ""]
-Field = Callable[..., Array]
 Rule = Literal["midpoint", "trapezoid"]
 
 

@@ -11,13 +11,13 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array
 
+from ..typing import Scalar
 from ._common import check_finite
 from .jacobian import divergence as _divergence
 from .jacobian import probe_divergence
 
-Scalar = Float[ArrayLike, ""]
 ScalarField = Callable[..., Array]
 
 

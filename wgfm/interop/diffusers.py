@@ -113,7 +113,7 @@ def load_diffusers(
     a bare model directory without either gets diffusers' ``DDPMScheduler`` defaults (linear
     betas 1e-4..0.02, 1000 steps, epsilon), with a warning. ``mu``: a dynamically shifted
     flow-matching scheduler's shift (:func:`~wgfm.interop.schedulers.scheduler_map`). Use
-    ``wgfm.as_field(process, field, src=field.kind, dst="score" | "velocity")`` for the score or
+    ``wgfm.as_field(process, field, kind=field.kind, to="score" | "velocity")`` for the score or
     the WGF velocity."""
     from .pipelines import load_pipeline
 
@@ -136,7 +136,7 @@ def load_unet2d(
     """``(model, params, config)``: the flax port, its parameters (``dtype``) and the raw config.
 
     ``model.apply(params, x, timestep)`` takes diffusers timesteps (not ``wgfm`` times) and
-    predicts whatever the checkpoint was trained for (``model.predicts`` is only a label here).
+    predicts whatever the checkpoint was trained for (``model.kind`` is only a label here).
     Weights: one ``.safetensors`` file or shards listed by ``.safetensors.index.json``;
     ``variant`` (e.g. ``"fp16"``) reads ``diffusion_pytorch_model.<variant>.safetensors``."""
     unet_dir = _unet_dir(Path(path))

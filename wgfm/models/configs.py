@@ -30,11 +30,9 @@ CONFIGS: dict[str, tuple[type, dict]] = {
 }  # fmt: skip
 
 
-def get_model(
-    name: str, *, predicts: str = "eps", conservative: bool = False, **overrides
-) -> Model:
+def get_model(name: str, *, kind: str = "eps", conservative: bool = False, **overrides) -> Model:
     """The model ``name`` from :data:`CONFIGS`, with keyword ``overrides`` of its network."""
     if name not in CONFIGS:
         raise ValueError(f"`name` must be one of {tuple(CONFIGS)}, got {name!r}.")
     cls, kwargs = CONFIGS[name]
-    return Model(cls(**{**kwargs, **overrides}), predicts, conservative)
+    return Model(cls(**{**kwargs, **overrides}), kind, conservative)

@@ -16,25 +16,24 @@ import equinox as eqx
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from jaxtyping import Array, PRNGKeyArray
 
 from .._checks import check_scalar_time
-from ..fields import QUANTITIES, as_field
+from ..fields import as_field
 from ..processes import AbstractProcess
-
-Scalar = Float[ArrayLike, ""]
+from ..typing import KINDS, Scalar
 
 
 class Model(eqx.Module):
-    """A flax network as a pure per-sample field predicting ``predicts``."""
+    """A flax network as a pure per-sample field predicting ``kind``."""
 
     net: nn.Module = eqx.field(static=True)
-    predicts: str = eqx.field(static=True, default="eps")
+    kind: str = eqx.field(static=True, default="eps")
     conservative: bool = eqx.field(static=True, default=False)
 
     def __check_init__(self):
-        if self.predicts not in QUANTITIES:
-            raise ValueError(f"`predicts` must be one of {QUANTITIES}, got {self.predicts!r}.")
+        if self.kind not in KINDS:
+            raise ValueError(f"`kind` must be one of {KINDS}, got {self.kind!r}.")
 
     def init(self, key: PRNGKeyArray, sample_shape: tuple[int, ...], dtype=jnp.float32):
         """Parameters for samples of shape ``sample_shape`` (a PyTree of ``dtype`` arrays).
@@ -56,14 +55,14 @@ class Model(eqx.Module):
         ``-1/2 ||x - net||^2`` for eps, the gradient is ~ -x off the data, the wrong sign: a few
         probability-flow trajectories from the prior escape to |x| ~ 1e5."""
         out = self.raw(params, x, t)
-        if self.predicts == "eps":
+        if self.kind == "eps":
             return 0.5 * jnp.sum((x + out) ** 2)
-        if self.predicts == "score":
+        if self.kind == "score":
             return -0.5 * jnp.sum((x - out) ** 2)
         return -0.5 * jnp.sum(out**2)
 
     def apply(self, params, x: Array, t: Scalar) -> Array:
-        """Prediction of ``predicts`` at one unbatched sample ``x`` and scalar time ``t``
+        """Prediction of ``kind`` at one unbatched sample ``x`` and scalar time ``t``
         (``ValueError`` for a vector ``t``: static, so checked under ``jit`` too)."""
         check_scalar_time(t)
         self._check_shape(x.shape, params)
@@ -108,10 +107,10 @@ class ModelField(eqx.Module):
 
 
 def score_field(model: Model, params, process: AbstractProcess):
-    """The score field ``s(x, t)`` implied by a model of any ``predicts`` (docs/design.md §1)."""
-    return as_field(process, model.field(params), src=model.predicts, dst="score")  # type: ignore[arg-type]
+    """The score field ``s(x, t)`` implied by a model of any ``kind`` (docs/design.md §1)."""
+    return as_field(process, model.field(params), kind=model.kind, to="score")  # type: ignore[arg-type]
 
 
 def velocity_field(model: Model, params, process: AbstractProcess):
-    """The WGF velocity ``v = f - g^2/2 s`` implied by a model of any ``predicts``."""
-    return as_field(process, model.field(params), src=model.predicts, dst="velocity")  # type: ignore[arg-type]
+    """The WGF velocity ``v = f - g^2/2 s`` implied by a model of any ``kind``."""
+    return as_field(process, model.field(params), kind=model.kind, to="velocity")  # type: ignore[arg-type]
