@@ -28,8 +28,9 @@ def marginal_samples(ctx: Context, mixture: gmm.GaussianMixture, ts, n: int, key
 
 def median_lambda(field, xs, ts) -> np.ndarray:
     """Median asymmetry ratio per level of ``field`` over samples ``xs`` ``(L, n, D)``."""
-    res = sweep("lambda", field, xs, jnp.asarray(ts, xs.dtype), checked=False,
-                what="asymmetry ratios are")  # fmt: skip
+    res = sweep(
+        "lambda", field, xs, jnp.asarray(ts, xs.dtype), checked=False, what="asymmetry ratios are"
+    )
     return np.median(np.asarray(res.values), axis=1)
 
 
@@ -41,18 +42,21 @@ class Residual(eqx.Module):
     dlogp: Callable[..., Array]
 
     def __call__(self, field, x, t, *, checked: bool = True):
-        r = transport_residual(field, x, t, log_density=self.logp, dt_log_density=self.dlogp,
-                               checked=checked)  # fmt: skip
+        r = transport_residual(
+            field, x, t, log_density=self.logp, dt_log_density=self.dlogp, checked=checked
+        )
         return r, self.dlogp(x, t)  # type: ignore[operator]
 
 
 def relative_residual(ctx: Context, velocity, mixture: gmm.GaussianMixture, xs, ts) -> np.ndarray:
     """Per level ``RMS_x R(x, t) / RMS_x d_t log p_t(x)``: the transport residual of
     ``velocity`` against the exact marginals, on the scale of the continuity equation's terms."""
-    diag = Residual(gmm.log_density_field(mixture, ctx.process),
-                    gmm.dt_log_density_field(mixture, ctx.process))  # fmt: skip
-    res = sweep(diag, velocity, xs, jnp.asarray(ts, xs.dtype), checked=False,
-                what="transport residuals are")  # fmt: skip
+    diag = Residual(
+        gmm.log_density_field(mixture, ctx.process), gmm.dt_log_density_field(mixture, ctx.process)
+    )
+    res = sweep(
+        diag, velocity, xs, jnp.asarray(ts, xs.dtype), checked=False, what="transport residuals are"
+    )
     r, d = (np.asarray(v) for v in res.values)
     return np.sqrt(np.mean(r**2, 1)) / np.sqrt(np.mean(d**2, 1))
 

@@ -68,8 +68,10 @@ def run(ctx: Context, report: Report, title: str) -> None:
     held_out = ctx.mix2d.sample(512, key=ctx.key("obj-held-out"))
     xs = noised_samples(p, held_out, tsj, key=ctx.key("obj-eps"))  # (L, 512, 2)
     oracle_v = _velocities(gmm.velocity_field(ctx.mix2d, p), xs, tsj)
-    nets = {name: ctx.network("2d", predicts, weighting=weighting)
-            for name, (predicts, weighting) in OBJECTIVES.items()}  # fmt: skip
+    nets = {
+        name: ctx.network("2d", predicts, weighting=weighting)
+        for name, (predicts, weighting) in OBJECTIVES.items()
+    }
     vel = {name: _velocities(n.velocity(), xs, tsj) for name, n in nets.items()}
     err = {name: l2_rel(v, oracle_v, oracle_v) for name, v in vel.items()}
     diff_eps_fm = l2_rel(vel["eps"], vel["WGF-FM"], oracle_v)

@@ -111,7 +111,7 @@ def diagnostics(mesh) -> dict:
                     stepsize_controller=diffrax.StepTo(ts_fixed[::-1]),
                     max_steps=8,
                 ).log_likelihood
-            ),  # fmt: skip
+            ),
             (xs,),
             (0,),
         ),
@@ -165,9 +165,13 @@ def train_setup():
 
     model = get_model("mlp-small", kind="eps")
     config = TrainConfig(
-        steps=4, batch_size=16, warmup_steps=1, weighting="min-snr", checkpoint_every=2,
+        steps=4,
+        batch_size=16,
+        warmup_steps=1,
+        weighting="min-snr",
+        checkpoint_every=2,
         log_every=2,
-    )  # fmt: skip
+    )
     data = np.asarray(jax.random.normal(jax.random.key(1), (64, 2), jnp.float32))
     return model, processes.VP(), config, data, jax.random.key(2)
 

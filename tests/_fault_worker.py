@@ -33,8 +33,16 @@ from wgfm.models import get_model  # noqa: E402
 
 def setup():
     """The run both this worker and the test train: ``(model, process, data, config, key)``."""
-    cfg = train.TrainConfig(steps=24, batch_size=32, lr=1e-3, warmup_steps=3, checkpoint_every=4,
-                            log_every=4, ema_decay=0.9, keep_checkpoints=2)  # fmt: skip
+    cfg = train.TrainConfig(
+        steps=24,
+        batch_size=32,
+        lr=1e-3,
+        warmup_steps=3,
+        checkpoint_every=4,
+        log_every=4,
+        ema_decay=0.9,
+        keep_checkpoints=2,
+    )
     model = get_model("mlp-small", kind="eps", width=16)
     data = np.asarray(gmm.ring(dtype=jnp.float32).sample(256, key=jax.random.PRNGKey(1)))
     return model, processes.VP(), data.astype(np.float32), cfg, jax.random.PRNGKey(11)

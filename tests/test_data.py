@@ -184,8 +184,9 @@ def test_batches_are_epoch_permutations_and_deterministic():
     next_epoch = np.concatenate([data.batch_indices(KEY, n, b, s) for s in range(3, 6)])
     assert not np.array_equal(seen, next_epoch)
     # Typed and raw keys with the same bits give the same order.
-    np.testing.assert_array_equal(data.batch_indices(jax.random.key(0), n, b, 4),
-                                  data.batch_indices(KEY, n, b, 4))  # fmt: skip
+    np.testing.assert_array_equal(
+        data.batch_indices(jax.random.key(0), n, b, 4), data.batch_indices(KEY, n, b, 4)
+    )
     assert data.data_position(n, b, 7) == (2, 1)
     with pytest.raises(ValueError, match="`batch_size`"):
         data.data_position(n, 11, 0)

@@ -286,8 +286,9 @@ def test_fit_resume_across_device_counts(report):
     t = report["training"]
     assert t["fit_1to8_logged_steps"] == [4]  # resumed at 2, not restarted
     assert t["fit_1to8_devices"] == 8
-    r81 = fit(model, process, data, config, key=key, run_dir=tmp / "run8", resume=True,
-              progress=False)  # fmt: skip
+    r81 = fit(
+        model, process, data, config, key=key, run_dir=tmp / "run8", resume=True, progress=False
+    )
     assert list(r81.logged_steps) == [4]
     one_to_8 = np.load(tmp / "fit_1to8.npz")
     for i, (a, b) in enumerate(zip(ref, _leaves(r81.params), strict=True)):

@@ -147,8 +147,15 @@ def _nan_window(x, t):
 
 
 def _solve(field, strict=True):
-    return transport.sample_ode(field, VP, key=jax.random.PRNGKey(0), num_samples=4, shape=(2,),
-                                max_steps=256, strict=strict)  # fmt: skip
+    return transport.sample_ode(
+        field,
+        VP,
+        key=jax.random.PRNGKey(0),
+        num_samples=4,
+        shape=(2,),
+        max_steps=256,
+        strict=strict,
+    )
 
 
 def test_sample_ode_flags_a_non_finite_field_and_names_the_time():
@@ -168,13 +175,16 @@ def test_sample_ode_flags_a_non_finite_field_and_names_the_time():
 
 @pytest.mark.parametrize(
     "kw, named",
-    [(dict(rtol=-1.0), "`rtol`"), (dict(atol=-1e-3), "`atol`"), (dict(max_steps=0), "`max_steps`"),
-     (dict(rtol=float("nan")), "`rtol`")],
-)  # fmt: skip
+    [
+        (dict(rtol=-1.0), "`rtol`"),
+        (dict(atol=-1e-3), "`atol`"),
+        (dict(max_steps=0), "`max_steps`"),
+        (dict(rtol=float("nan")), "`rtol`"),
+    ],
+)
 def test_sample_ode_checks_tolerances_and_max_steps(kw, named):
     with pytest.raises(ValueError, match=named):
-        transport.sample_ode(V_TRUE, VP, key=jax.random.PRNGKey(0), num_samples=2, shape=(2,),
-                             **kw)  # fmt: skip
+        transport.sample_ode(V_TRUE, VP, key=jax.random.PRNGKey(0), num_samples=2, shape=(2,), **kw)
 
 
 def test_sample_ode_refuses_non_finite_starting_points():

@@ -46,9 +46,13 @@ def _kill_plan(seed: int, steps: int, every: int) -> list[dict]:
     first = [
         {"at": "metrics", "n": int(every * rng.integers(1, steps // every))},
         {"at": "step", "n": int(rng.integers(1, steps))},
-        {"at": "save", "n": int(rng.integers(1, steps // every)), "phase": "timer",
-         "delay": float(rng.uniform(0.0, 0.05))},
-    ][seed % 3]  # fmt: skip
+        {
+            "at": "save",
+            "n": int(rng.integers(1, steps // every)),
+            "phase": "timer",
+            "delay": float(rng.uniform(0.0, 0.05)),
+        },
+    ][seed % 3]
     phase = ["before_commit", "after_commit", "timer"][seed % 3]
     second = {"at": "save", "n": 1, "phase": phase, "delay": float(rng.uniform(0.0, 0.05))}
     return [first, second]
@@ -58,16 +62,22 @@ def _killed_then_resumed(seed: int, tmp_path: Path, straight) -> None:
     model, process, data, cfg, key = fault_worker.setup()
     run_dir = tmp_path / "run"
     for spec in _kill_plan(seed, cfg.steps, cfg.checkpoint_every):
-        proc = subprocess.run([sys.executable, str(WORKER), str(run_dir), json.dumps(spec)],
-                              capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "PYTHONPATH": os.getcwd()})  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, str(WORKER), str(run_dir), json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "PYTHONPATH": os.getcwd()},
+        )
         # -9: the process really died at the chosen point (3: it never got there).
         assert proc.returncode == -9, (spec, proc.returncode, proc.stderr[-2000:])
-    res = train.fit(model, process, data, cfg, key=key, run_dir=run_dir, resume=True,
-                    progress=False)  # fmt: skip
+    res = train.fit(
+        model, process, data, cfg, key=key, run_dir=run_dir, resume=True, progress=False
+    )
     ref, ref_records = straight
-    for a, b in zip(jax.tree.leaves(ref.state.as_dict()), jax.tree.leaves(res.state.as_dict()),
-                    strict=True):  # fmt: skip
+    for a, b in zip(
+        jax.tree.leaves(ref.state.as_dict()), jax.tree.leaves(res.state.as_dict()), strict=True
+    ):
         np.testing.assert_array_equal(a, b)
     # Each step logged once, with the uninterrupted run's mean loss; no step was corrupted.
     assert _records(run_dir) == ref_records
@@ -86,9 +96,25 @@ def test_sigkill_at_random_points_more_seeds(straight, tmp_path, seed):
 
 # --- run directories through the CLI ------------------------------------------------------
 
-CLI_RUN = ["train", "gmm2d", "--train.steps", "20", "--train.checkpoint-every", "10",
-           "--train.log-every", "10", "--train.batch-size", "64", "--train.warmup-steps", "2",
-           "--num-examples", "256", "--figure-samples", "8", "--no-progress"]  # fmt: skip
+CLI_RUN = [
+    "train",
+    "gmm2d",
+    "--train.steps",
+    "20",
+    "--train.checkpoint-every",
+    "10",
+    "--train.log-every",
+    "10",
+    "--train.batch-size",
+    "64",
+    "--train.warmup-steps",
+    "2",
+    "--num-examples",
+    "256",
+    "--figure-samples",
+    "8",
+    "--no-progress",
+]
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
@@ -201,15 +227,23 @@ def test_fit_refuses_a_checkpoint_of_another_train_config(finished_run, tmp_path
     cfg = train.TrainConfig(steps=20, batch_size=64, warmup_steps=2, lr=1e-3)
     before = _snapshot(run)
     with pytest.raises(ValueError, match=r"another `config` \(lr: 0.003 -> 0.001"):
-        train.fit(get_model("mlp-small"), process, data, cfg, key=key, run_dir=run, resume=True,
-                  progress=False)  # fmt: skip
+        train.fit(
+            get_model("mlp-small"),
+            process,
+            data,
+            cfg,
+            key=key,
+            run_dir=run,
+            resume=True,
+            progress=False,
+        )
     with pytest.raises(ValueError, match="`run_dir`.*already holds a run"):
-        train.fit(get_model("mlp-small"), process, data, cfg, key=key, run_dir=run,
-                  progress=False)  # fmt: skip
+        train.fit(get_model("mlp-small"), process, data, cfg, key=key, run_dir=run, progress=False)
     assert _snapshot(run) == before
     with pytest.raises(CheckpointMismatchError):
-        train.fit(get_model("mlp"), process, data, cfg, key=key, run_dir=run, resume=True,
-                  progress=False)  # fmt: skip
+        train.fit(
+            get_model("mlp"), process, data, cfg, key=key, run_dir=run, resume=True, progress=False
+        )
     assert _snapshot(run) == before
 
 
@@ -285,8 +319,9 @@ def test_cli_process_unreadable_checkpoints_prints_three_lines(finished_run, tmp
     for step in (10, 20):
         _largest_state_file(run, step).write_bytes(b"")
     args = [*CLI_RUN, "--out", str(run.parent), "--name", run.name, "--resume"]
-    proc = subprocess.run([sys.executable, "-m", "wgfm", *args], capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "wgfm", *args], capture_output=True, text=True, timeout=300
+    )
     err = proc.stderr.strip().splitlines()
     assert proc.returncode == 1
     assert len(err) == 3 and "no readable checkpoint" in err[-1], proc.stderr[-2000:]

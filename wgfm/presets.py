@@ -128,17 +128,38 @@ def run(config: RunConfig) -> Path:
         tmp.write_text(resolved)
         os.replace(tmp, run_dir / "config.json")
 
-    result = fit(model, process, x, config.train, key=k_train, run_dir=run_dir,
-                 resume=config.resume, progress=config.progress, mesh=mesh,
-                 on_start=write_config)  # fmt: skip
-    save_sample_figure(model, result.ema, process, x, run_dir / "samples.png",
-                       num=config.figure_samples, key=k_fig)  # fmt: skip
+    result = fit(
+        model,
+        process,
+        x,
+        config.train,
+        key=k_train,
+        run_dir=run_dir,
+        resume=config.resume,
+        progress=config.progress,
+        mesh=mesh,
+        on_start=write_config,
+    )
+    save_sample_figure(
+        model, result.ema, process, x, run_dir / "samples.png", num=config.figure_samples, key=k_fig
+    )
     return run_dir
 
 
 # Fields that do not change what a run computes: a resume may differ in them.
-_RESUMABLE = ("data", "out", "name", "resume", "overwrite", "figure_samples", "progress",
-              "devices", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every")  # fmt: skip
+_RESUMABLE = (
+    "data",
+    "out",
+    "name",
+    "resume",
+    "overwrite",
+    "figure_samples",
+    "progress",
+    "devices",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.log_every",
+)
 _RUN_FILES = ("config.json", "checkpoints", "metrics.jsonl", "samples.png")
 
 
