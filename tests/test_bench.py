@@ -115,11 +115,11 @@ def test_torch_comparisons_skip_without_torch(monkeypatch, capsys):
 
 
 def test_cli_bench_fails_clearly_outside_a_checkout(monkeypatch, capsys, tmp_path):
-    assert cli._locate_benchmarks(ROOT) == ROOT
-    assert cli._locate_benchmarks(tmp_path) is None
-    monkeypatch.setattr(cli, "_locate_benchmarks", lambda root: None)
+    # Installed from a wheel, wgfm sits in site-packages with no benchmarks/ beside it.
+    monkeypatch.setattr(cli, "__file__", str(tmp_path / "wgfm" / "cli.py"))
     assert cli.main(["bench", "--quick"]) == 2
-    assert "benchmarks/run_all.py" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("wgfm bench: needs the source checkout") and "\n" not in err
 
 
 def test_cli_bench_rejects_unknown_module(capsys, tmp_path):
