@@ -44,19 +44,30 @@ def write_plots(records: list[dict], out_dir: Path) -> list[Path]:
     panels = {
         "scaling_jacobian_vs_dim.png": (
             _series(records, "diagnostics", "D", lambda r: "jacobian" in r["impl"], True),
-            "D", "seconds per sample", "Exact Jacobian + asymmetry vs D",
+            "D",
+            "seconds per sample",
+            "Exact Jacobian + asymmetry vs D",
         ),
         "scaling_likelihood_vs_dim.png": (
             _series(records, "peer_likelihood", "D", per_sample=True),
-            "D", "seconds per sample", "Likelihood vs D (MLP velocity, rtol=atol=1e-5)",
+            "D",
+            "seconds per sample",
+            "Likelihood vs D (MLP velocity, rtol=atol=1e-5)",
         ),
         "scaling_sampling_vs_batch.png": (
-            {k: v for d in (_series(records, "peer_sampling", "n", lambda r: "D=2," in r["case"]),
-                            _series(records, "peer_ddim", "n", lambda r: "D=2," in r["case"]))
-             for k, v in d.items()},
-            "particles (D=2)", "seconds per solve", "Sampling vs batch size",
+            {
+                k: v
+                for d in (
+                    _series(records, "peer_sampling", "n", lambda r: "D=2," in r["case"]),
+                    _series(records, "peer_ddim", "n", lambda r: "D=2," in r["case"]),
+                )
+                for k, v in d.items()
+            },
+            "particles (D=2)",
+            "seconds per solve",
+            "Sampling vs batch size",
         ),
-    }  # fmt: skip
+    }
     paths = []
     for name, (series, xl, yl, title) in panels.items():
         if series:

@@ -79,11 +79,22 @@ def main(argv=None) -> int:
         order = settings if r % 2 == 0 else settings[::-1]
         for flags in order:
             env = {**os.environ, "XLA_FLAGS": flags}
-            cmd = [sys.executable, "-m", "benchmarks.ab_xla_flags", "--child",
-                   "--n", str(args.n), "--repeats", str(args.repeats)]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-m",
+                "benchmarks.ab_xla_flags",
+                "--child",
+                "--n",
+                str(args.n),
+                "--repeats",
+                str(args.repeats),
+            ]
             root = Path(__file__).resolve().parent.parent  # so that -m finds the package
-            res = json.loads(subprocess.run(cmd, env=env, capture_output=True, check=True, cwd=root,
-                                            text=True).stdout.strip().splitlines()[-1])  # fmt: skip
+            res = json.loads(
+                subprocess.run(cmd, env=env, capture_output=True, check=True, cwd=root, text=True)
+                .stdout.strip()
+                .splitlines()[-1]
+            )
             res.update(round=r, flags=flags, jax_over_torch=res["jax_ms"] / res["torch_ms"])
             rounds.append(res)
             print(json.dumps(res), flush=True)
@@ -100,8 +111,11 @@ def main(argv=None) -> int:
         f"--flag={f}" for f in args.flag
     )
     run["date"] = time.strftime("%Y-%m-%d %H:%M %Z")
-    path.write_text(json.dumps({"n": args.n, "run": run, "rounds": rounds,
-                                "median_jax_over_torch": summary}, indent=2))  # fmt: skip
+    path.write_text(
+        json.dumps(
+            {"n": args.n, "run": run, "rounds": rounds, "median_jax_over_torch": summary}, indent=2
+        )
+    )
     print(f"median jax/torch time per setting: {summary}\nWrote {path}")
     return 0
 

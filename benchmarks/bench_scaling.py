@@ -83,9 +83,13 @@ def _workloads(mesh, sizes: dict):
 
     def loglik(x):
         out = transport.log_likelihood(
-            v2, proc, x, solver=diffrax.Euler(), stepsize_controller=diffrax.StepTo(ts),
+            v2,
+            proc,
+            x,
+            solver=diffrax.Euler(),
+            stepsize_controller=diffrax.StepTo(ts),
             max_steps=16,
-        )  # fmt: skip
+        )
         return out.log_likelihood
 
     def sample(x):
@@ -95,10 +99,14 @@ def _workloads(mesh, sizes: dict):
     x_s = jax.random.normal(jax.random.key(4), (sizes["sample"], 2), jnp.float32)
     return {
         "train-step-mlp2d": (lambda *a: step(*a)[1], step, (state, data, idx)),
-        "asymmetry-sweep-10d": (None, dist.shard_over_samples(asym, mesh, sharded_argnums=(0, 1)), (x10, t10)),
+        "asymmetry-sweep-10d": (
+            None,
+            dist.shard_over_samples(asym, mesh, sharded_argnums=(0, 1)),
+            (x10, t10),
+        ),
         "likelihood-exact-2d": (None, dist.shard_over_samples(loglik, mesh), (x_ll,)),
         "sampling-euler32-2d": (None, dist.shard_over_samples(sample, mesh), (x_s,)),
-    }  # fmt: skip
+    }
 
 
 def _worker(n: int, quick: bool, out: Path, platform: str, tiny: bool = False) -> None:
@@ -118,12 +126,20 @@ def _worker(n: int, quick: bool, out: Path, platform: str, tiny: bool = False) -
         outputs[case] = np.asarray(jax.device_get(res), np.float64).tolist()
         dev = jax.devices()[0]
         rows.append(
-            record("scaling", case, f"{n}-simulated-cpu-devices" if platform == "cpu" else
-                   f"{n}-{dev.platform}", compile_s=compile_s, median_s=median,
-                   repeats=sizes["repeats"], devices=n, platform=dev.platform,
-                   device_kind=dev.device_kind, run_kind=RUN_KIND if platform == "cpu" else
-                   "single accelerator", samples=int(np.shape(args[-1])[0]))
-        )  # fmt: skip
+            record(
+                "scaling",
+                case,
+                f"{n}-simulated-cpu-devices" if platform == "cpu" else f"{n}-{dev.platform}",
+                compile_s=compile_s,
+                median_s=median,
+                repeats=sizes["repeats"],
+                devices=n,
+                platform=dev.platform,
+                device_kind=dev.device_kind,
+                run_kind=RUN_KIND if platform == "cpu" else "single accelerator",
+                samples=int(np.shape(args[-1])[0]),
+            )
+        )
     (out / f"scaling_{platform}_{n}.json").write_text(json.dumps({"rows": rows, "out": outputs}))
 
 
@@ -187,5 +203,7 @@ if __name__ == "__main__":
     print(write_results(records, Path("results/bench"), name="bench_scaling"))
     for r in records:
         e = r["extra"]
-        print(f"{r['case']:22s} {r['impl']:26s} compile {r['compile_s']:.2f} s  "
-              f"steady {1e3 * r['median_s']:.2f} ms  diff vs 1 dev {e['max_abs_diff_vs_1_device']:.2e}")  # fmt: skip
+        print(
+            f"{r['case']:22s} {r['impl']:26s} compile {r['compile_s']:.2f} s  "
+            f"steady {1e3 * r['median_s']:.2f} ms  diff vs 1 dev {e['max_abs_diff_vs_1_device']:.2e}"
+        )

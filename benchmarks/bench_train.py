@@ -45,9 +45,18 @@ def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
         compile_s, median = time_jitted(jax.jit(step), state, x, idx, repeats=repeats)
         n_params = sum(p.size for p in jax.tree.leaves(state.params))
         rows.append(
-            record("train", case, f"wgfm-{name}", compile_s=compile_s, median_s=median,
-                   repeats=repeats, steps_per_s=1.0 / median, batch=batch, params=n_params)
-        )  # fmt: skip
+            record(
+                "train",
+                case,
+                f"wgfm-{name}",
+                compile_s=compile_s,
+                median_s=median,
+                repeats=repeats,
+                steps_per_s=1.0 / median,
+                batch=batch,
+                params=n_params,
+            )
+        )
     return rows
 
 

@@ -41,9 +41,14 @@ def _entry(name, counter: C.TraceCounter, first, again: dict, control=None) -> d
         block(control())
         extra["control_new_shape_retraces"] = counter.count - before
     return record(
-        BENCH, name, "wgfm", compile_s=max(first_s - steady_s, 0.0), median_s=steady_s, repeats=2,
+        BENCH,
+        name,
+        "wgfm",
+        compile_s=max(first_s - steady_s, 0.0),
+        median_s=steady_s,
+        repeats=2,
         **extra,
-    )  # fmt: skip
+    )
 
 
 def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
@@ -82,19 +87,29 @@ def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
     ctr = C.TraceCounter(field)
     rows.append(
         _entry(
-            "sample_ode", ctr, lambda: sample_ode(ctr, proc, x).samples,
-            {"new x": lambda: sample_ode(ctr, proc, x2).samples,
-             "new rtol/atol": lambda: sample_ode(ctr, proc, x, rtol=1e-4, atol=1e-6).samples},
+            "sample_ode",
+            ctr,
+            lambda: sample_ode(ctr, proc, x).samples,
+            {
+                "new x": lambda: sample_ode(ctr, proc, x2).samples,
+                "new rtol/atol": lambda: sample_ode(ctr, proc, x, rtol=1e-4, atol=1e-6).samples,
+            },
         )
-    )  # fmt: skip
+    )
     ctr = C.TraceCounter(field)
     rows.append(
         _entry(
-            "log_likelihood (exact)", ctr, lambda: log_likelihood(ctr, proc, x).log_likelihood,
-            {"new x": lambda: log_likelihood(ctr, proc, x2).log_likelihood,
-             "new rtol/atol": lambda: log_likelihood(ctr, proc, x, rtol=1e-3, atol=1e-3).log_likelihood},
+            "log_likelihood (exact)",
+            ctr,
+            lambda: log_likelihood(ctr, proc, x).log_likelihood,
+            {
+                "new x": lambda: log_likelihood(ctr, proc, x2).log_likelihood,
+                "new rtol/atol": lambda: (
+                    log_likelihood(ctr, proc, x, rtol=1e-3, atol=1e-3).log_likelihood
+                ),
+            },
         )
-    )  # fmt: skip
+    )
     ctr = C.TraceCounter(field)
 
     def hutch(key, xx=x):
@@ -102,10 +117,15 @@ def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
 
     rows.append(
         _entry(
-            "log_likelihood (Hutchinson K=2)", ctr, lambda: hutch(jax.random.key(0)),
-            {"new key": lambda: hutch(jax.random.key(1)), "new x": lambda: hutch(jax.random.key(0), x2)},
+            "log_likelihood (Hutchinson K=2)",
+            ctr,
+            lambda: hutch(jax.random.key(0)),
+            {
+                "new key": lambda: hutch(jax.random.key(1)),
+                "new x": lambda: hutch(jax.random.key(0), x2),
+            },
         )
-    )  # fmt: skip
+    )
     rows.append(_train_entry(dim, n))
     return rows
 
@@ -127,9 +147,15 @@ def _train_entry(dim: int, n: int) -> dict:
     new_state, _ = step(state, data + 1.0, i2)  # new values, new indices, advanced state/key
     block(step(new_state, data, i1)[1])
     return record(
-        BENCH, "train step", "wgfm", compile_s=max(first_s - steady_s, 0.0), median_s=steady_s,
-        repeats=2, changed="new data + new indices + new state/key", retraces=step._cache_size() - size,  # pyright: ignore[reportAttributeAccessIssue]
-    )  # fmt: skip
+        BENCH,
+        "train step",
+        "wgfm",
+        compile_s=max(first_s - steady_s, 0.0),
+        median_s=steady_s,
+        repeats=2,
+        changed="new data + new indices + new state/key",
+        retraces=step._cache_size() - size,  # pyright: ignore[reportAttributeAccessIssue]
+    )
 
 
 if __name__ == "__main__":

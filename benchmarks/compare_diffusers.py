@@ -33,10 +33,14 @@ from ._harness import block, interleaved, ratio_stats, record, write_results
 BENCH = "diffusers_unet"
 CIFAR_UNET: dict[str, Any] = DDPM_CIFAR10_32
 TINY_UNET = dict(
-    CIFAR_UNET, block_out_channels=[16, 32], down_block_types=["DownBlock2D", "AttnDownBlock2D"],
-    up_block_types=["AttnUpBlock2D", "UpBlock2D"], layers_per_block=1, norm_num_groups=4,
+    CIFAR_UNET,
+    block_out_channels=[16, 32],
+    down_block_types=["DownBlock2D", "AttnDownBlock2D"],
+    up_block_types=["AttnUpBlock2D", "UpBlock2D"],
+    layers_per_block=1,
+    norm_num_groups=4,
     sample_size=8,
-)  # fmt: skip
+)
 T = 0.5  # wgfm time; diffusers timestep 0.5 K - 1 = 499
 
 
@@ -94,16 +98,34 @@ def run(quick: bool = False, *, tiny: bool = False, repeats: int | None = None) 
     threads = C.best_threads(torch, torch_fwd)
     port_name, torch_name = "wgfm flax port (jit, vmap)", "diffusers PyTorch (no_grad)"
     vals = {torch_name: torch_fwd().numpy()}
-    times = interleaved({port_name: lambda: block(fwd_c(x_hwc, jnp.float32(T))),
-                         torch_name: torch_fwd}, repeats)  # fmt: skip
+    times = interleaved(
+        {port_name: lambda: block(fwd_c(x_hwc, jnp.float32(T))), torch_name: torch_fwd}, repeats
+    )
     fcase = f"{case}, forward, batch {n_fwd}"
-    rows.append(record(BENCH, fcase, port_name, compile_s=fwd_compile,
-                       median_s=float(np.median(times[port_name])), repeats=repeats,
-                       params=n_params))  # fmt: skip
-    rows.append(record(BENCH, fcase, torch_name, compile_s=None,
-                       median_s=float(np.median(times[torch_name])), repeats=repeats,
-                       torch_threads=threads, rel_diff_vs_wgfm=_rel(vals[torch_name], ref),
-                       **_speedups(times[torch_name], times[port_name])))  # fmt: skip
+    rows.append(
+        record(
+            BENCH,
+            fcase,
+            port_name,
+            compile_s=fwd_compile,
+            median_s=float(np.median(times[port_name])),
+            repeats=repeats,
+            params=n_params,
+        )
+    )
+    rows.append(
+        record(
+            BENCH,
+            fcase,
+            torch_name,
+            compile_s=None,
+            median_s=float(np.median(times[torch_name])),
+            repeats=repeats,
+            torch_threads=threads,
+            rel_diff_vs_wgfm=_rel(vals[torch_name], ref),
+            **_speedups(times[torch_name], times[port_name]),
+        )
+    )
 
     # 64 x 64 sub-Jacobian, every side interleaved.
     xs = rng.standard_normal((n_img, c, size, size)).astype(np.float32)
@@ -125,8 +147,9 @@ def run(quick: bool = False, *, tiny: bool = False, repeats: int | None = None) 
     ]
     if k > 16:
         wgfm_sides.append((chw, 16, "wgfm flax port, sub_jacobian (chunks of 16)"))
-    wgfm_sides.append((torch_field(fn, chunk_size=16), None,
-                       "wgfm torch_field (callback), sub_jacobian"))  # fmt: skip
+    wgfm_sides.append(
+        (torch_field(fn, chunk_size=16), None, "wgfm torch_field (callback), sub_jacobian")
+    )
     for field, chunk, name in wgfm_sides:
         t0 = time.perf_counter()
         compiled = subjac(field, chunk).lower(*args).compile()
@@ -154,10 +177,22 @@ def run(quick: bool = False, *, tiny: bool = False, repeats: int | None = None) 
         if name != default:
             ex |= _speedups(ts, times[default])
         if name in peers:
-            ex |= {"torch_threads": threads, "fastest_peer": name == fastest,
-                   "authors_method": not peers[name]}  # fmt: skip
-        rows.append(record(BENCH, scase, name, compile_s=compile_s.get(name), median_s=meds[name],
-                           repeats=repeats, **ex))  # fmt: skip
+            ex |= {
+                "torch_threads": threads,
+                "fastest_peer": name == fastest,
+                "authors_method": not peers[name],
+            }
+        rows.append(
+            record(
+                BENCH,
+                scase,
+                name,
+                compile_s=compile_s.get(name),
+                median_s=meds[name],
+                repeats=repeats,
+                **ex,
+            )
+        )
     return rows
 
 

@@ -87,10 +87,15 @@ def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
     # The run's shared peak (the denominator of every fraction of peak), recorded here once.
     rows = [
         record(
-            BENCH, "matmul peak", "float32", compile_s=None, median_s=0.0,
-            repeats=C.PEAK_REPEATS, **peak,
+            BENCH,
+            "matmul peak",
+            "float32",
+            compile_s=None,
+            median_s=0.0,
+            repeats=C.PEAK_REPEATS,
+            **peak,
         )
-    ]  # fmt: skip
+    ]
     t = 0.3
     for dim in dims:
         params = C.mlp_params(dim, WIDTH, DEPTH)
@@ -127,8 +132,11 @@ def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
         if torch is not None:
             model = C.mlp_torch(torch, params)
             xt = torch.from_numpy(x)
-            names = ("torch.func vmap(jacfwd)", f"torch.func vmap(jacfwd, chunk_size={CHUNK})",
-                     "torch per-coordinate loop")  # fmt: skip
+            names = (
+                "torch.func vmap(jacfwd)",
+                f"torch.func vmap(jacfwd, chunk_size={CHUNK})",
+                "torch per-coordinate loop",
+            )
             for name, f in zip(names, torch_impls(torch, model, t), strict=True):
                 for _ in range(2):  # warm-up
                     vals[name] = f(xt).numpy()
@@ -140,9 +148,16 @@ def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
             if not name.startswith("wgfm"):
                 ex |= {f"wgfm_default_{k}": v for k, v in ratio_stats(ts, times[default]).items()}
             rows.append(
-                record(BENCH, case, name, compile_s=compile_s.get(name), median_s=m,
-                       repeats=repeats, **ex)
-            )  # fmt: skip
+                record(
+                    BENCH,
+                    case,
+                    name,
+                    compile_s=compile_s.get(name),
+                    median_s=m,
+                    repeats=repeats,
+                    **ex,
+                )
+            )
     return rows
 
 

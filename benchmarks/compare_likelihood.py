@@ -48,10 +48,15 @@ def loop_log_likelihood(field, process, prior, x, rtol, atol):
         return vs, jax.lax.fori_loop(0, d, body, jnp.zeros(xs.shape[0], xs.dtype))
 
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(vf), diffrax.Dopri5(), process.t_min, process.t_max, None,
+        diffrax.ODETerm(vf),
+        diffrax.Dopri5(),
+        process.t_min,
+        process.t_max,
+        None,
         (x, jnp.zeros(x.shape[0], x.dtype)),
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol), max_steps=4096,
-    )  # fmt: skip
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        max_steps=4096,
+    )
     assert sol.ys is not None
     latents, delta = sol.ys[0][-1], sol.ys[1][-1]
     return jax.vmap(prior)(latents) + delta, sol.stats["num_steps"]
@@ -135,16 +140,25 @@ def run_case(dim: int, n: int, repeats: int, with_loop: bool, probes=(1, 4, 16))
 
             def solve(k=k, per_sample=per_sample):
                 return log_likelihood(
-                    field, process, x, num_probes=k, key=None if k is None else jax.random.key(7),
-                    rtol=TOL, atol=TOL, per_sample=per_sample, prior_log_density=prior,
-                )  # fmt: skip
+                    field,
+                    process,
+                    x,
+                    num_probes=k,
+                    key=None if k is None else jax.random.key(7),
+                    rtol=TOL,
+                    atol=TOL,
+                    per_sample=per_sample,
+                    prior_log_density=prior,
+                )
 
             label = f"wgfm {name} ({'per-sample' if per_sample else 'joint'} steps)"
             fns[label] = lambda solve=solve: block(solve().log_likelihood)
             r = solve()
             res[label] = r.log_likelihood
-            extras[label] = {"nfe": int(np.max(np.asarray(r.stats.nfe))),
-                             "field_vs_gmm_oracle": oracle_diff}  # fmt: skip
+            extras[label] = {
+                "nfe": int(np.max(np.asarray(r.stats.nfe))),
+                "field_vs_gmm_oracle": oracle_diff,
+            }
     default = next(iter(fns))
     if with_loop:
         rt, at = jnp.float64(TOL), jnp.float64(TOL)
@@ -173,10 +187,18 @@ def run_case(dim: int, n: int, repeats: int, with_loop: bool, probes=(1, 4, 16))
         if not label.startswith("wgfm"):
             ex |= {f"wgfm_exact_{k}": v for k, v in ratio_stats(ts, times[default]).items()}
         rows.append(
-            record(BENCH, case, label, compile_s=compile_s[label] if label.startswith("wgfm")
-                   or label.startswith("per-") else None,
-                   median_s=float(np.median(ts)), repeats=repeats, **ex)
-        )  # fmt: skip
+            record(
+                BENCH,
+                case,
+                label,
+                compile_s=compile_s[label]
+                if label.startswith("wgfm") or label.startswith("per-")
+                else None,
+                median_s=float(np.median(ts)),
+                repeats=repeats,
+                **ex,
+            )
+        )
     return rows
 
 

@@ -37,9 +37,14 @@ def diffusers_loop(torch, params, x0: np.ndarray):
     t_grid, ab = VPSigmoid().discrete_schedule(K)
     betas = 1.0 - ab / np.concatenate([[1.0], ab[:-1]])
     sched = DDIMScheduler(
-        num_train_timesteps=K, trained_betas=betas, clip_sample=False, set_alpha_to_one=True,
-        prediction_type="epsilon", timestep_spacing="leading", steps_offset=0,
-    )  # fmt: skip
+        num_train_timesteps=K,
+        trained_betas=betas,
+        clip_sample=False,
+        set_alpha_to_one=True,
+        prediction_type="epsilon",
+        timestep_spacing="leading",
+        steps_offset=0,
+    )
     net = C.mlp_torch(torch, params)
     tg = torch.from_numpy(np.asarray(t_grid, np.float32))
     xt = torch.from_numpy(np.array(x0))
@@ -88,23 +93,44 @@ def run_case(dim: int, n: int, repeats: int, torch) -> list[dict]:
     med = {k: float(np.median(v)) for k, v in times.items()}
     floor = STEPS * med["bare jit field eval"]
     rows = [
-        record(BENCH, case, "wgfm sample_ddim", compile_s=compile_s, median_s=med["wgfm sample_ddim"],
-               repeats=repeats, vs_50_bare_evals=med["wgfm sample_ddim"] / floor),
-        record(BENCH, case, "50 x bare jit field eval", compile_s=None, median_s=floor,
-               repeats=repeats),
-    ]  # fmt: skip
+        record(
+            BENCH,
+            case,
+            "wgfm sample_ddim",
+            compile_s=compile_s,
+            median_s=med["wgfm sample_ddim"],
+            repeats=repeats,
+            vs_50_bare_evals=med["wgfm sample_ddim"] / floor,
+        ),
+        record(
+            BENCH, case, "50 x bare jit field eval", compile_s=None, median_s=floor, repeats=repeats
+        ),
+    ]
     if torch is not None:
         out = np.asarray(fns["diffusers DDIMScheduler loop"]())
         diff = float(np.max(np.abs(out - np.asarray(wgfm()))))
         scale = 1.0 + float(np.max(np.abs(out)))
         rows += [
-            record(BENCH, case, "diffusers DDIMScheduler loop", compile_s=None,
-                   median_s=med["diffusers DDIMScheduler loop"], repeats=repeats,
-                   max_abs_diff_vs_wgfm=diff, agree=diff <= AGREE * scale,
-                   **ratio_stats(times["diffusers DDIMScheduler loop"], times["wgfm sample_ddim"])),
-            record(BENCH, case, "torch net alone, 50 calls", compile_s=None,
-                   median_s=med["torch net alone, 50 calls"], repeats=repeats),
-        ]  # fmt: skip
+            record(
+                BENCH,
+                case,
+                "diffusers DDIMScheduler loop",
+                compile_s=None,
+                median_s=med["diffusers DDIMScheduler loop"],
+                repeats=repeats,
+                max_abs_diff_vs_wgfm=diff,
+                agree=diff <= AGREE * scale,
+                **ratio_stats(times["diffusers DDIMScheduler loop"], times["wgfm sample_ddim"]),
+            ),
+            record(
+                BENCH,
+                case,
+                "torch net alone, 50 calls",
+                compile_s=None,
+                median_s=med["torch net alone, 50 calls"],
+                repeats=repeats,
+            ),
+        ]
     return rows
 
 

@@ -39,9 +39,18 @@ def _normal_logpdf(z):
 def wgfm_sides(field, x, dim: int) -> dict:
     def solve(num_probes=None, solver=None):
         return log_likelihood(
-            field, VP(), x, num_probes=num_probes, key=jax.random.key(dim), solver=solver,
-            rtol=TOL, atol=TOL, t_start=0.0, t_end=1.0, prior_log_density=_normal_logpdf,
-        )  # fmt: skip
+            field,
+            VP(),
+            x,
+            num_probes=num_probes,
+            key=jax.random.key(dim),
+            solver=solver,
+            rtol=TOL,
+            atol=TOL,
+            t_start=0.0,
+            t_end=1.0,
+            prior_log_density=_normal_logpdf,
+        )
 
     return {
         "wgfm log_likelihood exact (Dopri5, default)": lambda: solve(),
@@ -72,9 +81,15 @@ def fm_sides(torch, params, x: np.ndarray, count: dict, exact: bool = True) -> d
 
     def side(exact: bool):
         return lambda: solver.compute_likelihood(
-            x_1=xt, log_p0=log_p0, step_size=None, method="dopri5", atol=TOL, rtol=TOL,
-            time_grid=torch.tensor([1.0, 0.0]), exact_divergence=exact,
-        )[1].detach()  # fmt: skip
+            x_1=xt,
+            log_p0=log_p0,
+            step_size=None,
+            method="dopri5",
+            atol=TOL,
+            rtol=TOL,
+            time_grid=torch.tensor([1.0, 0.0]),
+            exact_divergence=exact,
+        )[1].detach()
 
     out = {"flow_matching compute_likelihood exact_divergence=False": side(False)}
     if exact:
@@ -112,11 +127,15 @@ def run_case(dim: int, n: int, repeats: int, torch, fm_exact: bool = True) -> li
         extra = {"nfe": nfe[name]} if name in nfe else {}
         if hutch:  # same estimator and probe law on both sides, so the same variance
             se = float(np.std(resid)) / math.sqrt(n)
-            extra |= {"hutchinson_std": float(np.std(resid)),
-                      "agree": abs(float(np.mean(resid))) <= 5 * se + AGREE * scale}  # fmt: skip
+            extra |= {
+                "hutchinson_std": float(np.std(resid)),
+                "agree": abs(float(np.mean(resid))) <= 5 * se + AGREE * scale,
+            }
         else:
-            extra |= {"max_abs_diff_vs_wgfm": float(np.max(np.abs(resid))),
-                      "agree": float(np.max(np.abs(resid))) <= AGREE * scale}  # fmt: skip
+            extra |= {
+                "max_abs_diff_vs_wgfm": float(np.max(np.abs(resid))),
+                "agree": float(np.max(np.abs(resid))) <= AGREE * scale,
+            }
         if name in peers:
             base = "wgfm log_likelihood Hutchinson K=1" if hutch else next(iter(ws))
             extra |= ratio_stats(times[name], times[base])
@@ -124,9 +143,16 @@ def run_case(dim: int, n: int, repeats: int, torch, fm_exact: bool = True) -> li
                 alt = ratio_stats(times[name], times["wgfm log_likelihood exact (Tsit5)"])
                 extra |= {f"tsit5_{k}": v for k, v in alt.items()}
         rows.append(
-            record(BENCH, case, name, compile_s=compile_s.get(name),
-                   median_s=float(np.median(times[name])), repeats=repeats, **extra)
-        )  # fmt: skip
+            record(
+                BENCH,
+                case,
+                name,
+                compile_s=compile_s.get(name),
+                median_s=float(np.median(times[name])),
+                repeats=repeats,
+                **extra,
+            )
+        )
     return rows
 
 

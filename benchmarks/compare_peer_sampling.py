@@ -41,9 +41,16 @@ def reference(params, x0: np.ndarray) -> np.ndarray:
     with jax.enable_x64(True):
         p64 = [(w.astype(np.float64), b.astype(np.float64)) for w, b in params]
         out = sample_ode(
-            C.mlp_jax(p64), VP(), jnp.asarray(x0, jnp.float64), solver=diffrax.Dopri8(),
-            rtol=1e-10, atol=1e-10, t_start=1.0, t_end=0.0, max_steps=100_000,
-        ).samples  # fmt: skip
+            C.mlp_jax(p64),
+            VP(),
+            jnp.asarray(x0, jnp.float64),
+            solver=diffrax.Dopri8(),
+            rtol=1e-10,
+            atol=1e-10,
+            t_start=1.0,
+            t_end=0.0,
+            max_steps=100_000,
+        ).samples
         return np.asarray(out)
 
 
@@ -118,9 +125,17 @@ def run_case(dim: int, n: int, repeats: int, peak: float, torch) -> list[dict]:
     eval_s = med["bare jit field eval"]
     gflops = C.mlp_flops(dim) * n / eval_s / 1e9
     rows = [
-        record(BENCH, case, "bare jit field eval", compile_s=None, median_s=eval_s,
-               repeats=repeats, field_gflops=gflops, field_frac_of_peak=gflops / peak)
-    ]  # fmt: skip
+        record(
+            BENCH,
+            case,
+            "bare jit field eval",
+            compile_s=None,
+            median_s=eval_s,
+            repeats=repeats,
+            field_gflops=gflops,
+            field_frac_of_peak=gflops / peak,
+        )
+    ]
     outs = {}
     default = f"wgfm sample_ode {DEFAULT_SOLVER}"
     for name in SOLVERS:
@@ -131,22 +146,41 @@ def run_case(dim: int, n: int, repeats: int, peak: float, torch) -> list[dict]:
         outs[impl], nfe = np.asarray(res.samples), int(np.max(np.asarray(res.stats.nfe)))
         per_nfe = med[impl] / nfe
         rows.append(
-            record(BENCH, case, impl + (" (default)" if impl == default else ""),
-                   compile_s=compile_s[impl], median_s=med[impl], repeats=repeats, nfe=nfe,
-                   per_nfe_vs_bare_eval=per_nfe / eval_s, max_err_vs_ref=_err(outs[impl], ref))
-        )  # fmt: skip
+            record(
+                BENCH,
+                case,
+                impl + (" (default)" if impl == default else ""),
+                compile_s=compile_s[impl],
+                median_s=med[impl],
+                repeats=repeats,
+                nfe=nfe,
+                per_nfe_vs_bare_eval=per_nfe / eval_s,
+                max_err_vs_ref=_err(outs[impl], ref),
+            )
+        )
     for impl, fn in peers.items():
         count["n"] = 0
         out = np.asarray(fn())
         diff = float(np.max(np.abs(out - outs["wgfm sample_ode Dopri5"])))
         rows.append(
-            record(BENCH, case, impl, compile_s=None, median_s=med[impl], repeats=repeats,
-                   nfe=count["n"], max_err_vs_ref=_err(out, ref), max_abs_diff_vs_wgfm=diff,
-                   agree=diff <= AGREE * scale,
-                   **ratio_stats(times[impl], times[default]),
-                   **{f"tsit5_{k}": v for k, v in
-                      ratio_stats(times[impl], times["wgfm sample_ode Tsit5"]).items()})
-        )  # fmt: skip
+            record(
+                BENCH,
+                case,
+                impl,
+                compile_s=None,
+                median_s=med[impl],
+                repeats=repeats,
+                nfe=count["n"],
+                max_err_vs_ref=_err(out, ref),
+                max_abs_diff_vs_wgfm=diff,
+                agree=diff <= AGREE * scale,
+                **ratio_stats(times[impl], times[default]),
+                **{
+                    f"tsit5_{k}": v
+                    for k, v in ratio_stats(times[impl], times["wgfm sample_ode Tsit5"]).items()
+                },
+            )
+        )
     return rows
 
 
@@ -176,11 +210,20 @@ def work_precision(dim: int, n: int, tols, torch=None) -> list[dict]:
     ref = reference(params, x0)
     case = f"D={dim}, n={n}"
     rows = _wgfm_work_precision(
-        case, ref, tols,
-        lambda cls, ctrl: sample_ode(field, VP(), jnp.asarray(x0), solver=cls(),
-                                     stepsize_controller=ctrl, t_start=1.0, t_end=0.0,
-                                     strict=False),
-    )  # fmt: skip
+        case,
+        ref,
+        tols,
+        lambda cls, ctrl: sample_ode(
+            field,
+            VP(),
+            jnp.asarray(x0),
+            solver=cls(),
+            stepsize_controller=ctrl,
+            t_start=1.0,
+            t_end=0.0,
+            strict=False,
+        ),
+    )
     if torch is not None:
         for tol in tols:
             sides, count = torch_sides(torch, params, x0, tol)
@@ -190,9 +233,18 @@ def work_precision(dim: int, n: int, tols, torch=None) -> list[dict]:
             nfe = count["n"] // 2  # time_call ran it twice
             out = np.asarray(fn())
             rows.append(
-                record("pf_solver_choice", case, "torchdiffeq dopri5", compile_s=None,
-                       median_s=med, repeats=1, tol=tol, nfe=nfe, max_err_vs_ref=_err(out, ref))
-            )  # fmt: skip
+                record(
+                    "pf_solver_choice",
+                    case,
+                    "torchdiffeq dopri5",
+                    compile_s=None,
+                    median_s=med,
+                    repeats=1,
+                    tol=tol,
+                    nfe=nfe,
+                    max_err_vs_ref=_err(out, ref),
+                )
+            )
     return rows
 
 
@@ -202,16 +254,32 @@ def work_precision_gmm(name: str, mix, process, n: int, tols) -> list[dict]:
     x = np.asarray(process.prior_sample((n, mix.means.shape[1]), key=jax.random.key(0)))
     with jax.enable_x64(True):
         mix64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), mix)
-        ref = np.asarray(sample_ode(
-            gmm.velocity_field(mix64, process), process, jnp.asarray(x, jnp.float64),
-            solver=diffrax.Dopri8(), rtol=1e-11, atol=1e-11, max_steps=100_000,
-        ).samples)  # fmt: skip
+        ref = np.asarray(
+            sample_ode(
+                gmm.velocity_field(mix64, process),
+                process,
+                jnp.asarray(x, jnp.float64),
+                solver=diffrax.Dopri8(),
+                rtol=1e-11,
+                atol=1e-11,
+                max_steps=100_000,
+            ).samples
+        )
     field = gmm.velocity_field(mix, process)
     return _wgfm_work_precision(
-        f"GMM {name}, n={n}", ref, tols,
-        lambda cls, ctrl: sample_ode(field, process, jnp.asarray(x), solver=cls(),
-                                     stepsize_controller=ctrl, strict=False, max_steps=20_000),
-    )  # fmt: skip
+        f"GMM {name}, n={n}",
+        ref,
+        tols,
+        lambda cls, ctrl: sample_ode(
+            field,
+            process,
+            jnp.asarray(x),
+            solver=cls(),
+            stepsize_controller=ctrl,
+            strict=False,
+            max_steps=20_000,
+        ),
+    )
 
 
 def _wgfm_work_precision(case: str, ref: np.ndarray, tols, solve) -> list[dict]:
@@ -221,14 +289,23 @@ def _wgfm_work_precision(case: str, ref: np.ndarray, tols, solve) -> list[dict]:
     for impl, (cls, pid) in WP_SIDES.items():
         for tol in tols:
             ctrl = diffrax.PIDController(rtol=tol, atol=tol, **pid)
-            _, med = time_call(lambda cls=cls, ctrl=ctrl: block(solve(cls, ctrl)), repeats=1,
-                               warmup=0)  # fmt: skip
+            _, med = time_call(
+                lambda cls=cls, ctrl=ctrl: block(solve(cls, ctrl)), repeats=1, warmup=0
+            )
             res = solve(cls, ctrl)
             rows.append(
-                record("pf_solver_choice", case, impl, compile_s=None, median_s=med,
-                       repeats=1, tol=tol, nfe=int(np.max(np.asarray(res.stats.nfe))),
-                       max_err_vs_ref=_err(np.asarray(res.samples), ref))
-            )  # fmt: skip
+                record(
+                    "pf_solver_choice",
+                    case,
+                    impl,
+                    compile_s=None,
+                    median_s=med,
+                    repeats=1,
+                    tol=tol,
+                    nfe=int(np.max(np.asarray(res.stats.nfe))),
+                    max_err_vs_ref=_err(np.asarray(res.samples), ref),
+                )
+            )
     return rows
 
 

@@ -41,9 +41,15 @@ def run_case(dim: int, n: int, repeats: int, both_steppings: bool = True) -> lis
     case = f"{n} particles, D={dim}"
 
     ref = sample_ode(
-        field, process, x0, solver=diffrax.Dopri8(), rtol=1e-10, atol=1e-10,
-        per_sample=False, max_steps=100_000,
-    ).samples  # fmt: skip
+        field,
+        process,
+        x0,
+        solver=diffrax.Dopri8(),
+        rtol=1e-10,
+        atol=1e-10,
+        per_sample=False,
+        max_steps=100_000,
+    ).samples
     ref = np.asarray(ref)
 
     # A bare jit-compiled evaluation of the same field on the same batch.
@@ -97,11 +103,19 @@ def run_case(dim: int, n: int, repeats: int, both_steppings: bool = True) -> lis
             nfe, samples, ex = int(np.max(np.asarray(res[label].stats.nfe))), res[label].samples, {}
         rows.append(
             record(
-                BENCH, case, label, compile_s=None if label == peer else compile_s[label],
-                median_s=med, repeats=repeats, nfe=nfe, s_per_eval=med / nfe,
-                per_eval_vs_bare=med / nfe / eval_s, **_errors(samples, ref), **ex,
+                BENCH,
+                case,
+                label,
+                compile_s=None if label == peer else compile_s[label],
+                median_s=med,
+                repeats=repeats,
+                nfe=nfe,
+                s_per_eval=med / nfe,
+                per_eval_vs_bare=med / nfe / eval_s,
+                **_errors(samples, ref),
+                **ex,
             )
-        )  # fmt: skip
+        )
     return rows
 
 

@@ -57,10 +57,12 @@ def unet_jax(params):
     with HWIO kernels, XLA:CPU's native convolution layout (NCHW costs ~25% more here); the
     transposes at the ends keep inputs, outputs and Jacobian indices identical to PyTorch's."""
     p = {
-        k: (jnp.asarray(np.transpose(w, (2, 3, 1, 0))) if k != "temb" else jnp.asarray(w),
-            jnp.asarray(b))
+        k: (
+            jnp.asarray(np.transpose(w, (2, 3, 1, 0))) if k != "temb" else jnp.asarray(w),
+            jnp.asarray(b),
+        )
         for k, (w, b) in params.items()
-    }  # fmt: skip
+    }
 
     def conv(h, name, stride):
         w, b = p[name]
@@ -153,8 +155,13 @@ def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
         threads = C.best_threads(
             torch, lambda: C.torch_subjac(torch, f, txs, tidx, t, chunk=k, vmap_tangents=True)
         )
-        sides += [(16, False, "torch one-hot JVPs, image repeated per tangent, chunks of 16 "
-                              "(authors' method)")]  # fmt: skip
+        sides += [
+            (
+                16,
+                False,
+                "torch one-hot JVPs, image repeated per tangent, chunks of 16 (authors' method)",
+            )
+        ]
         for chunk, vm, name in sides:
             call = lambda chunk=chunk, vm=vm: C.torch_subjac(  # noqa: E731
                 torch, f, txs, tidx, t, chunk=chunk, vmap_tangents=vm
@@ -176,8 +183,17 @@ def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
             ex["fastest_peer"] = name == fastest
             ex["authors_method"] = "authors'" in name
             ex["torch_threads"] = threads
-        rows.append(record(BENCH, case, name, compile_s=compile_s.get(name), median_s=meds[name],
-                           repeats=repeats, **ex))  # fmt: skip
+        rows.append(
+            record(
+                BENCH,
+                case,
+                name,
+                compile_s=compile_s.get(name),
+                median_s=meds[name],
+                repeats=repeats,
+                **ex,
+            )
+        )
     return rows
 
 

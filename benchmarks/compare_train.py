@@ -138,10 +138,16 @@ def run_case(
 
 # diffusers' UNet2DModel shaped as wgfm's unet-digits: 8 -> 4 with attention at 4x4.
 UNET_DIGITS: dict[str, Any] = dict(
-    sample_size=8, in_channels=1, out_channels=1, block_out_channels=(32, 64),
-    layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-    up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8, attention_head_dim=None,
-)  # fmt: skip
+    sample_size=8,
+    in_channels=1,
+    out_channels=1,
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+    up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    norm_num_groups=8,
+    attention_head_dim=None,
+)
 
 
 def run_unet_case(batch: int, steps: int, rounds: int, torch, peak: float) -> list[dict]:
@@ -212,14 +218,24 @@ def _rows(case, times, steps, rounds, batch, flops, peak, compile_s, port) -> li
         per_step = float(np.median(ts_)) / steps
         extra: dict = {"steps_per_s": 1 / per_step, "examples_per_s": batch / per_step}
         if name.startswith("wgfm"):
-            extra |= {"xla_gflop_per_step": flops / 1e9, "gflops": flops / per_step / 1e9,
-                      "frac_of_matmul_peak": flops / per_step / 1e9 / peak}  # fmt: skip
+            extra |= {
+                "xla_gflop_per_step": flops / 1e9,
+                "gflops": flops / per_step / 1e9,
+                "frac_of_matmul_peak": flops / per_step / 1e9 / peak,
+            }
         else:
             extra |= ratio_stats(ts_, base) | {"port_max_diff": port}
         rows.append(
-            record(BENCH, case, name, compile_s=compile_s if name.startswith("wgfm") else None,
-                   median_s=per_step, repeats=rounds, **extra)
-        )  # fmt: skip
+            record(
+                BENCH,
+                case,
+                name,
+                compile_s=compile_s if name.startswith("wgfm") else None,
+                median_s=per_step,
+                repeats=rounds,
+                **extra,
+            )
+        )
     return rows
 
 
@@ -269,8 +285,10 @@ def _torch_compiled(torch, params0, dim, config, data, batch, ti):
         go()  # compile for forward and backward
         return go
     except Exception as err:  # no C++ toolchain, unsupported op, ...
-        print(f"[{BENCH}] torch.compile unavailable here: {type(err).__name__}: {err}"[:300],
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"[{BENCH}] torch.compile unavailable here: {type(err).__name__}: {err}"[:300],
+            file=sys.stderr,
+        )
         return None
 
 
@@ -288,8 +306,9 @@ def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
     if torch is not None and importlib.util.find_spec("diffusers") is not None:
         rows += run_unet_case(*unet, rounds, torch, peak)
     elif torch is not None:
-        print(f"[{BENCH}] the U-Net case needs diffusers (pip install -e '.[bench]')",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"[{BENCH}] the U-Net case needs diffusers (pip install -e '.[bench]')", file=sys.stderr
+        )
     return rows
 
 

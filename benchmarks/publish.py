@@ -42,8 +42,10 @@ def run_header(payload: dict, source: str = "benchmarks/results/benchmarks.json"
     m, run = payload["machine"], payload.get("run")
     libs = ", ".join(f"{k} {m[k]}" for k in ("jax", "torch") if m.get(k))
     if run is None:
-        return (f"From `{source}`: a run that recorded no command or commit (older format), "
-                f"{m.get('time', '?')[:10]}, {libs}.")  # fmt: skip
+        return (
+            f"From `{source}`: a run that recorded no command or commit (older format), "
+            f"{m.get('time', '?')[:10]}, {libs}."
+        )
     commit = (run.get("commit") or "unknown")[:10]
     if run.get("code_modified"):
         commit += " with uncommitted changes to the code"
@@ -109,15 +111,23 @@ def support_block(payload: dict) -> str:
         rows = [r for r in payload["records"] if r["benchmark"] == bench]
         if not rows:
             continue
-        lines += [f"`{bench}`:", "", "| case | impl | median | wgfm default's speed-up | "
-                  + " | ".join(keys) + (" |" if keys else "|"),
-                  "|---|---|---|---|" + "---|" * len(keys)]  # fmt: skip
+        lines += [
+            f"`{bench}`:",
+            "",
+            "| case | impl | median | wgfm default's speed-up | "
+            + " | ".join(keys)
+            + (" |" if keys else "|"),
+            "|---|---|---|---|" + "---|" * len(keys),
+        ]
         for r in rows:
             e = r["extra"]
             sp = next((_spread(e, k) for k in SPEEDUP_KEYS if k in e), "")
             cells = [_fmt(e.get(k)) for k in keys]
-            lines.append(f"| {r['case']} | {r['impl']} | {_ms(r['median_s'])} | {sp} | "
-                         + " | ".join(cells) + (" |" if cells else "|"))  # fmt: skip
+            lines.append(
+                f"| {r['case']} | {r['impl']} | {_ms(r['median_s'])} | {sp} | "
+                + " | ".join(cells)
+                + (" |" if cells else "|")
+            )
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
@@ -137,14 +147,19 @@ def diffusers_block(payload: dict) -> str:
     lines = [run_header(payload, "benchmarks/results/benchmarks.json"), ""]
     if not rows:
         return "\n".join(lines + ["No `diffusers_unet` rows in this run.", ""])
-    lines += ["| case | implementation | median | port's speed-up [min-max] | "
-              "max diff / max entry | compile |", "|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "| case | implementation | median | port's speed-up [min-max] | "
+        "max diff / max entry | compile |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         e = r["extra"]
         comp = "" if r["compile_s"] is None else f"{r['compile_s']:.1f} s"
         diff = _fmt(e.get("rel_diff_vs_wgfm"))
-        lines.append(f"| {r['case']} | {r['impl']} | {_ms(r['median_s'])} | "
-                     f"{_spread(e, 'wgfm_default_speedup')} | {diff} | {comp} |")  # fmt: skip
+        lines.append(
+            f"| {r['case']} | {r['impl']} | {_ms(r['median_s'])} | "
+            f"{_spread(e, 'wgfm_default_speedup')} | {diff} | {comp} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -153,14 +168,23 @@ def xla_block(ab: dict | None) -> str:
     if ab is None:
         return f"No `{src}` in this checkout.\n"
     run = ab.get("run")
-    head = (f"From `{src}` (`{run['command']}`, {run['date']}, commit `{(run['commit'] or '?')[:10]}`,"
-            f" {run['cpu_model']}); " if run else
-            f"From `{src}` (`python -m benchmarks.ab_xla_flags`; the file records no date or "
-            f"commit); ")  # fmt: skip
-    head += (f"{ab['n']:,} points, D = 2, one process per setting and round, rounds alternating. "
-             "wgfm time / PyTorch time in the same process (lower is better for wgfm):")  # fmt: skip
-    lines = [head, "", "| XLA_FLAGS | rounds | median wgfm / PyTorch | per round |",
-             "|---|---|---|---|"]  # fmt: skip
+    head = (
+        f"From `{src}` (`{run['command']}`, {run['date']}, commit `{(run['commit'] or '?')[:10]}`,"
+        f" {run['cpu_model']}); "
+        if run
+        else f"From `{src}` (`python -m benchmarks.ab_xla_flags`; the file records no date or "
+        f"commit); "
+    )
+    head += (
+        f"{ab['n']:,} points, D = 2, one process per setting and round, rounds alternating. "
+        "wgfm time / PyTorch time in the same process (lower is better for wgfm):"
+    )
+    lines = [
+        head,
+        "",
+        "| XLA_FLAGS | rounds | median wgfm / PyTorch | per round |",
+        "|---|---|---|---|",
+    ]
     for flags, med in ab["median_jax_over_torch"].items():
         rs = [x for x in ab["rounds"] if (x["flags"] or "(none)") == flags]
         per = ", ".join(f"{x['jax_over_torch']:.2f}" for x in rs)
@@ -202,10 +226,11 @@ def render(results: Path = RESULTS, root: Path = ROOT) -> dict[Path, str]:
     ab = json.loads(ab_path.read_text()) if ab_path.is_file() else None
     header = run_header(payload)
     out = {
-        results / "benchmarks.md": header + "\n\n" + markdown_table(payload["records"],
-                                                                     payload["machine"]),
+        results / "benchmarks.md": header
+        + "\n\n"
+        + markdown_table(payload["records"], payload["machine"]),
         results / "summary.md": targets_block(payload),
-    }  # fmt: skip
+    }
     for rel, items in blocks().items():
         path = root / rel
         text = path.read_text()

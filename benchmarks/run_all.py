@@ -70,8 +70,13 @@ def run_info(quick: bool, only, tiny: bool, load_start: float | None) -> dict:
 
     def git(*args: str) -> str | None:
         try:
-            out = subprocess.run(["git", "-C", str(HERE.parent), *args], capture_output=True,
-                                 text=True, timeout=30, check=True)  # fmt: skip
+            out = subprocess.run(
+                ["git", "-C", str(HERE.parent), *args],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            )
         except (OSError, subprocess.SubprocessError):
             return None
         return out.stdout.strip()
@@ -126,7 +131,12 @@ def run_benchmarks(
 
     peak = run_peak()
     console = Console(stderr=True)
-    cols = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())  # fmt: skip
+    cols = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*cols, console=console) as progress:
         task = progress.add_task("benchmarks", total=len(names))
         for name in names:

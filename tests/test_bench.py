@@ -140,14 +140,30 @@ def test_scaling_plots_written(tmp_path):
     from benchmarks._plots import write_plots
 
     rows = [
-        record("diagnostics", f"D={d}, B=8", "jacobian+asymmetry", compile_s=0.1,
-               median_s=1e-3 * d, repeats=1)
+        record(
+            "diagnostics",
+            f"D={d}, B=8",
+            "jacobian+asymmetry",
+            compile_s=0.1,
+            median_s=1e-3 * d,
+            repeats=1,
+        )
         for d in (2, 16, 64)
     ] + [
-        record("pf_solver_choice", "D=2, n=64", s, compile_s=None, median_s=1e-3 * nfe,
-               repeats=1, tol=tol, nfe=nfe, max_err_vs_ref=tol)
-        for s in ("Tsit5", "Dopri5") for tol, nfe in ((1e-3, 20), (1e-5, 40))
-    ]  # fmt: skip
+        record(
+            "pf_solver_choice",
+            "D=2, n=64",
+            s,
+            compile_s=None,
+            median_s=1e-3 * nfe,
+            repeats=1,
+            tol=tol,
+            nfe=nfe,
+            max_err_vs_ref=tol,
+        )
+        for s in ("Tsit5", "Dopri5")
+        for tol, nfe in ((1e-3, 20), (1e-5, 40))
+    ]
     names = {p.name for p in write_plots(rows, tmp_path)}
     assert names == {"scaling_jacobian_vs_dim.png", "scaling_nfe.png"}
     assert all((tmp_path / n).stat().st_size > 1000 for n in names)
@@ -158,11 +174,29 @@ def test_targets_table_met_and_missed():
     from benchmarks._summary import markdown, targets
 
     rows = [
-        record("peer_ddim", "D=2, n=32, 50 steps", "diffusers DDIMScheduler loop", compile_s=None,
-               median_s=1.0, repeats=3, speedup=4.0, speedup_min=3.5, speedup_max=5.0),
-        record("train_step", "D=2, B=16", "torch eager loop", compile_s=None, median_s=1.0,
-               repeats=3, speedup=1.2, speedup_min=1.0, speedup_max=1.4),
-    ]  # fmt: skip
+        record(
+            "peer_ddim",
+            "D=2, n=32, 50 steps",
+            "diffusers DDIMScheduler loop",
+            compile_s=None,
+            median_s=1.0,
+            repeats=3,
+            speedup=4.0,
+            speedup_min=3.5,
+            speedup_max=5.0,
+        ),
+        record(
+            "train_step",
+            "D=2, B=16",
+            "torch eager loop",
+            compile_s=None,
+            median_s=1.0,
+            repeats=3,
+            speedup=1.2,
+            speedup_min=1.0,
+            speedup_max=1.4,
+        ),
+    ]
     got = {t["target"]: t for t in targets(rows)}
     assert got["DDIM-50 vs diffusers DDIMScheduler loop"]["met"] is True
     assert got["training step (MLP) vs PyTorch eager"]["met"] is False
@@ -189,13 +223,25 @@ def test_solver_choice_compares_at_equal_error_not_equal_tolerance():
     # Tsit5's error 1e-5 the default (Dopri5) needs sqrt(20 * 30) = 24.5 NFE (log-log
     # midpoint), fewer than Tsit5's 25; Tsit5's 1e-3 lies outside the default's curve and is
     # not compared.
-    curves = {"Dopri5": ((1e-3, 20, 1e-4), (1e-5, 30, 1e-6)),
-              "Tsit5": ((1e-3, 20, 1e-3), (1e-5, 25, 1e-5))}  # fmt: skip
+    curves = {
+        "Dopri5": ((1e-3, 20, 1e-4), (1e-5, 30, 1e-6)),
+        "Tsit5": ((1e-3, 20, 1e-3), (1e-5, 25, 1e-5)),
+    }
     rows = [
-        record("pf_solver_choice", "D=2, n=64", s, compile_s=None, median_s=1.0, repeats=1,
-               tol=tol, nfe=nfe, max_err_vs_ref=err)
-        for s, pts in curves.items() for tol, nfe, err in pts
-    ]  # fmt: skip
+        record(
+            "pf_solver_choice",
+            "D=2, n=64",
+            s,
+            compile_s=None,
+            median_s=1.0,
+            repeats=1,
+            tol=tol,
+            nfe=nfe,
+            max_err_vs_ref=err,
+        )
+        for s, pts in curves.items()
+        for tol, nfe, err in pts
+    ]
     got = {t["target"]: t for t in targets(rows)}
     t = got["default solver (Dopri5): NFE at Tsit5's final error"]
     assert t["met"] is True and t["measured"] == "D=2, n=64, err 1e-05: Dopri5 24 / Tsit5 25", t
@@ -208,8 +254,22 @@ def test_xla_flag_ab_runs_each_setting_in_its_own_process(tmp_path):
 
     flag = "--xla_cpu_experimental_ynn_fusion_type=+eltwise"
     # --flag=VALUE: argparse reads a separate value that starts with "--" as an option.
-    assert main([f"--flag={flag}", "--rounds", "1", "--n", "16", "--repeats", "2",
-                 "--out", str(tmp_path)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                f"--flag={flag}",
+                "--rounds",
+                "1",
+                "--n",
+                "16",
+                "--repeats",
+                "2",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     got = json.loads((tmp_path / "xla_flags_ab.json").read_text())
     assert [r["flags"] for r in got["rounds"]] == ["", flag]
     assert all(r["jax_ms"] > 0 and r["torch_ms"] > 0 for r in got["rounds"])

@@ -21,11 +21,17 @@ def test_committed_tables_match_their_json():
 def test_run_header_names_the_run():
     payload = {
         "machine": {"platform": "cpu", "jax": "0.10.2", "time": "2026-01-02T03:04:05+0000"},
-        "run": {"command": "wgfm bench --quick", "commit": "0123456789abcdef", "cores": 2,
-                "code_modified": False, "cpu_model": "some CPU", "host_shared": True},
+        "run": {
+            "command": "wgfm bench --quick",
+            "commit": "0123456789abcdef",
+            "cores": 2,
+            "code_modified": False,
+            "cpu_model": "some CPU",
+            "host_shared": True,
+        },
         "matmul_peak": {"peak_gflops": 100.0, "jax_gflops": 90.0, "torch_gflops": 100.0},
         "records": [],
-    }  # fmt: skip
+    }
     header = publish.run_header(payload)
     for part in ("`wgfm bench --quick`", "2026-01-02 03:04", "0123456789", "some CPU", "shared"):
         assert part in header, (part, header)
@@ -43,7 +49,16 @@ def test_a_hand_edit_is_caught(tmp_path):
 def test_speedup_prints_inside_its_own_range():
     from benchmarks._summary import _check, _speedup
 
-    r = record("b", "c", "peer", compile_s=None, median_s=1.0, repeats=3, speedup=1.3849,
-               speedup_min=1.3799, speedup_max=1.6)  # fmt: skip
+    r = record(
+        "b",
+        "c",
+        "peer",
+        compile_s=None,
+        median_s=1.0,
+        repeats=3,
+        speedup=1.3849,
+        speedup_min=1.3799,
+        speedup_max=1.6,
+    )
     got = _check("t", [r], _speedup, ">=", 2.0)["measured"]
     assert got == "c: 1.38 [1.38-1.6]", got
