@@ -18,11 +18,13 @@ from .diffusers import (
     DDPM_CIFAR10_32,
     DiffusersField,
     convert_state_dict,
-    load_diffusers,
     load_unet2d,
 )
 from .pipelines import TorchDiffusersField, load_pipeline, read_pipeline
 from .schedulers import SchedulerMap, scheduler_betas, scheduler_map, scheduler_process
+
+# The name users know: one function, under both names.
+load_diffusers = load_pipeline
 
 if TYPE_CHECKING:
     from .torch import TorchField, diffusers_unet_fn, torch_field

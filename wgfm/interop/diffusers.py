@@ -91,45 +91,6 @@ class DiffusersField(eqx.Module):
         return s.value(x, out, t)
 
 
-def load_diffusers(
-    path: str | Path,
-    *,
-    dtype=jnp.float32,
-    scheduler_config: dict | None = None,
-    mu: float | None = None,
-    backend: str = "auto",
-    class_label: int | None = None,
-    encoder_hidden_states: ArrayLike | None = None,
-    variant: str | None = None,
-    guidance_scale: float | None = None,
-):
-    """``(field, process)`` of a diffusers pipeline or model directory.
-
-    ``model_index.json`` (or the denoiser's config) chooses the class: ``UNet2DModel`` on the
-    flax port (a :class:`DiffusersField`), the other denoisers through PyTorch
-    (:class:`wgfm.interop.pipelines.TorchDiffusersField`); see
-    :func:`wgfm.interop.pipelines.load_pipeline` for the arguments. The scheduler comes from
-    ``scheduler_config`` if given, else the pipeline's ``scheduler/`` (also for ``pipe/unet``);
-    a bare model directory without either gets diffusers' ``DDPMScheduler`` defaults (linear
-    betas 1e-4..0.02, 1000 steps, epsilon), with a warning. ``mu``: a dynamically shifted
-    flow-matching scheduler's shift (:func:`~wgfm.interop.schedulers.scheduler_map`). Use
-    ``wgfm.as_field(process, field, kind=field.kind, to="score" | "velocity")`` for the score or
-    the WGF velocity."""
-    from .pipelines import load_pipeline
-
-    return load_pipeline(
-        path,
-        dtype=dtype,
-        scheduler_config=scheduler_config,
-        mu=mu,
-        backend=backend,
-        class_label=class_label,
-        encoder_hidden_states=encoder_hidden_states,
-        variant=variant,
-        guidance_scale=guidance_scale,
-    )
-
-
 def load_unet2d(
     path: str | Path, *, dtype=jnp.float32, variant: str | None = None
 ) -> tuple[Model, dict, dict]:

@@ -287,8 +287,15 @@ def load_pipeline(
     variant: str | None = None,
     guidance_scale: float | None = None,
 ):
-    """``(field, process)`` of a diffusers pipeline or model directory (module docstring).
+    """``(field, process)`` of a diffusers pipeline or model directory (module docstring);
+    exported as :func:`wgfm.interop.load_diffusers`.
 
+    The scheduler comes from ``scheduler_config`` if given, else the pipeline's ``scheduler/``
+    (also for ``pipe/unet``); a bare model directory without either gets diffusers'
+    ``DDPMScheduler`` defaults (linear betas 1e-4..0.02, 1000 steps, epsilon), with a warning.
+    ``mu``: a dynamically shifted flow-matching scheduler's shift
+    (:func:`~wgfm.interop.schedulers.scheduler_map`). Use ``wgfm.as_field(process, field,
+    kind=field.kind, to="score" | "velocity")`` for the score or the WGF velocity.
     ``backend``: ``"auto"`` (the flax port where it applies, else PyTorch), ``"flax"`` or
     ``"torch"``. ``class_label``: the class of a class-conditional denoiser (default: its null
     class where it has one); ``encoder_hidden_states``: the ``(seq, dim)`` or ``(1, seq, dim)``
