@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -241,3 +242,124 @@ def test_beyond_the_exact_dimension_the_headline_is_the_full_dimension_estimate(
     lam = np.linalg.norm(a - a.T) / np.linalg.norm(a)
     # 64 Rademacher probes of a 6x6 map: a few percent relative error per estimate
     np.testing.assert_allclose(probe, lam, rtol=0.25)
+
+
+def test_the_probe_headline_carries_its_standard_error():
+    """Probe path on ``x -> A x``: per level, the median estimate lies within 4 of its median
+    standard errors of the exact lambda; the row prints ``estimate ± s.e.``; results carry the
+    per-level s.e. and the probes a 10% s.e. would take."""
+    a = np.asarray(jax.random.normal(jax.random.key(3), (6, 6)), np.float32)
+    x = np.asarray(jax.random.normal(jax.random.key(4), (16, 6)), np.float32)
+    sizes = DiagnoseSizes(**{**SIZES.__dict__, "max_exact_dim": 4, "num_probes": 16})
+    d = diagnose(
+        _linear(a), wgfm.VP(), x, key=jax.random.key(5), kind="score", sizes=sizes, claims=(1,)
+    )
+    num = d.numbers["differential"]
+    lam = np.linalg.norm(a - a.T) / np.linalg.norm(a)
+    est = np.asarray(num["median_probe_ratio"]["trained"])
+    se = np.asarray(num["median_probe_ratio_se"]["trained"])
+    assert est.shape == se.shape == (3,) and np.all(se > 0)
+    assert np.all(np.abs(est - lam) <= 4 * se), (est, se, lam)
+    row = d.rows[TITLES[1]][0]
+    lo = int(np.argmin(est))
+    assert f"{est[lo]:.3g} ± {se[lo]:.2g}.." in row.measured, row.measured
+    assert "±" in row.control  # the Gaussian fit in the same unit, with its s.e.
+    probes = num["probes_for_10pct_se"]["trained"]
+    assert set(num["probes_for_10pct_se"]) == {"trained", "oracle score"}
+    assert 0 < probes < 1e4 and num["jacobian"]["chosen_by"] == "max_exact_dim"
+    assert "D = 6 > max_exact_dim = 4" in d.header["claim 1 Jacobians"]
+
+
+def test_probes_for_a_target_standard_error_is_the_inverse_square_law():
+    from wgfm.diagnosis.claims import probes_for
+
+    # relative s.e. 0.2 at 32 probes: a 10% s.e. takes (0.2 / 0.1)^2 = 4 times as many
+    assert probes_for(32, [[0.1, 0.2]], [[0.02, 0.04]]) == pytest.approx(128)
+    assert probes_for(8, [[0.0]], [[0.01]]) == np.inf  # a zero ratio has no relative s.e.
+
+
+def test_the_exact_or_probe_choice_follows_the_budget():
+    """``max_exact_dim=None``: exact Jacobians when D JVPs x samples x levels x fields at the
+    measured JVP time fit ``exact_budget_s``; a zero budget forces probes, a huge one exact;
+    ``exact=`` overrides either way. The header says which and why."""
+    import dataclasses
+
+    from wgfm.diagnosis.budget import choose_jacobian, time_jvp
+
+    f = _linear(A_ROT)
+    budget = dataclasses.replace(SIZES, max_exact_dim=None, exact_budget_s=0.0)
+    common = dict(key=jax.random.key(1), kind="score", claims=(1,))
+    probes = diagnose(f, wgfm.VP(), _images(), sizes=budget, **common)
+    jac = probes.numbers["differential"]["jacobian"]
+    assert not jac["exact"] and jac["chosen_by"] == "budget" and jac["per_jvp_s"] > 0
+    # 4 samples x 3 levels x 2 fields (trained, Gaussian fit), each D = 2 JVPs
+    assert jac["count"] == 24 and jac["estimated_exact_s"] == pytest.approx(
+        2 * 24 * jac["per_jvp_s"]
+    )
+    assert "median_probe_ratio" in probes.numbers["differential"]
+    assert "over the budget of 0 s" in probes.header["claim 1 Jacobians"]
+    big = dataclasses.replace(budget, exact_budget_s=1e6)
+    exact = diagnose(f, wgfm.VP(), _images(), sizes=big, **common)
+    assert exact.numbers["differential"]["jacobian"]["exact"]
+    assert "within the budget of 1e+06 s" in exact.header["claim 1 Jacobians"]
+    lam = np.linalg.norm(A_ROT - A_ROT.T) / np.linalg.norm(A_ROT)
+    np.testing.assert_allclose(exact.numbers["differential"]["median_ratio"]["trained"], lam, 1e-6)
+    forced = diagnose(f, wgfm.VP(), _images(), sizes=budget, exact=True, **common)
+    assert "asked for" in forced.header["claim 1 Jacobians"]
+    assert "median_ratio" in forced.numbers["differential"]
+    # the decision itself: the flip happens where the estimated cost crosses the budget
+    x, per = jnp.ones(3, jnp.float32), time_jvp(f3 := _linear(np.eye(3)), jnp.ones(3), 0.5)
+    assert per > 0
+    c = choose_jacobian(f3, x, 0.5, count=10, budget_s=1e6)
+    assert c.exact and c.estimated_exact_s == pytest.approx(3 * 10 * c.per_jvp_s)
+    assert not choose_jacobian(f3, x, 0.5, count=10, budget_s=0.0).exact
+    assert choose_jacobian(f3, x, 0.5, count=10, max_exact_dim=3).exact
+    assert not choose_jacobian(f3, x, 0.5, count=10, max_exact_dim=2, exact=None).exact
+    with pytest.raises(ValueError, match="`budget_s`"):
+        choose_jacobian(f3, x, 0.5, count=10, budget_s=-1.0)
+    with pytest.raises(ValueError, match="num_probes must be at least 2"):
+        DiagnoseSizes(**{**SIZES.__dict__, "num_probes": 1})
+
+
+def test_a_pytorch_path_field_runs_on_one_device_and_says_so():
+    """A field that runs through PyTorch is not split over a mesh: one line in the header, not
+    an error (the mesh here is a stand-in: this process has one device)."""
+    from wgfm.diagnosis.api import device_line, on_torch
+
+    class TorchPath(eqx.Module):
+        backend: str = eqx.field(static=True, default="PyTorch (torch_field: ...)")
+
+        def __call__(self, x, t):
+            return jnp.asarray(A_ROT) @ x
+
+    class Mesh8:
+        devices = np.empty(8, object)
+
+    f = TorchPath()
+    assert on_torch(f) and not on_torch(_linear(A_ROT))
+    assert device_line(f, None).startswith("1 device (cpu")
+    assert "8 devices" in device_line(_linear(A_ROT), Mesh8())
+    d = diagnose(
+        f,
+        wgfm.VP(),
+        _images(),
+        key=jax.random.key(1),
+        kind="score",
+        sizes=SIZES,
+        claims=(1,),
+        mesh=Mesh8(),
+    )
+    assert "1 device" in d.header["devices"] and "not the 8 asked for" in d.header["devices"]
+    assert "runs through PyTorch" in d.to_markdown()
+    with pytest.raises(ValueError, match="`devices` and `mesh`"):
+        diagnose(
+            f, wgfm.VP(), _images(), key=jax.random.key(1), kind="score", devices=1, mesh=Mesh8()
+        )
+
+
+def test_cli_devices_beyond_the_host_is_one_line(capsys, tmp_path):
+    from wgfm import cli
+
+    assert cli.main(["diagnose", "--model", str(tmp_path), "--devices", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("wgfm diagnose: `devices`=4 requested") and "\n" not in err

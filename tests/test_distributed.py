@@ -113,6 +113,21 @@ def test_sharded_diagnostics_equal_unsharded(report, name):
     assert r["max_diff"] <= 1e-10 * max(1.0, r["ref_scale"])
 
 
+@pytest.mark.parametrize("name", ["diagnose", "diagnose_exact"])
+def test_sharded_diagnose_equals_one_device(report, name):
+    """``wgfm.diagnose(..., mesh=)`` over 8 devices gives one device's numbers: every per-level
+    median of claims 1 (probe estimates, their s.e. and sub-Jacobians; or exact ratios) and 2."""
+    r = report["diagnostics"][name]
+    assert r["ref_scale"] > 1e-1
+    # float32 (the images' dtype, as a network runs): the only difference is the vmap batch per
+    # device (5 or 3 samples vs 1), which may reorder float operations inside a sample's
+    # Jacobian or loop sum: a few ulps (1.2e-7 relative each) of the largest number, so 1e-5 of
+    # it is ~100 ulps of headroom. A wrong sample, key or level moves a median by O(1).
+    assert r["max_diff"] <= 1e-5 * r["ref_scale"], r
+    header = report["diagnostics"][f"{name}_header"]
+    assert header.startswith("8 devices") and "split over them" in header
+
+
 def test_sharded_sweep_raises_on_non_finite(report):
     # Samples 0, 3, 6, 9, 12 give NaN Jacobians: devices holding them fail, the others do not.
     assert "non-finite" in report["diagnostics"]["nan_error"]

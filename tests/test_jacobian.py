@@ -410,3 +410,62 @@ def test_the_forward_estimator_is_noisier_at_small_asymmetry():
         return float(np.std(one) / np.mean(one))
 
     assert rel_se("forward") > 3 * rel_se("vjp")
+
+
+def _linear_at(lam: float, dim: int, seed: int):
+    """``A = S + c W`` (``S`` symmetric, ``W`` antisymmetric, Frobenius-orthogonal), with ``c``
+    set so ``||A - A^T|| / ||A|| = lam`` exactly: ``||A - A^T|| = 2 c ||W||`` and ``||A||^2 =
+    ||S||^2 + c^2 ||W||^2``."""
+    g, h = np.random.default_rng(seed).standard_normal((2, dim, dim))
+    s, w = g + g.T, h - h.T
+    c = lam * np.linalg.norm(s) / (np.linalg.norm(w) * np.sqrt(4 - lam**2))
+    return jnp.asarray(s + c * w)
+
+
+@pytest.mark.parametrize("method", ["vjp", "forward"])
+def test_probe_ratio_standard_error_covers_the_exact_ratio(method):
+    """At lambda = 0.1 both estimators' means agree with the exact ``||A - A^T||^2`` and
+    ``lambda``; the reported ``ratio_se`` matches the spread of the estimates across keys and
+    every estimate lies within 4 of its own s.e. of the exact lambda."""
+    lam = 0.1
+    a = _linear_at(lam, 24, 0)
+    np.testing.assert_allclose(float(asymmetry(a).ratio), lam, rtol=1e-12)
+    x = jnp.ones(24)
+    keys = jax.random.split(jax.random.key(31), 400)
+    est = jax.jit(
+        jax.vmap(
+            lambda k: probe_asymmetry(
+                lambda y, t: a @ y, x, 0.0, key=k, num_probes=32, method=method
+            )
+        )
+    )(keys)
+    ratio, se, a2 = (np.asarray(v) for v in (est.stats.ratio, est.ratio_se, est.asym_sq))
+    exact_a2 = float(np.sum((a - a.T) ** 2))
+    # the unbiased quantity: mean over 400 keys within 4 of its standard errors of the exact
+    assert abs(a2.mean() - exact_a2) < 4 * a2.std() / np.sqrt(a2.size)
+    # the ratio is consistent, not unbiased: sqrt of a noisy A is low by ~ (rel. s.e. of A)^2 / 8
+    # of lambda, second order, so well within one s.e. of the ratio
+    assert abs(ratio.mean() - lam) < np.median(se)
+    # the reported s.e. (delta method) is the spread across keys: 400 keys pin a std to ~4%
+    np.testing.assert_allclose(np.median(se), ratio.std(), rtol=0.25)
+    assert np.all(np.abs(ratio - lam) <= 4 * se)  # 4 s.e.: P ~ 6e-5 per estimate if right
+
+
+def test_probe_ratio_standard_error_edge_cases():
+    x = jnp.ones(5)
+    zero = probe_asymmetry(lambda y, t: 0.0 * y, x, 0.0, key=jax.random.key(0), num_probes=4)
+    assert float(zero.stats.ratio) == 0.0 and float(zero.ratio_se) == 0.0  # J = 0: exact 0
+    a = _linear_at(0.5, 5, 1)
+    one = probe_asymmetry(lambda y, t: a @ y, x, 0.0, key=jax.random.key(0), num_probes=1)
+    assert np.isinf(one.ratio_se)  # one probe gives no spread
+    # forward estimates of a nearly symmetric J with 4 probes: A falls below its own s.e. (often
+    # below 0, ratio 0), where the s.e. is that of a ratio the probes cannot tell from 0:
+    # finite, ~ sqrt(se_A / F) / 2 (the delta method's 1 / sqrt(A) would blow up)
+    b = _linear_at(0.01, 5, 1)
+    p = jax.vmap(
+        lambda k: probe_asymmetry(lambda y, t: b @ y, x, 0.0, key=k, num_probes=4, method="forward")
+    )(jax.random.split(jax.random.key(2), 64))
+    low = np.asarray(p.asym_sq < p.asym_sq_se)
+    assert low.sum() > 10 and np.all(np.asarray(p.stats.ratio)[np.asarray(p.asym_sq < 0)] == 0)
+    se, scale = (np.asarray(v)[low] for v in (p.ratio_se, 0.5 * jnp.sqrt(p.asym_sq_se / p.fro_sq)))
+    assert np.all(np.isfinite(se)) and np.all((se > 0.3 * scale) & (se < 3 * scale))

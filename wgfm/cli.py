@@ -154,6 +154,8 @@ def diagnose(
     variant: str | None = None,
     mu: float | None = None,
     guidance_scale: float | None = None,
+    jacobians: Literal["auto", "exact", "probes"] = "auto",
+    devices: int | None = None,
 ) -> int:
     """Diagnose a pretrained diffusers model: the paper's claims 1 (Jacobian asymmetry at every
     noise level) and 2 (circulation around its three loop families and a circle) beside an
@@ -178,7 +180,21 @@ def diagnose(
         mu: the shift of a flow-matching scheduler with use_dynamic_shifting.
         guidance_scale: w, for the classifier-free-guided field (1 + w) eps(x, c) - w eps(x)
             of a class-conditional model with a null class (needs --class-label).
+        jacobians: claim 1's Jacobians: auto (exact D x D ones when their cost, from a
+            measured JVP time, fits the mode's budget: 60 s quick, 4 h full; else probe
+            estimates with standard errors), exact, or probes.
+        devices: split the images over this many devices (a jax.sharding mesh; on a CPU host
+            simulated devices, set before JAX starts); a PyTorch-path model runs on one.
     """
+    try:
+        mesh = None
+        if devices is not None:
+            from .distributed import setup_devices
+
+            mesh = setup_devices(devices)  # first: it must precede every other JAX call
+    except ValueError as e:
+        print(f"wgfm diagnose: {e}", file=sys.stderr)
+        return 2
     from .diagnosis.command import DiagnoseConfig, run
 
     try:
@@ -195,8 +211,9 @@ def diagnose(
             variant=variant,
             mu=mu,
             guidance_scale=guidance_scale,
+            jacobians=jacobians,
         )
-        report = run(config)
+        report = run(config, mesh=mesh)
     except (ValueError, OSError) as e:
         # One line: the checkpoint loader lists every mismatched tensor on its own line.
         print(f"wgfm diagnose: {'; '.join(str(e).split(chr(10)))}", file=sys.stderr)

@@ -46,9 +46,11 @@ class DiagnoseSizes:
 
     num_levels: int  # noise levels of claim 1 (the authors: 100, t = 1, 11, ..., 991 of 1000)
     num_samples: int  # images per level, claim 1
-    sub_jacobian_size: int  # K of the K x K sub-Jacobians (beyond max_exact_dim)
-    num_probes: int  # probes of the full-Jacobian estimate (one JVP and one VJP each)
-    max_exact_dim: int  # exact Jacobians up to this many coordinates
+    sub_jacobian_size: int  # K of the K x K sub-Jacobians (on the probe path)
+    num_probes: int  # probes of the full-Jacobian estimate (one JVP and one VJP each; >= 2)
+    # Exact Jacobians up to this many coordinates; None: exact when their measured cost fits
+    # exact_budget_s (wgfm.diagnosis.budget).
+    max_exact_dim: int | None
     batch_size: int  # images at a time in claim 1
     loop_levels: int  # noise levels of claim 2
     loop_samples: int  # images per level, claim 2
@@ -58,11 +60,23 @@ class DiagnoseSizes:
     noisy_points: int  # points per segment (the authors: 100)
     num_generated: int  # images the model generates when no data is given
     ddim_steps: int  # DDIM steps of that generation (the authors: 50)
+    exact_budget_s: float = 60.0  # seconds of exact Jacobians allowed (max_exact_dim None)
 
     def __post_init__(self):
-        bad = [f.name for f in dataclasses.fields(self) if int(getattr(self, f.name)) < 1]
+        ints = [f.name for f in dataclasses.fields(self) if f.name != "exact_budget_s"]
+        bad = [
+            n
+            for n in ints
+            if not (n == "max_exact_dim" and getattr(self, n) is None) and int(getattr(self, n)) < 1
+        ]
         if bad:
             raise ValueError(f"DiagnoseSizes: {', '.join(bad)} must be positive integers.")
+        if self.num_probes < 2:
+            raise ValueError("DiagnoseSizes: num_probes must be at least 2 (for a standard error).")
+        if not float(self.exact_budget_s) >= 0:
+            raise ValueError(
+                f"DiagnoseSizes: exact_budget_s must be >= 0 seconds, got {self.exact_budget_s!r}."
+            )
 
 
 QUICK = DiagnoseSizes(
@@ -70,7 +84,7 @@ QUICK = DiagnoseSizes(
     num_samples=2,
     sub_jacobian_size=8,
     num_probes=4,
-    max_exact_dim=64,
+    max_exact_dim=None,
     batch_size=2,
     loop_levels=3,
     loop_samples=1,
@@ -80,13 +94,15 @@ QUICK = DiagnoseSizes(
     noisy_points=8,
     num_generated=8,
     ddim_steps=10,
+    # A quick run takes minutes: exact Jacobians may add about one more.
+    exact_budget_s=60.0,
 )
 FULL = DiagnoseSizes(
     num_levels=100,
     num_samples=128,
     sub_jacobian_size=64,
     num_probes=32,
-    max_exact_dim=64,
+    max_exact_dim=None,
     batch_size=16,
     loop_levels=100,
     loop_samples=256,
@@ -96,6 +112,10 @@ FULL = DiagnoseSizes(
     noisy_points=100,
     num_generated=1024,
     ddim_steps=50,
+    # The authors' protocol is already hours on a GPU (claim 2 alone is ~2e8 evaluations of
+    # the field: 256 images x 100 levels x ~2,500 loop points x 3 fields); exact Jacobians may
+    # take about as long again.
+    exact_budget_s=4 * 3600.0,
 )
 
 
@@ -174,6 +194,9 @@ def diagnose(
     untrained: Field | None = None,
     claims: tuple[int, ...] = (1, 2),
     label: str = "model",
+    exact: bool | None = None,
+    devices: int | None = None,
+    mesh=None,
 ) -> Diagnosis:
     """Claims 1 and 2 on ``field`` (any kind; converted to its score) at the noise levels of
     ``sizes``, on clean ``images`` ``(N, *shape)`` noised by ``process``.
@@ -183,13 +206,30 @@ def diagnose(
     the Gaussian fitted to up to 10,000 of ``images``, and ``untrained`` (a field of the same
     kind; by default ``field`` with freshly drawn parameters when it carries ``model`` and
     ``params``, else no untrained control). Keys derive from ``key`` by name, so one claim run
-    alone gives the numbers it gives in a full diagnosis."""
+    alone gives the numbers it gives in a full diagnosis.
+
+    Claim 1 takes exact Jacobians when ``exact`` is True; probe estimates with their standard
+    errors when False; when None, as ``sizes`` says (``max_exact_dim``, or the budget
+    ``exact_budget_s`` against the field's measured JVP time). ``mesh``
+    (:func:`wgfm.distributed.make_mesh`), or ``devices`` (a mesh over that many devices), splits
+    the images of every sweep over its devices, with the numbers of one device; a field that
+    runs through PyTorch (:func:`wgfm.interop.torch_field`) runs on one device, and the header
+    says so."""
     kind = kind or getattr(field, "kind", None)
     if kind is None:
         raise ValueError(
             "`kind` is required: the field has no `kind` attribute saying whether "
             "it predicts eps, x0, the score or the velocity."
         )
+    if devices is not None and mesh is not None:
+        raise ValueError("`devices` and `mesh` are alternatives: give one of them.")
+    if devices is not None:
+        from ..distributed import make_mesh
+
+        mesh = make_mesh(devices)
+    header = {"devices": device_line(field, mesh)}
+    if on_torch(field):
+        mesh = None
     bad = [c for c in claims if c not in TITLES]
     if bad or not claims:
         raise ValueError(f"`claims` must be a non-empty tuple among (1, 2), got {claims!r}.")
@@ -226,11 +266,40 @@ def diagnose(
             np.asarray(jax.random.choice(sub(f"x0-{claim}"), len(x), (n,), replace=False))
         )
         x0 = jnp.asarray(x[pick])
-        measure = _claim1 if claim == 1 else _claim2
-        measurements[TITLES[claim]] = measure(
-            score, process, x0, sizes, key=sub(f"claim-{claim}"), **common
+        k = sub(f"claim-{claim}")
+        if claim == 1:
+            m = _claim1(score, process, x0, sizes, key=k, exact=exact, mesh=mesh, **common)
+            header["claim 1 Jacobians"] = m.numbers["jacobian"]["description"]
+        else:
+            m = _claim2(score, process, x0, sizes, key=k, mesh=mesh, **common)
+        measurements[TITLES[claim]] = m
+    return Diagnosis(label, measurements, header)
+
+
+def on_torch(field) -> bool:
+    """Whether ``field`` runs through PyTorch (a ``torch_field`` anywhere in it): such a field
+    is a host callback, which ``jax.shard_map`` cannot split over devices."""
+    if "PyTorch" in str(getattr(field, "backend", "")):
+        return True
+    nodes = jax.tree_util.tree_leaves(
+        field, is_leaf=lambda n: type(n).__module__.startswith("wgfm.interop.torch")
+    )
+    return any(type(n).__module__.startswith("wgfm.interop.torch") for n in nodes)
+
+
+def device_line(field, mesh) -> str:
+    """The report header's line on where the sweeps ran."""
+    dev = jax.devices()[0]
+    where = f"{dev.platform}, {dev.device_kind}"
+    if mesh is None or mesh.devices.size == 1:
+        return f"1 device ({where})"
+    n = int(mesh.devices.size)
+    if on_torch(field):
+        return (
+            f"1 device ({where}), not the {n} asked for: the field runs through PyTorch, "
+            "whose callbacks JAX does not split over devices"
         )
-    return Diagnosis(label, measurements)
+    return f"{n} devices ({where}), the images of every sweep split over them"
 
 
 def _claim1(score, process, x0: Array, sz: DiagnoseSizes, **kwargs) -> Measurement:
@@ -241,6 +310,7 @@ def _claim1(score, process, x0: Array, sz: DiagnoseSizes, **kwargs) -> Measureme
         x0,
         ts,
         max_exact_dim=sz.max_exact_dim,
+        budget_s=None if sz.max_exact_dim is not None else sz.exact_budget_s,
         sub_jacobian_size=sz.sub_jacobian_size,
         num_probes=sz.num_probes,
         batch_size=sz.batch_size,

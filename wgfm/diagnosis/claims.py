@@ -19,6 +19,7 @@ from ..diagnostics.kernels import FAMILIES, Circulation, ExactAsymmetry, SubAndP
 from ..processes import AbstractProcess
 from ..report import ClaimRow, Measurement, fmt, level_bar
 from ..typing import Field
+from .budget import choose_jacobian
 
 
 def measure_asymmetry(
@@ -32,12 +33,15 @@ def measure_asymmetry(
     untrained: Field | None = None,
     label: str = "model",
     control_name: str = "gradient control",
-    max_exact_dim: int = 64,
+    max_exact_dim: int | None = 64,
     sub_jacobian_size: int = 16,
     num_probes: int = 32,
     batch_size: int = 16,
     estimator_check: bool = False,
     exact_samples: int = 0,
+    exact: bool | None = None,
+    budget_s: float | None = None,
+    mesh=None,
 ) -> Measurement:
     """Claim 1 on one score ``field``: its Jacobian asymmetry at every level of ``ts``.
 
@@ -45,12 +49,17 @@ def measure_asymmetry(
     ``process`` (the same ``x0`` at every level). Optional controls on the same points:
     ``gradient``, a field known to be a gradient on the data's scale (the exact score, or
     :func:`wgfm.diagnostics.controls.gaussian_fit_score`; ``control_name`` names it in the rows), and
-    ``untrained``. Exact Jacobians up to ``max_exact_dim`` coordinates; beyond, ``K x K``
-    sub-Jacobians (``K = sub_jacobian_size``) and ``num_probes``-probe estimates,
-    ``batch_size`` samples at a time. ``estimator_check`` (exact path only) also runs the
+    ``untrained``. Exact ``D x D`` Jacobians or, else, ``num_probes``-probe estimates of the
+    full ratio with their standard errors (the headline) and ``K x K`` sub-Jacobians
+    (``K = sub_jacobian_size``, a certificate), ``batch_size`` samples at a time. Which:
+    ``exact`` if given; else, with ``budget_s``, exact when the JVPs they take (timed on
+    ``field``, see :func:`wgfm.diagnosis.budget.choose_jacobian`) fit that many seconds; else
+    exact up to ``max_exact_dim`` coordinates. ``numbers["jacobian"]`` records the choice.
+    ``estimator_check`` (exact path only) also runs the
     large-D estimators on up to 8 samples and reports their agreement with the exact ratios;
-    beyond ``max_exact_dim``, ``exact_samples > 0`` takes exact Jacobians of ``field`` on that
-    many samples per level and checks the estimators against them.
+    on the probe path, ``exact_samples > 0`` takes exact Jacobians of ``field`` on that
+    many samples per level and checks the estimators against them. ``mesh``
+    (:func:`wgfm.distributed.make_mesh`) splits the samples over its devices (same numbers).
     Figures are named ``lambda_<label>``; raises ``ValueError`` naming the first non-finite
     level and sample."""
     k_noise, k_sub = jax.random.split(key)
@@ -60,7 +69,20 @@ def measure_asymmetry(
     fields = {"trained": field, "untrained": untrained, "oracle score": gradient}
     fields = {k: f for k, f in fields.items() if f is not None}
     dim = int(np.prod(x0.shape[1:]))
-    exact = dim <= max_exact_dim
+    devices = 1 if mesh is None else int(mesh.devices.size)
+    # Controls cost no more than the trained field (the same architecture, or a Gaussian's
+    # linear score): time it alone and count every field's Jacobians at its price.
+    count = -(-x0.shape[0] // devices) * len(ts) * len(fields)
+    choice = choose_jacobian(
+        field,
+        xs[len(ts) // 2, 0],
+        tsj[len(ts) // 2],
+        count=count,
+        exact=exact,
+        max_exact_dim=max_exact_dim,
+        budget_s=budget_s,
+    )
+    exact = choice.exact
     if exact:
         res = {
             k: _values(
@@ -69,6 +91,7 @@ def measure_asymmetry(
                     f,
                     xs,
                     tsj,
+                    mesh=mesh,
                     checked=False,
                     what="Jacobian asymmetry values are",
                     progress=level_bar(f"Jacobians, {label}, {k}", x0),
@@ -87,6 +110,7 @@ def measure_asymmetry(
                     xs,
                     tsj,
                     key=k_sub,
+                    mesh=mesh,
                     batch_size=batch_size,
                     checked=False,
                     what="sub-Jacobian or probe asymmetry values are",
@@ -105,16 +129,12 @@ def measure_asymmetry(
     fig = boxplot_by_level(np.asarray(ts), lam, ylabel, f"Differential constraint ({label})")
     headline = None
     if not exact:  # the probe estimate is the full-dimension number; sub-Jacobians certify
-        headline = {k: np.median(v[1], axis=0) for k, v in res.items()}
-        headline_what = f"full-dimension lambda ({num_probes}-probe estimate)"
-    rows = _rows(
-        label,
-        med,
-        what,
-        control_name,
-        image=x0.ndim > 2,
-        headline=None if headline is None else (headline_what, headline),
-    )
+        headline = (
+            f"full-dimension lambda ({num_probes}-probe estimate)",
+            {k: np.median(v[1], axis=0) for k, v in res.items()},
+            {k: np.median(v[2], axis=0) for k, v in res.items()},
+        )
+    rows = _rows(label, med, what, control_name, image=x0.ndim > 2, headline=headline)
     if exact:
         numbers = {
             "levels": np.asarray(ts),
@@ -132,14 +152,28 @@ def measure_asymmetry(
         numbers = {
             "levels": np.asarray(ts),
             "sub_jacobian_size": sub_jacobian_size,
+            "num_probes": num_probes,
             "median_sub_ratio": med,
             "median_probe_ratio": {k: np.median(v[1], axis=0) for k, v in res.items()},
+            "median_probe_ratio_se": {k: np.median(v[2], axis=0) for k, v in res.items()},
+            "probes_for_10pct_se": {k: probes_for(num_probes, v[1], v[2]) for k, v in res.items()},
         }
         if exact_samples > 0:
             rows.append(
                 _exact_subset(label, field, xs[:, :exact_samples], tsj, res["trained"], numbers)
             )
+    numbers["jacobian"] = choice.numbers()
     return Measurement(rows, numbers, {f"lambda_{label}": fig})
+
+
+def probes_for(num_probes: int, ratio, ratio_se, target: float = 0.1) -> float:
+    """Probes for a relative standard error ``target`` of the ratio: ``num_probes (r / target)^2``
+    with ``r`` the median over samples and levels of ``ratio_se / ratio`` (the s.e. shrinks as
+    one over the root of the probe count). Infinite where the median ratio is 0."""
+    ratio, ratio_se = np.asarray(ratio, float), np.asarray(ratio_se, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(ratio > 0, ratio_se / ratio, np.inf)
+    return float(num_probes * (np.median(rel) / target) ** 2)
 
 
 def _exact_subset(label, field, xs, ts, estimates, numbers: dict) -> ClaimRow:
@@ -158,7 +192,7 @@ def _exact_subset(label, field, xs, ts, estimates, numbers: dict) -> ClaimRow:
         progress=f"exact Jacobians, {label}",
     )
     exact = _values(out)[0]  # (m, L)
-    sub, probe = (e[:m] for e in estimates)
+    sub, probe = (e[:m] for e in estimates[:2])
     numbers["median_exact_ratio"] = np.median(exact, axis=0)
     numbers["exact_samples"] = m
     return _agreement(
@@ -178,32 +212,35 @@ def _rows(
     control_name: str,
     *,
     image: bool,
-    headline: tuple[str, dict] | None = None,
+    headline: tuple[str, dict, dict] | None = None,
 ) -> list[ClaimRow]:
-    """The verdict on the certificate ``med`` (exact lambda, or sub-Jacobian lambda beyond the
-    exact dimension) and the trend; with ``headline`` (its name and the per-level medians of
-    a full-dimension estimate), the numbers reported first are the headline's and the
-    sub-Jacobian is labelled a certificate: an asymmetric block proves a field is not a
-    gradient, but a random K x K block of an image is nearly diagonal and its ratio is not
-    the size of the full one."""
+    """The verdict on the certificate ``med`` (exact lambda, or sub-Jacobian lambda on the
+    probe path) and the trend; with ``headline`` (its name and the per-level medians of a
+    full-dimension estimate and of its standard error), the numbers reported first are the
+    headline's, each with its s.e., and the sub-Jacobian is labelled a certificate: an
+    asymmetric block proves a field is not a gradient, but a random K x K block of an image is
+    nearly diagonal and its ratio is not the size of the full one."""
     tr = med["trained"]
     if headline is None:
         measured = f"median {what} {fmt(tr.min())}..{fmt(tr.max())}"
-        size_what, size = what, med
+        size_what, size, size_se = what, med, None
     else:
-        size_what, size = headline
-        h = size["trained"]
+        size_what, size, size_se = headline
+        h, e = size["trained"], size_se["trained"]
+        lo, hi = int(np.argmin(h)), int(np.argmax(h))
         measured = (
-            f"median {size_what} {fmt(h.min())}..{fmt(h.max())}; certificate: median {what} "
-            f"{fmt(tr.min())}..{fmt(tr.max())}"
+            f"median {size_what} {_pm(h[lo], e[lo])}..{_pm(h[hi], e[hi])}; certificate: "
+            f"median {what} {fmt(tr.min())}..{fmt(tr.max())}"
         )
     if "oracle score" in med:
         ctl = med["oracle score"]
         ratio = tr / np.maximum(ctl, 1e-30)
         ctl_text = f"{control_name}: max median {fmt(ctl.max())}"
-        if headline is not None:
+        if size_se is not None:
+            o, oe = size["oracle score"], size_se["oracle score"]
+            i = int(np.argmax(o))
             ctl_text = (
-                f"{control_name}: max median {size_what} {fmt(size['oracle score'].max())}, "
+                f"{control_name}: max median {size_what} {_pm(o[i], oe[i])}, "
                 f"{what} {fmt(ctl.max())}"
             )
         gradient_row = ClaimRow(
@@ -227,12 +264,18 @@ def _rows(
     series = size["trained"]
     fifth = max(1, len(series) // 5)
     low, high = series[:fifth], series[-fifth:]
-    untrained = (
-        f"untrained: {fmt(size['untrained'].mean())} on average"
-        + (" (output layer drawn at random, not zero)" if image else "")
-        if "untrained" in med
-        else "no untrained control given"
-    )
+    if "untrained" in med:
+        u = size["untrained"]
+        avg = (
+            fmt(u.mean())
+            if size_se is None
+            else _pm(u.mean(), float(np.mean(size_se["untrained"])))
+        )
+        untrained = f"untrained: {size_what} {avg} on average" + (
+            " (output layer drawn at random, not zero)" if image else ""
+        )
+    else:
+        untrained = "no untrained control given"
     trend_row = ClaimRow(
         f"{label}: asymmetry grows towards low noise (paper's trend)",
         f"median {size_what}, lowest-noise fifth {fmt(low.mean())} vs highest {fmt(high.mean())}",
@@ -241,6 +284,11 @@ def _rows(
         "observation",
     )
     return [gradient_row, trend_row]
+
+
+def _pm(value, se) -> str:
+    """``value ± se`` for a table cell (the s.e. to two significant digits)."""
+    return f"{fmt(value)} ± {fmt(se, 2)}"
 
 
 def _estimators_agree(
@@ -259,7 +307,7 @@ def _estimators_agree(
         checked=False,
         what="sub-Jacobian or probe asymmetry values are",
     )
-    sub, probe = _values(out)
+    sub, probe = _values(out)[:2]
     return _agreement(label, sub, probe, exact[:n], numbers, k, f"{n} per level")
 
 
@@ -305,6 +353,7 @@ def measure_circulation(
     noisy_points: int = 100,
     batch_size: int | None = None,
     figures: tuple[str, ...] = ("bridge",),
+    mesh=None,
 ) -> Measurement:
     """Claim 2 on one score ``field``: its circulation around loops at every level of ``ts``.
 
@@ -314,8 +363,8 @@ def measure_circulation(
     ``control_name`` in the rows; its circulation is quadrature error) and ``untrained``.
     ``batch_size`` evaluates that many samples of a level at a time (large networks: every loop
     point is a field evaluation). ``figures`` lists the families plotted by level, as
-    ``circulation_<label>_<suffix>``. Raises ``ValueError`` naming the first non-finite level
-    and sample."""
+    ``circulation_<label>_<suffix>``. ``mesh`` splits the samples over its devices (same
+    numbers). Raises ``ValueError`` naming the first non-finite level and sample."""
     k_noise, k_loop = jax.random.split(key)
     x0 = jnp.asarray(x0)
     tsj = jnp.asarray(ts, x0.dtype)
@@ -335,6 +384,7 @@ def measure_circulation(
                 pairs,
                 tsj,
                 key=k_loop,
+                mesh=mesh,
                 batch_size=batch_size,
                 checked=False,
                 what="loop circulation values are",

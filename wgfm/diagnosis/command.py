@@ -34,11 +34,22 @@ from rich.console import Console
 from tqdm.auto import tqdm
 
 from ..report import ClaimRow, Report, jsonable
-from .api import FULL, GAUSSIAN_FIT_MAX, NUMBERS, QUICK, TITLES, DiagnoseSizes, diagnose
+from .api import (
+    FULL,
+    GAUSSIAN_FIT_MAX,
+    NUMBERS,
+    QUICK,
+    TITLES,
+    DiagnoseSizes,
+    device_line,
+    diagnose,
+)
 
 MANIFEST = "diagnose.json"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 GENERATION_CHUNK = 64  # images per DDIM call when the model generates its own
+# --jacobians -> diagnose's `exact`: by the mode's budget, or forced either way.
+JACOBIANS = {"auto": None, "exact": True, "probes": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +68,13 @@ class DiagnoseConfig:
     variant: str | None = None
     mu: float | None = None
     guidance_scale: float | None = None
+    jacobians: str = "auto"  # claim 1: "auto" (the mode's budget), "exact" or "probes"
 
     def __post_init__(self):
+        if self.jacobians not in JACOBIANS:
+            raise ValueError(
+                f"`--jacobians` must be one of {', '.join(JACOBIANS)}, got {self.jacobians!r}."
+            )
         if not Path(self.model).is_dir() and not is_callable_spec(str(self.model)):
             raise ValueError(
                 f"`--model` {str(self.model)!r} is neither a directory nor package.module:function."
@@ -79,9 +95,10 @@ class DiagnoseConfig:
         return QUICK if self.quick else FULL
 
 
-def run(config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None) -> Report:
+def run(config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None, mesh=None) -> Report:
     """Diagnose ``config.model``: claims 1 and 2 with both controls, written to ``config.out``
-    (REPORT.md, results.json, figures/). ``sizes`` overrides the mode's (tests)."""
+    (REPORT.md, results.json, figures/). ``sizes`` overrides the mode's (tests); ``mesh``
+    (:func:`wgfm.distributed.setup_devices`) splits the images over its devices."""
     from ..compile_cache import use_compile_cache
 
     console = Console(stderr=True)
@@ -91,6 +108,7 @@ def run(config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None) -> Report
     out = Path(config.out)
     settings = {
         "sizes": dataclasses.asdict(sz),
+        "jacobians": config.jacobians,
         "seed": config.seed,
         "clean images": _source(config),
         "field": field_description(field, kind),
@@ -132,6 +150,8 @@ def run(config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None) -> Report
                     untrained=untrained,
                     claims=(claim,),
                     label=label,
+                    exact=JACOBIANS[config.jacobians],
+                    mesh=mesh,
                 )
                 return d.measurements[TITLES[claim]]
 
@@ -156,11 +176,14 @@ def run(config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None) -> Report
         "controls": f"exact score of the Gaussian fitted to up to {GAUSSIAN_FIT_MAX} clean "
         f"images; {untrained_note}",
         "seed": config.seed,
-        "device": f"{jax.devices()[0].platform} ({jax.devices()[0].device_kind})",
+        "devices": device_line(field, mesh),
         "python": platform.python_version(),
         "jax": jax.__version__,
         "total run time (s)": round(time.perf_counter() - t_all, 1),
     }
+    jac = report.numbers.get(NUMBERS[1], {}).get(label, {}).get("jacobian")
+    if jac is not None:
+        header["claim 1 Jacobians"] = jac["description"]
     if reused_claims:
         header["claims reused from an earlier run (their own run times below)"] = ", ".join(
             reused_claims

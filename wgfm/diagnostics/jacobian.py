@@ -196,13 +196,15 @@ def _asym_from_squares(a2: Array, f2: Array) -> Asymmetry:
 class ProbeAsymmetry(eqx.Module):
     """Probe estimates: ``asym_sq`` of ``||J - J^T||_F^2`` and ``fro_sq`` of ``||J||_F^2`` (both
     unbiased) with their standard errors; ``stats`` plugs them into :class:`Asymmetry` (the
-    ratio is then consistent, not unbiased)."""
+    ratio is then consistent, not unbiased); ``ratio_se`` is the standard error of
+    ``stats.ratio`` (see :func:`probe_asymmetry`)."""
 
     asym_sq: Array
     fro_sq: Array
     asym_sq_se: Array
     fro_sq_se: Array
     stats: Asymmetry
+    ratio_se: Array
 
 
 ProbeMethod = Literal["auto", "vjp", "forward"]
@@ -230,7 +232,15 @@ def probe_asymmetry(
       does not, so compare the returned standard errors.
     - ``"auto"``: ``"vjp"`` where the field can be transposed, else ``"forward"``.
 
-    ``||J||_F^2`` is ``||J v||^2`` per probe either way."""
+    ``||J||_F^2`` is ``||J v||^2`` per probe either way.
+
+    ``ratio_se``: the delta-method standard error of ``lambda = sqrt(A / F)`` (``A``, ``F`` the
+    two means): ``lambda`` times the standard error of the mean of the per-probe terms
+    ``(a_k / A - f_k / F) / 2``, which keeps the covariance of ``a_k`` and ``f_k`` (the form
+    ``0.5 hypot(se_A / A, se_F / F)`` drops it, overstating the error when they move together,
+    as they do per probe). Where ``A`` is within one standard error of 0 the linearisation
+    fails, and ``A`` is replaced by ``se_A`` there: the s.e. is then ``~ sqrt(se_A / F) / 2``,
+    the size of a ratio the probes cannot tell from 0. Infinite for one probe."""
     if method not in ("auto", "vjp", "forward"):
         raise ValueError(f"`method` must be 'auto', 'vjp' or 'forward', got {method!r}.")
     fx, jvp = _linearized(field, x, t)
@@ -265,9 +275,22 @@ def probe_asymmetry(
     a2m, f2m = check_finite(
         (a2.mean(), f2.mean(), fx), x, t, "values or probe estimates", checked=checked
     )[:2]
+    a2se = se(a2)
     # The forward estimate of ||J - J^T||^2 is a difference and can fall below 0 with few
     # probes; the ratio takes it clipped at 0 (the unclipped mean stays in `asym_sq`).
-    return ProbeAsymmetry(a2m, f2m, se(a2), se(f2), _asym_from_squares(jnp.maximum(a2m, 0), f2m))
+    stats = _asym_from_squares(jnp.maximum(a2m, 0), f2m)
+    return ProbeAsymmetry(a2m, f2m, a2se, se(f2), stats, _ratio_se(a2, f2, a2m, f2m, a2se, se))
+
+
+def _ratio_se(a2: Array, f2: Array, a2m: Array, f2m: Array, a2se: Array, se) -> Array:
+    """Delta-method s.e. of ``sqrt(mean a2 / mean f2)`` (see :func:`probe_asymmetry`)."""
+    a_c = jnp.maximum(a2m, a2se)
+    # 0 where the estimate is exact: J = 0 (ratio defined as 0), or every probe saw a
+    # symmetric J (a2 = 0, so A = se_A = 0). Inner `where`s keep NaN out of the other branch.
+    zero = (f2m == 0) | (a_c == 0)
+    a_safe, f_safe = jnp.where(zero, 1.0, a_c), jnp.where(zero, 1.0, f2m)
+    rel = se(0.5 * (a2 / a_safe - f2 / f_safe))
+    return jnp.where(zero, jnp.zeros_like(rel), jnp.sqrt(a_safe / f_safe) * rel)
 
 
 def curl_2d(field: Field, x: Float[Array, " 2"], t: Scalar, *, checked: bool = True) -> Array:

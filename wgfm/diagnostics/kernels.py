@@ -6,7 +6,7 @@ fields, so one compiled sweep serves every field, sample and noise level of the 
 - :class:`ExactAsymmetry`: ``(lambda, NAsym)`` of the exact Jacobian (the differential
   constraint, DESIGN §1: ``lambda = ||J - J^T||_F / ||J||_F``).
 - :class:`SubAndProbe`: a ``K x K`` principal sub-Jacobian (a certificate: any asymmetric block
-  proves non-conservativity) and the probe estimate of the full ratio.
+  proves non-conservativity) and the probe estimate of the full ratio with its standard error.
 - :class:`Circulation`: the circulation of the authors' loop families and a circle through a
   noisy sample (the integral constraint).
 """
@@ -47,18 +47,26 @@ class ExactAsymmetry(eqx.Module):
 
 
 class SubAndProbe(eqx.Module):
-    """``(sub-Jacobian lambda, probe estimate of lambda)`` at ``(x, t)``: the ``k x k`` principal
-    block on random coordinates and ``num_probes`` Rademacher probes (one key per sample)."""
+    """``(sub-Jacobian lambda, probe estimate of lambda, its standard error)`` at ``(x, t)``:
+    the ``k x k`` principal block on random coordinates and ``num_probes`` Rademacher probes
+    (one key per sample; the s.e. is :attr:`ProbeAsymmetry.ratio_se`, so at least 2 probes)."""
 
     k: int = eqx.field(static=True)
     num_probes: int = eqx.field(static=True)
 
-    def __call__(self, field, x, t, *, key, checked: bool = True) -> tuple[Array, Array]:
+    def __check_init__(self):
+        if int(self.num_probes) < 2:
+            raise ValueError(
+                f"`num_probes` must be at least 2 (a standard error needs two), got "
+                f"{self.num_probes!r}."
+            )
+
+    def __call__(self, field, x, t, *, key, checked: bool = True) -> tuple[Array, Array, Array]:
         k1, k2 = jax.random.split(key)
         idx = random_indices(k1, x.size, self.k)
         sub = asymmetry(sub_jacobian(field, x, t, idx, checked=checked)).ratio
         probe = probe_asymmetry(field, x, t, key=k2, num_probes=self.num_probes, checked=checked)
-        return sub, probe.stats.ratio
+        return sub, probe.stats.ratio, probe.ratio_se
 
 
 class Circulation(eqx.Module):

@@ -81,11 +81,12 @@ def sweep_over_mesh(diag, field, xs, ts, keys, mesh: Mesh) -> Any:
     The per-time ``keys`` are split into per-sample keys HERE, exactly as the unsharded sweep
     splits them, so a keyed (probe) diagnostic sees the same random numbers."""
     sample_keys = None
+    n = jax.tree_util.tree_leaves(xs)[0].shape[1]  # xs: an array or a PyTree (e.g. a pair)
     if keys is not None:  # (T,) -> (n, T), key [n, i] = split(keys[i], n)[n]
-        sample_keys = jnp.swapaxes(jax.vmap(lambda k: jax.random.split(k, xs.shape[1]))(keys), 0, 1)
+        sample_keys = jnp.swapaxes(jax.vmap(lambda k: jax.random.split(k, n))(keys), 0, 1)
     argnums = (2,) if sample_keys is None else (2, 4)
     values = shard_over_samples(_sweep_local, mesh, sharded_argnums=argnums)(
-        diag, field, jnp.swapaxes(xs, 0, 1), ts, sample_keys
+        diag, field, _swap(xs), ts, sample_keys
     )
     return jax.tree.map(lambda v: jnp.swapaxes(v, 0, 1), values)
 
@@ -100,5 +101,10 @@ def _sweep_local(diag, field, xs_nt, ts, keys_nt):
         return jax.vmap(lambda x, kk: diag(field, x, t, key=kk))(x_t, k)
 
     keys_tn = None if keys_nt is None else jnp.swapaxes(keys_nt, 0, 1)
-    out = jax.lax.map(at_time, (jnp.swapaxes(xs_nt, 0, 1), ts, keys_tn))
-    return jax.tree.map(lambda v: jnp.swapaxes(v, 0, 1), out)
+    out = jax.lax.map(at_time, (_swap(xs_nt), ts, keys_tn))
+    return _swap(out)
+
+
+def _swap(tree):
+    """Every leaf's two leading axes swapped (samples <-> times)."""
+    return jax.tree.map(lambda v: jnp.swapaxes(v, 0, 1), tree)
