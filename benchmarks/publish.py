@@ -4,7 +4,8 @@
 
 With ``RUN_DIR`` (the ``--out`` of a ``wgfm bench`` run), its ``benchmarks.json`` and plots are
 copied into ``benchmarks/results/`` first; without it, the committed ``benchmarks/results/``
-is the source. Then, from ``benchmarks/results/benchmarks.json`` (and ``xla_flags_ab.json``):
+is the source. Then, from ``benchmarks/results/benchmarks.json`` (and ``xla_flags_ab.json``,
+``probe_variance.json``):
 
 - ``benchmarks/results/benchmarks.md`` (every record) and ``summary.md`` (the targets);
 - the blocks between ``<!-- BEGIN GENERATED: name -->`` and ``<!-- END GENERATED: name -->``
@@ -198,6 +199,14 @@ def xla_block(ab: dict | None) -> str:
 # Where the tables go.
 
 
+def probe_variance_block(results: Path = RESULTS) -> str:
+    """The probes each asymmetry estimator needs for a 10% s.e., from ``probe_variance.json``
+    (``python -m benchmarks.probe_variance``)."""
+    from .probe_variance import table
+
+    return table(json.loads((results / "probe_variance.json").read_text()))
+
+
 def blocks() -> dict[str, list[tuple[str, Callable[[dict, dict | None], str]]]]:
     """File (relative to the repository) -> its generated blocks ``(name, render)``."""
     return {
@@ -206,7 +215,10 @@ def blocks() -> dict[str, list[tuple[str, Callable[[dict, dict | None], str]]]]:
             ("rows", lambda p, _: support_block(p)),
             ("xla-flags", lambda _, ab: xla_block(ab)),
         ],
-        "docs/diagnose_your_model.md": [("diffusers-unet", lambda p, _: diffusers_block(p))],
+        "docs/diagnose_your_model.md": [
+            ("diffusers-unet", lambda p, _: diffusers_block(p)),
+            ("probe-variance", lambda _, __: probe_variance_block()),
+        ],
         "docs/xla_cpu.md": [("xla-flags", lambda _, ab: xla_block(ab))],
     }
 
