@@ -234,12 +234,17 @@ def table(payload: dict) -> str:
             e = r[method]
             lines.append(
                 f"| {r['field']} | {r['lambda_exact']:.3g} | {method} | "
-                f"{e['relative_se']:.3g} | {e['probes_for_10pct']:,.0f} | "
+                f"{e['relative_se']:.3g} | {_count(e['probes_for_10pct'])} | "
                 f"{e['median_reported_relative_se']:.3g} | {100 * e['relative_bias']:+.1f}% | "
                 f"{100 * e['coverage_2se']:.0f}% | {e['ms_per_probe']:.3g} | "
                 f"{r['per_jvp_ms']:.3g} |"
             )
     return "\n".join(lines)
+
+
+def _count(n: float) -> str:
+    """A probe count: under 10 to two digits (below 1: one probe already does better)."""
+    return f"{n:.2g}" if n < 10 else f"{n:,.0f}"
 
 
 if __name__ == "__main__":
