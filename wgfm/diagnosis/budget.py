@@ -64,8 +64,10 @@ class JacobianChoice:
             f"{fmt(1e3 * (self.per_jvp_s or 0.0))} ms per JVP (measured) = "
             f"{fmt(self.estimated_exact_s or 0.0)} s"
         )
-        verdict = "within" if self.exact else "over"
-        return f"{what}: exact ones would take {cost}, {verdict} the budget of {fmt(self.budget_s or 0)} s"
+        budget = f"the budget of {fmt(self.budget_s or 0)} s"
+        if self.exact:
+            return f"{what}: they take an estimated {cost}, within {budget}"
+        return f"{what}: exact ones would take an estimated {cost}, over {budget}"
 
     def numbers(self) -> dict:
         """For results.json."""

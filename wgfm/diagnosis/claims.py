@@ -169,7 +169,8 @@ def measure_asymmetry(
 def probes_for(num_probes: int, ratio, ratio_se, target: float = 0.1) -> float:
     """Probes for a relative standard error ``target`` of the ratio: ``num_probes (r / target)^2``
     with ``r`` the median over samples and levels of ``ratio_se / ratio`` (the s.e. shrinks as
-    one over the root of the probe count). Infinite where the median ratio is 0."""
+    one over the root of the probe count). Infinite when most ratios are exactly 0 (they have
+    no relative s.e.)."""
     ratio, ratio_se = np.asarray(ratio, float), np.asarray(ratio_se, float)
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(ratio > 0, ratio_se / ratio, np.inf)
