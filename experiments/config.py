@@ -223,6 +223,49 @@ TINY = dataclasses.replace(
     figure_samples=4,
 )
 
+# `--smoke`: every code path of a preset at the smallest sizes that still run it, to check an
+# install or a runtime (a Colab GPU, a cluster node) in about a minute before a long run. The
+# numbers mean nothing: networks take a handful of updates. Counts shrink; every structural
+# choice of the preset's quick sizes stays (exact versus sub-Jacobian and probe paths, estimator
+# checks, exact subsets, the image network, the latent VAE), so the same programs compile.
+SMOKE_COUNTS = dict(
+    num_levels=2,
+    num_diag_samples=2,
+    train_steps_2d=40,
+    train_steps_10d=40,
+    train_steps_image=4,
+    batch_size=64,
+    num_eval_samples=200,
+    loop_points=(8, 16),  # two refinements: claim 2 fits the oracle's convergence order
+    bridge_steps=16,
+    noisy_copies=3,
+    noisy_points=6,
+    helmholtz_grid=12,
+    num_likelihood=8,
+    figure_samples=4,
+    image_diag_samples=None,
+    image_loop_levels=None,
+    image_loop_samples=None,
+    # claim 4's design: 2 objectives x 3 snapshots = 6 base networks, 5 fields each
+    harm_objectives=("eps", "conservative"),
+    harm_archs=(),
+    harm_seeds=1,
+    harm_strengths=(0.5,),
+    harm_resamples=200,
+)
+
+
+def smoke(sizes: Sizes) -> Sizes:
+    """The ``--smoke`` sizes of a preset whose quick sizes are ``sizes``."""
+    small = dataclasses.replace(sizes, **SMOKE_COUNTS)
+    return dataclasses.replace(
+        small,
+        image_batch=min(sizes.image_batch or 8, 8),
+        vae_steps=min(sizes.vae_steps, 4),
+        exact_samples=min(sizes.exact_samples, 1),
+    )
+
+
 # Data sets with an exact Gaussian-mixture oracle; every other name is an image set.
 MIXTURES = ("2d", "10d")
 
@@ -278,6 +321,8 @@ class ReproduceConfig:
 
     Args:
         quick: the few-minute CPU version (fewer levels, samples and training steps).
+        smoke: every code path of the preset at the smallest sizes (about a minute on a CPU,
+            numbers meaningless): a check of the install or runtime before a long run.
         out: output directory for REPORT.md, results.json and figures/.
         preset: 'default' (2D and 10-D mixtures plus digits: all five claims), 'mixtures' (the
             two mixtures only: all five claims against the exact oracle, no image network),
@@ -300,6 +345,7 @@ class ReproduceConfig:
     """
 
     quick: bool = False
+    smoke: bool = False
     out: Path = Path("results/reproduce")
     preset: str = "default"
     data: Path | None = None
@@ -325,7 +371,7 @@ class ReproduceConfig:
     @property
     def sizes(self) -> Sizes:
         preset = PRESETS[self.preset]
-        sizes = preset.quick if self.quick else preset.full
+        sizes = smoke(preset.quick) if self.smoke else preset.quick if self.quick else preset.full
         if self.train_steps is not None:
             sizes = dataclasses.replace(sizes, train_steps_image=self.train_steps)
         return sizes

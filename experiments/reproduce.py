@@ -56,7 +56,13 @@ def run(config: ReproduceConfig, *, sizes: Sizes | None = None, mesh=None) -> Re
             report.timings[title] = time.perf_counter() - t0
             console.log(f"{title}: done in {report.timings[title]:.1f} s")
     header = {
-        "mode": "quick" if config.quick else "full",
+        "mode": (
+            "smoke (every code path at the smallest sizes: the numbers mean nothing)"
+            if config.smoke
+            else "quick"
+            if config.quick
+            else "full"
+        ),
         "preset": config.preset,
         "data sets": ", ".join(config.datasets),
         "process": type(ctx.process).__name__,

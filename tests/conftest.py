@@ -10,6 +10,17 @@ os.environ.setdefault(
     os.path.join(os.path.dirname(os.path.dirname(__file__)), ".pytest_cache", "jax-compile"),
 )
 
+# The suite is compile-bound: most tests run each program a few times on small inputs, so LLVM's
+# optimisation of the generated CPU code costs more than it saves (about a third of a
+# compile-heavy file's CPU time). Level 0 changes how fast XLA's loops run, not what they
+# compute: every test compares against a closed form or a reference with a tolerance set by
+# float rounding, and bit-for-bit tests compare two runs of the same setting. Users' runs and
+# the benchmarks keep XLA's default.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+    ).strip()
+
 import fcntl  # noqa: E402
 import shutil  # noqa: E402
 

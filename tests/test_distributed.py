@@ -58,7 +58,8 @@ def report(tmp_path_factory):
     ck.close()
     # A 1-device run stopped at step 2, for the worker to resume on 8 devices.
     fit(model, process, data, config, key=key, run_dir=tmp / "run1", stop_at=2, progress=False)
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    flags = os.environ.get("XLA_FLAGS", "")  # conftest's compile setting, plus 8 devices
+    env = {**os.environ, "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count=8"}
     env["JAX_PLATFORMS"] = "cpu"
     # Two processes at once (diagnostics, training): each compiles on its own core.
     args = {"diagnostics": [], "training": [str(tmp / "ckpt1")]}

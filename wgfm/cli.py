@@ -84,6 +84,7 @@ def reproduce(
     devices: int | None = None,
     compile_cache: bool = True,
     pixel_run: Path | None = None,
+    smoke: bool = False,
 ) -> int:
     """Reproduce the paper: every claim as a number beside an exact control (REPORT.md,
     results.json and figures/ under --out). --quick takes a few minutes on 2 CPU cores, less
@@ -107,6 +108,8 @@ def reproduce(
             ($JAX_COMPILATION_CACHE_DIR or ~/.cache/wgfm/jax).
         pixel_run: --out of a `--preset mnist` run; `--preset mnist-latent` compares its
             Jacobian asymmetry with that run's (pixel versus latent space).
+        smoke: every code path of the preset at the smallest sizes, numbers meaningless: a
+            check of the install or runtime before a long run.
     """
     if not _repo_on_path("experiments", "reproduce"):
         return 2
@@ -129,6 +132,7 @@ def reproduce(
             train_steps=train_steps,
             compile_cache=compile_cache,
             pixel_run=pixel_run,
+            smoke=smoke,
         )
     except ValueError as e:
         print(f"wgfm reproduce: {e}", file=sys.stderr)
