@@ -24,6 +24,7 @@ from experiments.assets import Context
 from experiments.config import MIXTURES
 from experiments.report import ClaimRow, Report, fmt, image_grid
 from wgfm.diagnosis import TITLES, measure_asymmetry
+from wgfm.diagnosis.claims import compare_spaces
 from wgfm.diagnostics import times_grid
 
 TITLE = TITLES[1]
@@ -77,44 +78,22 @@ def pixel_vs_latent(latent: dict, pixel_run: Path | None) -> ClaimRow:
     """The paper's comparison of the two settings: the latent network's exact asymmetry ratio
     by level (``latent``, claim-1 numbers of mnist-latent) against the pixel network's exact
     ratios (claim-1 numbers of a ``--preset mnist`` run in ``pixel_run``), on their common
-    levels, and whether asymmetry grows towards low noise in both."""
-    claim = "pixel vs latent: both spaces are non-conservative, growing towards low noise"
+    levels (:func:`wgfm.diagnosis.claims.compare_spaces`)."""
     lat = np.asarray(latent["median_ratio"]["trained"])
     pix_numbers = _pixel_numbers(pixel_run)
     if pix_numbers is None or "median_exact_ratio" not in pix_numbers:
         return ClaimRow(
-            claim,
+            "pixel vs latent: both spaces are non-conservative, growing towards low noise",
             f"latent median lambda {fmt(lat.min())}..{fmt(lat.max())}",
             "no pixel run given (--pixel-run OUT of `--preset mnist`)",
             bool(lat.min() > 1e-2),
             "latent only",
         )
-    pl, pv = np.asarray(pix_numbers["levels"]), np.asarray(pix_numbers["median_exact_ratio"])
-    ll = np.asarray(latent["levels"])
-    common = [(i, j) for i, a in enumerate(ll) for j, b in enumerate(pl) if abs(a - b) < 1e-6]
-    if len(common) < 2:
-        return ClaimRow(
-            claim,
-            "pixel and latent runs share fewer than 2 noise levels",
-            f"pixel levels {len(pl)}, latent {len(ll)}",
-            False,
-            "not comparable",
-        )
-    li, pi = (np.array(c) for c in zip(*common, strict=True))
-    lat, pix = lat[li], pv[pi]
-    fifth = max(1, len(li) // 5)
-    ends = {
-        k: (float(v[:fifth].mean()), float(v[-fifth:].mean()))
-        for k, v in (("latent", lat), ("pixel", pix))
-    }
-    both_grow = all(low > high for low, high in ends.values())
-    return ClaimRow(
-        claim,
-        "exact median lambda, lowest- vs highest-noise fifth of the shared levels: "
-        + ", ".join(f"{k} {fmt(a)} vs {fmt(b)}" for k, (a, b) in ends.items()),
-        f"latent/pixel median over {len(li)} shared levels: {fmt(float(np.median(lat / pix)))}",
-        bool(lat.min() > 1e-2 and pix.min() > 1e-2 and both_grow),
-        "pixel ratios from its exact-Jacobian subset",
+    return compare_spaces(
+        (np.asarray(latent["levels"]), lat),
+        (np.asarray(pix_numbers["levels"]), np.asarray(pix_numbers["median_exact_ratio"])),
+        what="pixel ratios from its exact-Jacobian subset",
+        quantity="exact median lambda",
     )
 
 

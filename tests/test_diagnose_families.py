@@ -21,6 +21,7 @@ from test_interop_pipelines import DIT, _pipeline  # noqa: E402
 from wgfm import cli  # noqa: E402
 from wgfm.diagnosis import TITLES  # noqa: E402
 from wgfm.diagnosis.command import DiagnoseConfig, load_callable, run  # noqa: E402
+from wgfm.figures import png_is_valid_and_not_blank  # noqa: E402
 
 
 def _rows(out):
@@ -79,6 +80,32 @@ def test_latent_dit_pipeline_encodes_images_with_its_vae(tmp_path):
     probe = claim1["median_probe_ratio"]
     assert set(probe) == {"trained", "untrained", "oracle score"}
     assert np.all(np.isfinite(probe["trained"])) and np.all(np.asarray(probe["trained"]) > 1e-2)
+    # The clean latents, decoded by the pipeline's VAE, are a figure of claim 1.
+    (decoded,) = [f for f in res["figures"][TITLES[1]] if "latents_decoded" in f]
+    assert png_is_valid_and_not_blank(out / decoded)
+
+    # --pixel-run: claim 1 beside a pixel-space run's (here its results.json, written with
+    # known numbers at the same levels: lambda twice the latent one, falling towards low noise).
+    levels = np.asarray(claim1["levels"])
+    lat = np.asarray(probe["trained"])
+    pixel = {
+        "numbers": {
+            "differential": {
+                "px": {"levels": levels.tolist(), "median_ratio": {"trained": (2 * lat).tolist()}}
+            }
+        }
+    }
+    (tmp_path / "pixel.json").write_text(json.dumps(pixel))
+    config = DiagnoseConfig(
+        model=root, images=images, out=out, class_label=3, pixel_run=tmp_path / "pixel.json"
+    )
+    run(config, sizes=SIZES)  # both claims reused from the run above; the comparison is new
+    res, md = _rows(out)
+    (row,) = [r for r in res["claims"][TITLES[1]] if r["claim"].startswith("pixel vs latent")]
+    assert f"over {len(levels)} shared levels: 0.5" in row["control"], row
+    assert "pixel run px: exact lambda; latent: probe lambda" in row["note"], row
+    with pytest.raises(ValueError, match="--pixel-run"):
+        DiagnoseConfig(model=root, images=images, out=out, pixel_run=tmp_path / "missing")
 
 
 MODULE = textwrap.dedent(

@@ -363,3 +363,20 @@ def test_cli_devices_beyond_the_host_is_one_line(capsys, tmp_path):
     assert cli.main(["diagnose", "--model", str(tmp_path), "--devices", "4"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("wgfm diagnose: `devices`=4 requested") and "\n" not in err
+
+
+def test_compare_spaces_on_shared_levels():
+    from wgfm.diagnosis import compare_spaces
+
+    levels = np.linspace(0.01, 0.99, 10)
+    lat = np.linspace(0.3, 0.1, 10)  # falling with noise: grows towards low noise
+    # the pixel run has every other level, at twice the latent lambda
+    row = compare_spaces((levels, lat), (levels[::2], 2 * lat[::2]), what="w")
+    assert row.verdict and "over 5 shared levels: 0.5" in row.control and row.note == "w"
+    assert "latent 0.3 vs 0.122" in row.measured  # the lowest- and highest-noise of 5 levels
+    # a pixel run that does not grow towards low noise fails the row
+    flat = compare_spaces((levels, lat), (levels, np.full(10, 0.2)), what="w")
+    assert not flat.verdict
+    # no shared levels: not comparable
+    none = compare_spaces((levels, lat), (levels + 0.001, lat), what="w")
+    assert not none.verdict and "fewer than 2" in none.measured

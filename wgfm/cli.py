@@ -160,6 +160,7 @@ def diagnose(
     guidance_scale: float | None = None,
     jacobians: Literal["auto", "exact", "probes"] = "auto",
     devices: int | None = None,
+    pixel_run: Path | None = None,
 ) -> int:
     """Diagnose a pretrained diffusers model: the paper's claims 1 (Jacobian asymmetry at every
     noise level) and 2 (circulation around its three loop families and a circle) beside an
@@ -189,6 +190,8 @@ def diagnose(
             estimates with standard errors), exact, or probes.
         devices: split the images over this many devices (a jax.sharding mesh; on a CPU host
             simulated devices, set before JAX starts); a PyTorch-path model runs on one.
+        pixel_run: for a latent pipeline, the --out of a pixel-space `wgfm diagnose` run on
+            the same images: claim 1 compares the two spaces level by level.
     """
     try:
         mesh = None
@@ -216,6 +219,7 @@ def diagnose(
             mu=mu,
             guidance_scale=guidance_scale,
             jacobians=jacobians,
+            pixel_run=pixel_run,
         )
         report = run(config, mesh=mesh)
     except (ValueError, OSError) as e:

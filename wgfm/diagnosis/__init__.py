@@ -7,7 +7,7 @@ model directory into a resumable output directory.
 """
 
 from .api import FULL, QUICK, TITLES, DiagnoseSizes, Diagnosis, diagnose
-from .claims import measure_asymmetry, measure_circulation
+from .claims import compare_spaces, headline_lambda, measure_asymmetry, measure_circulation
 
 __all__ = [
     "FULL",
@@ -15,7 +15,9 @@ __all__ = [
     "TITLES",
     "DiagnoseSizes",
     "Diagnosis",
+    "compare_spaces",
     "diagnose",
+    "headline_lambda",
     "measure_asymmetry",
     "measure_circulation",
 ]

@@ -69,6 +69,7 @@ class DiagnoseConfig:
     mu: float | None = None
     guidance_scale: float | None = None
     jacobians: str = "auto"  # claim 1: "auto" (the mode's budget), "exact" or "probes"
+    pixel_run: Path | None = None  # a pixel-space diagnosis (its --out or results.json)
 
     def __post_init__(self):
         if self.jacobians not in JACOBIANS:
@@ -87,6 +88,11 @@ class DiagnoseConfig:
             path = getattr(self, name)
             if path is not None and not Path(path).is_dir():
                 raise ValueError(f"`--{name}` {str(path)!r} is not a directory.")
+        if self.pixel_run is not None and not _results_json(self.pixel_run).is_file():
+            raise ValueError(
+                f"`--pixel-run` {str(self.pixel_run)!r} is neither a `wgfm diagnose` output "
+                "directory nor its results.json."
+            )
         if Path(self.out).exists() and not Path(self.out).is_dir():
             raise ValueError(f"`--out` {str(self.out)!r} exists and is not a directory.")
 
@@ -105,6 +111,11 @@ def run(config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None, mesh=None
     sz = sizes or config.sizes
     t_all = time.perf_counter()
     field, process, kind = load_model(config)
+    if config.pixel_run is not None and getattr(field, "latent", None) is None:
+        raise ValueError(
+            f"`--pixel-run` compares a latent pipeline with a pixel-space run, but "
+            f"{str(config.model)!r} is not a latent pipeline."
+        )
     out = Path(config.out)
     settings = {
         "sizes": dataclasses.asdict(sz),
@@ -133,6 +144,7 @@ def run(config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None, mesh=None
         clean = jax.random.fold_in(root, zlib.crc32(b"clean"))
         images, described = clean_images(config, field, process, shape, sz, clean, kind)
         console.log(f"clean images: {described} ({time.perf_counter() - t0:.1f} s)")
+        latent = getattr(field, "latent", None)
         bar.update()
         reused_claims: list[str] = []
         for claim in (1, 2):
@@ -162,6 +174,10 @@ def run(config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None, mesh=None
                 " Reused from an earlier run in this directory." if reused else ""
             )
             reused_claims += [str(claim)] if reused else []
+            if claim == 1 and latent is not None:
+                _latent_figure(report, title, latent, images, label)
+                if config.pixel_run is not None:
+                    report.add(title, _pixel_vs_latent(report, label, config.pixel_run))
             console.log(
                 f"{title}: {'reused' if reused else 'done'} in {report.timings[title]:.1f} s"
             )
@@ -191,6 +207,47 @@ def run(config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None, mesh=None
     md, js = report.write(header)
     console.log(f"Report: {md}  Results: {js}  Figures: {report.fig_dir}")
     return report
+
+
+def _results_json(path: Path) -> Path:
+    path = Path(path)
+    return path / "results.json" if path.is_dir() else path
+
+
+def _latent_figure(report: Report, title: str, latent, images, label: str) -> None:
+    """The first clean latents the claims measured, decoded by the pipeline's autoencoder: the
+    diagnosis runs in latent space, the figure shows which images those points are."""
+    from ..figures import image_grid
+    from ..interop.pipelines import decode_latents
+
+    shown = decode_latents(latent, np.asarray(images[:8]))
+    fig = image_grid(
+        shown, f"clean latents of {label}, decoded by its {latent.cls}", cols=len(shown)
+    )
+    report.save_figure(title, fig, f"latents_decoded_{label}")
+
+
+def _pixel_vs_latent(report: Report, label: str, pixel_run: Path) -> ClaimRow:
+    """Claim 1 of this latent run beside that of a pixel-space ``wgfm diagnose`` run (the
+    full-dimension lambda of each, on their shared noise levels)."""
+    from .claims import compare_spaces, headline_lambda
+
+    pixel = json.loads(_results_json(pixel_run).read_text())
+    runs = pixel.get("numbers", {}).get(NUMBERS[1], {})
+    if len(runs) != 1:
+        raise ValueError(
+            f"`--pixel-run` {str(pixel_run)!r} must hold the claim-1 numbers of one model, "
+            f"found {len(runs)}."
+        )
+    (pixel_label, pix), lat = next(iter(runs.items())), report.numbers[NUMBERS[1]][label]
+    pl, pv, pwhat = headline_lambda(pix)
+    ll, lv, lwhat = headline_lambda(lat)
+    return compare_spaces(
+        (ll, lv),
+        (pl, pv),
+        what=f"pixel run {pixel_label}: {pwhat}; latent: {lwhat}",
+        quantity="median full-dimension lambda",
+    )
 
 
 def _claim(report: Report, claim: int, label: str, path: Path, settings: dict, compute) -> bool:

@@ -497,3 +497,20 @@ def encode_latents(latent: Latent, images: np.ndarray, batch: int = 16) -> np.nd
             z = enc.latent_dist.mode() if hasattr(enc, "latent_dist") else enc.latents
             out.append(((z - latent.shift_factor) * latent.scaling_factor).numpy())
     return np.concatenate(out).transpose(0, 2, 3, 1).astype(np.float32)
+
+
+def decode_latents(latent: Latent, z: np.ndarray, batch: int = 16) -> np.ndarray:
+    """Images ``(N, H, W, C)`` in [-1, 1] of latents ``z (N, h, w, c)`` in the denoiser's
+    space: the autoencoder's ``decode(z / scaling_factor + shift_factor)``, the inverse of
+    :func:`encode_latents` (for figures: what the diagnosed points look like)."""
+    import diffusers
+    import torch
+
+    vae = getattr(diffusers, latent.cls).from_pretrained(str(latent.path)).eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(z), batch):
+            zz = torch.from_numpy(np.ascontiguousarray(z[i : i + batch].transpose(0, 3, 1, 2)))
+            zz = zz.float() / latent.scaling_factor + latent.shift_factor
+            out.append(vae.decode(zz).sample.clamp(-1, 1).numpy())
+    return np.concatenate(out).transpose(0, 2, 3, 1).astype(np.float32)
