@@ -250,8 +250,7 @@ def _machine() -> str:
                 break
     except OSError:
         pass
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    return f"{cpu}, {os.cpu_count()} cores (1, 5 and 15-minute load averages at the end: {load})"
+    return f"{cpu}, {os.cpu_count()} cores"
 
 
 def _commit() -> str:
