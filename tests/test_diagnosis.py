@@ -380,3 +380,19 @@ def test_compare_spaces_on_shared_levels():
     # no shared levels: not comparable
     none = compare_spaces((levels, lat), (levels + 0.001, lat), what="w")
     assert not none.verdict and "fewer than 2" in none.measured
+
+
+def test_cost_lines_size_a_full_run():
+    import dataclasses
+
+    from wgfm.diagnosis import FULL, QUICK, TITLES
+    from wgfm.diagnosis.command import cost_lines
+
+    sz = dataclasses.replace(QUICK, num_levels=4, num_samples=2, loop_levels=3, loop_samples=1)
+    lines = cost_lines({TITLES[1]: 16.0, TITLES[2]: 6.0}, sz, FULL)
+    assert lines["claim 1: seconds per image and level (compilation included)"] == 2.0
+    assert lines["claim 2: seconds per image and level (compilation included)"] == 2.0
+    n1, n2 = FULL.num_levels * FULL.num_samples, FULL.loop_levels * FULL.loop_samples
+    assert lines[f"claim 1: the same rate at the full sizes' {n1} images x levels (s)"] == 2 * n1
+    assert lines[f"claim 2: the same rate at the full sizes' {n2} images x levels (s)"] == 2 * n2
+    assert cost_lines({}, sz, FULL) == {}  # claims not run: nothing to size

@@ -200,6 +200,7 @@ def run(config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None, mesh=None
     jac = report.numbers.get(NUMBERS[1], {}).get(label, {}).get("jacobian")
     if jac is not None:
         header["claim 1 Jacobians"] = jac["description"]
+    header.update(cost_lines(report.timings, sz, FULL))
     if reused_claims:
         header["claims reused from an earlier run (their own run times below)"] = ", ".join(
             reused_claims
@@ -207,6 +208,31 @@ def run(config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None, mesh=None
     md, js = report.write(header)
     console.log(f"Report: {md}  Results: {js}  Figures: {report.fig_dir}")
     return report
+
+
+def _units(claim: int, sz: DiagnoseSizes) -> int:
+    """Images x levels a claim measures at sizes ``sz`` (each for the model and its controls)."""
+    return sz.num_levels * sz.num_samples if claim == 1 else sz.loop_levels * sz.loop_samples
+
+
+def cost_lines(timings: dict, sz: DiagnoseSizes, full: DiagnoseSizes) -> dict:
+    """Header lines that size a bigger run: each claim's seconds per image and level (its run
+    time, compilation included, over the images x levels it measured) and that rate times the
+    ``full`` sizes' images x levels. A lower bound for the full run where its per-image work
+    grows too (more probes, longer loops: claim 2's loops at full sizes hold about
+    ``full.loop_points / sz.loop_points`` times more points)."""
+    out = {}
+    for claim in (1, 2):
+        secs = timings.get(TITLES[claim])
+        if secs is None:
+            continue
+        per = secs / _units(claim, sz)
+        out[f"claim {claim}: seconds per image and level (compilation included)"] = round(per, 2)
+        out[
+            f"claim {claim}: the same rate at the full sizes' {_units(claim, full)} images x "
+            "levels (s)"
+        ] = round(per * _units(claim, full))
+    return out
 
 
 def _results_json(path: Path) -> Path:
