@@ -484,47 +484,62 @@ def figure_shares(numbers: dict):
 BEGIN, END = "<!-- claim4:begin -->", "<!-- claim4:end -->"
 
 
-def runs_table(results: list[dict]) -> str:
+def runs_table(results: list[dict], runs: list[dict] | None = None) -> str:
     """A markdown table of claim 4's designed experiment in each run's results.json: the
-    headline statistics with their intervals and the verdicts."""
+    headline statistics with their intervals and the verdicts; ``runs`` (one per result, as in
+    docs/claim4_runs/runs.json) name each run's commit and its CPU time where measured."""
     lines = [
-        "| run | networks / fields | SW2 ~ residual given lambda | SW2 ~ lambda given residual "
-        "| verdict SW2 / MMD / NLL | + harmless: log SW2 ratio | harmless share | claim 4 time (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | commit | networks / fields | SW2 ~ residual given lambda "
+        "| SW2 ~ lambda given residual | verdict SW2 / MMD / NLL | + harmless: log SW2 ratio "
+        "| harmless share | claim 4 wall time (s) | CPU time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for res in results:
+    for i, res in enumerate(results):
         h = res["header"]
+        meta = runs[i] if runs else {}
         an = res["numbers"]["harm"]["designed"]["analysis"]
         time_s = next((v for k, v in res["timings_s"].items() if k.startswith("4.")), float("nan"))
+        cpu = meta.get("cpu_s")
 
         def iv(d):
             return Interval(**d).text()
 
         verdicts = " / ".join("holds" if an[m]["verdict"] else "does not hold" for m in METRICS)
         lines.append(
-            f"| {h['mode']}, seed {h['seed']} | {an['n_bases']} / {an['n_fields']} "
+            f"| {h['mode']}, seed {h['seed']} | {meta.get('commit', 'n/a')} "
+            f"| {an['n_bases']} / {an['n_fields']} "
             f"| {iv(an['sw2']['partial_residual_given_lambda'])} "
             f"| {iv(an['sw2']['partial_lambda_given_residual'])} | {verdicts} "
             f"| {iv(an['+harmless']['sw2_log_ratio'])} | {Interval(**an['harmless_share_mean']).text(3)} "
-            f"| {time_s:.0f} |"
+            f"| {time_s:.0f} | {'not measured' if cpu is None else f'{cpu:.0f}'} |"
         )
     return "\n".join(lines)
 
 
-def publish_table(doc: Path, run_dirs: list[Path]) -> None:
-    """Replace the text between ``doc``'s claim-4 markers with :func:`runs_table` of the runs."""
+def render_table(runs_dir: Path) -> str:
+    """:func:`runs_table` of the runs that ``runs_dir/runs.json`` lists, in its order."""
     import json
 
-    table = runs_table([json.loads((Path(d) / "results.json").read_text()) for d in run_dirs])
-    text = doc.read_text()
+    runs = json.loads((Path(runs_dir) / "runs.json").read_text())["runs"]
+    results = [json.loads((Path(runs_dir) / r["dir"] / "results.json").read_text()) for r in runs]
+    return runs_table(results, runs)
+
+
+def replace_table(text: str, table: str, where: str = "the document") -> str:
+    """``text`` with the part between the claim-4 markers replaced by ``table``."""
     if BEGIN not in text or END not in text:
-        raise ValueError(f"{doc} must hold the markers {BEGIN} and {END}.")
+        raise ValueError(f"{where} must hold the markers {BEGIN} and {END}.")
     head, rest = text.split(BEGIN, 1)
-    doc.write_text(head + BEGIN + "\n" + table + "\n" + END + rest.split(END, 1)[1])
+    return head + BEGIN + "\n" + table + "\n" + END + rest.split(END, 1)[1]
+
+
+def publish_table(doc: Path, runs_dir: Path) -> None:
+    """Replace the text between ``doc``'s claim-4 markers with the table of ``runs_dir``."""
+    doc.write_text(replace_table(doc.read_text(), render_table(runs_dir), str(doc)))
 
 
 if __name__ == "__main__":
     import sys
 
-    # python -m experiments.harm_design DOC.md RUN_DIR [RUN_DIR ...]
-    publish_table(Path(sys.argv[1]), [Path(a) for a in sys.argv[2:]])
+    # python -m experiments.harm_design DOC.md RUNS_DIR (holding runs.json)
+    publish_table(Path(sys.argv[1]), Path(sys.argv[2]))

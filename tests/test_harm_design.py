@@ -3,6 +3,7 @@ the harmless error leaves the transport residual unchanged, and the design at ti
 master seeds (the verdict and the sign of each correlation agree)."""
 
 import dataclasses
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -257,3 +258,14 @@ def test_tiny_design_figures(tiny_runs, tmp_path):
     ):
         fig.savefig(tmp_path / f"{name}.png")
         assert png_is_valid_and_not_blank(tmp_path / f"{name}.png")
+
+
+def test_published_claim4_table_is_generated_from_the_committed_runs():
+    root = Path(__file__).resolve().parent.parent
+    doc = (root / "docs" / "reproduction.md").read_text()
+    table = harm_design.render_table(root / "docs" / "claim4_runs")
+    assert harm_design.replace_table(doc, table) == doc, (
+        "regenerate with `python -m experiments.harm_design docs/reproduction.md docs/claim4_runs`"
+    )
+    with pytest.raises(ValueError, match="markers"):
+        harm_design.replace_table("no markers here", table)
