@@ -396,3 +396,13 @@ def test_cost_lines_size_a_full_run():
     assert lines[f"claim 1: the same rate at the full sizes' {n1} images x levels (s)"] == 2 * n1
     assert lines[f"claim 2: the same rate at the full sizes' {n2} images x levels (s)"] == 2 * n2
     assert cost_lines({}, sz, FULL) == {}  # claims not run: nothing to size
+
+
+def test_measured_indices_are_a_sorted_sample_without_replacement_per_claim():
+    from wgfm.diagnosis.api import measured_indices
+
+    key = jax.random.key(0)
+    a = measured_indices(key, 1, 50, 8)
+    assert a.shape == (8,) and np.all(np.diff(a) > 0) and a.min() >= 0 and a.max() < 50
+    np.testing.assert_array_equal(a, measured_indices(key, 1, 50, 8))  # deterministic
+    assert not np.array_equal(a, measured_indices(key, 2, 50, 8))  # its own stream per claim

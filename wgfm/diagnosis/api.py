@@ -119,6 +119,13 @@ FULL = DiagnoseSizes(
 )
 
 
+def measured_indices(key: PRNGKeyArray, claim: int, num_images: int, n: int) -> np.ndarray:
+    """The (sorted) indices of the ``n`` clean images that :func:`diagnose` with ``key`` measures
+    in ``claim`` out of ``num_images``: drawn without replacement, a stream of its own per claim."""
+    sub = jax.random.fold_in(key, zlib.crc32(f"x0-{claim}".encode()))
+    return np.sort(np.asarray(jax.random.choice(sub, num_images, (n,), replace=False)))
+
+
 @dataclasses.dataclass(frozen=True)
 class Diagnosis:
     """What :func:`diagnose` measured: per claim (keyed by its title) the verdict rows, the
@@ -262,10 +269,7 @@ def diagnose(
         n = sizes.num_samples if claim == 1 else sizes.loop_samples
         if n > len(x):
             raise ValueError(f"claim {claim} needs {n} clean images, `images` holds {len(x)}.")
-        pick = np.sort(
-            np.asarray(jax.random.choice(sub(f"x0-{claim}"), len(x), (n,), replace=False))
-        )
-        x0 = jnp.asarray(x[pick])
+        x0 = jnp.asarray(x[measured_indices(key, claim, len(x), n)])
         k = sub(f"claim-{claim}")
         if claim == 1:
             m = _claim1(score, process, x0, sizes, key=k, exact=exact, mesh=mesh, **common)

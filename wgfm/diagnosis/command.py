@@ -43,6 +43,7 @@ from .api import (
     DiagnoseSizes,
     device_line,
     diagnose,
+    measured_indices,
 )
 
 MANIFEST = "diagnose.json"
@@ -175,7 +176,8 @@ def run(config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None, mesh=None
             )
             reused_claims += [str(claim)] if reused else []
             if claim == 1 and latent is not None:
-                _latent_figure(report, title, latent, images, label)
+                pick = measured_indices(root, 1, len(images), sz.num_samples)
+                _latent_figure(report, title, latent, np.asarray(images)[pick], label)
                 if config.pixel_run is not None:
                     report.add(title, _pixel_vs_latent(report, label, config.pixel_run))
             console.log(
@@ -184,7 +186,7 @@ def run(config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None, mesh=None
             bar.update()
     header = {
         "mode": ("quick" if config.quick else "full") + (" (sizes overridden)" if sizes else ""),
-        "model": _model_name(config.model),
+        "model": str(config.model),  # as given: a report names no path of the machine it ran on
         "model fingerprint (sha256)": fingerprint[:16],
         "field diagnosed": field_description(field, kind),
         "process": _process_description(field, process),
@@ -241,14 +243,14 @@ def _results_json(path: Path) -> Path:
 
 
 def _latent_figure(report: Report, title: str, latent, images, label: str) -> None:
-    """The first clean latents the claims measured, decoded by the pipeline's autoencoder: the
+    """The clean latents claim 1 measured (up to 8), decoded by the pipeline's autoencoder: the
     diagnosis runs in latent space, the figure shows which images those points are."""
     from ..figures import image_grid
     from ..interop.pipelines import decode_latents
 
     shown = decode_latents(latent, np.asarray(images[:8]))
     fig = image_grid(
-        shown, f"clean latents of {label}, decoded by its {latent.cls}", cols=len(shown)
+        shown, f"clean latents claim 1 measured, decoded by its {latent.cls}", cols=len(shown)
     )
     report.save_figure(title, fig, f"latents_decoded_{label}")
 
