@@ -175,22 +175,30 @@ def encode(vq, data, batch: int = 500):
         )
 
 
-def diagnose(model: Path, data: Path, out: Path, sizes: dict) -> dict:
+def diagnose(model: Path, data: Path, work: Path, out: Path, sizes: dict) -> dict:
     """The diagnose command's ``run`` (what ``wgfm diagnose --model MODEL --data DATA --out OUT``
-    calls) with ``sizes``; a previous run of this script in ``out`` is replaced (a new
-    training is a new model, which the resumable directory would refuse)."""
+    calls) with ``sizes``, into ``work`` (replaced: a new training is a new model, which the
+    resumable directory would refuse); its REPORT.md, results.json and figures/ are then copied
+    to ``out`` (the run's resume state, which records the machine's absolute paths, stays in
+    ``work``)."""
     from wgfm.diagnosis import QUICK
     from wgfm.diagnosis.command import MANIFEST, DiagnoseConfig, run
 
-    if out.exists():
-        if not (out / MANIFEST).is_file():
-            raise SystemExit(f"{out} exists and is not a wgfm diagnose run: not replacing it.")
-        shutil.rmtree(out)
+    for d in (work, out):
+        if d.exists():
+            if not (d / "results.json").is_file() and not (d / MANIFEST).is_file():
+                raise SystemExit(f"{d} exists and is not a wgfm diagnose run: not replacing it.")
+            shutil.rmtree(d)
     t0 = time.perf_counter()
     sz = dataclasses.replace(QUICK, **sizes)
-    run(DiagnoseConfig(model=model, data=data, out=out, seed=0), sizes=sz)
+    run(DiagnoseConfig(model=model, data=data, out=work, seed=0), sizes=sz)
+    wall = round(time.perf_counter() - t0, 1)
+    out.mkdir(parents=True)
+    for name in ("REPORT.md", "results.json"):
+        shutil.copy2(work / name, out / name)
+    shutil.copytree(work / "figures", out / "figures")
     res = json.loads((out / "results.json").read_text())
-    res["_wall_s"] = round(time.perf_counter() - t0, 1)
+    res["_wall_s"] = wall
     return res
 
 
@@ -443,7 +451,7 @@ def main() -> None:
 
     sizes = {} if args.quick else SIZES
     runs = {
-        k: diagnose(d, data_dir, outs[k], sizes)
+        k: diagnose(d, data_dir, args.work / f"diagnose-{k}", outs[k], sizes)
         for k, d in (("pixel", pixel_dir), ("latent", latent_dir))
     }
     command = ("python docs/train_diffusers_mnist.py " + " ".join(sys.argv[1:])).strip()
