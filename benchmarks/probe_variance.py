@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -144,18 +143,7 @@ def measure(field, x, *, num_probes: int, repeats: int, seed: int = 2) -> dict:
 
 
 def run_info() -> dict:
-    def git(*args: str) -> str | None:
-        try:
-            res = subprocess.run(
-                ["git", "-C", str(HERE.parent), *args],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=True,
-            )
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return res.stdout.strip()
+    from .run_all import git
 
     status = git("status", "--porcelain", "--", "wgfm", "benchmarks/probe_variance.py")
     return {

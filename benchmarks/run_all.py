@@ -60,6 +60,22 @@ def machine_extra() -> dict:
     return info
 
 
+def git(*args: str) -> str | None:
+    """``git ARGS`` in the repository (stdout, stripped), or None where git or the repository
+    is missing."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(HERE.parent), *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
 def run_info(quick: bool, only, tiny: bool, load_start: float | None) -> dict:
     """What a published table names as its source: the command (without ``--out``, a path of
     the machine it ran on), the commit and whether the code differed from it, the CPU, and
@@ -67,19 +83,6 @@ def run_info(quick: bool, only, tiny: bool, load_start: float | None) -> dict:
     cores: ratios of interleaved rounds stay comparable, absolute times do not)."""
     cmd = "wgfm bench" + (" --tiny" if tiny else " --quick" if quick else "")
     cmd += "".join(f" --only {o}" for o in only)
-
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(
-                ["git", "-C", str(HERE.parent), *args],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=True,
-            )
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip()
 
     status = git("status", "--porcelain", "--", "wgfm", "benchmarks", "pyproject.toml")
     cores = os.cpu_count() or 1

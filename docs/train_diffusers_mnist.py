@@ -124,16 +124,7 @@ def train_denoiser(unet, data, steps: int, batch: int, lr: float, seed: int) -> 
         sched.step()
         losses.append(loss.item())
     unet.eval()
-    k = max(1, steps // 10)
-    return {
-        "steps": steps,
-        "batch": batch,
-        "lr": lr,
-        "train_s": round(time.perf_counter() - t0, 1),
-        "loss_first_tenth": float(np.mean(losses[:k])),
-        "loss_last_tenth": float(np.mean(losses[-k:])),
-        "parameters": sum(p.numel() for p in unet.parameters()),
-    }, scheduler
+    return _summary(unet, steps, batch, lr, t0, losses), scheduler
 
 
 def train_vq(vq, data, steps: int, batch: int, lr: float, seed: int) -> dict:
@@ -154,6 +145,12 @@ def train_vq(vq, data, steps: int, batch: int, lr: float, seed: int) -> dict:
         opt.step()
         losses.append(loss.item())
     vq.eval()
+    return _summary(vq, steps, batch, lr, t0, losses)
+
+
+def _summary(module, steps: int, batch: int, lr: float, t0: float, losses: list) -> dict:
+    """One training's record: its settings, time, loss at the start and end (means over the
+    first and last tenth of the steps) and parameter count."""
     k = max(1, steps // 10)
     return {
         "steps": steps,
@@ -162,7 +159,7 @@ def train_vq(vq, data, steps: int, batch: int, lr: float, seed: int) -> dict:
         "train_s": round(time.perf_counter() - t0, 1),
         "loss_first_tenth": float(np.mean(losses[:k])),
         "loss_last_tenth": float(np.mean(losses[-k:])),
-        "parameters": sum(p.numel() for p in vq.parameters()),
+        "parameters": sum(p.numel() for p in module.parameters()),
     }
 
 

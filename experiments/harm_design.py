@@ -527,10 +527,9 @@ def render_table(runs_dir: Path) -> str:
 
 def replace_table(text: str, table: str, where: str = "the document") -> str:
     """``text`` with the part between the claim-4 markers replaced by ``table``."""
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{where} must hold the markers {BEGIN} and {END}.")
-    head, rest = text.split(BEGIN, 1)
-    return head + BEGIN + "\n" + table + "\n" + END + rest.split(END, 1)[1]
+    from experiments.publish import replace_between
+
+    return replace_between(text, BEGIN, END, table, where)
 
 
 def publish_table(doc: Path, runs_dir: Path) -> None:

@@ -24,14 +24,18 @@ def publish(run_dir: Path, doc: Path = DOC) -> str:
             body.append(f"_Figure `{name}.png` in the run's `figures/`._")
         else:
             body.append("#" + line if line.startswith("#") else line)
-    text = doc.read_text()
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{doc} must hold the markers {BEGIN} and {END}.")
-    head, rest = text.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
-    new = head + BEGIN + "\n" + "\n".join(body).strip() + "\n" + END + tail
+    new = replace_between(doc.read_text(), BEGIN, END, "\n".join(body).strip(), str(doc))
     doc.write_text(new)
     return new
+
+
+def replace_between(text: str, begin: str, end: str, body: str, where: str) -> str:
+    """``text`` with the part between the markers ``begin`` and ``end`` replaced by ``body``
+    (each on lines of their own); ``where`` names the document in the error."""
+    if begin not in text or end not in text:
+        raise ValueError(f"{where} must hold the markers {begin} and {end}.")
+    head, rest = text.split(begin, 1)
+    return head + begin + "\n" + body + "\n" + end + rest.split(end, 1)[1]
 
 
 def publish_page(run_dir: Path, doc: Path, title: str, intro: str = "") -> str:

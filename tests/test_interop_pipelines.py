@@ -17,19 +17,13 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
+from test_diagnose import TINY  # noqa: E402
+
 from wgfm.interop import DiffusersField, TorchDiffusersField, load_diffusers  # noqa: E402
 from wgfm.interop.torch import contiguous_group_norms  # noqa: E402
 from wgfm.processes import VE, ShiftedInterpolant  # noqa: E402
 
-UNET = dict(
-    sample_size=8,
-    block_out_channels=(8, 16),
-    layers_per_block=1,
-    norm_num_groups=4,
-    down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-    attention_head_dim=8,
-    up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-)
+UNET = TINY  # test_diagnose's tiny pixel U-Net
 COND_UNET = dict(
     sample_size=8,
     in_channels=4,

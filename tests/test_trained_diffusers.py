@@ -36,6 +36,8 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("sklearn")
 
+from test_diagnose import TINY  # noqa: E402
+from test_interop_pipelines import DIT as PIPELINE_DIT  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 import wgfm  # noqa: E402
@@ -50,27 +52,10 @@ K = 1000  # DDPMScheduler's training steps
 TIMES = (0.01, 0.5, 0.95)
 NUM_PROBES = 8
 
-UNET = dict(
-    sample_size=8,
-    in_channels=1,
-    out_channels=1,
-    block_out_channels=(8, 16),
-    layers_per_block=1,
-    norm_num_groups=4,
-    down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-    attention_head_dim=8,
-    up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-)
-DIT = dict(
-    sample_size=8,
-    in_channels=1,
-    out_channels=2,  # learned sigma, as DiT-XL-2: wgfm diagnoses the first half
-    patch_size=2,
-    num_layers=1,
-    num_attention_heads=2,
-    attention_head_dim=8,
-    num_embeds_ada_norm=10,
-)
+# The suite's tiny configurations (test_diagnose, test_interop_pipelines) on 1-channel digits.
+UNET = {**TINY, "in_channels": 1, "out_channels": 1}
+# learned sigma, as DiT-XL-2: wgfm diagnoses the first half
+DIT = {**PIPELINE_DIT, "in_channels": 1, "out_channels": 2}
 LABEL = 3
 
 # Compiled once per field and shape (eager JAX would dispatch every op of the network anew);
