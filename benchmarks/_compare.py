@@ -26,13 +26,17 @@ TORCH_MISSING = (
 
 
 def torch_or_none(what: str) -> Any:
-    """Import torch (threads matched to the cores JAX uses) or print why ``what`` is skipped."""
+    """Import torch (threads matched to the cores JAX uses, or to ``OMP_NUM_THREADS`` where
+    that is set) or print why ``what`` is skipped."""
     try:
         import torch
     except ImportError:
         print(f"[{what}] {TORCH_MISSING}", file=sys.stderr)
         return None
-    torch.set_num_threads(os.cpu_count() or 1)
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    torch.set_num_threads(
+        int(threads) if threads.isdigit() and int(threads) > 0 else os.cpu_count() or 1
+    )
     return torch
 
 

@@ -160,7 +160,9 @@ def _time(fn, args, repeats, block, time_call):
 def _spawn(n: int, quick: bool, out: Path, platform: str, tiny: bool = False) -> dict:
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     if platform == "cpu":
-        env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={n}", JAX_PLATFORMS="cpu")
+        # Appended: a caller's own XLA settings (the tests' compile flags, say) are kept.
+        flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}"
+        env.update(XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu")
     else:
         env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
     cmd = [sys.executable, "-m", "benchmarks.bench_scaling", "--worker", str(n), platform, str(out)]
