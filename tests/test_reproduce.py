@@ -109,7 +109,7 @@ def test_smoke_notebook_runs_every_claim_and_writes_every_figure(smoke):
     corr = [r for r in rows["4"] if r["claim"].startswith("trained networks (")]
     assert len(corr) == 3 and all(r["measured"].count("[") == 3 for r in corr), corr
     an = res["numbers"]["harm"]["designed"]["analysis"]
-    assert an["n_bases"] == 6  # 2 objectives x 3 snapshots at the smoke sizes
+    assert an["n_bases"] == 6  # 2 seeds x 3 snapshots at the smoke sizes
     figs = [f for fs in res["figures"].values() for f in fs]
     assert len(figs) >= 9
     for f in figs:
