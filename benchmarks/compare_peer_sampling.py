@@ -94,7 +94,9 @@ def torch_sides(torch, params, x0: np.ndarray, tol: float):
     return sides, count
 
 
-def run_case(dim: int, n: int, repeats: int, peak: float, torch) -> list[dict]:
+def run_case(
+    dim: int, n: int, repeats: int, peak: float, torch, solvers=tuple(SOLVERS)
+) -> list[dict]:
     params = C.mlp_params(dim)
     field = C.mlp_jax(params)
     x0 = np.random.default_rng(dim + n).standard_normal((n, dim)).astype(np.float32)
@@ -108,7 +110,7 @@ def run_case(dim: int, n: int, repeats: int, peak: float, torch) -> list[dict]:
             sample_ode(field, VP(), xj, solver=solver(), rtol=TOL, atol=TOL, t_start=1.0, t_end=0.0)
         )
 
-    sides = {f"wgfm sample_ode {s}": wgfm(cls) for s, cls in SOLVERS.items()}
+    sides = {f"wgfm sample_ode {s}": wgfm(SOLVERS[s]) for s in solvers}
     compile_s = {}
     for name, fn in sides.items():
         first, med = time_call(fn, repeats=1, warmup=0)
@@ -138,7 +140,7 @@ def run_case(dim: int, n: int, repeats: int, peak: float, torch) -> list[dict]:
     ]
     outs = {}
     default = f"wgfm sample_ode {DEFAULT_SOLVER}"
-    for name in SOLVERS:
+    for name in solvers:
         impl = f"wgfm sample_ode {name}"
         res = sample_ode(
             field, VP(), xj, solver=SOLVERS[name](), rtol=TOL, atol=TOL, t_start=1.0, t_end=0.0
@@ -201,7 +203,7 @@ WP_SIDES = {
 }
 
 
-def work_precision(dim: int, n: int, tols, torch=None) -> list[dict]:
+def work_precision(dim: int, n: int, tols, torch=None, sides=tuple(WP_SIDES)) -> list[dict]:
     """NFE and final error (against the float64 Dopri8 reference) of each of :data:`WP_SIDES`
     and of ``torchdiffeq`` dopri5 over ``tols``: one compile per wgfm side (array tolerances)."""
     params = C.mlp_params(dim)
@@ -213,6 +215,7 @@ def work_precision(dim: int, n: int, tols, torch=None) -> list[dict]:
         case,
         ref,
         tols,
+        sides,
         lambda cls, ctrl: sample_ode(
             field,
             VP(),
@@ -248,7 +251,7 @@ def work_precision(dim: int, n: int, tols, torch=None) -> list[dict]:
     return rows
 
 
-def work_precision_gmm(name: str, mix, process, n: int, tols) -> list[dict]:
+def work_precision_gmm(name: str, mix, process, n: int, tols, sides=tuple(WP_SIDES)) -> list[dict]:
     """The same sweep (wgfm sides only) on the exact GMM velocity from the prior at ``t_max``
     to ``t_min``: the stiff end a trained network's field does not show at random weights."""
     x = np.asarray(process.prior_sample((n, mix.means.shape[1]), key=jax.random.key(0)))
@@ -270,6 +273,7 @@ def work_precision_gmm(name: str, mix, process, n: int, tols) -> list[dict]:
         f"GMM {name}, n={n}",
         ref,
         tols,
+        sides,
         lambda cls, ctrl: sample_ode(
             field,
             process,
@@ -282,11 +286,12 @@ def work_precision_gmm(name: str, mix, process, n: int, tols) -> list[dict]:
     )
 
 
-def _wgfm_work_precision(case: str, ref: np.ndarray, tols, solve) -> list[dict]:
-    """One ``pf_solver_choice`` row per :data:`WP_SIDES` entry and tolerance, from
+def _wgfm_work_precision(case: str, ref: np.ndarray, tols, sides, solve) -> list[dict]:
+    """One ``pf_solver_choice`` row per entry ``sides`` of :data:`WP_SIDES` and tolerance, from
     ``solve(solver_class, controller)``: its time, NFE and final error against ``ref``."""
     rows = []
-    for impl, (cls, pid) in WP_SIDES.items():
+    for impl in sides:
+        cls, pid = WP_SIDES[impl]
         for tol in tols:
             ctrl = diffrax.PIDController(rtol=tol, atol=tol, **pid)
             _, med = time_call(
@@ -311,8 +316,12 @@ def _wgfm_work_precision(case: str, ref: np.ndarray, tols, solve) -> list[dict]:
 
 def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
     torch = C.torch_or_none(BENCH)
+    solvers, sides = tuple(SOLVERS), tuple(WP_SIDES)
     if tiny:
         cases, repeats, wp = [(2, 64)], 2, [(2, 64, (1e-3, 1e-4))]
+        # Each solver and controller is its own program: the smoke test keeps the two solvers
+        # the summary compares and one PI controller (every code path; the rest is diffrax's).
+        solvers, sides = ("Dopri5", "Tsit5"), ("Tsit5", "Dopri5", "Dopri5 PI")
     elif quick:
         wp = [(2, 1_000, (1e-3, 1e-4, 1e-5, 1e-6)), (64, 256, (1e-3, 1e-4, 1e-5, 1e-6))]
         cases, repeats = [(2, 10_000), (64, 1_000), (2, 1_000)], 3
@@ -320,15 +329,15 @@ def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
         wp = [(d, 1_000, (1e-3, 1e-4, 1e-5, 1e-6)) for d in (2, 64)]
         cases, repeats = [(2, 10_000), (64, 1_000), (2, 1_000)], 7
     peak = C.run_peak()["peak_gflops"]
-    rows = [r for d, n in cases for r in run_case(d, n, repeats, peak, torch)]
-    rows += [r for d, n, tols in wp for r in work_precision(d, n, tols, torch)]
+    rows = [r for d, n in cases for r in run_case(d, n, repeats, peak, torch, solvers)]
+    rows += [r for d, n, tols in wp for r in work_precision(d, n, tols, torch, sides)]
     mixtures = {"ring8 2-D VP": (gmm.ring(), VP())}
     if not tiny:
         mixtures["random 10-D VP"] = (gmm.random_mixture(10, 6, key=jax.random.key(3)), VP())
     tols = (1e-3, 1e-4) if tiny else (1e-3, 1e-4, 1e-5, 1e-6)
     n_gmm = 32 if tiny else 500
     return rows + [
-        r for k, (m, p) in mixtures.items() for r in work_precision_gmm(k, m, p, n_gmm, tols)
+        r for k, (m, p) in mixtures.items() for r in work_precision_gmm(k, m, p, n_gmm, tols, sides)
     ]
 
 

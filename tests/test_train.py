@@ -236,6 +236,39 @@ def test_train_step_traces_once():
     assert train._train_step._cached._cache_size() - before == 1 and int(state.step) == 3
 
 
+def test_state_from_params_and_the_lowered_step():
+    cfg = train.TrainConfig(steps=10, batch_size=32)
+    model = get_model("mlp-small", kind="eps", width=16)
+    key = jax.random.PRNGKey(0)
+    state = train.init_state(model, cfg, (2,), key=key)
+    # init_state is state_from_params at the model's initialisation, with the split key.
+    k_init, k_train = jax.random.split(key)
+    again = train.state_from_params(model.init(k_init, (2,)), cfg, key=k_train)
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(again), strict=True):
+        np.testing.assert_array_equal(a, b)
+    step = train.make_train_step(model, VP, cfg)
+    data, idx = jnp.asarray(DATA[:256]), jnp.arange(32, dtype=jnp.int32)
+    compiled = step.lower(state, data, idx).compile()
+    # XLA's count covers at least the forward and weight-gradient matmuls, 2 B P_w FLOPs each.
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    p_w = sum(w.size for w in jax.tree.leaves(state.params) if w.ndim == 2)
+    assert cost["flops"] >= 4 * 32 * p_w, (cost["flops"], p_w)
+    # The lowered program is the one a call runs: the call compiles nothing more.
+    compiles = []
+
+    def listen(name, secs, **kw):
+        if name.endswith("backend_compile_duration"):
+            compiles.append(secs)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        _, loss = step(state, data, idx)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert np.isfinite(loss) and compiles == []
+
+
 def test_snapshots_are_the_ema_of_runs_stopped_there():
     # `snapshot_steps` keeps the EMA after those updates: exactly what a run stopped there ends
     # with (same compiled step, same keys and batches), so a training curve needs one run.

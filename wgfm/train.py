@@ -115,10 +115,16 @@ def init_state(model, config: TrainConfig, sample_shape, *, key: PRNGKeyArray, d
     a :class:`wgfm.models.Model` or an objective; ``key`` is split into initialisation and
     training keys)."""
     k_init, k_train = jax.random.split(key)
-    params = model.init(k_init, tuple(sample_shape), dtype)
+    return state_from_params(model.init(k_init, tuple(sample_shape), dtype), config, key=k_train)
+
+
+def state_from_params(params, config: TrainConfig, *, key: PRNGKeyArray) -> TrainState:
+    """A :class:`TrainState` at step 0 from given ``params`` (pretrained weights, e.g. a
+    diffusers U-Net through :func:`wgfm.interop.convert_state_dict`, to fine-tune): a fresh
+    optimiser state, the EMA at ``params``; ``key`` is the training key itself (not split)."""
     opt_state = make_optimizer(config).init(params)
     step, bad = jnp.asarray(0, jnp.int32), jnp.asarray(-1, jnp.int32)
-    return TrainState(params, opt_state, params, step, k_train, bad)
+    return TrainState(params, opt_state, params, step, key, bad)
 
 
 def make_train_step(model, process: AbstractProcess, config: TrainConfig) -> TrainStep:
@@ -173,6 +179,12 @@ class TrainStep(eqx.Module):
 
     def __call__(self, state: TrainState, data: Array, indices: Array):
         return _train_step(self.objective, self.config, state, data, indices)
+
+    def lower(self, state: TrainState, data: Array, indices: Array) -> jax.stages.Lowered:
+        """The program a call with these arguments runs, lowered (equal HLO, so JAX's
+        persistent cache serves one compilation to both): ``.compile().cost_analysis()`` counts
+        its FLOPs, ``.as_text()`` shows it. To run the update, call the step itself."""
+        return _train_step.lower(self.objective, self.config, state, data, indices).lowered
 
     def _cache_size(self) -> int:
         """Compiled variants of the update so far (filter_jit's cache, shared by all steps)."""
