@@ -181,9 +181,9 @@ class TrainStep(eqx.Module):
         return _train_step(self.objective, self.config, state, data, indices)
 
     def lower(self, state: TrainState, data: Array, indices: Array) -> jax.stages.Lowered:
-        """The program a call with these arguments runs, lowered (equal HLO, so JAX's
-        persistent cache serves one compilation to both): ``.compile().cost_analysis()`` counts
-        its FLOPs, ``.as_text()`` shows it. To run the update, call the step itself."""
+        """The program a call with these arguments runs, lowered: ``.compile().cost_analysis()``
+        counts its FLOPs, ``.as_text()`` shows it. A call after ``.compile()`` reuses that
+        executable (JAX caches both stages in memory). To run the update, call the step."""
         return _train_step.lower(self.objective, self.config, state, data, indices).lowered
 
     def _cache_size(self) -> int:
