@@ -30,6 +30,8 @@ and say nothing about ``M``'s spectrum alone: there is no estimate from them.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
@@ -93,3 +95,49 @@ def estimate_effective_rank(
     if kind == "gaussian":
         return 1.0 / inv
     return 1.0 / (inv + 1.0 / dim)
+
+
+def probes_for_target(
+    jac: Float[Array, "d d"],
+    *,
+    method: Literal["vjp", "forward"] = "vjp",
+    kind: ProbeKind = "rademacher",
+    target: float = 0.1,
+) -> Array:
+    """Probes the estimator ``method`` needs for a relative s.e. of ``target`` on ``lambda``
+    at the Jacobian ``jac``, exactly (no sampling): the delta-method variance of one probe.
+
+    Each per-probe term is a quadratic form ``v^T P v``: ``a = ||M v||^2`` has ``P = M^T M``
+    (``"vjp"``), ``a = 2 ||J v||^2 - 2 v . J J v`` has ``P = 2 J^T J - J^2 - (J^2)^T``
+    (``"forward"``), and ``f = ||J v||^2`` has ``J^T J``. The ratio's relative error per probe
+    is that of ``u = (a / A - f / F) / 2 = v^T R v`` (:func:`wgfm.diagnostics.probe_asymmetry`),
+    whose variance is ``2 ||R||_F^2`` for Gaussian probes and ``2 (||R||_F^2 - sum_i R_ii^2)``
+    for Rademacher ones; ``K`` probes give ``Var(u) / K``, so ``K = Var(u) / target^2``.
+    Each probe is two network passes. ``O(D^3)`` work on the ``D x D`` Jacobian: for
+    benchmarks on exact Jacobians (``benchmarks/probe_passes.py``).
+
+    Returns:
+        A scalar (float; 0 for a symmetric ``jac``, whose ratio every probe gets exactly)."""
+    if method not in ("vjp", "forward"):
+        raise ValueError(f"`method` must be 'vjp' or 'forward', got {method!r}.")
+    if kind not in ("rademacher", "gaussian"):
+        raise ValueError(f"`kind` must be 'rademacher' or 'gaussian', got {kind!r}.")
+    if not target > 0:
+        raise ValueError(f"`target` must be > 0, got {target!r}.")
+    jac = jnp.asarray(jac)
+    if jac.ndim != 2 or jac.shape[0] != jac.shape[1]:
+        raise ValueError(f"`jac` must be a square (D, D) matrix, got shape {jac.shape}.")
+    m = jac - jac.T
+    c = jac.T @ jac
+    if method == "vjp":
+        p = m.T @ m
+    else:
+        jj = jac @ jac
+        p = 2 * c - jj - jj.T
+    a, f = jnp.sum(m**2), jnp.sum(jac**2)
+    zero = a == 0
+    r = (p / jnp.where(zero, 1.0, a) - c / f) / 2
+    var = 2 * jnp.sum(r**2)
+    if kind == "rademacher":
+        var = var - 2 * jnp.sum(jnp.diag(r) ** 2)
+    return jnp.where(zero, 0.0, var / target**2)
