@@ -109,8 +109,8 @@ def _docs_script():
 
 def trained_unet_cases(steps: int, probes: int, seed: int = 0) -> tuple[list[dict], dict]:
     """The trained ``UNet2DModel`` at :data:`LEVELS`: records and the training's summary."""
-    import diffusers
     import torch
+    from diffusers.models.unets.unet_2d import UNet2DModel
 
     import wgfm
 
@@ -118,7 +118,7 @@ def trained_unet_cases(steps: int, probes: int, seed: int = 0) -> tuple[list[dic
     images = wgfm.data.load("mnist")  # (10000, 28, 28, 1) in [-1, 1]
     pixels = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
     torch.manual_seed(seed)
-    unet = diffusers.UNet2DModel(**docs.PIXEL_UNET)
+    unet = UNet2DModel(**docs.PIXEL_UNET)
     # the held digit is the last one; training draws from the first 9,000
     info, scheduler = docs.train_denoiser(unet, pixels[:9000], steps, 32, 2e-3, seed)
     abar = scheduler.alphas_cumprod.numpy().astype(np.float64)
