@@ -179,7 +179,8 @@ def diagnose(model: Path, data: Path, work: Path, out: Path, sizes: dict) -> dic
     to ``out`` (the run's resume state, which records the machine's absolute paths, stays in
     ``work``)."""
     from wgfm.diagnosis import QUICK
-    from wgfm.diagnosis.command import MANIFEST, DiagnoseConfig, run
+    from wgfm.diagnosis.command import DiagnoseConfig, run
+    from wgfm.diagnosis.outdir import MANIFEST
 
     for d in (work, out):
         if d.exists():

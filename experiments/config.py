@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from wgfm.diagnosis import DiagnoseSizes
 from wgfm.presets import PRESETS as TRAINING
 from wgfm.presets import RunConfig
 from wgfm.train import TrainConfig
@@ -64,6 +65,33 @@ class Sizes:
     harm_seeds: int = 1  # training seeds per objective and width
     harm_strengths: tuple[float, ...] = (0.1, 0.5)
     harm_resamples: int = 2000
+
+    def diagnosis(self, image: bool, dim: int = 0) -> DiagnoseSizes:
+        """These sizes as the diagnosis reads them (:class:`wgfm.diagnosis.DiagnoseSizes`, the
+        vocabulary of the claims in :data:`wgfm.diagnosis.CLAIMS`), for a data set of images
+        (``image``) or a mixture, whose samples have ``dim`` coordinates."""
+        samples = (self.image_diag_samples if image else None) or self.num_diag_samples
+        large = dim > self.max_exact_dim  # beyond exact Jacobians: U-Net-sized sweeps
+        return DiagnoseSizes(
+            num_levels=self.num_levels,
+            num_samples=samples,
+            sub_jacobian_size=self.sub_jacobian_size,
+            num_probes=32,
+            max_exact_dim=self.max_exact_dim,
+            batch_size=4 if image and large else 16,
+            loop_levels=(self.image_loop_levels if image else None) or self.num_levels,
+            loop_samples=(self.image_loop_samples if image else None) or self.num_diag_samples,
+            loop_points=self.loop_points[-1],  # the oracle's refinements end at the finest
+            bridge_steps=self.bridge_steps,
+            noisy_copies=self.noisy_copies,
+            noisy_points=self.noisy_points,
+            # The image presets' figures: DDIM-50 samples of the measured network.
+            num_generated=max(self.figure_samples, 1),
+            ddim_steps=50,
+            # A U-Net over (samples x ~1000 loop points) at once would need ~20 GB at the full
+            # sizes, so image sets go a few samples at a time; mixtures all at once.
+            loop_batch_size=(1 if large else 4) if image else None,
+        )
 
 
 QUICK = Sizes(

@@ -15,6 +15,7 @@ diagnose`` makes; this module chooses the networks, sizes and controls of each d
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -23,38 +24,36 @@ import numpy as np
 from experiments.assets import Context
 from experiments.config import MIXTURES
 from experiments.report import ClaimRow, Report, fmt, image_grid
-from wgfm.diagnosis import TITLES, measure_asymmetry
-from wgfm.diagnosis.claims import compare_spaces
-from wgfm.diagnostics import times_grid
+from wgfm.diagnosis import CLAIMS, Controls, compare_spaces
 
-TITLE = TITLES[1]
-NUMBERS_KEY = "differential"
+CLAIM = CLAIMS["differential"]
+TITLE = CLAIM.title
+NUMBERS_KEY = CLAIM.key
 
 
 def run(ctx: Context, report: Report, title: str) -> None:
     sz = ctx.sizes
-    ts = times_grid(ctx.process, sz.num_levels)
     summary: dict[str, dict] = {}
     for data in ctx.datasets:
         image = data not in MIXTURES
-        n = (sz.image_diag_samples if image else None) or sz.num_diag_samples
+        n = CLAIM.num_samples(sz.diagnosis(image))
         x0 = ctx.clean_samples(data, n, ctx.key(f"diff-x-{data}"))
         check = (data == "digits" or data == "mnist-latent") and sz.estimator_check
-        m = measure_asymmetry(
+        claim = dataclasses.replace(
+            CLAIM, estimator_check=check, exact_samples=sz.exact_samples if image else 0
+        )
+        m = claim.measure(
             ctx.network(data).score(),
             ctx.process,
             x0,
-            ts,
+            sz.diagnosis(image, dim=x0[0].size),
             key=ctx.key(f"diff-{data}"),
-            gradient=ctx.oracle_score(data),
-            untrained=ctx.network(data, steps=0).score(),
+            controls=Controls(
+                gradient=ctx.oracle_score(data),
+                untrained=ctx.network(data, steps=0).score(),
+                control_name="exact score of a Gaussian fit" if image else "exact oracle score",
+            ),
             label=data,
-            control_name="exact score of a Gaussian fit" if image else "exact oracle score",
-            max_exact_dim=sz.max_exact_dim,
-            sub_jacobian_size=sz.sub_jacobian_size,
-            estimator_check=check,
-            exact_samples=sz.exact_samples if image else 0,
-            batch_size=4 if image and x0[0].size > sz.max_exact_dim else 16,
         )
         report.add_measurement(title, m)
         summary[data] = m.numbers
@@ -78,7 +77,7 @@ def pixel_vs_latent(latent: dict, pixel_run: Path | None) -> ClaimRow:
     """The paper's comparison of the two settings: the latent network's exact asymmetry ratio
     by level (``latent``, claim-1 numbers of mnist-latent) against the pixel network's exact
     ratios (claim-1 numbers of a ``--preset mnist`` run in ``pixel_run``), on their common
-    levels (:func:`wgfm.diagnosis.claims.compare_spaces`)."""
+    levels (:func:`wgfm.diagnosis.compare_spaces`)."""
     lat = np.asarray(latent["median_ratio"]["trained"])
     pix_numbers = _pixel_numbers(pixel_run)
     if pix_numbers is None or "median_exact_ratio" not in pix_numbers:

@@ -15,6 +15,8 @@ adds the oracle's refinement check and the 2D curl figure.
 
 from __future__ import annotations
 
+import dataclasses
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -23,12 +25,13 @@ import numpy as np
 from experiments.assets import Context
 from experiments.config import MIXTURES
 from experiments.report import ClaimRow, Report, field_with_curl, fmt
-from wgfm.diagnosis import TITLES, measure_circulation
+from wgfm.diagnosis import CLAIMS, Controls
 from wgfm.diagnostics import loops, require_finite, times_grid
 from wgfm.diagnostics.jacobian import curl_2d
 
-TITLE = TITLES[2]
-NUMBERS_KEY = "integral"
+CLAIM = CLAIMS["integral"]
+TITLE = CLAIM.title
+NUMBERS_KEY = CLAIM.key
 
 
 def run(ctx: Context, report: Report, title: str) -> None:
@@ -36,27 +39,23 @@ def run(ctx: Context, report: Report, title: str) -> None:
     numbers: dict = {"levels": times_grid(ctx.process, sz.num_levels)}  # image sets: fewer
     for data in ctx.datasets:
         image = data not in MIXTURES
-        ts = times_grid(ctx.process, (sz.image_loop_levels if image else None) or sz.num_levels)
-        n = (sz.image_loop_samples if image else None) or sz.num_diag_samples
+        n = CLAIM.num_samples(sz.diagnosis(image))
         x0 = ctx.clean_samples(data, n, ctx.key(f"int-{data}"))
-        m = measure_circulation(
+        claim = dataclasses.replace(
+            CLAIM, figures=("noisy copies",) if data == "10d" else ("bridge",)
+        )
+        m = claim.measure(
             ctx.network(data).score(),
             ctx.process,
             x0,
-            ts,
+            sz.diagnosis(image, dim=x0[0].size),
             key=ctx.key(f"loop-{data}"),
-            gradient=ctx.oracle_score(data),
-            untrained=ctx.network(data, steps=0).score(),
+            controls=Controls(
+                gradient=ctx.oracle_score(data),
+                untrained=ctx.network(data, steps=0).score(),
+                control_name="Gaussian-fit score" if image else "oracle",
+            ),
             label=data,
-            control_name="Gaussian-fit score" if image else "oracle",
-            loop_points=sz.loop_points[-1],
-            bridge_steps=sz.bridge_steps,
-            noisy_copies=sz.noisy_copies,
-            noisy_points=sz.noisy_points,
-            # A U-Net over (samples x ~1000 loop points) at once would need ~20 GB at the full
-            # sizes, so image sets go a few samples at a time.
-            batch_size=(4 if x0[0].size <= sz.max_exact_dim else 1) if image else None,
-            figures=("noisy copies",) if data == "10d" else ("bridge",),
         )
         report.add_measurement(title, m)
         numbers[data] = m.numbers

@@ -18,7 +18,6 @@ from experiments import conservative, differential, harm, integral, objectives
 from experiments.assets import Context
 from experiments.config import ReproduceConfig, Sizes
 from experiments.report import Report
-from wgfm.compile_cache import use_compile_cache
 
 CLAIMS = {1: differential, 2: integral, 3: objectives, 4: harm, 5: conservative}
 
@@ -31,8 +30,6 @@ def run(config: ReproduceConfig, *, sizes: Sizes | None = None, mesh=None) -> Re
     """Run the selected claims and write the report; returns it (rows, numbers, figures).
     ``sizes`` overrides the preset's (tests), ``mesh`` trains the networks data parallel."""
     console = Console(stderr=True)
-    if config.compile_cache:
-        use_compile_cache()
     report = Report(config.out)
     claims = [c for c in CLAIMS if not config.only or c in config.only]
     if not config.vector_sets:
@@ -77,4 +74,4 @@ def run(config: ReproduceConfig, *, sizes: Sizes | None = None, mesh=None) -> Re
     return report
 
 
-__all__ = ["CLAIMS", "run", "use_compile_cache"]
+__all__ = ["CLAIMS", "run"]

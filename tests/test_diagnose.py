@@ -16,8 +16,9 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
 from wgfm import cli  # noqa: E402
-from wgfm.diagnosis import TITLES, DiagnoseSizes, command  # noqa: E402
-from wgfm.diagnosis.command import DiagnoseConfig, load_images, run  # noqa: E402
+from wgfm.diagnosis import CLAIMS, DiagnoseSizes, command  # noqa: E402
+from wgfm.diagnosis.command import DiagnoseConfig, run  # noqa: E402
+from wgfm.diagnosis.sources import load_images  # noqa: E402
 from wgfm.figures import png_is_valid_and_not_blank  # noqa: E402
 
 TINY = dict(
@@ -75,7 +76,10 @@ def _finite(values) -> np.ndarray:
 
 def test_both_claims_with_both_controls(diagnosed):
     out, res = diagnosed
-    rows1, rows2 = res["claims"][TITLES[1]], res["claims"][TITLES[2]]
+    rows1, rows2 = (
+        res["claims"][CLAIMS["differential"].title],
+        res["claims"][CLAIMS["integral"].title],
+    )
     assert len(rows1) == 2 and len(rows2) == 4
     assert "Gaussian fitted to 4 clean images" in rows1[0]["control"]
     assert "untrained" in rows1[1]["control"]

@@ -19,9 +19,10 @@ from test_diagnose import SIZES, TINY  # noqa: E402
 from test_interop_pipelines import DIT, _pipeline  # noqa: E402
 
 from wgfm import cli  # noqa: E402
-from wgfm.diagnosis import TITLES  # noqa: E402
-from wgfm.diagnosis.command import DiagnoseConfig, load_callable, run  # noqa: E402
+from wgfm.diagnosis import CLAIMS  # noqa: E402
+from wgfm.diagnosis.command import DiagnoseConfig, run  # noqa: E402
 from wgfm.figures import png_is_valid_and_not_blank  # noqa: E402
+from wgfm.interop import load_callable  # noqa: E402
 
 
 def _rows(out):
@@ -44,7 +45,7 @@ def test_flow_matching_pipeline_generates_with_the_ode(tmp_path):
     res, md = _rows(out)
     assert "ShiftedInterpolant (shift 3)" in md and "kind velocity" in md
     assert "probability-flow ODE" in md
-    rows1 = res["claims"][TITLES[1]]
+    rows1 = res["claims"][CLAIMS["differential"].title]
     assert len(rows1) == 2 and "untrained" in rows1[1]["control"]
     assert np.isfinite(np.load(out / "generated.npy")).all()
 
@@ -81,7 +82,7 @@ def test_latent_dit_pipeline_encodes_images_with_its_vae(tmp_path):
     assert set(probe) == {"trained", "untrained", "oracle score"}
     assert np.all(np.isfinite(probe["trained"])) and np.all(np.asarray(probe["trained"]) > 1e-2)
     # The clean latents, decoded by the pipeline's VAE, are a figure of claim 1.
-    (decoded,) = [f for f in res["figures"][TITLES[1]] if "latents_decoded" in f]
+    (decoded,) = [f for f in res["figures"][CLAIMS["differential"].title] if "latents_decoded" in f]
     assert png_is_valid_and_not_blank(out / decoded)
 
     # --pixel-run: claim 1 beside a pixel-space run's (here its results.json, written with
@@ -101,11 +102,15 @@ def test_latent_dit_pipeline_encodes_images_with_its_vae(tmp_path):
     )
     run(config, sizes=SIZES)  # both claims reused from the run above; the comparison is new
     res, md = _rows(out)
-    (row,) = [r for r in res["claims"][TITLES[1]] if r["claim"].startswith("pixel vs latent")]
+    (row,) = [
+        r
+        for r in res["claims"][CLAIMS["differential"].title]
+        if r["claim"].startswith("pixel vs latent")
+    ]
     assert f"over {len(levels)} shared levels: 0.5" in row["control"], row
     assert "pixel run px: exact lambda; latent: probe lambda" in row["note"], row
     with pytest.raises(ValueError, match="--pixel-run"):
-        DiagnoseConfig(model=root, images=images, out=out, pixel_run=tmp_path / "missing")
+        DiagnoseConfig(model=root, images=images, out=out, pixel_run=tmp_path / "missing").check()
 
 
 MODULE = textwrap.dedent(
@@ -156,8 +161,8 @@ def research_module(tmp_path, monkeypatch):
 
 
 def test_callable_models(tmp_path, research_module, capsys):
-    field, process, kind = load_callable(f"{research_module}:torch_model")
-    assert kind == "eps" and field.sample_shape == (6,)
+    field, process = load_callable(f"{research_module}:torch_model")
+    assert field.kind == "eps" and field.sample_shape == (6,)
     x = np.linspace(-1, 1, 6)
     want = field.module(torch.from_numpy(x)[None].float(), torch.tensor([0.3]))[0]
     np.testing.assert_allclose(np.asarray(field(x.astype(np.float32), 0.3)), want.detach(), 1e-6)
@@ -171,7 +176,7 @@ def test_callable_models(tmp_path, research_module, capsys):
     run(DiagnoseConfig(model=f"{research_module}:jax_model", out=out), sizes=SIZES)  # type: ignore[arg-type]
     res, md = _rows(out)
     assert "kind score" in md and "no untrained control" in md
-    assert res["claims"][TITLES[1]][1]["control"] == "no untrained control given"
+    assert res["claims"][CLAIMS["differential"].title][1]["control"] == "no untrained control given"
     del data
     assert (
         cli.main(

@@ -8,6 +8,7 @@ is a gradient (of ``x^T A x / 2``), so its loop integrals vanish up to rounding.
 from __future__ import annotations
 
 import json
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -16,9 +17,10 @@ import numpy as np
 import pytest
 
 import wgfm
-from wgfm.diagnosis import TITLES, DiagnoseSizes, Diagnosis, diagnose
+from wgfm.diagnosis import CLAIMS, AbstractClaim, DiagnoseSizes, Diagnosis, diagnose
 from wgfm.diagnostics import gaussian_fit_score, times_grid, untrained_field, untrained_params
 from wgfm.figures import png_is_valid_and_not_blank
+from wgfm.report import ClaimRow, Measurement
 
 SIZES = DiagnoseSizes(
     num_levels=3,
@@ -72,7 +74,7 @@ def test_asymmetry_is_the_closed_form_at_every_level(rotating):
     np.testing.assert_allclose(num["median_ratio"]["trained"], lam, rtol=1e-6)
     # the Gaussian fit's exact score is a gradient: its symmetric Jacobian rounds to ~1e-7
     assert np.all(np.asarray(num["median_ratio"]["oracle score"]) < 1e-5)
-    rows = rotating.rows[TITLES[1]]
+    rows = rotating.rows[CLAIMS["differential"].title]
     assert rows[0].verdict and "Gaussian fitted to 64 clean images" in rows[0].control
     assert "no untrained control" in rows[1].control  # a plain function carries no model
 
@@ -81,7 +83,7 @@ def test_a_gradient_field_fails_the_not_a_gradient_rows():
     d = diagnose(
         _linear(A_SYM), wgfm.VP(), _images(), key=jax.random.key(1), kind="score", sizes=SIZES
     )
-    (row, _), loops = d.rows[TITLES[1]], d.rows[TITLES[2]]
+    (row, _), loops = d.rows[CLAIMS["differential"].title], d.rows[CLAIMS["integral"].title]
     assert not row.verdict and not d.passed
     assert np.all(np.asarray(d.numbers["differential"]["median_ratio"]["trained"]) < 1e-5)
     circ = d.numbers["integral"]
@@ -92,15 +94,21 @@ def test_a_gradient_field_fails_the_not_a_gradient_rows():
 
 
 def test_rotation_circulates_and_the_report_renders(rotating, tmp_path):
-    assert all(r.verdict for r in rotating.rows[TITLES[2]]), rotating.rows[TITLES[2]]
+    assert all(r.verdict for r in rotating.rows[CLAIMS["integral"].title]), rotating.rows[
+        CLAIMS["integral"].title
+    ]
     md = rotating.to_markdown()
     assert md.startswith("# wgfm diagnose report: rot") and md.count("| --- |") == 0
-    assert TITLES[1] in md and TITLES[2] in md and "![lambda_rot](figures/lambda_rot.png)" in md
+    assert (
+        CLAIMS["differential"].title in md
+        and CLAIMS["integral"].title in md
+        and "![lambda_rot](figures/lambda_rot.png)" in md
+    )
     js = json.loads(rotating.to_json())
     # (the trend row is an observation: a linear field's lambda is the same at every level)
     assert js["all_verdicts_pass"] == rotating.passed
     assert set(js["numbers"]) == {"differential", "integral"}
-    assert [r["verdict"] for r in js["claims"][TITLES[1]]][0] is True
+    assert [r["verdict"] for r in js["claims"][CLAIMS["differential"].title]][0] is True
     md_path, js_path = rotating.save(tmp_path / "out")
     assert md_path.read_text().count("![") == 2
     figs = sorted((tmp_path / "out" / "figures").glob("*.png"))
@@ -120,10 +128,10 @@ def test_one_claim_alone_gives_the_numbers_of_the_full_diagnosis(rotating):
         key=jax.random.key(1),
         kind="score",
         sizes=SIZES,
-        claims=(2,),
+        claims=("integral",),
         label="rot",
     )
-    assert list(alone.measurements) == [TITLES[2]]
+    assert list(alone.measurements) == [CLAIMS["integral"].title]
     for fam in ("bridge", "noisy copies"):
         np.testing.assert_array_equal(
             alone.numbers["integral"][fam]["trained"]["median_abs_I"],
@@ -143,12 +151,12 @@ def test_a_network_field_gets_its_untrained_control():
         key=jax.random.key(2),
         kind="eps",
         sizes=SIZES,
-        claims=(1,),
+        claims=("differential",),
     )
     med = d.numbers["differential"]["median_ratio"]
     assert set(med) == {"trained", "untrained", "oracle score"}
     assert np.all(np.asarray(med["untrained"]) > 1e-3)  # an MLP's Jacobian is not symmetric
-    assert "untrained:" in d.rows[TITLES[1]][1].control
+    assert "untrained:" in d.rows[CLAIMS["differential"].title][1].control
 
 
 def test_bad_input_is_named():
@@ -156,7 +164,7 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="`kind` is required"):
         diagnose(f, wgfm.VP(), imgs, key=key)
     with pytest.raises(ValueError, match="`claims`"):
-        diagnose(f, wgfm.VP(), imgs, key=key, kind="score", claims=(3,))
+        diagnose(f, wgfm.VP(), imgs, key=key, kind="score", claims=("helmholtz",))
     with pytest.raises(ValueError, match="`images` must have shape"):
         diagnose(f, wgfm.VP(), imgs[:1], key=key, kind="score")
     with pytest.raises(ValueError, match="claim 1 needs 4 clean images"):
@@ -231,9 +239,15 @@ def test_beyond_the_exact_dimension_the_headline_is_the_full_dimension_estimate(
     x = np.asarray(jax.random.normal(jax.random.key(4), (16, 6)), np.float32)
     sizes = DiagnoseSizes(**{**SIZES.__dict__, "max_exact_dim": 4, "num_probes": 64})
     d = diagnose(
-        _linear(a), wgfm.VP(), x, key=jax.random.key(5), kind="score", sizes=sizes, claims=(1,)
+        _linear(a),
+        wgfm.VP(),
+        x,
+        key=jax.random.key(5),
+        kind="score",
+        sizes=sizes,
+        claims=("differential",),
     )
-    row = d.rows[TITLES[1]][0]
+    row = d.rows[CLAIMS["differential"].title][0]
     assert row.measured.startswith("median full-dimension lambda (64-probe estimate)")
     assert "certificate: median 2x2 sub-Jacobian lambda" in row.measured
     num = d.numbers["differential"]
@@ -252,7 +266,13 @@ def test_the_probe_headline_carries_its_standard_error():
     x = np.asarray(jax.random.normal(jax.random.key(4), (16, 6)), np.float32)
     sizes = DiagnoseSizes(**{**SIZES.__dict__, "max_exact_dim": 4, "num_probes": 16})
     d = diagnose(
-        _linear(a), wgfm.VP(), x, key=jax.random.key(5), kind="score", sizes=sizes, claims=(1,)
+        _linear(a),
+        wgfm.VP(),
+        x,
+        key=jax.random.key(5),
+        kind="score",
+        sizes=sizes,
+        claims=("differential",),
     )
     num = d.numbers["differential"]
     lam = np.linalg.norm(a - a.T) / np.linalg.norm(a)
@@ -260,7 +280,7 @@ def test_the_probe_headline_carries_its_standard_error():
     se = np.asarray(num["median_probe_ratio_se"]["trained"])
     assert est.shape == se.shape == (3,) and np.all(se > 0)
     assert np.all(np.abs(est - lam) <= 4 * se), (est, se, lam)
-    row = d.rows[TITLES[1]][0]
+    row = d.rows[CLAIMS["differential"].title][0]
     lo = int(np.argmin(est))
     assert f"{est[lo]:.3g} ± {se[lo]:.2g}.." in row.measured, row.measured
     assert "±" in row.control  # the Gaussian fit in the same unit, with its s.e.
@@ -271,7 +291,7 @@ def test_the_probe_headline_carries_its_standard_error():
 
 
 def test_probes_for_a_target_standard_error_is_the_inverse_square_law():
-    from wgfm.diagnosis.claims import probes_for
+    from wgfm.diagnosis.asymmetry import probes_for
 
     # relative s.e. 0.2 at 32 probes: a 10% s.e. takes (0.2 / 0.1)^2 = 4 times as many
     assert probes_for(32, [[0.1, 0.2]], [[0.02, 0.04]]) == pytest.approx(128)
@@ -288,7 +308,7 @@ def test_the_exact_or_probe_choice_follows_the_budget():
 
     f = _linear(A_ROT)
     budget = dataclasses.replace(SIZES, max_exact_dim=None, exact_budget_s=0.0)
-    common = dict(key=jax.random.key(1), kind="score", claims=(1,))
+    common = dict(key=jax.random.key(1), kind="score", claims=("differential",))
     probes = diagnose(f, wgfm.VP(), _images(), sizes=budget, **common)
     jac = probes.numbers["differential"]["jacobian"]
     assert not jac["exact"] and jac["chosen_by"] == "budget" and jac["per_jvp_s"] > 0
@@ -304,7 +324,9 @@ def test_the_exact_or_probe_choice_follows_the_budget():
     assert "within the budget of 1e+06 s" in exact.header["claim 1 Jacobians"]
     lam = np.linalg.norm(A_ROT - A_ROT.T) / np.linalg.norm(A_ROT)
     np.testing.assert_allclose(exact.numbers["differential"]["median_ratio"]["trained"], lam, 1e-6)
-    forced = diagnose(f, wgfm.VP(), _images(), sizes=budget, exact=True, **common)
+    forced = diagnose(
+        f, wgfm.VP(), _images(), sizes=dataclasses.replace(budget, jacobians="exact"), **common
+    )
     assert "asked for" in forced.header["claim 1 Jacobians"]
     assert "median_ratio" in forced.numbers["differential"]
     # the decision itself: the flip happens where the estimated cost crosses the budget
@@ -345,7 +367,7 @@ def test_a_pytorch_path_field_runs_on_one_device_and_says_so():
         key=jax.random.key(1),
         kind="score",
         sizes=SIZES,
-        claims=(1,),
+        claims=("differential",),
         mesh=Mesh8(),
     )
     assert "1 device" in d.header["devices"] and "not the 8 asked for" in d.header["devices"]
@@ -384,11 +406,13 @@ def test_compare_spaces_on_shared_levels():
 def test_cost_lines_size_a_full_run():
     import dataclasses
 
-    from wgfm.diagnosis import FULL, QUICK, TITLES
+    from wgfm.diagnosis import FULL, QUICK
     from wgfm.diagnosis.command import cost_lines
 
     sz = dataclasses.replace(QUICK, num_levels=4, num_samples=2, loop_levels=3, loop_samples=1)
-    lines = cost_lines({TITLES[1]: 16.0, TITLES[2]: 6.0}, sz, FULL)
+    lines = cost_lines(
+        {CLAIMS["differential"].title: 16.0, CLAIMS["integral"].title: 6.0}, sz, FULL
+    )
     assert lines["claim 1: seconds per image and level (compilation included)"] == 2.0
     assert lines["claim 2: seconds per image and level (compilation included)"] == 2.0
     n1, n2 = FULL.num_levels * FULL.num_samples, FULL.loop_levels * FULL.loop_samples
@@ -401,7 +425,66 @@ def test_measured_indices_are_a_sorted_sample_without_replacement_per_claim():
     from wgfm.diagnosis.api import measured_indices
 
     key = jax.random.key(0)
-    a = measured_indices(key, 1, 50, 8)
+    first, second = CLAIMS.values()
+    a = measured_indices(key, first, 50, 8)
     assert a.shape == (8,) and np.all(np.diff(a) > 0) and a.min() >= 0 and a.max() < 50
-    np.testing.assert_array_equal(a, measured_indices(key, 1, 50, 8))  # deterministic
-    assert not np.array_equal(a, measured_indices(key, 2, 50, 8))  # its own stream per claim
+    np.testing.assert_array_equal(a, measured_indices(key, first, 50, 8))  # deterministic
+    assert not np.array_equal(a, measured_indices(key, second, 50, 8))  # own stream per claim
+
+
+class _MeanNorm(AbstractClaim):
+    """A diagnostic added as a new claim would be: the mean norm of the score at the measured
+    clean points, at every level (a closed form for a linear field)."""
+
+    number: ClassVar[int] = 9
+    key: ClassVar[str] = "mean-norm"
+    title: ClassVar[str] = "9. Mean norm of the score"
+
+    def num_levels(self, sizes):
+        return sizes.num_levels
+
+    def num_samples(self, sizes):
+        return sizes.num_samples
+
+    def measure(self, score, process, x0, sizes, *, key, label="model", **unused):
+        ts = times_grid(process, sizes.num_levels)
+        norms = jax.vmap(
+            lambda t: jnp.mean(jnp.linalg.norm(jax.vmap(score, (0, None))(x0, t), axis=-1))
+        )(ts)
+        row = ClaimRow(f"{label}: the score is not zero", f"{float(norms.min()):.3g}", "-", True)
+        return Measurement([row], {"levels": ts, "mean_norm": norms, "x0": x0}, {})
+
+    def header(self, numbers):
+        return {"mean norm levels": len(numbers["levels"])}
+
+
+def test_a_claim_is_added_by_its_registry_entry(monkeypatch, tmp_path):
+    """The diagnosis names no claim: a new AbstractClaim in CLAIMS is measured, keyed, titled,
+    saved and costed like the paper's two, with nothing else changed."""
+    from wgfm.diagnosis.command import cost_lines
+
+    claim = _MeanNorm()
+    monkeypatch.setitem(CLAIMS, claim.key, claim)
+    d = diagnose(
+        _linear(A_SYM),
+        wgfm.VP(),
+        _images(),
+        key=jax.random.key(2),
+        kind="score",
+        sizes=SIZES,
+        claims=(claim.key,),
+        label="sym",
+    )
+    num = d.numbers["mean-norm"]
+    x0 = np.asarray(num["x0"])
+    assert x0.shape == (SIZES.num_samples, 2)
+    # A_SYM x does not depend on t: the same mean norm at every level, by numpy.
+    want = np.mean(np.linalg.norm(x0 @ A_SYM.T, axis=-1))
+    np.testing.assert_allclose(num["mean_norm"], np.full(SIZES.num_levels, want), rtol=1e-6)
+    assert d.header["mean norm levels"] == SIZES.num_levels
+    assert list(d.rows) == [claim.title] and d.passed
+    d.save(tmp_path)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert list(saved["numbers"]) == ["mean-norm"] and list(saved["claims"]) == [claim.title]
+    lines = cost_lines({claim.title: 6.0}, SIZES, SIZES)
+    assert lines["claim 9: seconds per image and level (compilation included)"] == 0.5

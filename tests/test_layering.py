@@ -33,7 +33,12 @@ CORE = [
     "figures.py",
     "diagnostics",
     "diagnosis/api.py",
-    "diagnosis/claims.py",
+    "diagnosis/asymmetry.py",
+    "diagnosis/budget.py",
+    "diagnosis/circulation.py",
+    "diagnosis/claim.py",
+    "diagnosis/registry.py",
+    "diagnosis/sizes.py",
 ]
 HEAVY = ("flax", "torch", "optax", "orbax", "diffusers")
 # The commands that run the repository's experiments and benchmarks (they say in one line that

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 
 import tyro
 
+from .compile_cache import use_compile_cache
+from .diagnosis.config import DiagnoseConfig
 from .presets import PRESETS
 
 
@@ -137,6 +139,8 @@ def reproduce(
     except ValueError as e:
         print(f"wgfm reproduce: {e}", file=sys.stderr)
         return 2
+    if config.compile_cache:
+        use_compile_cache()
     report = run(config, mesh=mesh)
     rows = [r for rs in report.rows.values() for r in rs]
     print(
@@ -145,90 +149,32 @@ def reproduce(
     return 0
 
 
-def diagnose(
-    model: Path,
-    data: Path | None = None,
-    images: Path | None = None,
-    quick: bool = False,
-    out: Path = Path("results/diagnose"),
-    seed: int = 0,
-    compile_cache: bool = True,
-    class_label: int | None = None,
-    prompt_embedding: Path | None = None,
-    variant: str | None = None,
-    mu: float | None = None,
-    guidance_scale: float | None = None,
-    jacobians: Literal["auto", "exact", "probes"] = "auto",
-    devices: int | None = None,
-    pixel_run: Path | None = None,
-) -> int:
+def diagnose(config: Annotated[DiagnoseConfig, tyro.conf.arg(name="")]) -> int:
     """Diagnose a pretrained diffusers model: the paper's claims 1 (Jacobian asymmetry at every
     noise level) and 2 (circulation around its three loop families and a circle) beside an
     untrained network of the same architecture and the exact score of a Gaussian fitted to the
     clean images (REPORT.md, results.json and figures/ under --out). Rerunning resumes --out.
-
-    Args:
-        model: a diffusers pipeline or model directory (model_index.json chooses the
-            denoiser: UNet2DModel on the flax port; UNet2DConditionModel, DiT and
-            Transformer2DModel through PyTorch), or package.module:function returning
-            (field, process) or (field, process, kind).
-        data: CIFAR-10 python batches or MNIST IDX files, noised as the clean images.
-        images: a folder of PNG/JPEG images (resized to the model's sample_size) instead.
-        quick: minutes on a CPU for a ddpm-cifar10-32-sized model (few levels and images);
-            without it, the authors' sizes (meant for a GPU).
-        out: output directory: new, empty, or an earlier run of the same model and settings.
-        seed: random seed of noise, loops, probes and the untrained network.
-        compile_cache: keep compiled programs in JAX's persistent cache.
-        class_label: the class of a class-conditional denoiser (default: its null class).
-        prompt_embedding: a .npy text embedding (seq, dim) for a UNet2DConditionModel.
-        variant: weights variant, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors).
-        mu: the shift of a flow-matching scheduler with use_dynamic_shifting.
-        guidance_scale: w, for the classifier-free-guided field (1 + w) eps(x, c) - w eps(x)
-            of a class-conditional model with a null class (needs --class-label).
-        jacobians: claim 1's Jacobians: auto (exact D x D ones when their cost, from a
-            measured JVP time, fits the mode's budget: 60 s quick, 4 h full; else probe
-            estimates with standard errors), exact, or probes.
-        devices: split the images over this many devices (a jax.sharding mesh; on a CPU host
-            simulated devices, set before JAX starts); a PyTorch-path model runs on one.
-        pixel_run: for a latent pipeline, the --out of a pixel-space `wgfm diagnose` run on
-            the same images: claim 1 compares the two spaces level by level.
     """
     try:
         mesh = None
-        if devices is not None:
+        if config.devices is not None:
             from .distributed import setup_devices
 
-            mesh = setup_devices(devices)  # first: it must precede every other JAX call
-    except ValueError as e:
-        print(f"wgfm diagnose: {e}", file=sys.stderr)
-        return 2
-    from .diagnosis.command import DiagnoseConfig, run
+            mesh = setup_devices(config.devices)  # first: it must precede every other JAX call
+        config.check()
+        if config.compile_cache:
+            use_compile_cache()
+        from .diagnosis.command import run
 
-    try:
-        config = DiagnoseConfig(
-            model=model,
-            data=data,
-            images=images,
-            quick=quick,
-            out=out,
-            seed=seed,
-            compile_cache=compile_cache,
-            class_label=class_label,
-            prompt_embedding=prompt_embedding,
-            variant=variant,
-            mu=mu,
-            guidance_scale=guidance_scale,
-            jacobians=jacobians,
-            pixel_run=pixel_run,
-        )
-        report = run(config, mesh=mesh)
+        diagnosis = run(config, mesh=mesh)
     except (ValueError, OSError) as e:
         # One line: the checkpoint loader lists every mismatched tensor on its own line.
         print(f"wgfm diagnose: {'; '.join(str(e).split(chr(10)))}", file=sys.stderr)
         return 2
-    rows = [r for rs in report.rows.values() for r in rs]
+    rows = [r for rs in diagnosis.rows.values() for r in rs]
     print(
-        f"{sum(r.verdict for r in rows)}/{len(rows)} claim rows hold; report in {out / 'REPORT.md'}"
+        f"{sum(r.verdict for r in rows)}/{len(rows)} claim rows hold; report in "
+        f"{config.out / 'REPORT.md'}"
     )
     return 0
 

@@ -1,20 +1,31 @@
 """The diagnosis of any field: the paper's claims 1 and 2 beside both controls.
 
 :func:`diagnose` returns a :class:`Diagnosis` (rows, per-level numbers, figures; Markdown and
-JSON); :func:`measure_asymmetry` and :func:`measure_circulation` are its two measurements on
-their own; :mod:`wgfm.diagnosis.command` is ``wgfm diagnose``, which runs it on a diffusers
-model directory into a resumable output directory.
+JSON); :data:`CLAIMS` registers its claims (:class:`AbstractClaim`), whose measurements
+:func:`measure_asymmetry` and :func:`measure_circulation` also run on their own; sizes are
+:class:`DiagnoseSizes` (:data:`QUICK`, :data:`FULL`). :mod:`wgfm.diagnosis.command` is
+``wgfm diagnose``, which runs it on a pretrained model into a resumable output directory.
 """
 
-from .api import FULL, QUICK, TITLES, DiagnoseSizes, Diagnosis, diagnose
-from .claims import compare_spaces, headline_lambda, measure_asymmetry, measure_circulation
+from .api import Diagnosis, diagnose
+from .asymmetry import JacobianAsymmetry, compare_spaces, headline_lambda, measure_asymmetry
+from .budget import JacobianPolicy
+from .circulation import LoopCirculation, measure_circulation
+from .claim import AbstractClaim, Controls
+from .registry import CLAIMS
+from .sizes import FULL, QUICK, DiagnoseSizes
 
 __all__ = [
+    "CLAIMS",
     "FULL",
     "QUICK",
-    "TITLES",
+    "AbstractClaim",
+    "Controls",
     "DiagnoseSizes",
     "Diagnosis",
+    "JacobianAsymmetry",
+    "JacobianPolicy",
+    "LoopCirculation",
     "compare_spaces",
     "diagnose",
     "headline_lambda",

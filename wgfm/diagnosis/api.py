@@ -20,110 +20,36 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, PRNGKeyArray
+from jaxtyping import PRNGKeyArray
 
 from ..diagnostics.controls import gaussian_fit_score
-from ..diagnostics.sweep import times_grid
 from ..fields import as_field
 from ..pretrained import AbstractPretrainedField, CallableField
 from ..processes import VP, AbstractProcess
 from ..report import ClaimRow, Measurement, Report, jsonable
 from ..typing import Field, Kind
-from .claims import measure_asymmetry, measure_circulation
+from .claim import AbstractClaim, Controls
+from .registry import CLAIMS, claim_of_title
+from .sizes import QUICK, DiagnoseSizes
 
-TITLES = {
-    1: "1. Differential constraint: Jacobian asymmetry",
-    2: "2. Integral constraint: loop circulation",
-}
-# results.json keys of the claims' numbers (as in `wgfm reproduce`).
-NUMBERS = {1: "differential", 2: "integral"}
 GAUSSIAN_FIT_MAX = 10_000  # clean images in the Gaussian fit: enough to pin it down
 
 
-@dataclasses.dataclass(frozen=True)
-class DiagnoseSizes:
-    """Every size of a diagnosis. :data:`QUICK` runs in minutes on a CPU for the
-    ddpm-cifar10-32 U-Net (35.7 M parameters); :data:`FULL` is the authors' protocol."""
+def measured_indices(
+    key: PRNGKeyArray, claim: AbstractClaim, num_images: int, n: int
+) -> np.ndarray:
+    """The indices of the clean images :func:`diagnose` with ``key`` measures in ``claim``.
 
-    num_levels: int  # noise levels of claim 1 (the authors: 100, t = 1, 11, ..., 991 of 1000)
-    num_samples: int  # images per level, claim 1
-    sub_jacobian_size: int  # K of the K x K sub-Jacobians (on the probe path)
-    num_probes: int  # probes of the full-Jacobian estimate (one JVP and one VJP each; >= 2)
-    # Exact Jacobians up to this many coordinates; None: exact when their measured cost fits
-    # exact_budget_s (wgfm.diagnosis.budget).
-    max_exact_dim: int | None
-    batch_size: int  # images at a time in claim 1
-    loop_levels: int  # noise levels of claim 2
-    loop_samples: int  # images per level, claim 2
-    loop_points: int  # points of the circle and pair-rotation loops
-    bridge_steps: int  # Brownian-bridge steps (the authors: 1000)
-    noisy_copies: int  # noisy-copy cycle: copies (the authors: 10)
-    noisy_points: int  # points per segment (the authors: 100)
-    num_generated: int  # images the model generates when no data is given
-    ddim_steps: int  # DDIM steps of that generation (the authors: 50)
-    exact_budget_s: float = 60.0  # seconds of exact Jacobians allowed (max_exact_dim None)
+    Args:
+        key: the diagnosis's key.
+        claim: a registered claim (its stream is named by its number).
+        num_images: clean images given.
+        n: images the claim measures, at most ``num_images``.
 
-    def __post_init__(self):
-        ints = [f.name for f in dataclasses.fields(self) if f.name != "exact_budget_s"]
-        bad = [
-            n
-            for n in ints
-            if not (n == "max_exact_dim" and getattr(self, n) is None) and int(getattr(self, n)) < 1
-        ]
-        if bad:
-            raise ValueError(f"DiagnoseSizes: {', '.join(bad)} must be positive integers.")
-        if self.num_probes < 2:
-            raise ValueError("DiagnoseSizes: num_probes must be at least 2 (for a standard error).")
-        if not float(self.exact_budget_s) >= 0:
-            raise ValueError(
-                f"DiagnoseSizes: exact_budget_s must be >= 0 seconds, got {self.exact_budget_s!r}."
-            )
-
-
-QUICK = DiagnoseSizes(
-    num_levels=4,
-    num_samples=2,
-    sub_jacobian_size=8,
-    num_probes=4,
-    max_exact_dim=None,
-    batch_size=2,
-    loop_levels=3,
-    loop_samples=1,
-    loop_points=16,
-    bridge_steps=32,
-    noisy_copies=3,
-    noisy_points=8,
-    num_generated=8,
-    ddim_steps=10,
-    # A quick run takes minutes: exact Jacobians may add about one more.
-    exact_budget_s=60.0,
-)
-FULL = DiagnoseSizes(
-    num_levels=100,
-    num_samples=128,
-    sub_jacobian_size=64,
-    num_probes=32,
-    max_exact_dim=None,
-    batch_size=16,
-    loop_levels=100,
-    loop_samples=256,
-    loop_points=256,
-    bridge_steps=1000,
-    noisy_copies=10,
-    noisy_points=100,
-    num_generated=1024,
-    ddim_steps=50,
-    # The authors' protocol is already hours on a GPU (claim 2 alone is ~2e8 evaluations of
-    # the field: 256 images x 100 levels x ~2,500 loop points x 3 fields); exact Jacobians may
-    # take about as long again.
-    exact_budget_s=4 * 3600.0,
-)
-
-
-def measured_indices(key: PRNGKeyArray, claim: int, num_images: int, n: int) -> np.ndarray:
-    """The (sorted) indices of the ``n`` clean images that :func:`diagnose` with ``key`` measures
-    in ``claim`` out of ``num_images``: drawn without replacement, a stream of its own per claim."""
-    sub = jax.random.fold_in(key, zlib.crc32(f"x0-{claim}".encode()))
+    Returns:
+        Sorted indices, shape ``(n,)``, drawn without replacement from a stream of the claim's.
+    """
+    sub = jax.random.fold_in(key, zlib.crc32(f"x0-{claim.number}".encode()))
     return np.sort(np.asarray(jax.random.choice(sub, num_images, (n,), replace=False)))
 
 
@@ -131,11 +57,15 @@ def measured_indices(key: PRNGKeyArray, claim: int, num_images: int, n: int) -> 
 class Diagnosis:
     """What :func:`diagnose` measured: per claim (keyed by its title) the verdict rows, the
     numbers behind them (per-level medians of the network and of each control) and the
-    figures (name -> ``matplotlib.figure.Figure``)."""
+    figures (name -> ``matplotlib.figure.Figure``, or the path under the output directory of
+    one already written there); the report's ``header``, and per claim title an optional
+    ``notes`` line and its run time in ``timings`` (seconds)."""
 
     label: str
     measurements: dict[str, Measurement]
     header: dict[str, Any] = dataclasses.field(default_factory=dict)
+    notes: dict[str, str] = dataclasses.field(default_factory=dict)
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def rows(self) -> dict[str, list[ClaimRow]]:
@@ -143,9 +73,8 @@ class Diagnosis:
 
     @property
     def numbers(self) -> dict[str, dict]:
-        """``{"differential" | "integral": numbers}``, as in results.json."""
-        keys = {v: NUMBERS[k] for k, v in TITLES.items()}
-        return {keys[t]: m.numbers for t, m in self.measurements.items()}
+        """``{claim key: numbers}`` (``"differential"``, ``"integral"``), as in results.json."""
+        return {claim_of_title(t).key: m.numbers for t, m in self.measurements.items()}
 
     @property
     def passed(self) -> bool:
@@ -156,9 +85,18 @@ class Diagnosis:
         """A :class:`wgfm.report.Report` writing under ``out`` (figures saved there now)."""
         report = Report(Path(out), title=f"wgfm diagnose report: {self.label}")
         for title, m in self.measurements.items():
-            report.add_measurement(title, m)
-            key = {v: NUMBERS[k] for k, v in TITLES.items()}[title]
-            report.numbers.setdefault(key, {})[self.label] = m.numbers
+            written = {k: f for k, f in m.figures.items() if isinstance(f, str)}
+            report.add_measurement(title, dataclasses.replace(m, figures={}))
+            for name, fig in m.figures.items():
+                if name in written:
+                    report.figures.setdefault(title, []).append(fig)
+                else:
+                    report.save_figure(title, fig, name)
+            report.numbers.setdefault(claim_of_title(title).key, {})[self.label] = m.numbers
+            if title in self.notes:
+                report.notes[title] = self.notes[title]
+            if title in self.timings:
+                report.timings[title] = self.timings[title]
         return report
 
     def to_markdown(self) -> str:
@@ -166,7 +104,9 @@ class Diagnosis:
         report = Report(Path("."), title=f"wgfm diagnose report: {self.label}")
         for title, m in self.measurements.items():
             report.rows[title] = list(m.rows)
-            report.figures[title] = [f"figures/{name}.png" for name in m.figures]
+            report.figures[title] = [
+                f if isinstance(f, str) else f"figures/{name}.png" for name, f in m.figures.items()
+            ]
         return report.markdown(self.header)
 
     def to_json(self) -> str:
@@ -200,29 +140,46 @@ def diagnose(
     kind: Kind | None = None,
     sizes: DiagnoseSizes = QUICK,
     untrained: Field | None = None,
-    claims: tuple[int, ...] = (1, 2),
+    claims: tuple[str, ...] = tuple(CLAIMS),
     label: str = "model",
-    exact: bool | None = None,
     devices: int | None = None,
     mesh=None,
 ) -> Diagnosis:
-    """Claims 1 and 2 on ``field`` (any kind; converted to its score) at the noise levels of
-    ``sizes``, on clean ``images`` ``(N, *shape)`` noised by ``process``.
+    """The registered claims (:data:`wgfm.diagnosis.registry.CLAIMS`) on ``field``, beside the
+    Gaussian-fit and untrained controls.
 
-    ``kind`` is what ``field`` returns (default: its ``kind`` attribute, as fields from
-    :func:`wgfm.interop.load_diffusers` carry). Controls on the same points: the exact score of
-    the Gaussian fitted to up to 10,000 of ``images``, and ``untrained`` (a field of the same
-    kind; by default ``field`` with freshly drawn parameters when it carries ``model`` and
-    ``params``, else no untrained control). Keys derive from ``key`` by name, so one claim run
-    alone gives the numbers it gives in a full diagnosis.
+    The field (any kind) is converted to its score and measured at the noise levels of
+    ``sizes`` on noised copies of the clean ``images``. Controls on the same points: the exact
+    score of the Gaussian fitted to up to 10,000 of ``images``, and the same architecture
+    untrained. Keys derive from ``key`` by name, so one claim run alone gives the numbers it
+    gives in a full diagnosis. Claim 1's exact-or-probes choice is ``sizes``' (``jacobians``,
+    ``max_exact_dim``, ``exact_budget_s``). A field that runs through PyTorch
+    (:func:`wgfm.interop.torch_field`) runs on one device, and the header says so.
 
-    Claim 1 takes exact Jacobians when ``exact`` is True; probe estimates with their standard
-    errors when False; when None, as ``sizes`` says (``max_exact_dim``, or the budget
-    ``exact_budget_s`` against the field's measured JVP time). ``mesh``
-    (:func:`wgfm.distributed.make_mesh`), or ``devices`` (a mesh over that many devices), splits
-    the images of every sweep over its devices, with the numbers of one device; a field that
-    runs through PyTorch (:func:`wgfm.interop.torch_field`) runs on one device, and the header
-    says so."""
+    Args:
+        field: ``(x (*shape), t ()) -> (*shape)``, returning ``kind``.
+        process: the forward process (the field's).
+        images: clean images, shape ``(N, *shape)``, ``N >= 2`` and at least as many as each
+            claim measures.
+        key: the diagnosis's key.
+        kind: what ``field`` returns (``"score"``, ``"eps"``, ``"x0"``, ``"velocity"``);
+            default its ``kind`` attribute, as fields of :func:`wgfm.interop.load_diffusers`
+            carry.
+        sizes: the sizes (:data:`QUICK`, :data:`FULL` or a :class:`DiagnoseSizes`).
+        untrained: the untrained control, a field of the same kind; default
+            ``field.untrained(...)`` (:class:`wgfm.pretrained.AbstractPretrainedField`), for a
+            plain callable that of :class:`wgfm.pretrained.CallableField` (none unless it is a
+            ``ModelField``).
+        claims: keys of the claims to measure, in :data:`CLAIMS` (default: all).
+        label: the field's name in rows and figures.
+        devices: split the images of every sweep over this many devices (a mesh of
+            :func:`wgfm.distributed.make_mesh`); the numbers are those of one device.
+        mesh: that mesh itself, instead of ``devices``.
+
+    Returns:
+        A :class:`Diagnosis`: per claim title its :class:`wgfm.report.Measurement`; the
+        header says where the sweeps ran and each claim's header lines.
+    """
     kind = kind or getattr(field, "kind", None)
     if kind is None:
         raise ValueError(
@@ -238,9 +195,11 @@ def diagnose(
     header = {"devices": device_line(field, mesh)}
     if on_torch(field):
         mesh = None
-    bad = [c for c in claims if c not in TITLES]
+    bad = [c for c in claims if c not in CLAIMS]
     if bad or not claims:
-        raise ValueError(f"`claims` must be a non-empty tuple among (1, 2), got {claims!r}.")
+        raise ValueError(
+            f"`claims` must be a non-empty tuple among {tuple(CLAIMS)}, got {claims!r}."
+        )
     x = np.asarray(images)
     if x.ndim < 2 or len(x) < 2:
         raise ValueError(f"`images` must have shape (N, *sample_shape) with N >= 2, got {x.shape}.")
@@ -250,39 +209,42 @@ def diagnose(
     def sub(name: str):
         return jax.random.fold_in(key, zlib.crc32(name.encode()))
 
-    shape = tuple(x.shape[1:])
     score = as_field(process, field, kind=kind, to="score")
     fit = x[:GAUSSIAN_FIT_MAX]
-    gradient = gaussian_fit_score(fit, process)
     if untrained is None:
         pretrained = (
             field
             if isinstance(field, AbstractPretrainedField)
             else CallableField(field, kind, process)
         )
-        untrained = pretrained.untrained(key=sub("untrained"), sample_shape=shape)
-    untrained_score = (
-        None if untrained is None else as_field(process, untrained, kind=kind, to="score")
-    )
-    common = dict(
-        gradient=gradient,
-        untrained=untrained_score,
-        label=label,
+        untrained = pretrained.untrained(key=sub("untrained"), sample_shape=tuple(x.shape[1:]))
+    controls = Controls(
+        gradient=gaussian_fit_score(fit, process),
+        untrained=None
+        if untrained is None
+        else as_field(process, untrained, kind=kind, to="score"),
         control_name=f"exact score of the Gaussian fitted to {len(fit)} clean images",
     )
     measurements = {}
-    for claim in claims:
-        n = sizes.num_samples if claim == 1 else sizes.loop_samples
+    for claim in (CLAIMS[c] for c in claims):
+        n = claim.num_samples(sizes)
         if n > len(x):
-            raise ValueError(f"claim {claim} needs {n} clean images, `images` holds {len(x)}.")
+            raise ValueError(
+                f"claim {claim.number} needs {n} clean images, `images` holds {len(x)}."
+            )
         x0 = jnp.asarray(x[measured_indices(key, claim, len(x), n)])
-        k = sub(f"claim-{claim}")
-        if claim == 1:
-            m = _claim1(score, process, x0, sizes, key=k, exact=exact, mesh=mesh, **common)
-            header["claim 1 Jacobians"] = m.numbers["jacobian"]["description"]
-        else:
-            m = _claim2(score, process, x0, sizes, key=k, mesh=mesh, **common)
-        measurements[TITLES[claim]] = m
+        m = claim.measure(
+            score,
+            process,
+            x0,
+            sizes,
+            key=sub(f"claim-{claim.number}"),
+            controls=controls,
+            label=label,
+            mesh=mesh,
+        )
+        header.update(claim.header(m.numbers))
+        measurements[claim.title] = m
     return Diagnosis(label, measurements, header)
 
 
@@ -307,36 +269,3 @@ def device_line(field, mesh) -> str:
             "whose callbacks JAX does not split over devices"
         )
     return f"{n} devices ({where}), the images of every sweep split over them"
-
-
-def _claim1(score, process, x0: Array, sz: DiagnoseSizes, **kwargs) -> Measurement:
-    ts = times_grid(process, sz.num_levels)
-    return measure_asymmetry(
-        score,
-        process,
-        x0,
-        ts,
-        max_exact_dim=sz.max_exact_dim,
-        budget_s=None if sz.max_exact_dim is not None else sz.exact_budget_s,
-        sub_jacobian_size=sz.sub_jacobian_size,
-        num_probes=sz.num_probes,
-        batch_size=sz.batch_size,
-        **kwargs,
-    )
-
-
-def _claim2(score, process, x0: Array, sz: DiagnoseSizes, **kwargs) -> Measurement:
-    ts = times_grid(process, sz.loop_levels)
-    # One image at a time: every loop point is a network evaluation.
-    return measure_circulation(
-        score,
-        process,
-        x0,
-        ts,
-        loop_points=sz.loop_points,
-        bridge_steps=sz.bridge_steps,
-        noisy_copies=sz.noisy_copies,
-        noisy_points=sz.noisy_points,
-        batch_size=1,
-        **kwargs,
-    )

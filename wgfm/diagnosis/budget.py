@@ -24,6 +24,9 @@ from ..diagnostics.jacobian import JACOBIAN_CHUNK, sub_jacobian
 from ..report import fmt
 from ..typing import Field, Scalar
 
+# The exact-or-probes modes: decide by the sizes (max_exact_dim, else the budget), or force.
+JACOBIANS = ("auto", "exact", "probes")
+
 
 @dataclasses.dataclass(frozen=True)
 class JacobianChoice:
@@ -140,3 +143,46 @@ def choose_jacobian(
     if max_exact_dim is None:
         raise ValueError("one of `exact`, `budget_s` or `max_exact_dim` must be given.")
     return JacobianChoice(dim <= int(max_exact_dim), "max_exact_dim", dim, int(max_exact_dim))
+
+
+@dataclasses.dataclass(frozen=True)
+class JacobianPolicy:
+    """Claim 1's exact-or-probes policy, every knob in one place.
+
+    ``mode`` ``"exact"`` or ``"probes"`` forces the choice; ``"auto"`` takes exact Jacobians up
+    to ``max_exact_dim`` coordinates, or, when that is None, when their cost from a measured JVP
+    time fits ``budget_s`` seconds (:func:`choose_jacobian`). ``wgfm diagnose --jacobians`` is
+    ``mode``; :class:`wgfm.diagnosis.DiagnoseSizes` holds all three."""
+
+    mode: str = "auto"
+    max_exact_dim: int | None = 64
+    budget_s: float = 60.0
+
+    def __post_init__(self):
+        if self.mode not in JACOBIANS:
+            raise ValueError(f"`mode` must be one of {', '.join(JACOBIANS)}, got {self.mode!r}.")
+
+    def choose(self, field: Field, x: Array, t: Scalar, *, count: int) -> JacobianChoice:
+        """The choice for ``count`` Jacobians (per device) of ``field`` at points shaped like
+        ``x`` (one of them; timed at ``(x, t)`` on the budget path).
+
+        Args:
+            field: the field ``(x (*shape), t ()) -> (*shape)`` whose Jacobians are taken.
+            x: one point, shape ``(*shape)``.
+            t: its time, a scalar.
+            count: Jacobians per device (samples per device x levels x fields).
+
+        Returns:
+            The :class:`JacobianChoice`, with why it was made.
+        """
+        exact = {"auto": None, "exact": True, "probes": False}[self.mode]
+        by_dim = self.max_exact_dim is not None
+        return choose_jacobian(
+            field,
+            x,
+            t,
+            count=count,
+            exact=exact,
+            max_exact_dim=self.max_exact_dim,
+            budget_s=None if by_dim else self.budget_s,
+        )

@@ -4,6 +4,8 @@
   ``model_index.json`` chooses the denoiser class; ``UNet2DModel`` runs on the flax port
   (needs ``safetensors``, not torch), ``UNet2DConditionModel``, ``DiTTransformer2DModel`` and
   ``Transformer2DModel`` through :func:`torch_field` (:mod:`wgfm.interop.pipelines`).
+* :func:`load_model` — a model by spec, a diffusers directory or ``package.module:function``
+  (:mod:`wgfm.interop.load`), as ``(field, process)``.
 * :func:`scheduler_map` — a diffusers scheduler as a wgfm process and the network's calling
   convention in its time: DDPM-family betas, flow matching (with ``shift``), EDM
   (:mod:`wgfm.interop.schedulers`).
@@ -20,6 +22,7 @@ from .diffusers import (
     convert_state_dict,
     load_unet2d,
 )
+from .load import is_callable_spec, load_callable, load_model, model_fingerprint
 from .pipelines import TorchDiffusersField, load_pipeline, read_pipeline
 from .schedulers import SchedulerMap, scheduler_betas, scheduler_map, scheduler_process
 
@@ -37,6 +40,10 @@ __all__ = [
     "TorchField",
     "convert_state_dict",
     "diffusers_unet_fn",
+    "is_callable_spec",
+    "load_callable",
+    "load_model",
+    "model_fingerprint",
     "load_diffusers",
     "load_pipeline",
     "read_pipeline",

@@ -1,25 +1,82 @@
-"""The paper's two tests on one score field, as rows, numbers and figures.
+"""Claim 1, the differential constraint: is the score's Jacobian symmetric?
 
-:func:`measure_asymmetry` (the differential constraint: is the Jacobian symmetric?) and
-:func:`measure_circulation` (the integral constraint: do loop integrals vanish?) take any score
-field, a process and clean samples, noise the samples at every level and compare the field with
-the optional controls of :mod:`wgfm.diagnostics.controls` on the same points. ``wgfm diagnose``
-and the reproduction's claims 1 and 2 both measure with them.
+:func:`measure_asymmetry` takes any score field, a process and clean samples, noises the
+samples at every level and compares the field's Jacobian asymmetry with the optional controls
+of :mod:`wgfm.diagnostics.controls` on the same points; :class:`JacobianAsymmetry` is the claim in
+:data:`wgfm.diagnosis.registry.CLAIMS`, which ``wgfm diagnose`` and the reproduction's claim 1
+both measure with.
 """
 
 from __future__ import annotations
+
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray
 
-from ..diagnostics import noised_samples, sweep
-from ..diagnostics.kernels import FAMILIES, Circulation, ExactAsymmetry, SubAndProbe
+from ..diagnostics import noised_samples, sweep, times_grid
+from ..diagnostics.kernels import ExactAsymmetry, SubAndProbe
 from ..processes import AbstractProcess
 from ..report import ClaimRow, Measurement, fmt, level_bar
 from ..typing import Field
-from .budget import choose_jacobian
+from .budget import JacobianPolicy
+from .claim import NO_CONTROLS, AbstractClaim, Controls
+from .sizes import DiagnoseSizes
+
+
+class JacobianAsymmetry(AbstractClaim):
+    """Claim 1: the Jacobian asymmetry of the score at every noise level (:func:`measure_asymmetry`).
+
+    ``estimator_check`` and ``exact_samples`` are :func:`measure_asymmetry`'s checks of the
+    large-D estimators (the reproduction's; the diagnosis leaves both off)."""
+
+    number: ClassVar[int] = 1
+    key: ClassVar[str] = "differential"
+    title: ClassVar[str] = "1. Differential constraint: Jacobian asymmetry"
+    estimator_check: bool = False
+    exact_samples: int = 0
+
+    def num_levels(self, sizes: DiagnoseSizes) -> int:
+        return sizes.num_levels
+
+    def num_samples(self, sizes: DiagnoseSizes) -> int:
+        return sizes.num_samples
+
+    def measure(
+        self,
+        score: Field,
+        process: AbstractProcess,
+        x0: Array,
+        sizes: DiagnoseSizes,
+        *,
+        key: PRNGKeyArray,
+        controls: Controls = NO_CONTROLS,
+        label: str = "model",
+        mesh=None,
+    ) -> Measurement:
+        return measure_asymmetry(
+            score,
+            process,
+            x0,
+            times_grid(process, sizes.num_levels),
+            key=key,
+            gradient=controls.gradient,
+            untrained=controls.untrained,
+            label=label,
+            control_name=controls.control_name,
+            policy=JacobianPolicy(sizes.jacobians, sizes.max_exact_dim, sizes.exact_budget_s),
+            sub_jacobian_size=sizes.sub_jacobian_size,
+            num_probes=sizes.num_probes,
+            batch_size=sizes.batch_size,
+            estimator_check=self.estimator_check,
+            exact_samples=self.exact_samples,
+            mesh=mesh,
+        )
+
+    def header(self, numbers: dict[str, Any]) -> dict[str, str]:
+        return {f"claim {self.number} Jacobians": numbers["jacobian"]["description"]}
 
 
 def measure_asymmetry(
@@ -33,14 +90,12 @@ def measure_asymmetry(
     untrained: Field | None = None,
     label: str = "model",
     control_name: str = "gradient control",
-    max_exact_dim: int | None = 64,
+    policy: JacobianPolicy | None = None,
     sub_jacobian_size: int = 16,
     num_probes: int = 32,
     batch_size: int = 16,
     estimator_check: bool = False,
     exact_samples: int = 0,
-    exact: bool | None = None,
-    budget_s: float | None = None,
     mesh=None,
 ) -> Measurement:
     """Claim 1 on one score ``field``: its Jacobian asymmetry at every level of ``ts``.
@@ -52,9 +107,9 @@ def measure_asymmetry(
     ``untrained``. Exact ``D x D`` Jacobians or, else, ``num_probes``-probe estimates of the
     full ratio with their standard errors (the headline) and ``K x K`` sub-Jacobians
     (``K = sub_jacobian_size``, a certificate), ``batch_size`` samples at a time. Which:
-    ``exact`` if given; else, with ``budget_s``, exact when the JVPs they take (timed on
-    ``field``, see :func:`wgfm.diagnosis.budget.choose_jacobian`) fit that many seconds; else
-    exact up to ``max_exact_dim`` coordinates. ``numbers["jacobian"]`` records the choice.
+    as ``policy`` chooses (:class:`wgfm.diagnosis.budget.JacobianPolicy`, default exact up to
+    ``D = 64``: forced, by ``max_exact_dim``, or by the JVPs' measured cost against a budget in seconds).
+    ``numbers["jacobian"]`` records the choice.
     ``estimator_check`` (exact path only) also runs the
     large-D estimators on up to 8 samples and reports their agreement with the exact ratios;
     on the probe path, ``exact_samples > 0`` takes exact Jacobians of ``field`` on that
@@ -73,15 +128,8 @@ def measure_asymmetry(
     # Controls cost no more than the trained field (the same architecture, or a Gaussian's
     # linear score): time it alone and count every field's Jacobians at its price.
     count = -(-x0.shape[0] // devices) * len(ts) * len(fields)
-    choice = choose_jacobian(
-        field,
-        xs[len(ts) // 2, 0],
-        tsj[len(ts) // 2],
-        count=count,
-        exact=exact,
-        max_exact_dim=max_exact_dim,
-        budget_s=budget_s,
-    )
+    policy = policy or JacobianPolicy()  # exact up to D = 64
+    choice = policy.choose(field, xs[len(ts) // 2, 0], tsj[len(ts) // 2], count=count)
     exact = choice.exact
     if exact:
         res = {
@@ -375,124 +423,4 @@ def _agreement(label, sub, probe, exact, numbers: dict, k: int, which: str) -> C
         f"exact lambda ({which}) {fmt(np.median(exact))}; probe median relative error "
         f"{fmt(rel)}; sub/exact median {fmt(numbers['sub_vs_exact_median_ratio'])}",
         bool(np.median(sub) > 1e-2 and rel < 0.5),
-    )
-
-
-# family -> (figure-name suffix, caption) of its circulation-by-level figure.
-CAPTIONS = {
-    "circle": ("circle", "circles in random planes"),
-    "bridge": ("bridge", "Brownian-bridge loops"),
-    "pair rotation": ("pair", "pair rotations"),
-    "noisy copies": ("noisy", "noisy-copy cycles"),
-}
-
-
-def measure_circulation(
-    field: Field,
-    process: AbstractProcess,
-    x0: Array,
-    ts,
-    *,
-    key: PRNGKeyArray,
-    gradient: Field | None = None,
-    untrained: Field | None = None,
-    label: str = "model",
-    control_name: str = "gradient control",
-    families: tuple[str, ...] = FAMILIES,
-    loop_points: int = 64,
-    bridge_steps: int = 1000,
-    noisy_copies: int = 10,
-    noisy_points: int = 100,
-    batch_size: int | None = None,
-    figures: tuple[str, ...] = ("bridge",),
-    mesh=None,
-) -> Measurement:
-    """Claim 2 on one score ``field``: its circulation around loops at every level of ``ts``.
-
-    ``x0`` ``(n, *shape)`` are clean samples (vectors or images), noised once per level with
-    ``process``; each family's loop passes through (or around) every noisy sample. Optional
-    controls on the same loops: ``gradient`` (a field known to be a gradient, named
-    ``control_name`` in the rows; its circulation is quadrature error) and ``untrained``.
-    ``batch_size`` evaluates that many samples of a level at a time (large networks: every loop
-    point is a field evaluation). ``figures`` lists the families plotted by level, as
-    ``circulation_<label>_<suffix>``. ``mesh`` splits the samples over its devices (same
-    numbers). Raises ``ValueError`` naming the first non-finite level and sample."""
-    k_noise, k_loop = jax.random.split(key)
-    x0 = jnp.asarray(x0)
-    tsj = jnp.asarray(ts, x0.dtype)
-    xs = noised_samples(process, x0, tsj, key=k_noise)
-    pairs = (jnp.broadcast_to(x0, xs.shape), xs)
-    diag = Circulation(
-        process, tuple(families), loop_points, bridge_steps, noisy_copies, noisy_points
-    )
-    fields = {"trained": field, "untrained": untrained, "oracle score": gradient}
-    fields = {k: f for k, f in fields.items() if f is not None}
-    per_field = {  # the same loops (same key) for every field; (n, L) arrays
-        k: jax.tree.map(
-            lambda v: np.asarray(v).T,
-            sweep(
-                diag,
-                f,
-                pairs,
-                tsj,
-                key=k_loop,
-                mesh=mesh,
-                batch_size=batch_size,
-                checked=False,
-                what="loop circulation values are",
-                progress=level_bar(f"loops, {label}, {k}", x0),
-            ).values,
-        )
-        for k, f in fields.items()
-    }
-    from ..figures import lines_by_level
-
-    numbers: dict = {"levels": np.asarray(ts)}
-    rows, figs = [], {}
-    for family in families:
-        res = {k: v[family] for k, v in per_field.items()}
-        numbers[family] = {
-            k: {
-                "median_abs_I": np.median(v[0], 0),
-                "median_abs_I_norm": np.median(v[1], 0),
-                "median_abs_I_over_L": np.median(v[2], 0),
-            }
-            for k, v in res.items()
-        }
-        rows.append(
-            _row(label, family, {k: np.median(v[2], 0) for k, v in res.items()}, control_name)
-        )
-        if family in figures:
-            suffix, caption = CAPTIONS[family]
-            figs[f"circulation_{label}_{suffix}"] = lines_by_level(
-                np.asarray(ts),
-                {k: v[2] for k, v in res.items()},
-                "abs(I / L)",
-                f"Circulation per length, {caption} ({label})",
-            )
-    return Measurement(rows, numbers, figs)
-
-
-def _row(label: str, family: str, med: dict, control_name: str) -> ClaimRow:
-    """The verdict for one family from the median ``|I/L|`` per level of each field."""
-    tr = med["trained"]
-    untrained = f"; untrained {fmt(np.median(med['untrained']))}" if "untrained" in med else ""
-    claim = f"{label}, {family}: trained circulation is clearly non-zero at every level"
-    measured = f"median abs(I/L) {fmt(tr.min())}..{fmt(tr.max())}"
-    if "oracle score" not in med:  # no gradient control: a fixed threshold instead
-        return ClaimRow(
-            claim,
-            measured,
-            f"no gradient control given{untrained}",
-            bool(np.all(tr > 1e-4)),
-            "threshold 1e-4 at every level",
-        )
-    orc = med["oracle score"]
-    ratio = tr / np.maximum(orc, 1e-30)
-    return ClaimRow(
-        claim,
-        measured,
-        f"{control_name}: max {fmt(orc.max())}{untrained}",
-        bool(np.all(ratio > 10)),
-        f"trained/control >= {fmt(ratio.min())}",
     )

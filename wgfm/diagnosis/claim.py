@@ -1,0 +1,96 @@
+"""What a diagnostic of :func:`wgfm.diagnose` is: an :class:`AbstractClaim`.
+
+A claim has a number (the paper's), a key (its section of results.json), a title (its section
+of REPORT.md), the sizes it reads (how many noise levels and clean images), and a measurement
+of one score field beside its controls on the same points, whose rows are its verdicts and
+whose figures are its own. :data:`wgfm.diagnosis.registry.CLAIMS` lists them; the diagnosis,
+the ``wgfm diagnose`` command and the reproduction's claims 1 and 2 iterate that registry, so
+a new diagnostic is one module holding its subclass plus one entry there (docs/design.md §2).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any
+
+import equinox as eqx
+from jaxtyping import Array, PRNGKeyArray
+
+from ..processes import AbstractProcess
+from ..report import Measurement
+from ..typing import Field
+from .sizes import DiagnoseSizes
+
+
+@dataclasses.dataclass(frozen=True)
+class Controls:
+    """The score fields a claim measures beside the diagnosed one, on the same points: a field
+    known to be a gradient on the data's scale (``gradient``, named ``control_name`` in the
+    rows) and the same architecture untrained (``untrained``); either may be None."""
+
+    gradient: Field | None = None
+    untrained: Field | None = None
+    control_name: str = "gradient control"
+
+
+NO_CONTROLS = Controls()
+
+
+class AbstractClaim(eqx.Module):
+    """One diagnostic: its identity, the sizes it reads and its measurement.
+
+    Fields of a subclass are options of its measurement that are not sizes (which figures,
+    which extra checks); the registry holds each claim with its defaults."""
+
+    number: eqx.AbstractClassVar[int]  # the paper's claim; also names the claim's key streams
+    key: eqx.AbstractClassVar[str]  # results.json: numbers[key][label]
+    title: eqx.AbstractClassVar[str]  # REPORT.md section
+
+    @abc.abstractmethod
+    def num_levels(self, sizes: DiagnoseSizes) -> int:
+        """Noise levels this claim measures at ``sizes``."""
+
+    @abc.abstractmethod
+    def num_samples(self, sizes: DiagnoseSizes) -> int:
+        """Clean images per level this claim measures at ``sizes``."""
+
+    @abc.abstractmethod
+    def measure(
+        self,
+        score: Field,
+        process: AbstractProcess,
+        x0: Array,
+        sizes: DiagnoseSizes,
+        *,
+        key: PRNGKeyArray,
+        controls: Controls = NO_CONTROLS,
+        label: str = "model",
+        mesh=None,
+    ) -> Measurement:
+        """The claim on ``score`` at :func:`wgfm.diagnostics.times_grid`'s ``num_levels(sizes)``
+        levels of ``process``.
+
+        Args:
+            score: the score field ``(x (*shape), t ()) -> (*shape)`` diagnosed.
+            process: the forward process that noises ``x0``.
+            x0: clean samples, shape ``(num_samples(sizes), *shape)``.
+            sizes: the diagnosis's sizes.
+            key: the claim's key (noise, loops, probes).
+            controls: the score fields measured beside ``score`` on the same points.
+            label: the field's name in rows and figure names.
+            mesh: a ``jax.sharding.Mesh`` splitting the samples over its devices, or None.
+
+        Returns:
+            A :class:`wgfm.report.Measurement`: verdict rows, numbers (per-level medians of the
+            field and of each control) and figures (name -> matplotlib figure).
+        """
+
+    def header(self, numbers: dict[str, Any]) -> dict[str, str]:
+        """Report-header lines from this claim's ``numbers`` (default: none)."""
+        return {}
+
+    def units(self, sizes: DiagnoseSizes) -> int:
+        """Images x levels this claim measures at ``sizes`` (each for the field and its
+        controls): what its run time scales with."""
+        return self.num_levels(sizes) * self.num_samples(sizes)

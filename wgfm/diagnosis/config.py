@@ -1,0 +1,90 @@
+"""The options of ``wgfm diagnose``, written once: :class:`DiagnoseConfig`.
+
+The CLI hands this dataclass to tyro, which reads each field's docstring as its help; a new
+option is one field here (with its help) and its use where it applies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal
+
+from .sizes import FULL, QUICK, DiagnoseSizes
+from .spaces import results_json
+
+
+@dataclasses.dataclass(frozen=True)
+class DiagnoseConfig:
+    """Diagnose a pretrained diffusers model: the paper's claims 1 (Jacobian asymmetry at every
+    noise level) and 2 (circulation around its three loop families and a circle) beside an
+    untrained network of the same architecture and the exact score of a Gaussian fitted to the
+    clean images (REPORT.md, results.json and figures/ under --out). Rerunning resumes --out."""
+
+    model: Path
+    """a diffusers pipeline or model directory (model_index.json chooses the denoiser:
+    UNet2DModel on the flax port; UNet2DConditionModel, DiT and Transformer2DModel through
+    PyTorch), or package.module:function returning (field, process) or (field, process, kind)."""
+    data: Path | None = None
+    """CIFAR-10 python batches or MNIST IDX files, noised as the clean images."""
+    images: Path | None = None
+    """a folder of PNG/JPEG images (resized to the model's sample_size) instead."""
+    quick: bool = False
+    """minutes on a CPU for a ddpm-cifar10-32-sized model (few levels and images); without it,
+    the authors' sizes (meant for a GPU)."""
+    out: Path = Path("results/diagnose")
+    """output directory: new, empty, or an earlier run of the same model and settings."""
+    seed: int = 0
+    """random seed of noise, loops, probes and the untrained network."""
+    compile_cache: bool = True
+    """keep compiled programs in JAX's persistent cache."""
+    class_label: int | None = None
+    """the class of a class-conditional denoiser (default: its null class)."""
+    prompt_embedding: Path | None = None
+    """a .npy text embedding (seq, dim) for a UNet2DConditionModel."""
+    variant: str | None = None
+    """weights variant, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors)."""
+    mu: float | None = None
+    """the shift of a flow-matching scheduler with use_dynamic_shifting."""
+    guidance_scale: float | None = None
+    """w, for the classifier-free-guided field (1 + w) eps(x, c) - w eps(x) of a
+    class-conditional model with a null class (needs --class-label)."""
+    jacobians: Literal["auto", "exact", "probes"] = "auto"
+    """claim 1's Jacobians: auto (exact D x D ones when their cost, from a measured JVP time,
+    fits the mode's budget: 60 s quick, 4 h full; else probe estimates with standard errors),
+    exact, or probes."""
+    devices: int | None = None
+    """split the images over this many devices (a jax.sharding mesh; on a CPU host simulated
+    devices, set before JAX starts); a PyTorch-path model runs on one."""
+    pixel_run: Path | None = None
+    """for a latent pipeline, the --out of a pixel-space `wgfm diagnose` run on the same
+    images: claim 1 compares the two spaces level by level."""
+
+    def check(self) -> None:
+        """Raise a ``ValueError`` naming the first option that cannot work."""
+        from ..interop.load import is_callable_spec  # interop loads flax: not at CLI start
+
+        if not Path(self.model).is_dir() and not is_callable_spec(self.model):
+            raise ValueError(
+                f"`--model` {str(self.model)!r} is neither a directory nor package.module:function."
+            )
+        if self.prompt_embedding is not None and not Path(self.prompt_embedding).is_file():
+            raise ValueError(f"`--prompt-embedding` {str(self.prompt_embedding)!r} is not a file.")
+        if self.data is not None and self.images is not None:
+            raise ValueError("`--data` and `--images` are alternatives: give one of them.")
+        for name in ("data", "images"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_dir():
+                raise ValueError(f"`--{name}` {str(path)!r} is not a directory.")
+        if self.pixel_run is not None and not results_json(self.pixel_run).is_file():
+            raise ValueError(
+                f"`--pixel-run` {str(self.pixel_run)!r} is neither a `wgfm diagnose` output "
+                "directory nor its results.json."
+            )
+        if Path(self.out).exists() and not Path(self.out).is_dir():
+            raise ValueError(f"`--out` {str(self.out)!r} exists and is not a directory.")
+
+    @property
+    def sizes(self) -> DiagnoseSizes:
+        """The mode's sizes with this run's exact-or-probes choice."""
+        return dataclasses.replace(QUICK if self.quick else FULL, jacobians=self.jacobians)
