@@ -13,6 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import wgfm  # noqa: E402
 from wgfm.interop.torch import (  # noqa: E402
     as_torch_dtype,
     module_field,
@@ -42,7 +43,7 @@ class _Net(torch.nn.Module):
 def test_bfloat16_weights_on_cpu_values_jvp_vjp_against_torch():
     torch.manual_seed(0)
     net = _Net()
-    field = module_field(net, "eps", device="cpu", dtype="bfloat16")
+    field = module_field(net, "eps", wgfm.VP(), device="cpu", dtype="bfloat16")
     assert {p.dtype for p in net.parameters()} == {torch.bfloat16}  # moved once, in place
     assert field.net.device == torch.device("cpu") and field.net.dtype == torch.bfloat16
     assert "cpu in bfloat16" in field.backend
@@ -150,8 +151,8 @@ def test_reinitialised_diffusers_model_from_config_in_its_dtype():
         assert a.dtype == torch.bfloat16 and a.device == torch.device("cpu")
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     # The field's untrained control keeps the field's device and dtype.
-    field = module_field(_Net(), "eps", device="cpu", dtype="bfloat16")
-    control = field.untrained(seed=0)
+    field = module_field(_Net(), "eps", wgfm.VP(), device="cpu", dtype="bfloat16")
+    control = field.untrained(key=jax.random.key(0))
     assert control.net.dtype == torch.bfloat16 and control.net.device == torch.device("cpu")
     assert {p.dtype for p in control.module.parameters()} == {torch.bfloat16}
 

@@ -29,8 +29,9 @@ from typing import Any
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from ..pretrained import AbstractPretrainedField, torch_seed
 from ..processes import AbstractProcess
 from .schedulers import SchedulerMap, scheduler_map
 
@@ -156,7 +157,7 @@ def _index_class(index: dict, name: str) -> str | None:
 # Fields
 
 
-class TorchDiffusersField(eqx.Module):
+class TorchDiffusersField(AbstractPretrainedField):
     """A diffusers PyTorch denoiser as a wgfm field ``(x (H, W, C), t) -> kind``, through
     :func:`wgfm.interop.torch_field` (JVPs and VJPs by ``torch.func``). The network sees
     ``schedule.model_input(x, t)`` at ``schedule.timestep(t)`` with the fixed conditioning
@@ -184,24 +185,41 @@ class TorchDiffusersField(eqx.Module):
     def prediction_type(self) -> str:
         return self.schedule.prediction_type
 
+    def describe_process(self) -> str:
+        return self.schedule.describe()
+
     @property
     def backend(self) -> str:
         from .torch import backend_name
 
         return backend_name(self.net)
 
+    @property
+    def host_callback(self) -> bool:
+        return True
+
+    @property
+    def untrained_description(self) -> str:
+        return (
+            "the same architecture freshly initialised by PyTorch (diffusers' from_config, "
+            "seeded from the diagnosis key, on the model's device in its dtype)"
+        )
+
     def __call__(self, x: Float[Array, "h w c"], t: Float[ArrayLike, ""]) -> Array:
         t = jnp.asarray(t, x.dtype)
         s = self.schedule
         return s.value(x, self.net(s.model_input(x, t), s.timestep(t)), t)
 
-    def untrained(self, seed: int) -> TorchDiffusersField:
+    def untrained(
+        self, *, key: PRNGKeyArray, sample_shape: tuple[int, ...] = ()
+    ) -> TorchDiffusersField:
         """The same field around the same architecture freshly initialised by diffusers
-        (``from_config`` under ``torch.manual_seed(seed)``, built on the model's device in its
-        dtype: :func:`wgfm.interop.torch.reinitialised`): the untrained control."""
+        (``from_config`` under ``torch.manual_seed`` of a seed drawn from ``key``, built on the
+        model's device in its dtype: :func:`wgfm.interop.torch.reinitialised`): the untrained
+        control."""
         from .torch import reinitialised
 
-        fresh = reinitialised(self.module, seed)
+        fresh = reinitialised(self.module, torch_seed(key))
         return TorchDiffusersField(
             _torch_net(fresh, self.conditioning, self.net.device, self.net.dtype),
             self.schedule,

@@ -31,11 +31,12 @@ from __future__ import annotations
 import functools
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax.numpy as jnp
 import torch
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from .torch_ad import Spec, torch_call
 from .torch_device import (
@@ -60,6 +61,9 @@ __all__ = [
     "resolve_device",
     "torch_field",
 ]
+
+from ..pretrained import AbstractPretrainedField, torch_seed
+from ..processes import AbstractProcess
 
 
 class TorchField(eqx.Module):
@@ -127,14 +131,25 @@ def torch_field(
     return TorchField(fn, int(chunk_size), vmap, dtype, dev)
 
 
-class TorchModuleField(eqx.Module):
+class TorchModuleField(AbstractPretrainedField):
     """A batched ``torch.nn.Module`` ``(x (N, *shape), t (N,)) -> (N, *shape)`` as a field of
-    ``kind`` (through :func:`torch_field`), keeping the module for its untrained copy and its
-    ``sample_shape`` attribute, if any. Build it with :func:`module_field`."""
+    ``kind`` in the time of ``process`` (through :func:`torch_field`), keeping the module for
+    its untrained copy and its ``sample_shape`` attribute, if any. Build it with
+    :func:`module_field`."""
 
     net: TorchField
     module: torch.nn.Module = eqx.field(static=True)
     kind: str = eqx.field(static=True)
+    process: AbstractProcess
+    notes: tuple[str, ...] = eqx.field(static=True, default=())
+    latent: Any = eqx.field(static=True, default=None)
+    conditioning: Any = eqx.field(static=True, default=None)  # the module conditions itself
+    host_callback: bool = eqx.field(static=True, default=True)
+    untrained_description: str = eqx.field(
+        static=True,
+        default="the same architecture freshly initialised by PyTorch (every submodule's "
+        "reset_parameters, seeded from the diagnosis key, on the model's device in its dtype)",
+    )
 
     @property
     def backend(self) -> str:
@@ -142,7 +157,8 @@ class TorchModuleField(eqx.Module):
 
     @property
     def sample_shape(self) -> tuple[int, ...] | None:
-        return getattr(self.module, "sample_shape", None)
+        shape = getattr(self.module, "sample_shape", None)
+        return None if shape is None else tuple(int(v) for v in shape)
 
     @property
     def cls(self) -> str:
@@ -151,19 +167,24 @@ class TorchModuleField(eqx.Module):
     def __call__(self, x: Float[ArrayLike, "*shape"], t: Float[ArrayLike, ""]) -> Array:
         return self.net(x, t)
 
-    def untrained(self, seed: int) -> TorchModuleField:
+    def untrained(
+        self, *, key: PRNGKeyArray, sample_shape: tuple[int, ...] = ()
+    ) -> TorchModuleField:
         """The untrained control: :func:`reinitialised` (the module's ``reset_parameters`` under
-        ``torch.manual_seed(seed)``, on its device and in its dtype)."""
-        fresh = reinitialised(self.module, seed)
-        return module_field(fresh, self.kind, device=self.net.device, dtype=self.net.dtype)
+        ``torch.manual_seed`` of a seed drawn from ``key``, on its device and in its dtype)."""
+        fresh = reinitialised(self.module, torch_seed(key))
+        return module_field(
+            fresh, self.kind, self.process, device=self.net.device, dtype=self.net.dtype
+        )
 
 
 def module_field(
-    module: torch.nn.Module, kind: str, *, device=None, dtype=None
+    module: torch.nn.Module, kind: str, process: AbstractProcess, *, device=None, dtype=None
 ) -> TorchModuleField:
-    """:class:`TorchModuleField` of a batched ``module`` predicting ``kind``, placed on
-    ``device`` in ``dtype`` (:func:`torch_field`)."""
-    return TorchModuleField(torch_field(module, device=device, dtype=dtype), module, kind)
+    """:class:`TorchModuleField` of a batched ``module`` predicting ``kind`` in the time of
+    ``process``, placed on ``device`` in ``dtype`` (:func:`torch_field`)."""
+    field = torch_field(module, device=device, dtype=dtype)
+    return TorchModuleField(field, module, kind, process)
 
 
 def backend_name(net: TorchField) -> str:
