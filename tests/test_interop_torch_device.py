@@ -124,7 +124,7 @@ def test_reinitialised_plain_module_no_copy_of_reset_weights(monkeypatch):
         torch.testing.assert_close(a, b, rtol=0, atol=0)  # same draws in the same order
     for k, v in net.state_dict().items():  # the trained model is left alone
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
-    assert not torch.equal(fresh.lin1.weight, net.lin1.weight)
+    assert not torch.equal(fresh.get_parameter("lin1.weight"), net.lin1.weight)
 
     class Custom(torch.nn.Module):  # a reset_parameters that forgets one of its parameters
         def __init__(self):
@@ -163,13 +163,14 @@ def test_load_pipeline_torch_dtype_and_device(tmp_path):
     diffusers = pytest.importorskip("diffusers")
     from test_interop_pipelines import COND_UNET, _perturbed, _pipeline
 
-    from wgfm.interop import load_diffusers
+    from wgfm.interop import TorchDiffusersField, load_diffusers
 
     unet = _perturbed(diffusers.UNet2DConditionModel(**COND_UNET))
     parts = {"unet": unet, "scheduler": diffusers.DDIMScheduler()}
     root = _pipeline(tmp_path, "StableDiffusionPipeline", parts)
     e = np.random.default_rng(5).standard_normal((3, 8)).astype(np.float32)
     field, _ = load_diffusers(root, encoder_hidden_states=e, device="cpu", torch_dtype="bfloat16")
+    assert isinstance(field, TorchDiffusersField)
     assert {p.dtype for p in field.module.parameters()} == {torch.bfloat16}
     assert field.net.dtype == torch.bfloat16 and "bfloat16" in field.backend
     x = np.random.default_rng(6).standard_normal((8, 8, 4)).astype(np.float32)
