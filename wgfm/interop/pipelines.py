@@ -9,7 +9,7 @@ of a bare model directory. :func:`load_pipeline` then builds the field:
   supports its config, else on PyTorch;
 * ``UNet2DConditionModel``, ``DiTTransformer2DModel``, ``Transformer2DModel`` (patched,
   ``ada_norm_zero``: DiT) and class-conditional ``UNet2DModel`` through
-  :func:`wgfm.interop.torch_field` (values by callback, tangents by ``torch.func.jvp``; no VJP);
+  :func:`wgfm.interop.torch_field` (values by callback, JVPs and VJPs by ``torch.func``);
 * anything else raises, naming the class.
 
 Both kinds of field take one sample ``(H, W, C)`` and a wgfm time, and carry ``kind``,
@@ -159,7 +159,7 @@ def _index_class(index: dict, name: str) -> str | None:
 
 class TorchDiffusersField(AbstractPretrainedField):
     """A diffusers PyTorch denoiser as a wgfm field ``(x (H, W, C), t) -> kind``, through
-    :func:`wgfm.interop.torch_field` (forward mode only: JVPs, no VJP). The network sees
+    :func:`wgfm.interop.torch_field` (JVPs and VJPs by ``torch.func``). The network sees
     ``schedule.model_input(x, t)`` at ``schedule.timestep(t)`` with the fixed conditioning
     ``notes`` names; ``learned_variance``: only the first half of its output channels."""
 
@@ -190,7 +190,9 @@ class TorchDiffusersField(AbstractPretrainedField):
 
     @property
     def backend(self) -> str:
-        return "PyTorch (torch_field: forward-mode JVPs, no VJP)"
+        from .torch import backend_name
+
+        return backend_name(self.net)
 
     @property
     def host_callback(self) -> bool:
@@ -200,7 +202,7 @@ class TorchDiffusersField(AbstractPretrainedField):
     def untrained_description(self) -> str:
         return (
             "the same architecture freshly initialised by PyTorch (diffusers' from_config, "
-            "seeded from the diagnosis key)"
+            "seeded from the diagnosis key, on the model's device in its dtype)"
         )
 
     def __call__(self, x: Float[Array, "h w c"], t: Float[ArrayLike, ""]) -> Array:
@@ -212,15 +214,14 @@ class TorchDiffusersField(AbstractPretrainedField):
         self, *, key: PRNGKeyArray, sample_shape: tuple[int, ...] = ()
     ) -> TorchDiffusersField:
         """The same field around the same architecture freshly initialised by diffusers
-        (``from_config`` under ``torch.manual_seed`` of a seed drawn from ``key``): the
-        untrained control."""
-        import torch
+        (``from_config`` under ``torch.manual_seed`` of a seed drawn from ``key``, built on the
+        model's device in its dtype: :func:`wgfm.interop.torch.reinitialised`): the untrained
+        control."""
+        from .torch import reinitialised
 
-        torch.manual_seed(torch_seed(key))
-        dtype = next(self.module.parameters()).dtype
-        fresh = type(self.module).from_config(self.module.config).eval().to(dtype)
+        fresh = reinitialised(self.module, torch_seed(key))
         return TorchDiffusersField(
-            _torch_net(fresh, self.conditioning),
+            _torch_net(fresh, self.conditioning, self.net.device, self.net.dtype),
             self.schedule,
             self.sample_shape,
             self.cls,
@@ -249,7 +250,7 @@ class Conditioning:
         return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
-def _torch_net(module, cond: Conditioning):
+def _torch_net(module, cond: Conditioning, device=None, dtype=None):
     from .torch import contiguous_group_norms, torch_field
 
     contiguous_group_norms(module)
@@ -260,7 +261,7 @@ def _torch_net(module, cond: Conditioning):
 
         ehs_t = torch.from_numpy(np.array(ehs, copy=True))
     fn = functools.partial(_module_call, module, cond, ehs_t)
-    return torch_field(fn)
+    return torch_field(fn, device=device, dtype=dtype)  # moves module (found on the partial)
 
 
 def _module_call(module, cond: Conditioning, ehs, x, t):
@@ -273,13 +274,14 @@ def _module_call(module, cond: Conditioning, ehs, x, t):
     if w:  # one call on [conditional; unconditional], as the diffusers pipelines batch it
         x, t = torch.cat([x, x]), torch.cat([t, t])
     if cond.class_label is not None:
-        labels = torch.full((n,), cond.class_label, dtype=torch.long)
+        labels = torch.full((n,), cond.class_label, dtype=torch.long, device=x.device)
         if w:
             null = int(cond.null_label)  # pyright: ignore[reportArgumentType]  (load checks it)
-            labels = torch.cat([labels, torch.full((n,), null, dtype=torch.long)])
+            labels = torch.cat([labels, torch.full_like(labels, null)])
         kw["class_labels"] = labels
     if ehs is not None:
-        kw["encoder_hidden_states"] = ehs.to(x.dtype).expand(x.shape[0], *ehs.shape[1:])
+        ehs = ehs.to(device=x.device, dtype=x.dtype)
+        kw["encoder_hidden_states"] = ehs.expand(x.shape[0], *ehs.shape[1:])
     out = module(x.permute(0, 3, 1, 2), timestep=t, **kw).sample
     if cond.learned_variance:
         out = out[:, : cond.channels]
@@ -304,6 +306,8 @@ def load_pipeline(
     encoder_hidden_states: ArrayLike | None = None,
     variant: str | None = None,
     guidance_scale: float | None = None,
+    device=None,
+    torch_dtype=None,
 ):
     """``(field, process)`` of a diffusers pipeline or model directory (module docstring);
     exported as :func:`wgfm.interop.load_diffusers`.
@@ -320,7 +324,11 @@ def load_pipeline(
     text embedding of a ``UNet2DConditionModel``. ``variant``: weights such as
     ``diffusion_pytorch_model.fp16.safetensors`` (cast to ``dtype``). ``guidance_scale`` ``w``:
     the classifier-free-guided field ``(1 + w) F(x, c) - w F(x, null)`` of a class-conditional
-    denoiser with a null class (diffusers' ``guidance_scale`` is ``1 + w``)."""
+    denoiser with a null class (diffusers' ``guidance_scale`` is ``1 + w``). PyTorch denoisers:
+    ``device`` (``"cuda"``, ``"mps"``, ``"cpu"``; None: the accelerator when present) and
+    ``torch_dtype`` (``"bfloat16"``, ``"float16"``, ``"float32"`` or a ``torch.dtype``; None:
+    ``dtype``) for the weights and activations, loaded in that dtype and moved once
+    (:func:`wgfm.interop.torch.place_module`); the field's inputs and outputs stay ``dtype``."""
     from .diffusers import DiffusersField, has_learned_variance, hwc_shape, load_unet2d
 
     if backend not in ("auto", "flax", "torch"):
@@ -381,7 +389,7 @@ def load_pipeline(
         raise ValueError(
             f"the flax port is UNet2DModel only; {cls} needs backend 'torch' or 'auto'."
         )
-    module = _load_module(pd, variant, dtype)
+    module = _load_module(pd, variant, dtype, torch_dtype)
     cond = _conditioning(module, pd, learned, class_label, encoder_hidden_states, notes)
     if guidance_scale:
         if cond.class_label is None or cond.null_label in (None, cond.class_label):
@@ -400,12 +408,19 @@ def load_pipeline(
     c = module.config
     shape = hwc_shape(c.get("sample_size"), c.get("in_channels"), cls)
     field = TorchDiffusersField(
-        _torch_net(module, cond), schedule, shape, cls, tuple(notes), pd.latent, module, cond
+        _torch_net(module, cond, device, torch_dtype),
+        schedule,
+        shape,
+        cls,
+        tuple(notes),
+        pd.latent,
+        module,
+        cond,
     )
     return field, schedule.process
 
 
-def _load_module(pd: PipelineDir, variant: str | None, dtype):
+def _load_module(pd: PipelineDir, variant: str | None, dtype, torch_dtype=None):
     try:
         import diffusers
         import torch
@@ -419,6 +434,10 @@ def _load_module(pd: PipelineDir, variant: str | None, dtype):
     )
     if tdtype is None:
         raise ValueError(f"`dtype` must be float32 or float64, got {dtype!r}.")
+    if torch_dtype is not None:
+        from .torch import as_torch_dtype
+
+        tdtype = as_torch_dtype(torch_dtype)  # loaded in it: no float32 copy first
     cls = getattr(diffusers, pd.cls)
     try:
         module = cls.from_pretrained(str(pd.denoiser), variant=variant, torch_dtype=tdtype)
