@@ -40,5 +40,8 @@ class StableDiffusion(AbstractDenoiser):
     def accepts(self, config: dict) -> bool:
         return all(config.get(k) is None for k in EXTRA)
 
+    def refusal(self, config: dict) -> str | None:
+        return refuse_extra(config, {})
+
     def conditions(self, config, module, shape, pixels):
         return (text(config),)
