@@ -8,8 +8,8 @@
 * :func:`scheduler_map` — a diffusers scheduler as a wgfm process and the network's calling
   convention in its time: DDPM-family betas, flow matching (with ``shift``), EDM
   (:mod:`wgfm.interop.schedulers`).
-* :func:`torch_field` — any PyTorch callable ``(x, t) -> y`` as a JAX field (jit, vmap and
-  forward-mode AD through ``torch.func``); torch is imported only when it is called."""
+* :func:`torch_field` — any PyTorch callable ``(x, t) -> y`` as a JAX field (jit, vmap, JVPs and
+  VJPs through ``torch.func``, on its device and dtype); torch is imported only when called."""
 
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ registry (:mod:`wgfm.interop.denoisers`) and builds the field:
 * an unconditional ``UNet2DModel`` on the flax port (:func:`wgfm.interop.diffusers.load_unet2d`)
   when the port supports its config;
 * every other family through :func:`wgfm.interop.torch_field`
-  (:class:`~wgfm.interop.torch_diffusers.TorchDiffusersField`: values by callback, tangents by
-  ``torch.func.jvp``; no VJP), with its conditions checked against the family's declaration
+  (:class:`~wgfm.interop.torch_diffusers.TorchDiffusersField`: values by callback, JVPs and
+  VJPs by ``torch.func``), with its conditions checked against the family's declaration
   (:mod:`wgfm.interop.conditioning`);
 * anything else raises one line naming the class and the reason.
 
@@ -151,6 +151,8 @@ def load_pipeline(
     condition: Mapping[str, ArrayLike] | None = None,
     negative_condition: Mapping[str, ArrayLike] | None = None,
     sample_size: int | tuple[int, int] | None = None,
+    device=None,
+    torch_dtype=None,
 ):
     """``(field, process)`` of a diffusers pipeline or model directory (module docstring);
     exported as :func:`wgfm.interop.load_diffusers`.
@@ -175,7 +177,11 @@ def load_pipeline(
     ``F(x, null) + w (F(x, c) - F(x, null))`` with ``negative_condition`` as the null one.
     ``sample_size``: the latent height and width (default: the config's, FLUX: 128).
     ``variant``: weights such as ``diffusion_pytorch_model.fp16.safetensors`` (cast to
-    ``dtype``)."""
+    ``dtype``). PyTorch denoisers: ``device`` (``"cuda"``, ``"mps"``, ``"cpu"``; None: the
+    accelerator when present) and ``torch_dtype`` (``"bfloat16"``, ``"float16"``,
+    ``"float32"`` or a ``torch.dtype``; None: ``dtype``) for the weights and activations,
+    loaded in that dtype and moved once (:func:`wgfm.interop.torch.place_module`); the field's
+    inputs and outputs stay ``dtype``."""
     from .diffusers import DiffusersField, hwc_shape, load_unet2d
 
     if backend not in ("auto", "flax", "torch"):
@@ -237,7 +243,7 @@ def load_pipeline(
         raise ValueError(
             f"the flax port is UNet2DModel only; {cls} needs backend 'torch' or 'auto'."
         )
-    module = _load_module(pd, variant, dtype)
+    module = _load_module(pd, variant, dtype, torch_dtype)
     f = 1 if pd.latent is None else pd.latent.factor()
     conds = family.conditions(config, module, shape, (shape[0] * f, shape[1] * f))
     cond, cond_notes = conditioning(
@@ -246,7 +252,7 @@ def load_pipeline(
     notes += cond_notes
     if port_problem:
         notes.append(f"PyTorch, as the flax port does not support this config ({port_problem})")
-    net = torch_net(module, family, cond)
+    net = torch_net(module, family, cond, device, torch_dtype)
     field = TorchDiffusersField(
         net, schedule, shape, cls, tuple(notes), pd.latent, module, cond, family
     )
@@ -311,7 +317,7 @@ def pipeline_mu(config: dict, image_seq_len: int) -> float:
     return mu
 
 
-def _load_module(pd: PipelineDir, variant: str | None, dtype):
+def _load_module(pd: PipelineDir, variant: str | None, dtype, torch_dtype=None):
     try:
         import diffusers
         import torch
@@ -325,6 +331,10 @@ def _load_module(pd: PipelineDir, variant: str | None, dtype):
     )
     if tdtype is None:
         raise ValueError(f"`dtype` must be float32 or float64, got {dtype!r}.")
+    if torch_dtype is not None:
+        from .torch import as_torch_dtype
+
+        tdtype = as_torch_dtype(torch_dtype)  # loaded in it: no float32 copy first
     cls = getattr(diffusers, pd.cls)
     try:
         module = cls.from_pretrained(str(pd.denoiser), variant=variant, torch_dtype=tdtype)

@@ -24,7 +24,7 @@ from .schedulers import SchedulerMap
 
 class TorchDiffusersField(AbstractPretrainedField):
     """A diffusers PyTorch denoiser as a wgfm field ``(x (H, W, C), t) -> kind``, through
-    :func:`wgfm.interop.torch_field` (forward mode only: JVPs, no VJP). The network sees
+    :func:`wgfm.interop.torch_field` (JVPs and VJPs by ``torch.func``). The network sees
     ``schedule.model_input(x, t)`` at ``schedule.timestep(t)`` as its ``family`` maps it, with
     the fixed conditioning ``notes`` names; ``learned_variance``: only the first half of its
     output channels."""
@@ -57,7 +57,9 @@ class TorchDiffusersField(AbstractPretrainedField):
 
     @property
     def backend(self) -> str:
-        return "PyTorch (torch_field: forward-mode JVPs, no VJP)"
+        from .torch import backend_name
+
+        return backend_name(self.net)
 
     @property
     def host_callback(self) -> bool:
@@ -67,7 +69,7 @@ class TorchDiffusersField(AbstractPretrainedField):
     def untrained_description(self) -> str:
         return (
             "the same architecture freshly initialised by PyTorch (diffusers' from_config, "
-            "seeded from the diagnosis key)"
+            "seeded from the diagnosis key, on the model's device in its dtype)"
         )
 
     def __call__(self, x: Float[Array, "h w c"], t: Float[ArrayLike, ""]) -> Array:
@@ -79,16 +81,15 @@ class TorchDiffusersField(AbstractPretrainedField):
         self, *, key: PRNGKeyArray, sample_shape: tuple[int, ...] = ()
     ) -> TorchDiffusersField:
         """The same field around the same architecture freshly initialised by diffusers
-        (``from_config`` under ``torch.manual_seed`` of a seed drawn from ``key``): the
-        untrained control."""
-        import torch
+        (``from_config`` under ``torch.manual_seed`` of a seed drawn from ``key``, built on the
+        model's device in its dtype: :func:`wgfm.interop.torch.reinitialised`): the untrained
+        control."""
+        from .torch import reinitialised
 
-        torch.manual_seed(torch_seed(key))
-        dtype = next(self.module.parameters()).dtype
-        fresh = type(self.module).from_config(self.module.config).eval().to(dtype)
+        fresh = reinitialised(self.module, torch_seed(key))
         assert self.family is not None and self.conditioning is not None
         return TorchDiffusersField(
-            torch_net(fresh, self.family, self.conditioning),
+            torch_net(fresh, self.family, self.conditioning, self.net.device, self.net.dtype),
             self.schedule,
             self.sample_shape,
             self.cls,
@@ -100,8 +101,10 @@ class TorchDiffusersField(AbstractPretrainedField):
         )
 
 
-def torch_net(module, family: AbstractDenoiser, cond: Conditioning):
-    """The :class:`wgfm.interop.TorchField` calling ``module`` as ``family`` with ``cond``."""
+def torch_net(module, family: AbstractDenoiser, cond: Conditioning, device=None, dtype=None):
+    """The :class:`wgfm.interop.TorchField` calling ``module`` as ``family`` with ``cond``, on
+    ``device`` in ``dtype`` (:func:`wgfm.interop.torch_field`: it moves the module, found on
+    the partial)."""
     import torch
 
     from .torch import contiguous_group_norms, torch_field
@@ -112,7 +115,8 @@ def torch_net(module, family: AbstractDenoiser, cond: Conditioning):
         {n: (torch.from_numpy(np.array(a, copy=True))[None], added) for n, (a, added) in s.items()}
         for s in sets
     )
-    return torch_field(functools.partial(_module_call, module, family, cond, tensors))
+    fn = functools.partial(_module_call, module, family, cond, tensors)
+    return torch_field(fn, device=device, dtype=dtype)
 
 
 def _module_call(module, family: AbstractDenoiser, cond: Conditioning, tensors, x, t):
@@ -126,7 +130,7 @@ def _module_call(module, family: AbstractDenoiser, cond: Conditioning, tensors, 
     kw, added = {}, {}
     for name, (_, is_added) in tensors[0].items():
         parts = [s[name][0].expand(n, *s[name][0].shape[1:]) for s in tensors]
-        v = torch.cat(parts)
+        v = torch.cat(parts).to(x.device)
         v = v if not v.is_floating_point() else v.to(x.dtype)
         (added if is_added else kw)[name] = v
     out = family.forward(module, xs, ts, kw, added)
