@@ -230,7 +230,7 @@ def test_flux_diagnosis_end_to_end(tmp_path):
     import jax
     from test_diagnose import SIZES
 
-    from wgfm.diagnosis import TITLES, diagnose
+    from wgfm.diagnosis import CLAIMS, diagnose
 
     torch.manual_seed(1)
     tr = diffusers.FluxTransformer2DModel(**dict(FLUX, guidance_embeds=False))  # schnell-type
@@ -241,7 +241,7 @@ def test_flux_diagnosis_end_to_end(tmp_path):
     images = np.random.default_rng(0).standard_normal((4, 8, 8, 4)).astype(np.float32)
     d = diagnose(field, process, images, key=jax.random.key(0), sizes=SIZES)
     assert "probe" in d.header["claim 1 Jacobians"]
-    rows = d.rows[TITLES[1]]
+    rows = d.rows[CLAIMS["differential"].title]
     assert len(rows) == 2 and "untrained" in rows[1].control
     leaves = jax.tree.leaves(d.numbers)
     floats = [float(v) for v in leaves if isinstance(v, (float, np.floating))]
