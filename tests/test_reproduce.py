@@ -86,13 +86,15 @@ def test_harmless_at_floor_and_harmful_beyond(results):
 def test_designed_transport_experiment_reports_intervals(results):
     _, res = results
     rows = _rows(res, "4.")
-    corr = [r for r in rows if r["claim"].startswith("trained networks (")]
-    # SW2, MMD and excess NLL, each with a point estimate and [lo, hi] per statistic
-    assert len(corr) == 3 and all(r["measured"].count("[") == 3 for r in corr), corr
+    paired = [r for r in rows if r["claim"].startswith("trained networks (")]
+    # SW2, MMD and excess NLL: the harmless contrast, the generic one and the replica's, each
+    # with a point estimate and [lo, hi]
+    assert len(paired) == 3 and all(r["measured"].count("[") == 1 for r in paired), paired
+    assert all(r["control"].count("[") == 2 for r in paired), paired
     design = [r for r in rows if r["claim"].startswith("the design separates")]
     assert len(design) == 1 and design[0]["verdict"], design
     an = res["numbers"]["harm"]["designed"]["analysis"]
-    assert an["n_bases"] >= 12 and an["sw2"]["partial_residual_given_lambda"]["lo"] > 0
+    assert an["n_runs"] >= 12 and an["secondary"]["sw2"]["partial_residual_given_lambda"]["lo"] > 0
 
 
 def test_smoke_notebook_runs_every_claim_and_writes_every_figure(smoke):
@@ -106,10 +108,10 @@ def test_smoke_notebook_runs_every_claim_and_writes_every_figure(smoke):
     assert len([r for r in rows["2"] if "trained circulation" in r["claim"]]) == 12
     assert len([r for r in rows["3"] if "eps- and WGF-FM" in r["claim"]]) == 1
     assert len([r for r in rows["4"] if r["claim"].startswith("oracle +")]) == 4
-    corr = [r for r in rows["4"] if r["claim"].startswith("trained networks (")]
-    assert len(corr) == 3 and all(r["measured"].count("[") == 3 for r in corr), corr
+    paired = [r for r in rows["4"] if r["claim"].startswith("trained networks (")]
+    assert len(paired) == 3 and all(r["measured"].count("[") == 1 for r in paired), paired
     an = res["numbers"]["harm"]["designed"]["analysis"]
-    assert an["n_bases"] == 6  # 2 seeds x 3 snapshots at the smoke sizes
+    assert an["n_bases"] == 6 and an["n_runs"] == 2  # 2 runs x 3 snapshots at the smoke sizes
     figs = [f for fs in res["figures"].values() for f in fs]
     assert len(figs) >= 9
     for f in figs:
