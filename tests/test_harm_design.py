@@ -17,6 +17,7 @@ from scipy import stats
 from experiments import harm_analysis, harm_design, harm_measure, harm_publish
 from experiments.assets import Context
 from experiments.config import QUICK, ReproduceConfig
+from experiments.objectives import train
 from experiments.publish import replace_between
 from experiments.rankstats import (
     FAILS,
@@ -277,6 +278,28 @@ def test_designed_score_is_one_structure_with_the_size_as_input():
     assert harm_design.variants((0.5,), final=False) == [("trained", 0.0)]
     with pytest.raises(ValueError, match="family"):
         harm_design.designed_score(base, units, "+other", 1.0)
+
+
+def test_replicate_runs_share_no_randomness():
+    """``Context.network(seed=s)``: every (objective, seed) run draws its own training set and
+    initialisation; ``seed=None`` keeps the claims' shared network (one key and data set for
+    every kind, a controlled comparison). Untrained (0 steps): the initialisation itself."""
+    ctx = Context(ReproduceConfig(quick=True, preset="mixtures"), sizes=TINY4)
+
+    def init(kind, seed):
+        leaves = jax.tree.leaves(ctx.network("2d", kind, steps=0, seed=seed).params)
+        return np.concatenate([np.ravel(a) for a in leaves])
+
+    assert not np.array_equal(ctx.data("2d", seed=0), ctx.data("2d", seed=1))
+    assert not np.array_equal(ctx.data("2d", seed=0), ctx.data("2d"))
+    assert not np.array_equal(init("eps", 0), init("eps", 1))  # seeds
+    assert not np.array_equal(init("eps", 0), init("velocity", 0))  # objectives of one seed
+    np.testing.assert_array_equal(init("eps", None), init("velocity", None))  # shared
+    assert ctx.network("2d", "eps", steps=0, seed=3) is ctx.network("2d", "eps", steps=0, seed=3)
+    with pytest.raises(ValueError, match="seed"):
+        ctx.data("digits", seed=1)
+    with pytest.raises(ValueError, match="objective"):
+        train(ctx, "nope")
 
 
 # -- the design with known effects: the oracle as the network ----------------------------------
