@@ -62,3 +62,26 @@ def test_speedup_prints_inside_its_own_range():
     )
     got = _check("t", [r], _speedup, ">=", 2.0)["measured"]
     assert got == "c: 1.38 [1.38-1.6]", got
+
+
+def test_a_report_records_its_resources_and_rebuilds_from_its_json(tmp_path):
+    import json
+
+    import numpy as np
+
+    from wgfm.report import ClaimRow, Report, render_results
+
+    report = Report(tmp_path, title="t")
+    report.add("1. a", ClaimRow("c", "m", "k", True, "n"))
+    report.timings["1. a"] = 1.5
+    # Burn measurable CPU so the record can be checked against a known lower bound.
+    x = np.random.default_rng(0).standard_normal((300, 300))
+    for _ in range(300):
+        x = np.tanh(x @ x.T / 300)
+    md, js = report.write({"mode": "quick"})
+    res = json.loads(js.read_text())
+    used = res["resources"]
+    assert used["cpu_s"] > 0 and used["wall_s"] >= 0 and used["peak_rss_mb"] > 10, used
+    assert used["cores"] >= 1 and len(used["load_average_end"]) == 3
+    assert md.read_text() == render_results(res)
+    assert "- resources: " in md.read_text()
