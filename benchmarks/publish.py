@@ -64,10 +64,17 @@ def run_header(payload: dict, source: str = "benchmarks/results/benchmarks.json"
         if peak
         else ""
     )
+    start, end = run.get("loadavg_1min_start"), run.get("loadavg_1min_end")
+    load = (
+        f" The host's 1-minute load average was {start:.2f} at the start and {end:.2f} at the "
+        f"end (as the harness recorded them; {run['cores']} cores)."
+        if start is not None and end is not None
+        else ""
+    )
     return (
         f"From `{source}`: `{run['command']}`, {m['time'][:16].replace('T', ' ')} "
         f"(UTC{m['time'][19:]}), commit `{commit}`, {run['cpu_model']} ({run['cores']} cores, "
-        f"{m['platform']}), {libs}, all modules in one process, on {host}.{peak_txt}"
+        f"{m['platform']}), {libs}, all modules in one process, on {host}.{peak_txt}{load}"
     )
 
 
@@ -94,12 +101,12 @@ def targets_block(payload: dict) -> str:
 # Rows behind the targets' reasons: (benchmark, extra keys shown besides time and speed-up).
 SUPPORT = {
     "peer_sampling": ("nfe", "max_err_vs_ref", "field_frac_of_peak", "per_nfe_vs_bare_eval"),
-    "peer_likelihood": ("nfe",),
+    "peer_likelihood": ("nfe", "hutchinson_std", "hutchinson_std_se", "agree"),
     "peer_ddim": (),
-    "train_step": ("frac_of_matmul_peak",),
+    "train_step": ("frac_of_matmul_peak", "torch_threads", "fastest_in_group", "compile_s"),
     "jacobian_asymmetry": ("peak_frac",),
-    "sub_jacobian_64": (),
-    "diffusers_unet": (),
+    "sub_jacobian_64": ("torch_threads", "fastest_peer", "compile_s"),
+    "diffusers_unet": ("torch_threads", "fastest_peer", "fastest_port"),
 }
 SPEEDUP_KEYS = ("speedup", "wgfm_default_speedup")
 
@@ -123,7 +130,7 @@ def support_block(payload: dict) -> str:
         for r in rows:
             e = r["extra"]
             sp = next((_spread(e, k) for k in SPEEDUP_KEYS if k in e), "")
-            cells = [_fmt(e.get(k)) for k in keys]
+            cells = [_fmt(r.get(k, e.get(k))) for k in keys]
             lines.append(
                 f"| {r['case']} | {r['impl']} | {_ms(r['median_s'])} | {sp} | "
                 + " | ".join(cells)
