@@ -327,18 +327,17 @@ def test_the_exact_or_probe_choice_follows_the_budget():
 def test_a_pytorch_path_field_runs_on_one_device_and_says_so():
     """A field that runs through PyTorch is not split over a mesh: one line in the header, not
     an error (the mesh here is a stand-in: this process has one device)."""
+    import torch
+
     from wgfm.diagnosis.api import device_line, on_torch
-
-    class TorchPath(eqx.Module):
-        backend: str = eqx.field(static=True, default="PyTorch (torch_field: ...)")
-
-        def __call__(self, x, t):
-            return jnp.asarray(A_ROT) @ x
+    from wgfm.interop import torch_field
 
     class Mesh8:
         devices = np.empty(8, object)
 
-    f = TorchPath()
+    rot = torch.tensor(np.asarray(A_ROT).T)
+    inner = torch_field(lambda x, t: x @ rot.to(x.dtype))
+    f = eqx.Partial(lambda inner, x, t: inner(x, t), inner)  # JAX calling PyTorch inside
     assert on_torch(f) and not on_torch(_linear(A_ROT))
     assert device_line(f, None).startswith("1 device (cpu")
     assert "8 devices" in device_line(_linear(A_ROT), Mesh8())

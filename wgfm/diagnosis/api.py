@@ -22,10 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray
 
-from ..diagnostics.controls import gaussian_fit_score, untrained_field
+from ..diagnostics.controls import gaussian_fit_score
 from ..diagnostics.sweep import times_grid
 from ..fields import as_field
-from ..processes import AbstractProcess
+from ..pretrained import AbstractPretrainedField, CallableField
+from ..processes import VP, AbstractProcess
 from ..report import ClaimRow, Measurement, Report, jsonable
 from ..typing import Field, Kind
 from .claims import measure_asymmetry, measure_circulation
@@ -253,8 +254,13 @@ def diagnose(
     score = as_field(process, field, kind=kind, to="score")
     fit = x[:GAUSSIAN_FIT_MAX]
     gradient = gaussian_fit_score(fit, process)
-    if untrained is None and hasattr(field, "model") and hasattr(field, "params"):
-        untrained = untrained_field(field, sub("untrained"), shape)
+    if untrained is None:
+        pretrained = (
+            field
+            if isinstance(field, AbstractPretrainedField)
+            else CallableField(field, kind, process)
+        )
+        untrained = pretrained.untrained(key=sub("untrained"), sample_shape=shape)
     untrained_score = (
         None if untrained is None else as_field(process, untrained, kind=kind, to="score")
     )
@@ -281,14 +287,11 @@ def diagnose(
 
 
 def on_torch(field) -> bool:
-    """Whether ``field`` runs through PyTorch (a ``torch_field`` anywhere in it): such a field
-    is a host callback, which ``jax.shard_map`` cannot split over devices."""
-    if "PyTorch" in str(getattr(field, "backend", "")):
-        return True
-    nodes = jax.tree_util.tree_leaves(
-        field, is_leaf=lambda n: type(n).__module__.startswith("wgfm.interop.torch")
-    )
-    return any(type(n).__module__.startswith("wgfm.interop.torch") for n in nodes)
+    """Whether ``field`` runs through a host callback (PyTorch), which ``jax.shard_map`` cannot
+    split over devices: its declared ``host_callback``; a plain callable is looked into."""
+    if not isinstance(field, AbstractPretrainedField):
+        field = CallableField(field, "score", VP())  # kind and process do not matter here
+    return field.host_callback
 
 
 def device_line(field, mesh) -> str:

@@ -33,7 +33,9 @@ import numpy as np
 from rich.console import Console
 from tqdm.auto import tqdm
 
+from ..pretrained import AbstractPretrainedField, CallableField
 from ..report import ClaimRow, Report, jsonable
+from ..typing import Field
 from .api import (
     FULL,
     GAUSSIAN_FIT_MAX,
@@ -112,7 +114,7 @@ def run(config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None, mesh=None
     sz = sizes or config.sizes
     t_all = time.perf_counter()
     field, process, kind = load_model(config)
-    if config.pixel_run is not None and getattr(field, "latent", None) is None:
+    if config.pixel_run is not None and field.latent is None:
         raise ValueError(
             f"`--pixel-run` compares a latent pipeline with a pixel-space run, but "
             f"{str(config.model)!r} is not a latent pipeline."
@@ -123,7 +125,7 @@ def run(config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None, mesh=None
         "jacobians": config.jacobians,
         "seed": config.seed,
         "clean images": _source(config),
-        "field": field_description(field, kind),
+        "field": field.describe(),
     }
     fingerprint = model_fingerprint(config.model)
     _claim_directory(out, fingerprint, _model_name(config.model), settings)
@@ -131,7 +133,11 @@ def run(config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None, mesh=None
         use_compile_cache()
     root = jax.random.key(config.seed)
     shape = _sample_shape(field, config)
-    untrained, untrained_note = _untrained(field, config.seed)
+    # The key diagnose() would derive itself: one untrained control whichever calls it.
+    untrained = field.untrained(
+        key=jax.random.fold_in(root, zlib.crc32(b"untrained")), sample_shape=shape
+    )
+    untrained_note = field.untrained_description
     name = (
         str(config.model).rsplit(":", 1)[-1]
         if is_callable_spec(str(config.model))
@@ -145,7 +151,7 @@ def run(config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None, mesh=None
         clean = jax.random.fold_in(root, zlib.crc32(b"clean"))
         images, described = clean_images(config, field, process, shape, sz, clean, kind)
         console.log(f"clean images: {described} ({time.perf_counter() - t0:.1f} s)")
-        latent = getattr(field, "latent", None)
+        latent = field.latent
         bar.update()
         reused_claims: list[str] = []
         for claim in (1, 2):
@@ -188,8 +194,8 @@ def run(config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None, mesh=None
         "mode": ("quick" if config.quick else "full") + (" (sizes overridden)" if sizes else ""),
         "model": str(config.model),  # as given: a report names no path of the machine it ran on
         "model fingerprint (sha256)": fingerprint[:16],
-        "field diagnosed": field_description(field, kind),
-        "process": _process_description(field, process),
+        "field diagnosed": field.describe(),
+        "process": field.describe_process(),
         "clean images": described,
         "controls": f"exact score of the Gaussian fitted to up to {GAUSSIAN_FIT_MAX} clean "
         f"images; {untrained_note}",
@@ -315,7 +321,7 @@ def is_callable_spec(model: str) -> bool:
     return bool(CALLABLE_SPEC.match(model)) and not Path(model).is_dir()
 
 
-def load_model(config: DiagnoseConfig) -> tuple[Any, Any, str]:
+def load_model(config: DiagnoseConfig) -> tuple[AbstractPretrainedField, Any, str]:
     """``(field, process, kind)`` of ``config.model``: a diffusers directory or a callable."""
     if is_callable_spec(str(config.model)):
         if (
@@ -343,7 +349,7 @@ def load_model(config: DiagnoseConfig) -> tuple[Any, Any, str]:
     return field, process, field.kind
 
 
-def load_callable(spec: str) -> tuple[Any, Any, str]:
+def load_callable(spec: str) -> tuple[AbstractPretrainedField, Any, str]:
     """``(field, process, kind)`` from ``package.module:function``: the function, called with no
     arguments, returns ``(field, process)`` (the field carrying ``kind``) or
     ``(field, process, kind)``. A ``torch.nn.Module`` field (batched: ``(N, *shape), (N,) ->
@@ -386,10 +392,16 @@ def load_callable(spec: str) -> tuple[Any, Any, str]:
     if _is_torch_module(field):
         from ..interop.torch import module_field
 
-        return module_field(field, kind), process, kind
+        return module_field(field, kind, process), process, kind
+    if isinstance(field, AbstractPretrainedField):
+        return field, process, kind
     if not callable(field):
         raise ValueError(f"`--model` {spec!r}: the field is not callable.")
-    return field, process, kind
+    # The spec's documented optional attribute: the shape of one sample.
+    shape = getattr(field, "sample_shape", None)
+    shape = None if shape is None else tuple(int(v) for v in shape)
+    fn: Field = field  # pyright: ignore[reportAssignmentType]  (checked callable above)
+    return CallableField(fn, kind, process, sample_shape=shape), process, kind
 
 
 def _is_torch_module(obj) -> bool:
@@ -399,34 +411,8 @@ def _is_torch_module(obj) -> bool:
     return torch is not None and isinstance(obj, torch.nn.Module)
 
 
-def field_description(field, kind: str) -> str:
-    """One line: the field's class, backend, kind and what was diagnosed (its notes)."""
-    cls = getattr(field, "cls", None) or type(field).__name__
-    backend = getattr(field, "backend", "JAX")
-    notes = "; ".join(getattr(field, "notes", ()) or ())
-    return f"{cls} on {backend}, kind {kind}" + (f"; {notes}" if notes else "")
-
-
-def _process_description(field, process) -> str:
-    schedule = getattr(field, "schedule", None)
-    if schedule is not None:
-        return schedule.describe()
-    return f"{type(process).__name__} (given by the model's function)"
-
-
 def _model_name(model) -> str:
     return str(model) if is_callable_spec(str(model)) else str(Path(model).resolve())
-
-
-def _untrained(field, seed: int):
-    """``(untrained field or None, its description for the report)``."""
-    if hasattr(field, "untrained"):
-        return field.untrained(seed), (
-            f"the same architecture freshly initialised by PyTorch (seed {seed})"
-        )
-    if hasattr(field, "model") and hasattr(field, "params"):
-        return None, "the same architecture with freshly drawn parameters"
-    return None, "no untrained control (the field carries no parameters to redraw)"
 
 
 def model_fingerprint(model) -> str:
@@ -464,7 +450,7 @@ def model_fingerprint(model) -> str:
 
 
 def _sample_shape(field, config: DiagnoseConfig) -> tuple[int, ...]:
-    shape = getattr(field, "sample_shape", None)
+    shape = field.sample_shape
     if shape is not None:
         return tuple(int(v) for v in shape)
     if config.data is not None:
@@ -489,7 +475,7 @@ def clean_images(
     """``(images (N, *shape), description)`` for the run: in [-1, 1], or for a latent pipeline
     the given images' latents under its autoencoder."""
     kind = kind or field.kind
-    latent = getattr(field, "latent", None)
+    latent = field.latent
     pixel_shape = shape
     if latent is not None and (config.data is not None or config.images is not None):
         from ..interop.pipelines import pixel_shape as _pixel_shape
@@ -613,7 +599,7 @@ def _generated(out: Path, field, process, shape, sz: DiagnoseSizes, key, kind: s
             )
         parts.append(np.asarray(res.samples, np.float32))
     x = np.concatenate(parts)[: sz.num_generated]
-    if getattr(field, "latent", None) is None:
+    if field.latent is None:
         # As the diffusers pipelines return images: clipped to the data range.
         x = np.clip(x, -1.0, 1.0)
     tmp = path.with_suffix(".tmp.npy")

@@ -11,6 +11,7 @@ outputs on the host instead (``sweep(..., checked=False)``, :func:`require_finit
 reproduction's experiments do.
 """
 
+from .adaptive import AdaptiveProbeAsymmetry, adaptive_probe_asymmetry
 from .controls import gaussian_fit_score, untrained_field, untrained_params
 from .helmholtz import HelmholtzSplit, grid_2d, helmholtz_split, helmholtz_split_field
 from .jacobian import (
@@ -46,6 +47,7 @@ from .loops import (
     triangle_identity,
 )
 from .residual import transport_residual
+from .spectrum import estimate_effective_rank, skew_effective_rank
 from .sweep import DIAGNOSTICS, SweepResult, noised_samples, require_finite, sweep, times_grid
 
 __all__ = [
@@ -94,4 +96,8 @@ __all__ = [
     "random_indices",
     "sub_jacobian",
     "transport_residual",
+    "AdaptiveProbeAsymmetry",
+    "adaptive_probe_asymmetry",
+    "estimate_effective_rank",
+    "skew_effective_rank",
 ]

@@ -1,13 +1,16 @@
 """The two controls every diagnosis is read against, on the same points as the network.
 
 - :func:`gaussian_fit_score`: a true gradient on the data's scale, the exact score of the
-  marginals of a Gaussian fitted to the clean samples. Its asymmetry is float rounding and its
+  marginals of a Gaussian fitted to the clean samples (low-rank plus a floor by default, in
+  O(N D) memory: :mod:`wgfm.diagnostics.gaussian_fit`). Its asymmetry is float rounding and its
   circulation quadrature error, so it shows how small "zero" is at each noise level.
 - :func:`untrained_field`: the same architecture with freshly drawn parameters: what the
   architecture alone gives before any training.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import equinox as eqx
 import jax
@@ -16,21 +19,45 @@ import numpy as np
 
 from ..gmm import GaussianMixture, MarginalScore, score_field
 from ..processes import AbstractProcess
+from .gaussian_fit import LowRankScore, fit_low_rank_gaussian
 
 GAUSSIAN_FIT_JITTER = 1e-3
 
 
-def gaussian_fit_score(x, process: AbstractProcess) -> MarginalScore:
-    """The exact score of the marginals of ``N(mean, cov + 1e-3 I)`` fitted to the samples ``x``
-    ``(N, *shape)`` under ``process``. The jitter keeps the covariance invertible when ``N`` is
-    below the dimension or pixels are constant (MNIST's borders). Samples of any shape."""
+def gaussian_fit_score(
+    x,
+    process: AbstractProcess,
+    *,
+    covariance: Literal["low_rank", "full"] = "low_rank",
+    floor: float = GAUSSIAN_FIT_JITTER,
+) -> LowRankScore | MarginalScore:
+    """The exact score of the marginals of ``N(mean, cov + floor I)`` fitted to the samples ``x``
+    ``(N, *shape)`` under ``process``. The floor keeps the covariance invertible when ``N`` is
+    below the dimension or pixels are constant (MNIST's borders). Samples of any shape.
+
+    Args:
+        x: ``(N, *shape)`` finite samples, ``N >= 2``.
+        process: the forward process whose marginals are scored.
+        covariance: ``"low_rank"`` (default): the samples' span plus the floor, O(N D) memory,
+            never a ``D x D`` matrix (:mod:`wgfm.diagnostics.gaussian_fit`); ``"full"``: the
+            ``D x D`` covariance through :mod:`wgfm.gmm` (small ``D`` only: quadratic memory,
+            fitted in float64 then validated in float32, which fails where the samples'
+            variance is large against the floor). Both are the same model.
+        floor: the isotropic variance added (> 0).
+
+    Returns:
+        A field ``(x, t) -> grad log p_t(x)`` shaped like one sample."""
+    if covariance == "low_rank":
+        return LowRankScore(fit_low_rank_gaussian(x, floor=floor), process)
+    if covariance != "full":
+        raise ValueError(f"`covariance` must be 'low_rank' or 'full', got {covariance!r}.")
     flat = np.asarray(x, np.float64).reshape(len(x), -1)
     if flat.shape[0] < 2:
         raise ValueError(f"`x` must hold at least 2 samples for a Gaussian fit, got {len(x)}.")
     if not np.isfinite(flat).all():
         raise ValueError("`x` holds non-finite values: the Gaussian fit needs finite samples.")
     cov = np.cov(flat.T).reshape(flat.shape[1], flat.shape[1])
-    cov = cov + GAUSSIAN_FIT_JITTER * np.eye(flat.shape[1])
+    cov = cov + floor * np.eye(flat.shape[1])
     fit = GaussianMixture(
         jnp.ones(1, jnp.float32),
         jnp.asarray(flat.mean(0)[None], jnp.float32),

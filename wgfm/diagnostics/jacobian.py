@@ -241,10 +241,39 @@ def probe_asymmetry(
     as they do per probe). Where ``A`` is within one standard error of 0 the linearisation
     fails, and ``A`` is replaced by ``se_A`` there: the s.e. is then ``~ sqrt(se_A / F) / 2``,
     the size of a ratio the probes cannot tell from 0. Infinite for one probe."""
+    x = jnp.asarray(x)
+    fx_shape = (int(np.prod(jnp.shape(x))),)
+    probes = make_probes(key, num_probes, fx_shape, kind=kind, dtype=jnp.result_type(x))
+    a2, f2, fx = probe_terms(field, x, t, probes, method=method)
+    a2, f2 = check_finite((a2, f2, fx), x, t, "values or probe estimates", checked=checked)[:2]
+    return summarise_terms(a2, f2)
+
+
+def probe_terms(
+    field: Field,
+    x: Array,
+    t: Scalar,
+    probes: Float[Array, "k d"],
+    *,
+    method: ProbeMethod = "auto",
+) -> tuple[Float[Array, " k"], Float[Array, " k"], Float[Array, " d"]]:
+    """The per-probe terms of :func:`probe_asymmetry` for the given flat probes ``(K, D)``:
+    ``(a_k, f_k, field(x) flat)``, ``a_k`` the estimate of ``||J - J^T||_F^2`` (``||M v_k||^2``
+    with ``M = J - J^T`` for ``"vjp"``) and ``f_k = ||J v_k||^2`` (``method`` as there)."""
+    fx, jvp, vjp = probe_maps(field, x, t, method=method)
+    a2, f2 = probe_terms_of(jvp, vjp, probes.astype(jnp.result_type(x)))
+    return a2, f2, fx
+
+
+def probe_maps(
+    field: Field, x: Array, t: Scalar, *, method: ProbeMethod = "auto"
+) -> tuple[Array, Callable[[Array], Array], Callable | None]:
+    """``(field(x) flat, v -> J v, v -> (J^T v,) or None)``: one linearisation that every probe
+    (and every round of :mod:`wgfm.diagnostics.adaptive`) shares; the transpose is None for
+    ``method="forward"``, or for ``"auto"`` where the field has none."""
     if method not in ("auto", "vjp", "forward"):
         raise ValueError(f"`method` must be 'auto', 'vjp' or 'forward', got {method!r}.")
     fx, jvp = _linearized(field, x, t)
-    probes = make_probes(key, num_probes, fx.shape, kind=kind, dtype=jnp.result_type(x))
     vjp = None
     if method != "forward":
         try:
@@ -257,24 +286,43 @@ def probe_asymmetry(
                     "method='forward' (two JVPs per probe)."
                 ) from e
             vjp = None
+    return fx, jvp, vjp
+
+
+def probe_terms_of(
+    jvp: Callable[[Array], Array], vjp: Callable | None, probes: Float[Array, "k d"]
+) -> tuple[Float[Array, " k"], Float[Array, " k"]]:
+    """``(a_k, f_k)`` of :func:`probe_terms` from the maps of :func:`probe_maps`."""
 
     def one(v):
         jv = jvp(v)
         if vjp is not None:
-            jtv = vjp(v.astype(fx.dtype))[0]
+            jtv = vjp(v.astype(jv.dtype))[0]
             return jnp.sum((jv - jtv) ** 2), jnp.sum(jv**2)
         jjv = jvp(jv.astype(v.dtype))
         return 2 * jnp.sum(jv**2) - 2 * jnp.vdot(v, jjv), jnp.sum(jv**2)
 
-    a2, f2 = jax.vmap(one)(probes)
-    k = a2.shape[0]
+    return jax.vmap(one)(probes)
+
+
+def summarise_terms(
+    a2: Float[Array, " k"], f2: Float[Array, " k"], mask: Array | None = None
+) -> ProbeAsymmetry:
+    """:class:`ProbeAsymmetry` from per-probe terms (:func:`probe_terms`), over the probes where
+    ``mask`` is true (all by default; a mask keeps shapes fixed for rounds drawn in a
+    ``while_loop``, :mod:`wgfm.diagnostics.adaptive`)."""
+    m = jnp.ones(a2.shape, bool) if mask is None else jnp.asarray(mask, bool)
+    k = jnp.sum(m)
+    kf = jnp.maximum(k, 1).astype(a2.dtype)
+
+    def mean(s):
+        return jnp.sum(jnp.where(m, s, 0)) / kf
 
     def se(s):
-        return jnp.std(s, ddof=1) / jnp.sqrt(k) if k > 1 else jnp.full((), jnp.inf, s.dtype)
+        var = jnp.sum(jnp.where(m, (s - mean(s)) ** 2, 0)) / jnp.maximum(kf - 1, 1)
+        return jnp.where(k > 1, jnp.sqrt(var / kf), jnp.inf)
 
-    a2m, f2m = check_finite(
-        (a2.mean(), f2.mean(), fx), x, t, "values or probe estimates", checked=checked
-    )[:2]
+    a2m, f2m = mean(a2), mean(f2)
     a2se = se(a2)
     # The forward estimate of ||J - J^T||^2 is a difference and can fall below 0 with few
     # probes; the ratio takes it clipped at 0 (the unclipped mean stays in `asym_sq`).

@@ -22,9 +22,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ..models import Model, UNet2D, unet2d_from_config
+from ..pretrained import AbstractPretrainedField
 from ..processes import AbstractProcess
 from .schedulers import SchedulerMap
 
@@ -46,7 +47,7 @@ DDPM_CIFAR10_32: dict = {
 _LEGACY_ATTN = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out_0"}
 
 
-class DiffusersField(eqx.Module):
+class DiffusersField(AbstractPretrainedField):
     """A diffusers ``UNet2DModel`` (flax port) as a wgfm field ``(x (H, W, C), t) -> kind``.
 
     The scheduler's :class:`~wgfm.interop.schedulers.SchedulerMap` says how: the network sees
@@ -64,6 +65,11 @@ class DiffusersField(eqx.Module):
     latent: Any = eqx.field(static=True, default=None)  # a pipelines.Latent, or None
     cls: str = eqx.field(static=True, default="UNet2DModel")
     backend: str = eqx.field(static=True, default="JAX (the flax port of UNet2DModel)")
+    conditioning: Any = eqx.field(static=True, default=None)  # the port is unconditional
+    host_callback: bool = eqx.field(static=True, default=False)
+    untrained_description: str = eqx.field(
+        static=True, default="the same architecture with freshly drawn parameters"
+    )
 
     @property
     def kind(self) -> str:
@@ -77,6 +83,9 @@ class DiffusersField(eqx.Module):
     def prediction_type(self) -> str:
         return self.schedule.prediction_type
 
+    def describe_process(self) -> str:
+        return self.schedule.describe()
+
     @property
     def sample_shape(self) -> tuple[int, int, int]:
         """``(H, W, C)`` of one sample, from the config's ``sample_size`` and ``in_channels``."""
@@ -89,6 +98,12 @@ class DiffusersField(eqx.Module):
         if self.learned_variance:
             out = out[..., : x.shape[-1]]
         return s.value(x, out, t)
+
+    def untrained(self, *, key: PRNGKeyArray, sample_shape: tuple[int, ...]) -> DiffusersField:
+        """The same U-Net with :func:`~wgfm.diagnostics.controls.untrained_params`."""
+        from ..diagnostics.controls import untrained_field
+
+        return untrained_field(self, key, self.sample_shape)
 
 
 def load_unet2d(

@@ -29,8 +29,9 @@ from typing import Any
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from ..pretrained import AbstractPretrainedField, torch_seed
 from ..processes import AbstractProcess
 from .schedulers import SchedulerMap, scheduler_map
 
@@ -156,7 +157,7 @@ def _index_class(index: dict, name: str) -> str | None:
 # Fields
 
 
-class TorchDiffusersField(eqx.Module):
+class TorchDiffusersField(AbstractPretrainedField):
     """A diffusers PyTorch denoiser as a wgfm field ``(x (H, W, C), t) -> kind``, through
     :func:`wgfm.interop.torch_field` (forward mode only: JVPs, no VJP). The network sees
     ``schedule.model_input(x, t)`` at ``schedule.timestep(t)`` with the fixed conditioning
@@ -184,21 +185,38 @@ class TorchDiffusersField(eqx.Module):
     def prediction_type(self) -> str:
         return self.schedule.prediction_type
 
+    def describe_process(self) -> str:
+        return self.schedule.describe()
+
     @property
     def backend(self) -> str:
         return "PyTorch (torch_field: forward-mode JVPs, no VJP)"
+
+    @property
+    def host_callback(self) -> bool:
+        return True
+
+    @property
+    def untrained_description(self) -> str:
+        return (
+            "the same architecture freshly initialised by PyTorch (diffusers' from_config, "
+            "seeded from the diagnosis key)"
+        )
 
     def __call__(self, x: Float[Array, "h w c"], t: Float[ArrayLike, ""]) -> Array:
         t = jnp.asarray(t, x.dtype)
         s = self.schedule
         return s.value(x, self.net(s.model_input(x, t), s.timestep(t)), t)
 
-    def untrained(self, seed: int) -> TorchDiffusersField:
+    def untrained(
+        self, *, key: PRNGKeyArray, sample_shape: tuple[int, ...] = ()
+    ) -> TorchDiffusersField:
         """The same field around the same architecture freshly initialised by diffusers
-        (``from_config`` under ``torch.manual_seed(seed)``): the untrained control."""
+        (``from_config`` under ``torch.manual_seed`` of a seed drawn from ``key``): the
+        untrained control."""
         import torch
 
-        torch.manual_seed(int(seed))
+        torch.manual_seed(torch_seed(key))
         dtype = next(self.module.parameters()).dtype
         fresh = type(self.module).from_config(self.module.config).eval().to(dtype)
         return TorchDiffusersField(

@@ -27,14 +27,18 @@ import functools
 import math
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from ..pretrained import AbstractPretrainedField, torch_seed
+from ..processes import AbstractProcess
 
 
 class TorchField(eqx.Module):
@@ -88,21 +92,33 @@ def torch_field(
     return TorchField(fn, int(chunk_size), vmap, dtype)
 
 
-class TorchModuleField(eqx.Module):
+class TorchModuleField(AbstractPretrainedField):
     """A batched ``torch.nn.Module`` ``(x (N, *shape), t (N,)) -> (N, *shape)`` as a field of
-    ``kind`` (through :func:`torch_field`), keeping the module for its untrained copy and its
-    ``sample_shape`` attribute, if any. Build it with :func:`module_field`."""
+    ``kind`` in the time of ``process`` (through :func:`torch_field`), keeping the module for
+    its untrained copy and its ``sample_shape`` attribute, if any. Build it with
+    :func:`module_field`."""
 
     net: TorchField
     module: torch.nn.Module = eqx.field(static=True)
     kind: str = eqx.field(static=True)
+    process: AbstractProcess
     backend: str = eqx.field(
         static=True, default="PyTorch (torch_field: forward-mode JVPs, no VJP)"
+    )
+    notes: tuple[str, ...] = eqx.field(static=True, default=())
+    latent: Any = eqx.field(static=True, default=None)
+    conditioning: Any = eqx.field(static=True, default=None)  # the module conditions itself
+    host_callback: bool = eqx.field(static=True, default=True)
+    untrained_description: str = eqx.field(
+        static=True,
+        default="the same architecture freshly initialised by PyTorch (every submodule's "
+        "reset_parameters, seeded from the diagnosis key)",
     )
 
     @property
     def sample_shape(self) -> tuple[int, ...] | None:
-        return getattr(self.module, "sample_shape", None)
+        shape = getattr(self.module, "sample_shape", None)
+        return None if shape is None else tuple(int(v) for v in shape)
 
     @property
     def cls(self) -> str:
@@ -111,20 +127,23 @@ class TorchModuleField(eqx.Module):
     def __call__(self, x: Float[ArrayLike, "*shape"], t: Float[ArrayLike, ""]) -> Array:
         return self.net(x, t)
 
-    def untrained(self, seed: int) -> TorchModuleField:
+    def untrained(
+        self, *, key: PRNGKeyArray, sample_shape: tuple[int, ...] = ()
+    ) -> TorchModuleField:
         """The module deep-copied with every submodule's ``reset_parameters`` re-run under
-        ``torch.manual_seed(seed)``: the untrained control."""
-        torch.manual_seed(int(seed))
+        ``torch.manual_seed`` of a seed drawn from ``key``: the untrained control."""
+        torch.manual_seed(torch_seed(key))
         fresh = copy.deepcopy(self.module)
         for m in fresh.modules():
             if hasattr(m, "reset_parameters"):
                 m.reset_parameters()  # pyright: ignore[reportCallIssue]
-        return module_field(fresh, self.kind)
+        return module_field(fresh, self.kind, self.process)
 
 
-def module_field(module: torch.nn.Module, kind: str) -> TorchModuleField:
-    """:class:`TorchModuleField` of a batched ``module`` predicting ``kind``."""
-    return TorchModuleField(torch_field(module), module, kind)
+def module_field(module: torch.nn.Module, kind: str, process: AbstractProcess) -> TorchModuleField:
+    """:class:`TorchModuleField` of a batched ``module`` predicting ``kind`` in the time of
+    ``process``."""
+    return TorchModuleField(torch_field(module), module, kind, process)
 
 
 def _module_dtype(fn) -> torch.dtype | None:
