@@ -72,13 +72,11 @@ def _wgfm_ddim(x, eta, key=None):
     import jax
 
     proc = VPSigmoid()
-    field = lambda y, t: (
-        jnp.sqrt(1 - proc.alphabar(t))
-        * y
-        / (  # noqa: E731
-            proc.alphabar(t) * S2 + 1 - proc.alphabar(t)
-        )
-    )
+
+    def field(y, t):
+        ab = proc.alphabar(t)
+        return jnp.sqrt(1 - ab) * y / (ab * S2 + 1 - ab)
+
     return sample_ddim(
         field,
         proc,
