@@ -85,3 +85,35 @@ def test_a_report_records_its_resources_and_rebuilds_from_its_json(tmp_path):
     assert used["cores"] >= 1 and len(used["load_average_end"]) == 3
     assert md.read_text() == render_results(res)
     assert "- resources: " in md.read_text()
+
+
+def test_run_backed_docs_pages_match_their_committed_runs():
+    """docs pages written from the runs under docs/runs/ (experiments.docs_runs): none edited
+    by hand or left from an older run."""
+    from experiments import docs_runs
+
+    stale = [
+        str(path.relative_to(docs_runs.ROOT))
+        for path, text in docs_runs.render().items()
+        if not path.is_file() or path.read_text() != text
+    ]
+    assert not stale, f"regenerate with `python -m experiments.docs_runs`: {stale}"
+
+
+def test_each_committed_run_is_complete_and_its_report_is_its_json():
+    import json
+
+    from experiments import docs_runs
+    from wgfm.report import render_results
+
+    runs = docs_runs.runs_record()
+    assert {p.run for p in docs_runs.PAGES} <= set(runs)
+    for name, rec in runs.items():
+        assert {"command", "commit", "date", "machine"} <= set(rec), rec
+        d = docs_runs.RUNS / name
+        res = json.loads((d / "results.json").read_text())
+        # The run's own record of what it used: every timing the pages quote comes from here.
+        assert {"wall_s", "cpu_s", "peak_rss_mb"} <= set(res["resources"]), name
+        assert (d / "REPORT.md").read_text() == render_results(res), name
+        for fig in (f for fs in res["figures"].values() for f in fs):
+            assert (d / fig).is_file(), (name, fig)
