@@ -117,3 +117,20 @@ def test_each_committed_run_is_complete_and_its_report_is_its_json():
         assert (d / "REPORT.md").read_text() == render_results(res), name
         for fig in (f for fs in res["figures"].values() for f in fs):
             assert (d / fig).is_file(), (name, fig)
+
+
+def test_a_rerun_of_some_modules_replaces_only_their_rows():
+    def run(time, command, rows):
+        return {
+            "machine": {"time": time, "platform": "cpu"},
+            "run": {"command": command},
+            "records": [
+                record(b, "c", i, compile_s=None, median_s=1.0, repeats=1) for b, i in rows
+            ],
+        }
+
+    full = run("2026-01-01T00:00:00+0000", "wgfm bench --quick", [("a", "old"), ("b", "old")])
+    part = run("2026-01-02T00:00:00+0000", "wgfm bench --quick --only b", [("b", "new")])
+    records, by = publish.merged([full, part])
+    assert [(r["benchmark"], r["impl"]) for r in records] == [("a", "old"), ("b", "new")]
+    assert by["a"] is full and by["b"] is part
