@@ -5,8 +5,9 @@
 With ``RUN_DIR`` (the ``--out`` of a ``wgfm bench`` run), its ``benchmarks.json`` and plots are
 copied into ``benchmarks/results/`` first (a run of some modules, ``--only``, into
 ``benchmarks/results/reruns/``: its rows replace those modules' rows of the full run); without
-it, the committed ``benchmarks/results/`` is the source. Then, from ``benchmarks/results/benchmarks.json`` (and ``xla_flags_ab.json``,
-``probe_variance.json``):
+it, the committed ``benchmarks/results/`` is the source. Then, from
+``benchmarks/results/benchmarks.json`` (and ``xla_flags_ab.json``, ``probe_variance.json``,
+``probe_passes.json``, ``diagnose_memory.json``):
 
 - ``benchmarks/results/benchmarks.md`` (every record) and ``summary.md`` (the targets);
 - the blocks between ``<!-- BEGIN GENERATED: name -->`` and ``<!-- END GENERATED: name -->``
@@ -264,6 +265,24 @@ def probe_variance_block(results: Path = RESULTS) -> str:
     return table(json.loads((results / "probe_variance.json").read_text()))
 
 
+def probe_passes_block(results: Path = RESULTS) -> str:
+    """Passes per estimator and the skew part's effective rank from exact Jacobians, from
+    ``probe_passes.json`` (``python -m benchmarks.probe_passes``), beside the sampled counts
+    of ``probe_variance.json``."""
+    from .probe_passes import table
+
+    variance = json.loads((results / "probe_variance.json").read_text())
+    return table(json.loads((results / "probe_passes.json").read_text()), variance)
+
+
+def diagnose_memory_block(results: Path = RESULTS) -> str:
+    """Peak memory of a quick diagnosis at D = 65,536 and 262,144, from
+    ``diagnose_memory.json`` (``python -m benchmarks.diagnose_memory``)."""
+    from .diagnose_memory import table
+
+    return table(json.loads((results / "diagnose_memory.json").read_text()))
+
+
 def blocks() -> dict[str, list[tuple[str, Callable[[list[dict], dict | None], str]]]]:
     """File (relative to the repository) -> its generated blocks ``(name, render)``."""
     return {
@@ -275,6 +294,8 @@ def blocks() -> dict[str, list[tuple[str, Callable[[list[dict], dict | None], st
         "docs/diagnose_your_model.md": [
             ("diffusers-unet", lambda runs, _: diffusers_block(runs)),
             ("probe-variance", lambda _, __: probe_variance_block()),
+            ("probe-passes", lambda _, __: probe_passes_block()),
+            ("diagnose-memory", lambda _, __: diagnose_memory_block()),
         ],
         "docs/xla_cpu.md": [("xla-flags", lambda _, ab: xla_block(ab))],
     }
