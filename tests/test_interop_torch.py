@@ -184,7 +184,7 @@ def test_diffusers_unet_asymmetry_equals_flax_port(tmp_path):
 
 
 def test_auto_tangent_batching_falls_back_when_vmap_is_unsupported():
-    from wgfm.interop import torch as wt
+    from wgfm.interop import torch_host as wth
 
     class Square(torch.autograd.Function):  # forward-mode AD, but no vmap rule
         @staticmethod
@@ -194,11 +194,17 @@ def test_auto_tangent_batching_falls_back_when_vmap_is_unsupported():
         @staticmethod
         def setup_context(ctx, inputs, output):
             ctx.save_for_forward(inputs[0])
+            ctx.save_for_backward(inputs[0])
 
         @staticmethod
         def jvp(ctx, dx):
             (x,) = ctx.saved_tensors
             return 2 * x * dx
+
+        @staticmethod
+        def backward(ctx, g):  # through NumPy: no vmap of the pullback either
+            (x,) = ctx.saved_tensors
+            return 2 * x * torch.from_numpy(g.numpy())
 
     fn = lambda x, t: Square.apply(x) * t[:, None]  # noqa: E731
     x = jnp.array([1.0, 2.0, 3.0])
@@ -206,7 +212,12 @@ def test_auto_tangent_batching_falls_back_when_vmap_is_unsupported():
         jax.jacfwd(torch_field(fn, vmap_tangents=True))(x, 2.0)
     jac = jax.jacfwd(torch_field(fn))(x, 2.0)  # auto
     np.testing.assert_array_equal(jac, np.diag([4.0, 8.0, 12.0]))
-    assert wt._NO_VMAP.get(fn) is True
+    assert wth._NO_VMAP.get(fn) is True
+    # Reverse mode: the pullback has no vmap rule either; one backward pass per cotangent.
+    with pytest.raises(Exception, match="data pointer"):
+        jax.block_until_ready(jax.jacrev(torch_field(fn, vmap_tangents=True))(x, 2.0))
+    np.testing.assert_array_equal(jax.jacrev(torch_field(fn))(x, 2.0), np.diag([4.0, 8.0, 12.0]))
+    assert wth._NO_VMAP_VJP.get(fn) is True
 
 
 def test_errors_name_the_problem():

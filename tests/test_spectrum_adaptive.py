@@ -154,3 +154,20 @@ def test_probes_for_target_predicts_the_spread_of_the_estimates(method, rank, di
     k = float(probes_for_target(a, method=method))
     assert np.std(np.asarray(est), ddof=1) / lam == pytest.approx(0.1 * np.sqrt(k / 32), rel=0.15)
     assert float(probes_for_target(a + a.T)) == 0.0
+
+
+def test_adaptive_kernel_is_the_sub_jacobian_and_the_adaptive_estimate():
+    from wgfm.diagnostics.adaptive import AdaptiveSubAndProbe
+    from wgfm.diagnostics.jacobian import random_indices, sub_jacobian
+
+    a = jnp.asarray(_matrix(4))
+    field = lambda x, t: a @ x  # noqa: E731
+    key, x = jax.random.key(9), jnp.ones(D)
+    sub, ratio, se, passes, rank = AdaptiveSubAndProbe(8, 0.1, 64)(field, x, 0.0, key=key)
+    k1, k2 = jax.random.split(key)
+    idx = random_indices(k1, D, 8)
+    assert float(sub) == float(asymmetry(sub_jacobian(field, x, 0.0, idx)).ratio)
+    ref = adaptive_probe_asymmetry(field, x, 0.0, key=k2, max_probes=64)
+    assert float(ratio) == float(ref.estimate.stats.ratio)
+    assert float(se) == float(ref.estimate.ratio_se) and int(passes) == int(ref.passes)
+    assert float(rank) == float(ref.effective_rank)  # pyright: ignore[reportArgumentType]

@@ -29,9 +29,12 @@ from .jacobian import (
     ProbeAsymmetry,
     ProbeKind,
     ProbeMethod,
+    asymmetry,
     make_probes,
     probe_maps,
     probe_terms_of,
+    random_indices,
+    sub_jacobian,
     summarise_terms,
 )
 from .spectrum import estimate_effective_rank
@@ -124,3 +127,34 @@ def adaptive_probe_asymmetry(
     n = i * size
     rank = None if vjp is None else estimate_effective_rank(a2, dim, kind=kind, mask=slots < n)
     return AdaptiveProbeAsymmetry(est, n, 2 * n + 1, _relative_se(est), rank)
+
+
+class AdaptiveSubAndProbe(eqx.Module):
+    """Claim 1's probe-path kernel with adaptive stopping: ``(sub-Jacobian lambda, probe
+    estimate of lambda, its s.e., network passes, effective rank)`` at ``(x, t)``: the ``k x k``
+    principal block on random coordinates (as :class:`wgfm.diagnostics.SubAndProbe`) and
+    :func:`adaptive_probe_asymmetry` with ``rel_se``. The effective rank is 0 where the terms
+    do not resolve it (the forward estimator's, or a spread not yet measurable)."""
+
+    k: int = eqx.field(static=True)
+    rel_se: float = eqx.field(static=True)
+    max_probes: int = eqx.field(static=True)
+    round_probes: int = eqx.field(static=True, default=8)
+
+    def __call__(self, field, x, t, *, key, checked: bool = True) -> tuple[Array, ...]:
+        k1, k2 = jax.random.split(key)
+        idx = random_indices(k1, x.size, self.k)
+        sub = asymmetry(sub_jacobian(field, x, t, idx, checked=checked)).ratio
+        out = adaptive_probe_asymmetry(
+            field,
+            x,
+            t,
+            key=k2,
+            rel_se=self.rel_se,
+            round_probes=self.round_probes,
+            max_probes=self.max_probes,
+            checked=checked,
+        )
+        rank = jnp.zeros(()) if out.effective_rank is None else out.effective_rank
+        p = out.estimate
+        return sub, p.stats.ratio, p.ratio_se, out.passes, rank

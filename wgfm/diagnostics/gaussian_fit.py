@@ -119,8 +119,12 @@ class LowRankScore(LowRankMarginal):
     """``(x, t) -> grad log p_t(x) = -C_t^{-1} (x - alpha_t mean)``, shaped like ``x``."""
 
     def __call__(self, x: Array, t: Scalar) -> Array:
-        _, p, lam, c, perp = self._parts(x, t)
-        return jnp.reshape(-(self.fit.basis @ (p / lam) + perp / c), jnp.shape(x))
+        r, _, lam, c, perp = self._parts(x, t)
+        # G G^T r with G = Q diag(lam)^(-1/2), not Q (Q^T r / lam): each Jacobian entry is then
+        # sum_k G_ik G_jk (and sum_k Q_ik Q_jk for the complement), products that commute, so
+        # the Jacobian is symmetric to the last bit, as the full-covariance oracle's is
+        g = self.fit.basis * jax.lax.rsqrt(lam)
+        return jnp.reshape(-(g @ (g.T @ r) + perp / c), jnp.shape(x))
 
 
 class LowRankLogDensity(LowRankMarginal):

@@ -227,7 +227,7 @@ def probe_asymmetry(
     - ``"vjp"``: ``||J v - J^T v||^2`` per probe, one JVP and one VJP (QCSBM's estimator).
     - ``"forward"``: ``2 ||J v||^2 - 2 v . J (J v)`` per probe, from
       ``||J - J^T||_F^2 = 2 ||J||_F^2 - 2 tr(J^2)``: two JVPs in sequence, no VJP, so it works
-      for fields with forward-mode derivatives only (:func:`wgfm.interop.torch_field`). It is
+      for fields with forward-mode derivatives only (a ``jax.custom_jvp`` without a transpose). It is
       noisier: its relative standard error grows like ``1 / lambda`` where the VJP estimator's
       does not, so compare the returned standard errors.
     - ``"auto"``: ``"vjp"`` where the field can be transposed, else ``"forward"``.

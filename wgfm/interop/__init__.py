@@ -1,14 +1,15 @@
 """Models from elsewhere as ``wgfm`` fields (the only place ``wgfm`` touches torch or diffusers).
 
 * :func:`load_diffusers` — any diffusers pipeline or model directory as ``(field, process)``:
-  ``model_index.json`` chooses the denoiser class; ``UNet2DModel`` runs on the flax port
-  (needs ``safetensors``, not torch), ``UNet2DConditionModel``, ``DiTTransformer2DModel`` and
-  ``Transformer2DModel`` through :func:`torch_field` (:mod:`wgfm.interop.pipelines`).
+  ``model_index.json`` chooses the denoiser class and the registry of families
+  (:mod:`wgfm.interop.denoisers`) how to call it; an unconditional ``UNet2DModel`` runs on the
+  flax port (needs ``safetensors``, not torch), every family through :func:`torch_field`
+  (:mod:`wgfm.interop.pipelines`).
 * :func:`scheduler_map` — a diffusers scheduler as a wgfm process and the network's calling
   convention in its time: DDPM-family betas, flow matching (with ``shift``), EDM
   (:mod:`wgfm.interop.schedulers`).
-* :func:`torch_field` — any PyTorch callable ``(x, t) -> y`` as a JAX field (jit, vmap and
-  forward-mode AD through ``torch.func``); torch is imported only when it is called."""
+* :func:`torch_field` — any PyTorch callable ``(x, t) -> y`` as a JAX field (jit, vmap, JVPs and
+  VJPs through ``torch.func``, on its device and dtype); torch is imported only when called."""
 
 from __future__ import annotations
 
