@@ -1,9 +1,10 @@
 """Models from elsewhere as ``wgfm`` fields (the only place ``wgfm`` touches torch or diffusers).
 
 * :func:`load_diffusers` — any diffusers pipeline or model directory as ``(field, process)``:
-  ``model_index.json`` chooses the denoiser class; ``UNet2DModel`` runs on the flax port
-  (needs ``safetensors``, not torch), ``UNet2DConditionModel``, ``DiTTransformer2DModel`` and
-  ``Transformer2DModel`` through :func:`torch_field` (:mod:`wgfm.interop.pipelines`).
+  ``model_index.json`` chooses the denoiser class and the registry of families
+  (:mod:`wgfm.interop.denoisers`) how to call it; an unconditional ``UNet2DModel`` runs on the
+  flax port (needs ``safetensors``, not torch), every family through :func:`torch_field`
+  (:mod:`wgfm.interop.pipelines`).
 * :func:`scheduler_map` — a diffusers scheduler as a wgfm process and the network's calling
   convention in its time: DDPM-family betas, flow matching (with ``shift``), EDM
   (:mod:`wgfm.interop.schedulers`).

@@ -3,14 +3,16 @@
 :func:`read_pipeline` finds the denoiser (``unet/`` or ``transformer/``), its class, the
 scheduler and the autoencoder of a pipeline directory, of one of its component directories
 (``pipe/unet``: the sibling ``scheduler/`` and ``model_index.json`` one level up are used), or
-of a bare model directory. :func:`load_pipeline` then builds the field:
+of a bare model directory. :func:`load_pipeline` then picks the denoiser's family from the
+registry (:mod:`wgfm.interop.denoisers`) and builds the field:
 
-* ``UNet2DModel`` on the flax port (:func:`wgfm.interop.diffusers.load_unet2d`) when the port
-  supports its config, else on PyTorch;
-* ``UNet2DConditionModel``, ``DiTTransformer2DModel``, ``Transformer2DModel`` (patched,
-  ``ada_norm_zero``: DiT) and class-conditional ``UNet2DModel`` through
-  :func:`wgfm.interop.torch_field` (values by callback, JVPs and VJPs by ``torch.func``);
-* anything else raises, naming the class.
+* an unconditional ``UNet2DModel`` on the flax port (:func:`wgfm.interop.diffusers.load_unet2d`)
+  when the port supports its config;
+* every other family through :func:`wgfm.interop.torch_field`
+  (:class:`~wgfm.interop.torch_diffusers.TorchDiffusersField`: values by callback, JVPs and
+  VJPs by ``torch.func``), with its conditions checked against the family's declaration
+  (:mod:`wgfm.interop.conditioning`);
+* anything else raises one line naming the class and the reason.
 
 Both kinds of field take one sample ``(H, W, C)`` and a wgfm time, and carry ``kind``,
 ``process``, ``schedule``, ``sample_shape``, ``notes`` (what was diagnosed: conditioning, a
@@ -20,50 +22,41 @@ learned-variance half, the latent space) and ``latent`` (the pipeline's autoenco
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
+import math
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from jaxtyping import ArrayLike
 
-from ..pretrained import AbstractPretrainedField, torch_seed
-from ..processes import AbstractProcess
-from .schedulers import SchedulerMap, scheduler_map
+from .conditioning import conditioning
+from .denoisers import AbstractDenoiser, family_for
+from .latents import (
+    AUTOENCODER_CLASSES,
+    Latent,
+    decode_latents,
+    encode_latents,
+    pixel_shape,
+    read_latent,
+)
+from .schedulers import FLOW_SCHEDULERS, scheduler_map
+from .torch_diffusers import TorchDiffusersField, torch_net
+
+__all__ = [
+    "Latent",
+    "PipelineDir",
+    "TorchDiffusersField",
+    "decode_latents",
+    "encode_latents",
+    "load_pipeline",
+    "pixel_shape",
+    "read_pipeline",
+]
 
 DENOISERS = ("unet", "transformer")
-AUTOENCODERS = ("vae", "vqvae")
-TORCH_CLASSES = (
-    "UNet2DModel",
-    "UNet2DConditionModel",
-    "DiTTransformer2DModel",
-    "Transformer2DModel",
-)
-AUTOENCODER_CLASSES = ("AutoencoderKL", "VQModel", "AutoencoderTiny", "ConsistencyDecoderVAE")
-# Classes that load but define no continuous field, and why.
-NOT_FIELDS = {
-    "UVit2DModel": "a masked-token model over discrete VQ codes (aMUSEd): it predicts token "
-    "logits, not eps, x0 or a velocity, so it has no score to diagnose",
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class Latent:
-    """A latent pipeline's autoencoder: its class, directory and ``scaling_factor``
-    (``shift_factor``): the denoiser's samples are ``(encode(x) - shift) * scaling``."""
-
-    cls: str
-    path: Path
-    scaling_factor: float
-    shift_factor: float = 0.0
-
-    def describe(self) -> str:
-        shift = f", shift_factor {self.shift_factor:g}" if self.shift_factor else ""
-        return f"the latent space of the pipeline's {self.cls} (scaling_factor {self.scaling_factor:g}{shift})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,20 +117,7 @@ def read_pipeline(path: str | Path) -> PipelineDir:
         if f.is_file():
             sched = _read_json(f)
             break
-    latent = None
-    if root is not None:
-        for name in AUTOENCODERS:
-            d = root / name
-            if (d / "config.json").is_file() or name in index:
-                cfg = _read_json(d / "config.json") if (d / "config.json").is_file() else {}
-                vae_cls = cfg.get("_class_name") or _index_class(index, name) or name
-                latent = Latent(
-                    vae_cls,
-                    d,
-                    float(cfg.get("scaling_factor") or 1.0),
-                    float(cfg.get("shift_factor") or 0.0),
-                )
-                break
+    latent = read_latent(root, index) if root is not None else None
     return PipelineDir(denoiser, cls, config, sched, latent, index.get("_class_name"), root)
 
 
@@ -151,144 +131,6 @@ def _read_json(f: Path) -> dict:
 def _index_class(index: dict, name: str) -> str | None:
     entry = index.get(name)
     return entry[1] if isinstance(entry, list) and len(entry) == 2 else None
-
-
-# ---------------------------------------------------------------------------------------------
-# Fields
-
-
-class TorchDiffusersField(AbstractPretrainedField):
-    """A diffusers PyTorch denoiser as a wgfm field ``(x (H, W, C), t) -> kind``, through
-    :func:`wgfm.interop.torch_field` (JVPs and VJPs by ``torch.func``). The network sees
-    ``schedule.model_input(x, t)`` at ``schedule.timestep(t)`` with the fixed conditioning
-    ``notes`` names; ``learned_variance``: only the first half of its output channels."""
-
-    net: Any  # a wgfm.interop.TorchField over (x (N, H, W, C), timestep (N,))
-    schedule: SchedulerMap
-    sample_shape: tuple[int, int, int] = eqx.field(static=True)
-    cls: str = eqx.field(static=True)
-    notes: tuple[str, ...] = eqx.field(static=True, default=())
-    latent: Latent | None = eqx.field(static=True, default=None)
-    # The torch module and the arguments that rebuild the field around a re-initialised one.
-    module: Any = eqx.field(static=True, default=None)
-    conditioning: Any = eqx.field(static=True, default=None)
-
-    @property
-    def kind(self) -> str:
-        return self.schedule.kind
-
-    @property
-    def process(self) -> AbstractProcess:
-        return self.schedule.process
-
-    @property
-    def prediction_type(self) -> str:
-        return self.schedule.prediction_type
-
-    def describe_process(self) -> str:
-        return self.schedule.describe()
-
-    @property
-    def backend(self) -> str:
-        from .torch import backend_name
-
-        return backend_name(self.net)
-
-    @property
-    def host_callback(self) -> bool:
-        return True
-
-    @property
-    def untrained_description(self) -> str:
-        return (
-            "the same architecture freshly initialised by PyTorch (diffusers' from_config, "
-            "seeded from the diagnosis key, on the model's device in its dtype)"
-        )
-
-    def __call__(self, x: Float[Array, "h w c"], t: Float[ArrayLike, ""]) -> Array:
-        t = jnp.asarray(t, x.dtype)
-        s = self.schedule
-        return s.value(x, self.net(s.model_input(x, t), s.timestep(t)), t)
-
-    def untrained(
-        self, *, key: PRNGKeyArray, sample_shape: tuple[int, ...] = ()
-    ) -> TorchDiffusersField:
-        """The same field around the same architecture freshly initialised by diffusers
-        (``from_config`` under ``torch.manual_seed`` of a seed drawn from ``key``, built on the
-        model's device in its dtype: :func:`wgfm.interop.torch.reinitialised`): the untrained
-        control."""
-        from .torch import reinitialised
-
-        fresh = reinitialised(self.module, torch_seed(key))
-        return TorchDiffusersField(
-            _torch_net(fresh, self.conditioning, self.net.device, self.net.dtype),
-            self.schedule,
-            self.sample_shape,
-            self.cls,
-            self.notes,
-            self.latent,
-            fresh,
-            self.conditioning,
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class Conditioning:
-    """The fixed conditioning of a torch denoiser's calls (hashable: arrays as bytes)."""
-
-    channels: int  # input channels: a learned-variance output keeps this many
-    learned_variance: bool = False
-    class_label: int | None = None
-    encoder_hidden_states: tuple | None = None  # (bytes, shape, dtype str)
-    guidance_scale: float = 0.0  # w of (1 + w) F(x, c) - w F(x, null)
-    null_label: int | None = None
-
-    def ehs(self) -> np.ndarray | None:
-        if self.encoder_hidden_states is None:
-            return None
-        raw, shape, dtype = self.encoder_hidden_states
-        return np.frombuffer(raw, dtype=dtype).reshape(shape)
-
-
-def _torch_net(module, cond: Conditioning, device=None, dtype=None):
-    from .torch import contiguous_group_norms, torch_field
-
-    contiguous_group_norms(module)
-    ehs = cond.ehs()
-    ehs_t = None
-    if ehs is not None:
-        import torch
-
-        ehs_t = torch.from_numpy(np.array(ehs, copy=True))
-    fn = functools.partial(_module_call, module, cond, ehs_t)
-    return torch_field(fn, device=device, dtype=dtype)  # moves module (found on the partial)
-
-
-def _module_call(module, cond: Conditioning, ehs, x, t):
-    """``module`` on a batch ``x (N, H, W, C)``, timesteps ``t (N,)``: NHWC in and out."""
-    import torch
-
-    n = x.shape[0]
-    kw = {}
-    w = cond.guidance_scale
-    if w:  # one call on [conditional; unconditional], as the diffusers pipelines batch it
-        x, t = torch.cat([x, x]), torch.cat([t, t])
-    if cond.class_label is not None:
-        labels = torch.full((n,), cond.class_label, dtype=torch.long, device=x.device)
-        if w:
-            null = int(cond.null_label)  # pyright: ignore[reportArgumentType]  (load checks it)
-            labels = torch.cat([labels, torch.full_like(labels, null)])
-        kw["class_labels"] = labels
-    if ehs is not None:
-        ehs = ehs.to(device=x.device, dtype=x.dtype)
-        kw["encoder_hidden_states"] = ehs.expand(x.shape[0], *ehs.shape[1:])
-    out = module(x.permute(0, 3, 1, 2), timestep=t, **kw).sample
-    if cond.learned_variance:
-        out = out[:, : cond.channels]
-    if w:
-        # Guidance of the raw prediction is guidance of the field: value() is affine in it.
-        out = (1 + w) * out[:n] - w * out[n:]
-    return out.permute(0, 2, 3, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,6 +148,9 @@ def load_pipeline(
     encoder_hidden_states: ArrayLike | None = None,
     variant: str | None = None,
     guidance_scale: float | None = None,
+    condition: Mapping[str, ArrayLike] | None = None,
+    negative_condition: Mapping[str, ArrayLike] | None = None,
+    sample_size: int | tuple[int, int] | None = None,
     device=None,
     torch_dtype=None,
 ):
@@ -316,37 +161,41 @@ def load_pipeline(
     (also for ``pipe/unet``); a bare model directory without either gets diffusers'
     ``DDPMScheduler`` defaults (linear betas 1e-4..0.02, 1000 steps, epsilon), with a warning.
     ``mu``: a dynamically shifted flow-matching scheduler's shift
-    (:func:`~wgfm.interop.schedulers.scheduler_map`). Use ``wgfm.as_field(process, field,
-    kind=field.kind, to="score" | "velocity")`` for the score or the WGF velocity.
-    ``backend``: ``"auto"`` (the flax port where it applies, else PyTorch), ``"flax"`` or
-    ``"torch"``. ``class_label``: the class of a class-conditional denoiser (default: its null
-    class where it has one); ``encoder_hidden_states``: the ``(seq, dim)`` or ``(1, seq, dim)``
-    text embedding of a ``UNet2DConditionModel``. ``variant``: weights such as
-    ``diffusion_pytorch_model.fp16.safetensors`` (cast to ``dtype``). ``guidance_scale`` ``w``:
-    the classifier-free-guided field ``(1 + w) F(x, c) - w F(x, null)`` of a class-conditional
-    denoiser with a null class (diffusers' ``guidance_scale`` is ``1 + w``). PyTorch denoisers:
-    ``device`` (``"cuda"``, ``"mps"``, ``"cpu"``; None: the accelerator when present) and
-    ``torch_dtype`` (``"bfloat16"``, ``"float16"``, ``"float32"`` or a ``torch.dtype``; None:
-    ``dtype``) for the weights and activations, loaded in that dtype and moved once
-    (:func:`wgfm.interop.torch.place_module`); the field's inputs and outputs stay ``dtype``."""
-    from .diffusers import DiffusersField, has_learned_variance, hwc_shape, load_unet2d
+    (:func:`~wgfm.interop.schedulers.scheduler_map`); default: the pipeline's own, from the
+    image's token count. Use ``wgfm.as_field(process, field, kind=field.kind, to="score" |
+    "velocity")`` for the score or the WGF velocity. ``backend``: ``"auto"`` (the flax port
+    where it applies, else PyTorch), ``"flax"`` or ``"torch"``.
+
+    ``condition``: ``{name: array}``, the denoiser's own forward keywords (and
+    ``added_cond_kwargs`` keys) for one sample, without a batch axis; the family declares the
+    names and shapes (:mod:`wgfm.interop.denoisers`) and fills the pipeline's defaults.
+    ``class_label`` (default: the null class where there is one) and ``encoder_hidden_states``
+    (``(seq, dim)`` or ``(1, seq, dim)``) are short forms of ``class_labels`` and
+    ``encoder_hidden_states``. ``guidance_scale`` ``w``: for class-conditional families the
+    classifier-free-guided field ``(1 + w) F(x, c) - w F(x, null)`` with the null class
+    (diffusers' ``guidance_scale`` is ``1 + w``); for text families the pipeline's own
+    ``F(x, null) + w (F(x, c) - F(x, null))`` with ``negative_condition`` as the null one.
+    ``sample_size``: the latent height and width (default: the config's, FLUX: 128).
+    ``variant``: weights such as ``diffusion_pytorch_model.fp16.safetensors`` (cast to
+    ``dtype``). PyTorch denoisers: ``device`` (``"cuda"``, ``"mps"``, ``"cpu"``; None: the
+    accelerator when present) and ``torch_dtype`` (``"bfloat16"``, ``"float16"``,
+    ``"float32"`` or a ``torch.dtype``; None: ``dtype``) for the weights and activations,
+    loaded in that dtype and moved once (:func:`wgfm.interop.torch.place_module`); the field's
+    inputs and outputs stay ``dtype``."""
+    from .diffusers import DiffusersField, hwc_shape, load_unet2d
 
     if backend not in ("auto", "flax", "torch"):
         raise ValueError(f"`backend` must be 'auto', 'flax' or 'torch', got {backend!r}.")
     pd = read_pipeline(path)
-    cls = pd.cls
-    if cls in NOT_FIELDS:
-        raise ValueError(f"`path` {str(path)!r}: {cls} is {NOT_FIELDS[cls]}.")
+    cls, config = pd.cls, pd.config
+    where = f"`path` {str(path)!r}"
     if cls in AUTOENCODER_CLASSES:
         raise ValueError(
-            f"`path` {str(path)!r} holds a {cls}, an autoencoder, not a denoiser: give the "
-            "pipeline directory (its unet/ or transformer/ is the field)."
+            f"{where} holds a {cls}, an autoencoder, not a denoiser: give the pipeline directory "
+            "(its unet/ or transformer/ is the field)."
         )
-    if cls not in TORCH_CLASSES:
-        raise ValueError(
-            f"`path` {str(path)!r}: the denoiser class {cls!r} is not supported (neither the "
-            f"flax port, UNet2DModel, nor the PyTorch path: {', '.join(TORCH_CLASSES)})."
-        )
+    family = family_for(cls, config, where)
+    channels = _state_channels(family, cls, config, pd.latent, where)
     if scheduler_config is None:
         scheduler_config = pd.scheduler_config
     if scheduler_config is None:
@@ -356,31 +205,36 @@ def load_pipeline(
             stacklevel=2,
         )
         scheduler_config = {}
-    schedule = scheduler_map(scheduler_config, mu=mu)
-    learned = has_learned_variance(pd.config)
+    size = sample_size if sample_size is not None else family.default_size(config)
+    shape = hwc_shape(size, channels, cls)
     notes = []
+    if mu is None and _dynamic(scheduler_config):
+        mu = pipeline_mu(scheduler_config, family.image_seq_len(config, shape))
+        notes.append(f"mu {mu:.4g}: the pipeline's shift for {shape[0]}x{shape[1]} latents")
+    schedule = scheduler_map(scheduler_config, mu=mu)
+    learned = family.output_channels(config) == 2 * channels
     if learned:
-        c = pd.config["in_channels"]
         notes.append(
-            f"learned variance: the network outputs {2 * c} channels (prediction and variance, "
-            f"Improved DDPM / ADM); the field is the first {c}, the {schedule.prediction_type} "
-            "prediction"
+            f"learned variance: the network outputs {2 * channels} channels (prediction and "
+            f"variance, Improved DDPM / ADM); the field is the first {channels}, the "
+            f"{schedule.prediction_type} prediction"
         )
     if pd.latent is not None:
         notes.append(f"diagnosed in {pd.latent.describe()}")
+    given = _given(cls, condition, class_label, encoder_hidden_states)
     port_problem = None
     conditional = cls == "UNet2DModel" and (
-        pd.config.get("num_class_embeds") or pd.config.get("class_embed_type")
+        config.get("num_class_embeds") or config.get("class_embed_type")
     )
     if cls == "UNet2DModel" and backend != "torch" and not conditional:
         from ..models import unet2d_from_config
 
         try:
-            unet2d_from_config(pd.config)
+            unet2d_from_config(config)
         except ValueError as e:
             port_problem = str(e)
         if port_problem is None or backend == "flax":
-            if class_label is not None or encoder_hidden_states is not None or guidance_scale:
+            if given or negative_condition or guidance_scale:
                 raise ValueError(f"{cls} at {str(pd.denoiser)!r} is unconditional.")
             model, params, _ = load_unet2d(pd.denoiser, dtype=dtype, variant=variant)
             field = DiffusersField(model, params, schedule, learned, tuple(notes), pd.latent)
@@ -390,34 +244,77 @@ def load_pipeline(
             f"the flax port is UNet2DModel only; {cls} needs backend 'torch' or 'auto'."
         )
     module = _load_module(pd, variant, dtype, torch_dtype)
-    cond = _conditioning(module, pd, learned, class_label, encoder_hidden_states, notes)
-    if guidance_scale:
-        if cond.class_label is None or cond.null_label in (None, cond.class_label):
-            raise ValueError(
-                f"`guidance_scale` needs a class-conditional denoiser with a null class and a "
-                f"`class_label` other than it ({cls} at {str(pd.denoiser)!r})."
-            )
-        cond = dataclasses.replace(cond, guidance_scale=float(guidance_scale))
-        notes.append(
-            f"the classifier-free-guided field (1 + w) F(x, c) - w F(x, null) with w = "
-            f"{float(guidance_scale):g}, c = {cond.class_label}, null = {cond.null_label}: not "
-            "the score of a noised distribution, even for exact F"
-        )
+    f = 1 if pd.latent is None else pd.latent.factor()
+    conds = family.conditions(config, module, shape, (shape[0] * f, shape[1] * f))
+    cond, cond_notes = conditioning(
+        family, cls, conds, channels, learned, given, negative_condition, guidance_scale
+    )
+    notes += cond_notes
     if port_problem:
         notes.append(f"PyTorch, as the flax port does not support this config ({port_problem})")
-    c = module.config
-    shape = hwc_shape(c.get("sample_size"), c.get("in_channels"), cls)
+    net = torch_net(module, family, cond, device, torch_dtype)
     field = TorchDiffusersField(
-        _torch_net(module, cond, device, torch_dtype),
-        schedule,
-        shape,
-        cls,
-        tuple(notes),
-        pd.latent,
-        module,
-        cond,
+        net, schedule, shape, cls, tuple(notes), pd.latent, module, cond, family
     )
     return field, schedule.process
+
+
+def _state_channels(
+    family: AbstractDenoiser, cls: str, config: dict, latent: Latent | None, where: str
+) -> int:
+    """The state's channels; refuses a denoiser whose input carries more than its state."""
+    c_in, c_out = family.state_channels(config), family.output_channels(config)
+    if c_out not in (c_in, 2 * c_in):
+        raise ValueError(
+            f"{where}: {cls} is not supported: it takes {c_in} input channels and predicts "
+            f"{c_out}, so its input carries more than the state (an inpainting model's mask and "
+            "masked image, a depth model's depth): it is not a field of its state."
+        )
+    if latent is not None and latent.channels is not None and c_in != latent.channels:
+        raise ValueError(
+            f"{where}: {cls} is not supported: it takes {c_in} input channels but its "
+            f"{latent.cls} has {latent.channels} latent channels (an inpainting or depth "
+            "model's extra inputs): it is not a field of the latents."
+        )
+    return c_in
+
+
+def _given(cls, condition, class_label, ehs) -> dict:
+    """``condition`` with the short forms ``class_label`` and ``encoder_hidden_states``."""
+    given = dict(condition or {})
+    for name, value in (("class_labels", class_label), ("encoder_hidden_states", ehs)):
+        if value is None:
+            continue
+        if name in given:
+            raise ValueError(f"`condition` and a short form both give `{name}`: give one.")
+        if name == "encoder_hidden_states":
+            e = np.asarray(value, np.float32)
+            e = e[0] if e.ndim == 3 and e.shape[0] == 1 else e
+            if e.ndim != 2:
+                raise ValueError(
+                    "`encoder_hidden_states` must have shape (seq, dim) or (1, seq, dim), got "
+                    f"{np.shape(value)}."
+                )
+            value = e
+        given[name] = np.asarray(value)
+    return given
+
+
+def _dynamic(config: dict) -> bool:
+    return config.get("_class_name") in FLOW_SCHEDULERS and bool(config.get("use_dynamic_shifting"))
+
+
+def pipeline_mu(config: dict, image_seq_len: int) -> float:
+    """The shift ``mu`` the FLUX and SD3 pipelines give a dynamically shifted scheduler: linear
+    in the image's token count between ``(base_image_seq_len, base_shift)`` and
+    ``(max_image_seq_len, max_shift)`` (their ``calculate_shift``)."""
+    b0, b1 = int(config.get("base_image_seq_len", 256)), int(config.get("max_image_seq_len", 4096))
+    s0, s1 = float(config.get("base_shift", 0.5)), float(config.get("max_shift", 1.15))
+    m = (s1 - s0) / (b1 - b0)
+    mu = image_seq_len * m + (s0 - m * b0)
+    if not math.isfinite(mu):
+        raise ValueError(f"the scheduler's dynamic shift is not finite for {image_seq_len} tokens.")
+    return mu
 
 
 def _load_module(pd: PipelineDir, variant: str | None, dtype, torch_dtype=None):
@@ -426,8 +323,8 @@ def _load_module(pd: PipelineDir, variant: str | None, dtype, torch_dtype=None):
         import torch
     except ImportError:
         raise ValueError(
-            f"{pd.cls} runs on PyTorch: install torch and diffusers (the flax port is "
-            "UNet2DModel only)."
+            f"{pd.cls} runs on PyTorch: install wgfm[diffusers] (torch and diffusers; the flax "
+            "port is UNet2DModel only)."
         ) from None
     tdtype = {jnp.dtype(jnp.float32): torch.float32, jnp.dtype(jnp.float64): torch.float64}.get(
         jnp.dtype(dtype)
@@ -444,110 +341,3 @@ def _load_module(pd: PipelineDir, variant: str | None, dtype, torch_dtype=None):
     except OSError as e:
         raise ValueError(f"{pd.cls} at {str(pd.denoiser)!r} could not be loaded: {e}") from None
     return module.eval()
-
-
-def _conditioning(module, pd, learned, class_label, ehs, notes) -> Conditioning:
-    cls = pd.cls
-    c = int(module.config["in_channels"])
-    ehs_key = None
-    if cls == "UNet2DConditionModel":
-        if ehs is None:
-            raise ValueError(
-                f"{cls} is conditioned on a text embedding: give `encoder_hidden_states` "
-                f"(--prompt-embedding FILE.npy) of shape (seq, {module.config['cross_attention_dim']})."
-            )
-        e = np.asarray(ehs, np.float32)
-        e = e[None] if e.ndim == 2 else e
-        if e.ndim != 3 or e.shape[0] != 1:
-            raise ValueError(
-                f"`encoder_hidden_states` must have shape (seq, dim) or (1, seq, dim), got {e.shape}."
-            )
-        ehs_key = (e.tobytes(), e.shape, str(e.dtype))
-        notes.append(f"conditioned on a given text embedding of shape {e.shape[1:]}")
-    elif ehs is not None:
-        raise ValueError(f"{cls} takes no text embedding (`encoder_hidden_states`).")
-    label_emb = _label_embedding(module)
-    null = None
-    if label_emb is not None:
-        n, null = label_emb
-        if class_label is None:
-            if null is None:
-                raise ValueError(
-                    f"{cls} is class-conditional ({n} classes, no null class): give `class_label`."
-                )
-            class_label = null
-            notes.append(f"the unconditional field (the null class label {null})")
-        else:
-            if not 0 <= int(class_label) < n:
-                raise ValueError(f"`class_label` must be in [0, {n}), got {class_label}.")
-            notes.append(f"conditioned on class label {int(class_label)}")
-    elif class_label is not None:
-        raise ValueError(f"{cls} is not class-conditional: `class_label` does not apply.")
-    label = None if class_label is None else int(class_label)
-    return Conditioning(c, learned, label, ehs_key, null_label=null)
-
-
-def _label_embedding(module) -> tuple[int, int | None] | None:
-    """``(number of classes, null label or None)`` of a class-conditional module, else None."""
-    import torch
-    from diffusers.models.embeddings import LabelEmbedding
-
-    for m in module.modules():
-        if isinstance(m, LabelEmbedding):
-            n = int(m.num_classes)
-            return n, (n if m.embedding_table.num_embeddings > n else None)
-    emb = getattr(module, "class_embedding", None)
-    if isinstance(emb, torch.nn.Embedding):
-        return int(emb.num_embeddings), None
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
-# Latents
-
-
-def pixel_shape(latent: Latent, shape) -> tuple[int, int, int]:
-    """The images a latent pipeline's autoencoder encodes to latents of ``shape``."""
-    cfg = json.loads((latent.path / "config.json").read_text())
-    f = 2 ** (len(cfg.get("block_out_channels", [0])) - 1)
-    return shape[0] * f, shape[1] * f, int(cfg.get("in_channels", 3))
-
-
-def encode_latents(latent: Latent, images: np.ndarray, batch: int = 16) -> np.ndarray:
-    """``(encode(x) - shift_factor) * scaling_factor`` of ``images (N, H, W, C)`` in [-1, 1]
-    by the pipeline's autoencoder (PyTorch, float32): the posterior mean of an
-    ``AutoencoderKL``, the unquantised latents of a ``VQModel``."""
-    try:
-        import diffusers
-        import torch
-    except ImportError:
-        raise ValueError(
-            f"encoding images into the latent space of the pipeline's {latent.cls} needs torch "
-            "and diffusers."
-        ) from None
-    vae = getattr(diffusers, latent.cls).from_pretrained(str(latent.path)).eval()
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(images), batch):
-            x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch].transpose(0, 3, 1, 2)))
-            enc = vae.encode(x.float())
-            z = enc.latent_dist.mode() if hasattr(enc, "latent_dist") else enc.latents
-            out.append(((z - latent.shift_factor) * latent.scaling_factor).numpy())
-    return np.concatenate(out).transpose(0, 2, 3, 1).astype(np.float32)
-
-
-def decode_latents(latent: Latent, z: np.ndarray, batch: int = 16) -> np.ndarray:
-    """Images ``(N, H, W, C)`` in [-1, 1] of latents ``z (N, h, w, c)`` in the denoiser's
-    space: the autoencoder's ``decode(z / scaling_factor + shift_factor)``, the inverse of
-    :func:`encode_latents` (for figures: what the diagnosed points look like)."""
-    import diffusers
-    import torch
-
-    vae = getattr(diffusers, latent.cls).from_pretrained(str(latent.path)).eval()
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(z), batch):
-            zz = torch.from_numpy(np.ascontiguousarray(z[i : i + batch].transpose(0, 3, 1, 2)))
-            zz = zz.float() / latent.scaling_factor + latent.shift_factor
-            out.append(vae.decode(zz).sample.clamp(-1, 1).numpy())
-    return np.concatenate(out).transpose(0, 2, 3, 1).astype(np.float32)

@@ -37,6 +37,14 @@ from ..processes import VE, AbstractProcess, DiscreteVP, LinearInterpolant, Shif
 KINDS = {"epsilon": "eps", "sample": "x0", "v_prediction": "eps"}
 FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
 EDM_SCHEDULERS = ("EDMEulerScheduler", "EDMDPMSolverMultistepScheduler")
+# Few-step samplers of distilled models: the network's output is a consistency function's jump
+# to the data, not a score, x0 estimate or velocity of the noising process.
+CONSISTENCY_SCHEDULERS = (
+    "CMStochasticIterativeScheduler",
+    "LCMScheduler",
+    "TCDScheduler",
+    "SCMScheduler",
+)
 
 
 class SchedulerMap(eqx.Module):
@@ -122,12 +130,18 @@ def scheduler_map(config: dict, *, mu: float | None = None) -> SchedulerMap:
     k = int(config.get("num_train_timesteps", 1000))
     if k < 2:
         raise ValueError(f"scheduler `num_train_timesteps` must be >= 2, got {k}.")
-    if mu is not None and not (name in FLOW_SCHEDULERS and config.get("use_dynamic_shifting")):
+    flows = name in FLOW_SCHEDULERS or config.get("use_flow_sigmas")
+    if mu is not None and not (flows and config.get("use_dynamic_shifting")):
         raise ValueError(
             f"`mu` applies to a flow-matching scheduler with `use_dynamic_shifting`; {name} "
             "has none."
         )
-    if name in FLOW_SCHEDULERS:
+    if name in CONSISTENCY_SCHEDULERS:
+        raise ValueError(
+            f"scheduler {name!r} samples a consistency-distilled model: its network jumps to the "
+            "data in few steps and defines no score or velocity of a noising process."
+        )
+    if name in FLOW_SCHEDULERS or config.get("use_flow_sigmas"):
         return _flow_map(name, config, k, mu)
     if name in EDM_SCHEDULERS:
         return _edm_map(name, config, k)
@@ -163,7 +177,8 @@ def _flow_map(name: str, config: dict, k: int, mu: float | None) -> SchedulerMap
             f"scheduler {name!r} has `invert_sigmas`: its network's timestep runs the other way, "
             "which is not mapped."
         )
-    prediction_type = config.get("prediction_type", "flow_prediction")
+    default = "flow_prediction" if name in FLOW_SCHEDULERS else "epsilon"
+    prediction_type = config.get("prediction_type", default)
     if prediction_type not in ("flow_prediction", "velocity"):
         raise ValueError(
             f"scheduler {name!r}: `prediction_type` {prediction_type!r} is not a flow velocity."
@@ -178,8 +193,11 @@ def _flow_map(name: str, config: dict, k: int, mu: float | None) -> SchedulerMap
         # linear with c = mu.
         linear = config.get("time_shift_type", "exponential") == "linear"
         shift = float(mu) if linear else math.exp(float(mu))
-    else:
+    elif name in FLOW_SCHEDULERS:
         shift = float(config.get("shift", 1.0))
+    else:
+        # DPM-Solver or UniPC with use_flow_sigmas (Sana): the same shifted grid, flow_shift.
+        shift = float(config.get("flow_shift", 1.0))
     if not shift > 0:
         raise ValueError(f"scheduler {name!r}: the shift must be positive, got {shift}.")
     # Steps k = 1..K sit at t = k/K; the last is pure noise (alpha = 0), outside the process.
@@ -229,6 +247,13 @@ def scheduler_betas(config: dict) -> np.ndarray:
             f"scheduler `beta_schedule` {schedule!r} is not supported "
             "('linear', 'scaled_linear', 'squaredcos_cap_v2', 'sigmoid' or `trained_betas`)."
         )
+    shift = config.get("snr_shift_scale")
+    if shift is not None and float(shift) != 1.0:
+        # CogVideoX's schedulers divide the SNR by snr_shift_scale (alphabar / (s + (1 - s)
+        # alphabar)) before any zero-SNR rescaling: betas of the shifted alphabar.
+        ab = np.cumprod(1 - betas)
+        ab = ab / (float(shift) + (1 - float(shift)) * ab)
+        betas = 1 - np.concatenate([ab[:1], ab[1:] / ab[:-1]])
     if config.get("rescale_betas_zero_snr", False):
         betas = _rescale_zero_terminal_snr(betas)
     return betas

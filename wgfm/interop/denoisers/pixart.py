@@ -1,0 +1,58 @@
+"""PixArt-alpha and PixArt-Sigma: ``PixArtTransformer2DModel`` (or ``Transformer2DModel`` with
+``norm_type="ada_norm_single"``): T5 caption embeddings, the ``resolution``/``aspect_ratio``
+added conditions where the config asks for them (``sample_size`` 128: PixArt-alpha 1024), and
+a learned-sigma half."""
+
+from __future__ import annotations
+
+from .base import AbstractDenoiser, Condition
+
+
+def uses_sizes(config: dict) -> bool:
+    flag = config.get("use_additional_conditions")
+    # As the model and its pipeline decide it: only the 1024-pixel alpha checkpoints.
+    return bool(flag) if flag is not None else config.get("sample_size") == 128
+
+
+class PixArt(AbstractDenoiser):
+    name = "PixArt-alpha/Sigma"
+    classes = ("PixArtTransformer2DModel", "Transformer2DModel")
+    examples = "PixArt-alpha/PixArt-XL-2-1024-MS, PixArt-alpha/PixArt-Sigma-XL-2-1024-MS"
+    state = "latents (H, W, 4), patched by the network itself"
+    time = "the scheduler's timestep"
+    output = "eps (and a learned-sigma half, dropped)"
+
+    def accepts(self, config: dict) -> bool:
+        return config.get("_class_name") == "PixArtTransformer2DModel" or (
+            config.get("norm_type") == "ada_norm_single"
+        )
+
+    def conditions(self, config, module, shape, pixels):
+        dim = int(config.get("caption_channels") or config["cross_attention_dim"])
+        out = [Condition("encoder_hidden_states", ("seq", dim), "the T5 caption embedding")]
+        if uses_sizes(config):
+            h, w = pixels
+            out += [
+                Condition(
+                    "resolution",
+                    (2,),
+                    "image height and width in pixels (default: the image's)",
+                    added=True,
+                    default=(float(h), float(w)),
+                    negative=False,
+                ),
+                Condition(
+                    "aspect_ratio",
+                    (1,),
+                    "height / width (default: the image's)",
+                    added=True,
+                    default=(h / w,),
+                    negative=False,
+                ),
+            ]
+        return tuple(out)
+
+    def forward(self, module, x, timestep, kw, added):
+        # The pipeline always passes both keys (None where the config takes no sizes).
+        added = {"resolution": None, "aspect_ratio": None, **added}
+        return module(x, timestep=timestep, added_cond_kwargs=added, **kw).sample
