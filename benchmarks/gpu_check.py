@@ -22,10 +22,9 @@ precision, and a quick diagnosis, in one run of under 5 minutes on one GPU.
 2. **Throughput**: network passes per second through the field (forward, JVP, VJP; a batch of
    ``batch`` images per call, jitted, callbacks included) and the bare PyTorch forward, per
    precision, with PyTorch's default TF32 settings for float32, and the peak CUDA memory.
-3. **Quick diagnosis** (claims 1 and 2, tiny sizes) of a tiny Stable-Diffusion-type pipeline
-   on the device in float32, loaded by ``load_diffusers(..., device=)``: the SDXL adapter was
-   not on main when this script was written, so a ``UNet2DConditionModel`` pipeline with a
-   fixed text embedding stands in, and the JSON says so (``pipeline``).
+3. **Quick diagnosis** (claims 1 and 2, tiny sizes) of a tiny SDXL-type pipeline (random
+   weights, the SDXL family's added conditions) on the device in float32, loaded by
+   ``load_diffusers(..., device=)``, on random latents.
 
 JAX and PyTorch share the GPU: JAX's preallocation is switched off before JAX starts
 (``XLA_PYTHON_CLIENT_PREALLOCATE=false``; docs/diagnose_your_model.md says why). Writes
@@ -79,6 +78,13 @@ TINY: dict[str, Any] = dict(
     attention_head_dim=4,
     down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+)
+# The SDXL family's tiny form: the six size ids of 4 and a pooled text embedding of 8 added.
+SDXL_TINY: dict[str, Any] = dict(
+    TINY,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=4,
+    projection_class_embeddings_input_dim=6 * 4 + 8,
 )
 SIZES = {  # config, text sequence length, batch, timed repeats
     "mid": (MID, 77, 4, 5),
@@ -211,13 +217,14 @@ def throughput(unet, ehs, device: str, dtypes, batch: int, repeats: int) -> list
 
 
 def diagnosis(device: str) -> list[dict]:
-    """A quick diagnosis (claims 1 and 2, tiny sizes) of a tiny Stable-Diffusion-type pipeline
-    loaded on ``device``."""
+    """A quick diagnosis (claims 1 and 2, tiny sizes) of a tiny SDXL-type pipeline (the
+    ``text_time`` ``UNet2DConditionModel``: a text embedding, a pooled one and the size ids)
+    loaded on ``device``, on random latents."""
     import json
 
     import torch
     from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
-    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
+    from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteScheduler
 
     import wgfm
     from wgfm.diagnosis import TITLES, DiagnoseSizes
@@ -240,29 +247,27 @@ def diagnosis(device: str) -> list[dict]:
         ddim_steps=4,
     )
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**TINY)
-    e = np.random.default_rng(2).standard_normal((3, TINY["cross_attention_dim"]))
-    rng = np.random.default_rng(3)
+    unet = UNet2DConditionModel(**SDXL_TINY)
+    sched = EulerDiscreteScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012
+    )  # SDXL's
+    rng = np.random.default_rng(2)
+    cond = {
+        "encoder_hidden_states": rng.standard_normal((3, 8)).astype(np.float32),
+        "text_embeds": rng.standard_normal(8).astype(np.float32),
+    }
     images = rng.standard_normal((16, 8, 8, 4)).astype(np.float32)  # latents, N(0, I)
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
         unet.save_pretrained(root / "unet")
-        DDIMScheduler().save_pretrained(root / "scheduler")
-        index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0"}
+        sched.save_pretrained(root / "scheduler")
+        index = {"_class_name": "StableDiffusionXLPipeline", "_diffusers_version": "0"}
         index |= {"unet": ["diffusers", "UNet2DConditionModel"]}
-        index |= {"scheduler": ["diffusers", "DDIMScheduler"]}
+        index |= {"scheduler": ["diffusers", "EulerDiscreteScheduler"]}
         (root / "model_index.json").write_text(json.dumps(index))
         t0 = time.perf_counter()
-        field, process = load_diffusers(
-            root, encoder_hidden_states=e.astype(np.float32), device=device
-        )
-        result = wgfm.diagnose(
-            field,
-            process,
-            images,
-            key=jax.random.key(0),
-            sizes=sizes,
-        )
+        field, process = load_diffusers(root, condition=cond, device=device)
+        result = wgfm.diagnose(field, process, images, key=jax.random.key(0), sizes=sizes)
         wall = time.perf_counter() - t0
     js = json.loads(result.to_json())
     return [
@@ -273,8 +278,9 @@ def diagnosis(device: str) -> list[dict]:
             compile_s=None,
             median_s=wall,
             repeats=1,
-            pipeline="tiny StableDiffusionPipeline (UNet2DConditionModel, 8x8x4 latents, "
-            "random weights): the SDXL adapter was not on main",
+            pipeline="tiny StableDiffusionXLPipeline (text_time UNet2DConditionModel, 8x8x4 "
+            "latents, random weights, no VAE)",
+            field=field.describe(),
             backend=field.backend,
             header=js["header"],
             claim1_rows=js["claims"][TITLES[1]],
