@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import time
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -100,6 +101,12 @@ class Context:
     def key(self, name: str):
         """A key for ``name``, independent of the order in which assets are built."""
         return jax.random.fold_in(self.root_key, zlib.crc32(name.encode()))
+
+    def cached(self, name: str, build: Callable[[], Any]) -> Any:
+        """The asset ``name``, built by ``build()`` on first use and kept for the run."""
+        if name not in self._cache:
+            self._cache[name] = build()
+        return self._cache[name]
 
     # -- oracles --------------------------------------------------------------------------------
 

@@ -298,6 +298,10 @@ def test_replicate_runs_share_no_randomness():
     assert ctx.network("2d", "eps", steps=0, seed=3) is ctx.network("2d", "eps", steps=0, seed=3)
     with pytest.raises(ValueError, match="seed"):
         ctx.data("digits", seed=1)
+    built = []
+    for _ in range(2):  # Context.cached: built once, then kept
+        assert ctx.cached("an asset", lambda: built.append(1) or "value") == "value"
+    assert built == [1]
     with pytest.raises(ValueError, match="objective"):
         train(ctx, "nope")
 
