@@ -8,8 +8,8 @@ when it is absent, and the comparisons that need it are skipped.
 from __future__ import annotations
 
 import os
+import statistics
 import sys
-import time
 from typing import Any
 
 import equinox as eqx
@@ -34,9 +34,7 @@ def torch_or_none(what: str) -> Any:
         print(f"[{what}] {TORCH_MISSING}", file=sys.stderr)
         return None
     threads = os.environ.get("OMP_NUM_THREADS", "")
-    torch.set_num_threads(
-        int(threads) if threads.isdigit() and int(threads) > 0 else os.cpu_count() or 1
-    )
+    torch.set_num_threads(int(threads) if threads.isdigit() and int(threads) > 0 else jax_cores())
     return torch
 
 
@@ -97,18 +95,29 @@ def mlp_flops(dim: int, width: int = 256, depth: int = 3) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def best_threads(torch, call) -> int:
-    """PyTorch's faster thread count for ``call``: all cores, or 1 (on a shared machine OpenMP
-    barriers can make all-core runs 100x slower); it stays set for the rest of the run."""
-    best = (float("inf"), 1)
-    for n in sorted({os.cpu_count() or 1, 1}, reverse=True):
+def jax_cores() -> int:
+    """The cores XLA:CPU's thread pool runs on (the process's CPU affinity)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def best_threads(torch, call, calls: int = 2) -> tuple[int, dict[str, float]]:
+    """``(threads, {threads: median seconds})``: PyTorch's faster thread count for ``call``, the
+    operation the module then times (a warm-up and the median of ``calls`` calls at each):
+    JAX's cores (what the JAX side uses), or 1 (on a shared machine OpenMP barriers can make
+    all-core runs slower). It stays set for the rest of the module; both times go in its rows."""
+    tried: dict[str, float] = {}
+    for n in sorted({jax_cores(), 1}, reverse=True):
         torch.set_num_threads(n)
         call()
-        t0 = time.perf_counter()
-        call()
-        best = min(best, (time.perf_counter() - t0, n))
-    torch.set_num_threads(best[1])
-    return best[1]
+        tried[str(n)] = statistics.median(steady_times(call, calls))
+    best = min(tried, key=tried.__getitem__)
+    torch.set_num_threads(int(best))
+    return int(best), tried
+
+
+def threads_extra(threads: int, tried: dict[str, float]) -> dict[str, float | int]:
+    """:func:`best_threads`' choice as record extras: the count and the time at each."""
+    return {"torch_threads": threads} | {f"torch_s_at_{n}_threads": s for n, s in tried.items()}
 
 
 PEAK_REPEATS = 7
@@ -195,28 +204,31 @@ def oracle_max_diff(field, mixture, process, dim: int, n: int = 8) -> float:
     return worst
 
 
-def torch_subjac(torch, fn, xs, idxs, t: float, *, chunk: int, vmap_tangents: bool):
+def torch_subjac(
+    torch, fn, xs, idxs, t: float, *, chunk: int, vmap_tangents: bool, vmap_images: bool = False
+):
     """``(n, K, K)`` sub-Jacobians ``J[idx][:, idx]`` of a batched PyTorch field
     ``fn(x (N, C, H, W), t (N,))`` at each image ``xs[i]``, from one-hot JVPs, ``chunk`` tangents
     per pass.
 
     ``vmap_tangents=True`` is ``torch.func.vmap`` over ``torch.func.jvp`` at one primal per chunk
     (the primal pass runs once per chunk: PyTorch's own recipe for Jacobian columns, what
-    ``torch.func.jacfwd`` does); ``False`` repeats the image once per tangent along the batch
-    axis (one primal pass per tangent), the paper authors' method."""
+    ``torch.func.jacfwd`` does); with ``vmap_images=True`` a second ``vmap`` batches the images
+    as well (one pass per chunk for all of them, as wgfm's ``vmap`` over images does).
+    ``vmap_tangents=False`` repeats the image once per tangent along the batch axis (one primal
+    pass per tangent), the paper authors' method."""
     from torch.func import jvp, vmap
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    out = []
     # PyTorch's fused CPU attention kernels have no forward-mode AD; the math backend does.
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        if vmap_images:
+            return _subjac_all_images(torch, fn, xs, idxs, t, chunk, jvp, vmap)
+        out = []
         for x, idx in zip(xs, idxs, strict=True):
             d, cols = x.numel(), []
             for c in range(0, len(idx), chunk):
-                sel = idx[c : c + chunk]
-                tang = torch.zeros(len(sel), d)
-                tang[torch.arange(len(sel)), sel] = 1.0
-                tang = tang.reshape(len(sel), *x.shape)
+                tang = _one_hot(torch, idx[c : c + chunk], x)
                 if vmap_tangents:
                     ts = torch.full((1,), t)
                     one = lambda v, x=x, ts=ts: jvp(  # noqa: E731
@@ -224,9 +236,36 @@ def torch_subjac(torch, fn, xs, idxs, t: float, *, chunk: int, vmap_tangents: bo
                     )[1]
                     jv = vmap(one)(tang)
                 else:
-                    rep = x.expand(len(sel), *x.shape).contiguous()
-                    ts = torch.full((len(sel),), t)
+                    n = len(tang)
+                    rep = x.expand(n, *x.shape).contiguous()
+                    ts = torch.full((n,), t)
                     jv = jvp(fn, (rep, ts), (tang, torch.zeros_like(ts)))[1]
-                cols.append(jv.reshape(len(sel), d)[:, idx])
+                cols.append(jv.reshape(len(tang), d)[:, idx])
             out.append(torch.cat(cols).T)
-    return torch.stack(out)
+        return torch.stack(out)
+
+
+def _one_hot(torch, sel, x):
+    """``(len(sel), *x.shape)`` one-hot tangents at the flat coordinates ``sel`` of ``x``."""
+    tang = torch.zeros(len(sel), x.numel())
+    tang[torch.arange(len(sel)), sel] = 1.0
+    return tang.reshape(len(sel), *x.shape)
+
+
+def _subjac_all_images(torch, fn, xs, idxs, t, chunk, jvp, vmap):
+    """:func:`torch_subjac` with ``vmap`` over images outside ``vmap`` over tangents."""
+    n, d = xs.shape[0], xs[0].numel()
+    ts = torch.full((1,), t)
+
+    def one(x, v):  # one image, one tangent
+        return jvp(lambda y: fn(y[None], ts)[0], (x,), (v,))[1]
+
+    per_image = vmap(vmap(one, in_dims=(None, 0)), in_dims=(0, 0))
+    cols = []
+    for c in range(0, idxs.shape[1], chunk):
+        tang = torch.stack(
+            [_one_hot(torch, idx[c : c + chunk], x) for x, idx in zip(xs, idxs, strict=True)]
+        )
+        jv = per_image(xs, tang).reshape(n, tang.shape[1], d)  # (n, chunk, D)
+        cols.append(torch.gather(jv, 2, idxs[:, None, :].expand(-1, tang.shape[1], -1)))
+    return torch.cat(cols, dim=1).transpose(1, 2)

@@ -83,13 +83,17 @@ def targets(records: list[dict]) -> list[dict]:
                       _rows(R, ll, "exact_divergence=False", "D=64,"), _speedup, ">=", 3.0))  # fmt: skip
     out.append(_check("DDIM-50 vs diffusers DDIMScheduler loop",
                       _rows(R, "peer_ddim", "diffusers"), _speedup, ">=", 3.0))  # fmt: skip
-    out.append(_check("training step (MLP) vs PyTorch eager",
-                      [r for r in _rows(R, "train_step", "torch eager") if _mlp(r)], _speedup,
-                      ">=", 1.5))  # fmt: skip
-    out.append(_check("training step (digits U-Net, diffusers UNet2DModel) vs PyTorch eager",
-                      _rows(R, "train_step", "torch eager", "UNet2DModel"), _speedup, ">=", 1.5))  # fmt: skip
-    out.append(_check("training step (MLP) vs torch.compile",
-                      _rows(R, "train_step", "torch.compile"), _speedup, ">=", 1.5))  # fmt: skip
+    # Against PyTorch's fastest eager and fastest compiled step of the run (fused or foreach
+    # AdamW, network or whole step compiled): never against a slower formulation only.
+    eager = [r for r in _rows(R, "train_step", "torch eager") if _fastest_in_group(r)]
+    compiled = [r for r in _rows(R, "train_step", "torch.compile") if _fastest_in_group(r)]
+    out.append(_check("training step (MLP) vs PyTorch eager (its fastest optimiser)",
+                      [r for r in eager if _mlp(r)], _speedup, ">=", 1.5, _impl_case))  # fmt: skip
+    out.append(_check("training step (digits U-Net, diffusers UNet2DModel) vs PyTorch eager "
+                      "(its fastest optimiser)", [r for r in eager if not _mlp(r)], _speedup,
+                      ">=", 1.5, _impl_case))  # fmt: skip
+    out.append(_check("training step (MLP) vs torch.compile (its fastest)",
+                      [r for r in compiled if _mlp(r)], _speedup, ">=", 1.5, _impl_case))  # fmt: skip
     out.append(_check("training step (MLP): fraction of matmul peak",
                       [r for r in _rows(R, "train_step", "wgfm") if _mlp(r)],
                       _get("frac_of_matmul_peak"), ">=", 0.5))  # fmt: skip
@@ -111,6 +115,12 @@ def targets(records: list[dict]) -> list[dict]:
                       lambda r: r["compile_s"], "<=", 5.0,
                       lambda r: f"{r['benchmark']} {r['impl']} ({r['case']})"))  # fmt: skip
     return out
+
+
+def _fastest_in_group(r) -> bool:
+    """The fastest row of its kind in the run. Rows of older runs, which tried PyTorch's default
+    optimiser loop only (no flag), do not count: a target met against them only is not met."""
+    return r["extra"].get("fastest_in_group") is True
 
 
 def _impl_case(r) -> str:

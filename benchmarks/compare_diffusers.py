@@ -4,10 +4,13 @@ beside diffusers in PyTorch on the identical weights and beside ``wgfm.interop.t
 wrapping the same PyTorch module.
 
 Two measurements: a batched forward pass, and the 64 x 64 sub-Jacobian of the paper's
-differential test (``wgfm.diagnostics.sub_jacobian``; PyTorch: one-hot JVPs, 16 tangents per
-pass, with ``torch.func.vmap`` over ``torch.func.jvp`` at one primal per chunk, its fastest
-formulation, and with the image repeated once per tangent, the authors' method, as a second
-row). The sides run interleaved; speed-ups are medians of per-round ratios against the port's
+differential test (``wgfm.diagnostics.sub_jacobian``; PyTorch: one-hot JVPs with
+``torch.func.vmap`` over ``torch.func.jvp`` at one primal per chunk, and with the image repeated
+once per tangent, the authors' method, as a further row). Both sides sweep the tangents per
+pass (16, 32, all K); the port's default (all K) is every speed-up's denominator, and the
+fastest PyTorch row also records its ratio to the port's fastest chunk. PyTorch's threads (JAX's
+cores or 1) are chosen on each timed operation: the forward pass for the forward rows, the JVPs
+for the sub-Jacobian rows. The sides run interleaved; speed-ups are medians of per-round ratios against the port's
 default configuration. The port's field takes ``(H, W, C)``; it is wrapped to ``(C, H, W)`` so
 every implementation differentiates the same coordinates. Agreement is recorded as the largest
 difference relative to the largest entry.
@@ -41,6 +44,7 @@ TINY_UNET = dict(
     norm_num_groups=4,
     sample_size=8,
 )
+CHUNKS = (16, 32)  # tangents per pass swept on both sides, besides all K at once
 T = 0.5  # wgfm time; diffusers timestep 0.5 K - 1 = 499
 
 
@@ -95,7 +99,7 @@ def run(quick: bool = False, *, tiny: bool = False, repeats: int | None = None) 
         with torch.no_grad():
             return fn(xt, tt)
 
-    threads = C.best_threads(torch, torch_fwd)
+    threads, tried = C.best_threads(torch, torch_fwd)
     port_name, torch_name = "wgfm flax port (jit, vmap)", "diffusers PyTorch (no_grad)"
     vals = {torch_name: torch_fwd().numpy()}
     times = interleaved(
@@ -121,7 +125,7 @@ def run(quick: bool = False, *, tiny: bool = False, repeats: int | None = None) 
             compile_s=None,
             median_s=float(np.median(times[torch_name])),
             repeats=repeats,
-            torch_threads=threads,
+            **C.threads_extra(threads, tried),
             rel_diff_vs_wgfm=_rel(vals[torch_name], ref),
             **_speedups(times[torch_name], times[port_name]),
         )
@@ -141,12 +145,12 @@ def run(quick: bool = False, *, tiny: bool = False, repeats: int | None = None) 
 
     fns, compile_s = {}, {}
     # sub_jacobian's default (all K tangents in one pass) first: every speed-up divides by it.
-    # The authors' chunking (16 at a time) and torch_field are extra rows.
+    # Chunks of 16 (the authors') and 32, and torch_field, are extra rows.
+    chunks = [c for c in CHUNKS if c < k]
     wgfm_sides: list[tuple[Any, int | None, str]] = [
         (chw, None, f"wgfm flax port, sub_jacobian (default: all {k} tangents at once)")
     ]
-    if k > 16:
-        wgfm_sides.append((chw, 16, "wgfm flax port, sub_jacobian (chunks of 16)"))
+    wgfm_sides += [(chw, c, f"wgfm flax port, sub_jacobian (chunks of {c})") for c in chunks]
     wgfm_sides.append(
         (torch_field(fn, chunk_size=16), None, "wgfm torch_field (callback), sub_jacobian")
     )
@@ -157,31 +161,49 @@ def run(quick: bool = False, *, tiny: bool = False, repeats: int | None = None) 
         vals[name] = np.asarray(compiled(*args))
         fns[name] = lambda c=compiled: block(c(*args))
     default = next(iter(fns))
+    ports = [name for _, _, name in wgfm_sides if "flax port" in name]
     targs = (torch.from_numpy(xs), torch.from_numpy(idxs.astype(np.int64)))
-    peers = {
-        # PyTorch's fastest formulation: vmap over jvp, one primal pass per chunk of tangents.
-        "diffusers PyTorch, torch.func vmap(jvp), one primal per 16 tangents": True,
-        "diffusers PyTorch, one-hot JVPs, image repeated per tangent, chunks of 16 "
-        "(authors' method)": False,
-    }
-    for name, vm in peers.items():
-        call = lambda vm=vm: C.torch_subjac(torch, fn, *targs, T, chunk=16, vmap_tangents=vm)  # noqa: E731
+    # PyTorch's fastest formulation: vmap over jvp, one primal pass per chunk of tangents, the
+    # chunk swept (all K the last); the authors' method (the image repeated per tangent) a row.
+    peers = {f"diffusers PyTorch, torch.func vmap(jvp), one primal per {c} tangents": (c, True)
+             for c in [*chunks, k]}  # fmt: skip
+    authors = min(16, k)
+    peers[
+        f"diffusers PyTorch, one-hot JVPs, image repeated per tangent, chunks of {authors} "
+        "(authors' method)"
+    ] = (authors, False)
+    # Threads chosen on the JVPs themselves (all K tangents per pass), a warm-up and one timed
+    # call at each count: a call of the full U-Net's sub-Jacobian takes seconds.
+    jvp_threads, jvp_tried = C.best_threads(
+        torch,
+        lambda: C.torch_subjac(torch, fn, *targs, T, chunk=k, vmap_tangents=True),
+        calls=1,
+    )
+    for name, (chunk, vm) in peers.items():
+        call = lambda c=chunk, vm=vm: C.torch_subjac(  # noqa: E731
+            torch, fn, *targs, T, chunk=c, vmap_tangents=vm
+        )
         vals[name] = call().numpy()  # warm-up (and the value compared)
         fns[name] = call
     times = interleaved(fns, repeats)
     meds = {n: float(np.median(ts)) for n, ts in times.items()}
     fastest = min(peers, key=meds.__getitem__)
+    fastest_port = min(ports, key=meds.__getitem__)
     ref = vals[default]
     for name, ts in times.items():
         ex: dict = {} if name == default else {"rel_diff_vs_wgfm": _rel(vals[name], ref)}
         if name != default:
             ex |= _speedups(ts, times[default])
+        if name in ports:
+            ex["fastest_port"] = name == fastest_port
         if name in peers:
-            ex |= {
-                "torch_threads": threads,
+            ex |= C.threads_extra(jvp_threads, jvp_tried) | {
                 "fastest_peer": name == fastest,
-                "authors_method": not peers[name],
+                "authors_method": not peers[name][1],
             }
+        if name == fastest:  # each side at its fastest chunk
+            r = ratio_stats(ts, times[fastest_port])
+            ex |= {f"fastest_vs_fastest_{key}": v for key, v in r.items()}
         rows.append(
             record(
                 BENCH,

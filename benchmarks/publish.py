@@ -3,9 +3,11 @@
     python -m benchmarks.publish [RUN_DIR]
 
 With ``RUN_DIR`` (the ``--out`` of a ``wgfm bench`` run), its ``benchmarks.json`` and plots are
-copied into ``benchmarks/results/`` first; without it, the committed ``benchmarks/results/``
-is the source. Then, from ``benchmarks/results/benchmarks.json`` (and ``xla_flags_ab.json``,
-``probe_variance.json``, ``probe_passes.json``, ``diagnose_memory.json``):
+copied into ``benchmarks/results/`` first (a run of some modules, ``--only``, into
+``benchmarks/results/reruns/``: its rows replace those modules' rows of the full run); without
+it, the committed ``benchmarks/results/`` is the source. Then, from
+``benchmarks/results/benchmarks.json`` (and ``xla_flags_ab.json``, ``probe_variance.json``,
+``probe_passes.json``, ``diagnose_memory.json``):
 
 - ``benchmarks/results/benchmarks.md`` (every record) and ``summary.md`` (the targets);
 - the blocks between ``<!-- BEGIN GENERATED: name -->`` and ``<!-- END GENERATED: name -->``
@@ -64,10 +66,18 @@ def run_header(payload: dict, source: str = "benchmarks/results/benchmarks.json"
         if peak
         else ""
     )
+    scope = "the modules named" if "--only" in run["command"] else "all modules"
+    start, end = run.get("loadavg_1min_start"), run.get("loadavg_1min_end")
+    load = (
+        f" The host's 1-minute load average was {start:.2f} at the start and {end:.2f} at the "
+        f"end (as the harness recorded them; {run['cores']} cores)."
+        if start is not None and end is not None
+        else ""
+    )
     return (
         f"From `{source}`: `{run['command']}`, {m['time'][:16].replace('T', ' ')} "
         f"(UTC{m['time'][19:]}), commit `{commit}`, {run['cpu_model']} ({run['cores']} cores, "
-        f"{m['platform']}), {libs}, all modules in one process, on {host}.{peak_txt}"
+        f"{m['platform']}), {libs}, {scope} in one process, on {host}.{peak_txt}{load}"
     )
 
 
@@ -87,33 +97,79 @@ def _spread(e: dict, key: str) -> str:
     return f"{e[key]:.3g}{rng}"
 
 
-def targets_block(payload: dict) -> str:
-    return run_header(payload) + "\n\n" + markdown(targets(payload["records"]))
+# ---------------------------------------------------------------------------------------------
+# Runs: the last full run (benchmarks.json) and later partial ones (`--only`, reruns/*.json).
+
+
+def load_runs(results: Path = RESULTS) -> list[dict]:
+    """The committed runs, oldest first, each with ``source`` (its path in the repository):
+    ``benchmarks.json`` (a full run) and ``reruns/*.json`` (runs of some modules, later)."""
+    paths = [results / "benchmarks.json", *sorted((results / "reruns").glob("*.json"))]
+    runs = []
+    for path in paths:
+        payload = json.loads(path.read_text())
+        payload["source"] = str(path.relative_to(ROOT))
+        runs.append(payload)
+    return sorted(runs, key=lambda p: p["machine"]["time"])
+
+
+def merged(runs: list[dict]) -> tuple[list[dict], dict[str, dict]]:
+    """``(records, benchmark -> run)``: each benchmark's rows from the latest run that measured
+    it (a rerun of a module replaces all of that module's rows, never some of them)."""
+    by: dict[str, dict] = {}
+    for run in runs:
+        for r in run["records"]:
+            by[r["benchmark"]] = run
+    records = [r for run in runs for r in run["records"] if by[r["benchmark"]] is run]
+    return records, by
+
+
+def runs_header(runs: list[dict], by: dict[str, dict]) -> str:
+    """One paragraph per run that supplies rows, saying which benchmarks it supplies."""
+    parts = []
+    for run in runs:
+        benches = sorted(b for b, r in by.items() if r is run)
+        if benches:
+            names = ", ".join(f"`{b}`" for b in benches)
+            parts.append(f"{run_header(run, run['source'])} Rows of this run: {names}.")
+    if len(parts) > 1:
+        parts.insert(
+            0,
+            "Each benchmark's rows come from the latest run that measured it: a later run of "
+            "some modules (`--only`) replaces those modules' rows, and the targets read them.",
+        )
+    return "\n\n".join(parts)
+
+
+def targets_block(runs: list[dict]) -> str:
+    records, by = merged(runs)
+    return runs_header(runs, by) + "\n\n" + markdown(targets(records))
 
 
 # Rows behind the targets' reasons: (benchmark, extra keys shown besides time and speed-up).
 SUPPORT = {
     "peer_sampling": ("nfe", "max_err_vs_ref", "field_frac_of_peak", "per_nfe_vs_bare_eval"),
-    "peer_likelihood": ("nfe",),
+    "peer_likelihood": ("nfe", "hutchinson_std", "hutchinson_std_se", "agree"),
     "peer_ddim": (),
-    "train_step": ("frac_of_matmul_peak",),
+    "train_step": ("frac_of_matmul_peak", "torch_threads", "fastest_in_group", "compile_s"),
     "jacobian_asymmetry": ("peak_frac",),
-    "sub_jacobian_64": (),
-    "diffusers_unet": (),
+    "sub_jacobian_64": ("torch_threads", "fastest_peer", "compile_s"),
+    "diffusers_unet": ("torch_threads", "fastest_peer", "fastest_port"),
 }
 SPEEDUP_KEYS = ("speedup", "wgfm_default_speedup")
 
 
-def support_block(payload: dict) -> str:
+def support_block(runs: list[dict]) -> str:
     """Every row of the benchmarks the targets read: median time, speed-up of wgfm's default
     over the row [min-max over rounds], and the numbers the reasons cite."""
-    lines = [run_header(payload), ""]
+    records, by = merged(runs)
+    lines = [runs_header(runs, by), ""]
     for bench, keys in SUPPORT.items():
-        rows = [r for r in payload["records"] if r["benchmark"] == bench]
+        rows = [r for r in records if r["benchmark"] == bench]
         if not rows:
             continue
         lines += [
-            f"`{bench}`:",
+            f"`{bench}` (from `{by[bench]['source']}`):",
             "",
             "| case | impl | median | wgfm default's speed-up | "
             + " | ".join(keys)
@@ -123,7 +179,7 @@ def support_block(payload: dict) -> str:
         for r in rows:
             e = r["extra"]
             sp = next((_spread(e, k) for k in SPEEDUP_KEYS if k in e), "")
-            cells = [_fmt(e.get(k)) for k in keys]
+            cells = [_fmt(r.get(k, e.get(k))) for k in keys]
             lines.append(
                 f"| {r['case']} | {r['impl']} | {_ms(r['median_s'])} | {sp} | "
                 + " | ".join(cells)
@@ -141,11 +197,13 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def diffusers_block(payload: dict) -> str:
+def diffusers_block(runs: list[dict]) -> str:
     """The ``diffusers_unet`` rows: the flax port, diffusers in PyTorch (fastest formulation and
     the authors' method) and ``torch_field``, with agreement and compile time."""
-    rows = [r for r in payload["records"] if r["benchmark"] == "diffusers_unet"]
-    lines = [run_header(payload, "benchmarks/results/benchmarks.json"), ""]
+    records, by = merged(runs)
+    rows = [r for r in records if r["benchmark"] == "diffusers_unet"]
+    run = by.get("diffusers_unet", runs[-1])
+    lines = [run_header(run, run["source"]), ""]
     if not rows:
         return "\n".join(lines + ["No `diffusers_unet` rows in this run.", ""])
     lines += [
@@ -225,16 +283,16 @@ def diagnose_memory_block(results: Path = RESULTS) -> str:
     return table(json.loads((results / "diagnose_memory.json").read_text()))
 
 
-def blocks() -> dict[str, list[tuple[str, Callable[[dict, dict | None], str]]]]:
+def blocks() -> dict[str, list[tuple[str, Callable[[list[dict], dict | None], str]]]]:
     """File (relative to the repository) -> its generated blocks ``(name, render)``."""
     return {
         "benchmarks/README.md": [
-            ("targets", lambda p, _: targets_block(p)),
-            ("rows", lambda p, _: support_block(p)),
+            ("targets", lambda runs, _: targets_block(runs)),
+            ("rows", lambda runs, _: support_block(runs)),
             ("xla-flags", lambda _, ab: xla_block(ab)),
         ],
         "docs/diagnose_your_model.md": [
-            ("diffusers-unet", lambda p, _: diffusers_block(p)),
+            ("diffusers-unet", lambda runs, _: diffusers_block(runs)),
             ("probe-variance", lambda _, __: probe_variance_block()),
             ("probe-passes", lambda _, __: probe_passes_block()),
             ("diagnose-memory", lambda _, __: diagnose_memory_block()),
@@ -253,28 +311,38 @@ def replace_block(text: str, name: str, body: str, path: str) -> str:
 
 def render(results: Path = RESULTS, root: Path = ROOT) -> dict[Path, str]:
     """Every generated file's expected content (path -> text), from ``results``' JSON."""
-    payload = json.loads((results / "benchmarks.json").read_text())
+    runs = load_runs(results)
+    records, by = merged(runs)
     ab_path = results / "xla_flags_ab.json"
     ab = json.loads(ab_path.read_text()) if ab_path.is_file() else None
-    header = run_header(payload)
     out = {
-        results / "benchmarks.md": header
+        results / "benchmarks.md": runs_header(runs, by)
         + "\n\n"
-        + markdown_table(payload["records"], payload["machine"]),
-        results / "summary.md": targets_block(payload),
+        + markdown_table(records, runs[-1]["machine"]),
+        results / "summary.md": targets_block(runs),
     }
     for rel, items in blocks().items():
         path = root / rel
         text = path.read_text()
         for name, fn in items:
-            text = replace_block(text, name, fn(payload, ab), rel)
+            text = replace_block(text, name, fn(runs, ab), rel)
         out[path] = text
     return out
 
 
 def copy_run(run_dir: Path, results: Path = RESULTS) -> None:
-    """A run's JSON and plots into ``results`` (its Markdown is regenerated, not copied)."""
+    """A run's JSON (and a full run's plots) into ``results`` (its Markdown is regenerated,
+    not copied): a full run replaces ``benchmarks.json`` and clears ``reruns/``; a run of some
+    modules (``--only``) goes to ``reruns/`` beside the full run whose other rows it keeps."""
     payload = json.loads((run_dir / "benchmarks.json").read_text())
+    reruns = results / "reruns"
+    if "--only" in payload["run"]["command"]:
+        reruns.mkdir(exist_ok=True)
+        stamp = payload["machine"]["time"][:19].replace(":", "").replace("-", "")
+        modules = "-".join(sorted(payload["module_seconds"]))
+        shutil.copy2(run_dir / "benchmarks.json", reruns / f"{stamp}-{modules}.json")
+        return
+    shutil.rmtree(reruns, ignore_errors=True)
     shutil.copy2(run_dir / "benchmarks.json", results / "benchmarks.json")
     for name in payload.get("plots", []):
         shutil.copy2(run_dir / name, results / name)

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import time
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -101,6 +102,12 @@ class Context:
         """A key for ``name``, independent of the order in which assets are built."""
         return jax.random.fold_in(self.root_key, zlib.crc32(name.encode()))
 
+    def cached(self, name: str, build: Callable[[], Any]) -> Any:
+        """The asset ``name``, built by ``build()`` on first use and kept for the run."""
+        if name not in self._cache:
+            self._cache[name] = build()
+        return self._cache[name]
+
     # -- oracles --------------------------------------------------------------------------------
 
     @functools.cached_property
@@ -114,21 +121,25 @@ class Context:
         m = gmm.random_mixture(10, 4, key=self.key("mix10d"), scale=2.0, anisotropy=4.0)
         return jax.tree.map(lambda a: a.astype(jnp.float32), m)
 
-    def data(self, name: str) -> np.ndarray:
-        if name not in self._cache:
+    def data(self, name: str, *, seed: int | None = None) -> np.ndarray:
+        """The training set ``name``: 20,000 draws of a mixture, or an image set. ``seed`` (the
+        mixtures only) gives an independent replicate: its own 20,000 draws."""
+        if seed is not None and name not in MIXTURES:
+            raise ValueError(f"`seed` needs a mixture data set {MIXTURES}, got {name!r}.")
+        tag = name if seed is None else f"{name}-seed{seed}"
+        if tag not in self._cache:
             n = 20_000
-            if name == "2d":
-                x = self.mix2d.sample(n, key=self.key("data2d"))
-            elif name == "10d":
-                x = self.mix10d.sample(n, key=self.key("data10d"))
+            if name in MIXTURES:
+                mix = self.mix2d if name == "2d" else self.mix10d
+                x = mix.sample(n, key=self.key(f"data{tag}"))
             elif name == "mnist-latent":
                 x = self.latent.latents
             elif name in ("digits", "mnist", "cifar10"):
                 x = wdata.load(name, self.config.data)
             else:
                 raise ValueError(f"unknown data set {name!r}")
-            self._cache[name] = np.asarray(x, np.float32)
-        return self._cache[name]  # type: ignore[return-value]
+            self._cache[tag] = np.asarray(x, np.float32)
+        return self._cache[tag]  # type: ignore[return-value]
 
     def clean_samples(self, data: str, n: int, key) -> jax.Array:
         """``n`` clean points ``x0`` of ``data`` ``(n, *shape)``: draws from the mixture, or
@@ -150,6 +161,8 @@ class Context:
         conservative: bool = False,
         steps: int | None = None,
         weighting: str | None = None,
+        seed: int | None = None,
+        arch: str | None = None,
     ) -> Trained:
         """The network for ``data`` ('2d', '10d' or an image set) trained to predict
         ``kind`` for ``steps`` updates (default from the sizes; 0 gives the untrained
@@ -159,7 +172,13 @@ class Context:
         ``weighting`` is given.
 
         MNIST (pixel and latent) and CIFAR-10 networks are checkpointed under ``OUT/networks/<name>`` and resumed
-        from there, so an interrupted run loses no training and a rerun retrains nothing."""
+        from there, so an interrupted run loses no training and a rerun retrains nothing.
+
+        ``seed=None`` gives the network the claims share: every kind starts from the same key
+        and data (a controlled comparison). An integer ``seed`` (mixtures only) gives an
+        independent replicate: its own training set (:meth:`data`), initialisation and batches,
+        from a key of its own name, so replicates of any two kinds or seeds share no randomness.
+        ``arch`` overrides the mixtures' architecture (``Sizes.arch_vector``)."""
         from wgfm.models import get_model
 
         image = data not in MIXTURES
@@ -169,16 +188,21 @@ class Context:
         )
         steps = default if steps is None else steps
         if image:
+            if arch is not None:
+                raise ValueError(f"`arch` needs a mixture data set {MIXTURES}, got {data!r}.")
             arch, base = self.config.image_training(sz)
         else:
-            arch, base = sz.arch_vector, TrainConfig(batch_size=sz.batch_size, lr=2e-3)
+            arch, base = arch or sz.arch_vector, TrainConfig(batch_size=sz.batch_size, lr=2e-3)
         weighting = weighting or base.weighting
         name = f"{data}-{kind}-{'cons' if conservative else 'free'}-{steps}-{weighting}"
+        if seed is not None or (arch != sz.arch_vector and not image):
+            name = f"{name}-{arch}-seed{seed}"
         if name in self._cache:
             return self._cache[name]  # type: ignore[return-value]
         model = get_model(arch, kind=kind, conservative=conservative)
-        x = self.data(data)
-        key = self.key(f"net-{data}")  # same init for every objective: a controlled comparison
+        x = self.data(data, seed=seed)
+        # seed None: the same init for every kind (a controlled comparison); else the name's own
+        key = self.key(f"net-{data}" if seed is None else f"net-{name}")
         if steps == 0:
             params = untrained_params(model, key, x.shape[1:], jnp.float32)
             out = Trained(name, model, params, self.process, 0.0, 0, float("nan"))

@@ -57,14 +57,17 @@ class Sizes:
     vae_steps: int = 0  # the latent setting's VAE (mnist-latent)
     figure_samples: int = 64  # generated images in the DDIM samples figure (image presets)
     # Claim 4's designed experiment (experiments/harm_design.py): base networks are the EMA
-    # snapshots (fractions `snapshots`) of one training run per objective, width and seed; each
-    # is measured as trained and with harmless and generic score errors of `harm_strengths`
-    # (x ||grad log p_t||_{L2(p_t)}); intervals from `harm_resamples` bootstrap resamples.
-    harm_objectives: tuple[str, ...] = ("eps", "WGF-FM", "DSM", "conservative")
+    # snapshots (fractions `snapshots`) of one independent training run per objective, width
+    # and seed (`harm_train_steps` updates; None: train_steps_2d); each is measured as
+    # trained, and each run's final network also again (the replica) and with harmless and
+    # generic score errors of `harm_strengths` (x ||grad log p_t||_{L2(p_t)}); intervals over
+    # runs from `harm_resamples` bootstrap resamples.
+    harm_objectives: tuple[str, ...] = ("eps", "WGF-FM", "score (DSM)", "conservative")
     harm_archs: tuple[str, ...] = ()  # widths (names in wgfm.models.CONFIGS); () = arch_vector
-    harm_seeds: int = 1  # training seeds per objective and width
-    harm_strengths: tuple[float, ...] = (0.1, 0.5)
+    harm_seeds: int = 3  # independent training runs per objective and width
+    harm_strengths: tuple[float, ...] = (0.5,)
     harm_resamples: int = 2000
+    harm_train_steps: int | None = None
 
     def diagnosis(self, image: bool, dim: int = 0) -> DiagnoseSizes:
         """These sizes as the diagnosis reads them (:class:`wgfm.diagnosis.DiagnoseSizes`, the
@@ -134,13 +137,20 @@ FULL = Sizes(
     strengths=(0.125, 0.25, 0.5, 1.0, 2.0),
     helmholtz_grid=96,
     num_likelihood=256,
-    snapshots=(0.05, 0.2, 1.0),
+    snapshots=(0.2, 1.0),
     arch_vector="mlp",
     image_diag_samples=8,
     image_loop_levels=10,
     image_loop_samples=4,
-    # claim 4: 4 objectives x 2 seeds x 3 snapshots = 24 base networks, each with 8 copies
-    harm_seeds=2,
+    # claim 4: 2 objectives x 8 independent runs x 2 snapshots = 32 base networks, the 16
+    # final ones with a replica and 4 copies (112 fields at the full sample sizes). Sized to
+    # finish within an hour on 2 shared CPU cores: one 5000-step `mlp` run costs ~110 s of
+    # CPU, so the runs are the small MLP's, 1200 updates, and the objectives the two the
+    # paper compares (eps, WGF-FM); the quick run has all four with 3 runs each.
+    harm_objectives=("eps", "WGF-FM"),
+    harm_seeds=8,
+    harm_archs=("mlp-small",),
+    harm_train_steps=1200,
     harm_resamples=5000,
 )
 
@@ -274,9 +284,9 @@ SMOKE_COUNTS = dict(
     image_diag_samples=None,
     image_loop_levels=None,
     image_loop_samples=None,
-    # claim 4's design: 2 seeds x 3 snapshots = 6 base networks, 5 fields each. Seeds rather
-    # than objectives: seed 1 takes the design's own training path (seed 0 is the network the
-    # other claims share), and one architecture compiles each measurement once.
+    # claim 4's design: 2 independent runs x 3 snapshots = 6 base networks, the 2 final ones
+    # with a replica and 4 copies: 16 fields. Seeds rather than objectives: one architecture
+    # compiles each measurement once.
     harm_objectives=("eps",),
     harm_archs=(),
     harm_seeds=2,

@@ -85,9 +85,7 @@ def floors(ctx: Context, mixture: gmm.GaussianMixture, n: int) -> dict:
     ``n`` in a run: several claims compare against the same floor."""
     digest = hashlib.sha1(b"".join(np.asarray(a).tobytes() for a in jax.tree.leaves(mixture)))
     name = f"floor-{digest.hexdigest()}-{n}"
-    if name not in ctx._cache:
-        ctx._cache[name] = _floors(ctx, mixture, n)
-    return dict(ctx._cache[name])  # type: ignore[arg-type]
+    return dict(ctx.cached(name, lambda: _floors(ctx, mixture, n)))
 
 
 def _floors(ctx: Context, mixture: gmm.GaussianMixture, n: int) -> dict:

@@ -89,8 +89,9 @@ def test_both_claims_with_both_controls(diagnosed):
     assert set(sub) == set(probe) == {"trained", "untrained", "oracle score"}
     assert np.all(_finite(sub["trained"]) > 1e-2) and np.all(_finite(sub["untrained"]) > 1e-2)
     assert np.all(_finite(sub["oracle score"]) < 1e-5)  # an exact gradient: rounding only
+    # The probes see J - J^T of an exact gradient: rounding only, as for the sub-Jacobians.
     assert np.all(_finite(probe["trained"]) > 1e-2) and np.all(
-        _finite(probe["oracle score"]) < 1e-2
+        _finite(probe["oracle score"]) < 1e-5
     )
     (claim2,) = res["numbers"]["integral"].values()
     for family in ("circle", "bridge", "pair rotation", "noisy copies"):

@@ -146,10 +146,19 @@ MODULE = textwrap.dedent(
         return field, VP(), "score"
 
 
+    def linear_model():
+        # x -> A x: its Jacobian is A at every point and level, so lambda has a closed form.
+        a = jnp.arange(36.0).reshape(6, 6) % 7 - 3.0
+        field = lambda x, t: a @ x
+        field.sample_shape = (6,)
+        return field, VP(), "score"
+
+
     def no_kind():
         return (lambda x, t: x), VP()
     """
 )
+LINEAR_A = np.arange(36.0).reshape(6, 6) % 7 - 3.0
 
 
 @pytest.fixture
@@ -166,7 +175,6 @@ def test_callable_models(tmp_path, research_module, capsys):
     x = np.linspace(-1, 1, 6)
     want = field.module(torch.from_numpy(x)[None].float(), torch.tensor([0.3]))[0]
     np.testing.assert_allclose(np.asarray(field(x.astype(np.float32), 0.3)), want.detach(), 1e-6)
-    data = np.random.default_rng(0).standard_normal((8, 6)).astype(np.float32)
     out = tmp_path / "torch-run"
     run(DiagnoseConfig(model=f"{research_module}:torch_model", out=out), sizes=SIZES)  # type: ignore[arg-type]
     res, md = _rows(out)
@@ -177,7 +185,16 @@ def test_callable_models(tmp_path, research_module, capsys):
     res, md = _rows(out)
     assert "kind score" in md and "no untrained control" in md
     assert res["claims"][CLAIMS["differential"].title][1]["control"] == "no untrained control given"
-    del data
+    # The numbers, not only the strings: for x -> A x the exact-Jacobian lambda is
+    # ||A - A^T||_F / ||A||_F at every level (float32 Jacobians: rounding only), and the control,
+    # the exact score of a Gaussian fit, is a gradient (lambda 0 to rounding).
+    out = tmp_path / "linear-run"
+    run(DiagnoseConfig(model=f"{research_module}:linear_model", out=out), sizes=SIZES)  # type: ignore[arg-type]
+    res, _ = _rows(out)
+    (claim1,) = res["numbers"]["differential"].values()
+    lam = np.linalg.norm(LINEAR_A - LINEAR_A.T) / np.linalg.norm(LINEAR_A)
+    np.testing.assert_allclose(claim1["median_ratio"]["trained"], lam, rtol=1e-5)
+    assert np.all(np.asarray(claim1["median_ratio"]["oracle score"]) < 1e-5), claim1
     assert (
         cli.main(
             ["diagnose", "--model", f"{research_module}:no_kind", "--out", str(tmp_path / "o")]

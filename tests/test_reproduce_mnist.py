@@ -3,8 +3,8 @@ real digits at the ``--smoke`` sizes (every code path: readers, the 784-D sub-Ja
 exact-subset path, image loops, the latent VAE, checkpointed networks, the pixel-vs-latent
 comparison, the report). That the trained network is more symmetric than an untrained one needs
 the ``--quick`` training: the ``slow`` test runs it. The quick runs' numbers are in
-docs/mnist_quick.md and docs/mnist_latent_quick.md, the full runs' in docs/mnist_full.md and
-docs/mnist_latent_full.md.
+docs/mnist_quick.md and docs/mnist_latent_quick.md, generated from the runs committed under
+docs/runs/.
 
 One pixel run and one latent run (compared against the pixel run) serve every test that needs
 the digits (the ``mnist_tarball`` fixture of conftest.py: fetched by `make test`, or here with

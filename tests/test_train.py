@@ -37,9 +37,18 @@ def fm_run():
 def test_mlp_on_ring_learns_and_samples_match_oracle(eps_run):
     # 400 steps of a 64-wide MLP, then a 1000-sample adaptive ODE solve.
     model, res = eps_run
-    losses = res.logged_losses
-    assert losses[-1] < 0.8 * losses[0]
     v = velocity_field(model, res.ema, VP)
+    # The learned quantity against the oracle: the velocity on held-out points of p_t, RMS
+    # error relative to RMS |v|. After 400 steps it is 0.37 at t = 0.1 (near the data, where
+    # the ring's modes are sharp) and 0.10 at t = 0.3 and 0.5; the bounds leave 1.3x and 2x.
+    # Regressing onto 0.7 eps instead of eps gives 0.45 at t = 0.5; an untrained network or a
+    # mis-converted parametrisation is O(100%) off.
+    v_true = gmm.velocity_field(MIX, VP)
+    for i, (t, bound) in enumerate([(0.1, 0.5), (0.3, 0.2), (0.5, 0.2)]):
+        x = MIX.marginal(VP, t).sample(500, key=jax.random.PRNGKey(20 + i))
+        got, ref = (jax.jit(jax.vmap(f, in_axes=(0, None)))(x, t) for f in (v, v_true))
+        err = np.sqrt(np.mean(np.sum((got - ref) ** 2, 1)) / np.mean(np.sum(ref**2, 1)))
+        assert err < bound, (t, err)
     out = transport.sample_ode(
         v, VP, key=jax.random.PRNGKey(2), num_samples=1000, shape=(2,), rtol=1e-3, atol=1e-3
     )

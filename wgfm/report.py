@@ -7,7 +7,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import resource
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,7 @@ class Report:
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     notes: dict[str, str] = dataclasses.field(default_factory=dict)
     title: str = "wgfm reproduction report"
+    started: dict[str, float] = dataclasses.field(default_factory=lambda: _usage_now())
 
     @property
     def fig_dir(self) -> Path:
@@ -73,24 +77,29 @@ class Report:
     def write(self, header: dict[str, Any]) -> tuple[Path, Path]:
         self.out.mkdir(parents=True, exist_ok=True)
         results = {
+            "title": self.title,
             "header": header,
             "claims": {s: [dataclasses.asdict(r) for r in rs] for s, rs in self.rows.items()},
             "numbers": _jsonable(self.numbers),
             "figures": self.figures,
             "timings_s": self.timings,
             "notes": self.notes,
+            "resources": resources(self.started),
             "all_verdicts_pass": all(r.verdict for rs in self.rows.values() for r in rs),
         }
         jpath = self.out / "results.json"
         jpath.write_text(json.dumps(results, indent=2))
         mpath = self.out / "REPORT.md"
-        mpath.write_text(self.markdown(header))
+        mpath.write_text(self.markdown(header, results["resources"]))
         return mpath, jpath
 
-    def markdown(self, header: dict[str, Any]) -> str:
-        """REPORT.md: the header as a list, then per section its note, table, figures and time."""
+    def markdown(self, header: dict[str, Any], used: dict[str, Any] | None = None) -> str:
+        """REPORT.md: the header as a list (with ``used``, the run's :func:`resources`, as its
+        last line), then per section its note, table, figures and time."""
         lines = [f"# {self.title}", ""]
         lines += [f"- {k}: {v}" for k, v in header.items()]
+        if used is not None:
+            lines.append(f"- resources: {resources_line(used)}")
         lines.append("")
         for section in list(self.rows) + [s for s in self.notes if s not in self.rows]:
             rows = self.rows.get(section, [])
@@ -114,6 +123,61 @@ class Report:
             if section in self.timings:
                 lines += [f"_Run time: {self.timings[section]:.1f} s._", ""]
         return "\n".join(lines)
+
+
+def render_results(results: dict[str, Any]) -> str:
+    """The REPORT.md that :meth:`Report.write` wrote beside ``results`` (its results.json, as
+    loaded), rebuilt from the JSON alone: a committed REPORT.md is checked against its numbers."""
+    report = Report(
+        Path("."),
+        rows={s: [ClaimRow(**r) for r in rs] for s, rs in results["claims"].items()},
+        figures=results["figures"],
+        timings=results["timings_s"],
+        notes=results["notes"],
+        title=results.get("title", Report.title),
+    )
+    return report.markdown(results["header"], results.get("resources"))
+
+
+def _usage_now() -> dict[str, float]:
+    """Wall clock, CPU seconds (user + system, this process and its waited-for children) and
+    the 1-minute load average, now."""
+    own, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    cpu = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    return {"wall": time.time(), "cpu": cpu, "load1": os.getloadavg()[0]}
+
+
+def resources(started: dict[str, float]) -> dict[str, Any]:
+    """What a run used from ``started`` (:func:`_usage_now` when its report began) to now: wall
+    and CPU seconds, the process's peak resident memory, the cores it could use and the host's
+    load averages at both ends (other jobs on the host slow the wall time, not the CPU time).
+    Measured by the run itself, so every published timing has its record in results.json."""
+    now = _usage_now()
+    # ru_maxrss is in KiB on Linux (bytes on macOS): the peak over the whole process.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_mb = peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+    return {
+        "wall_s": round(now["wall"] - started["wall"], 2),
+        "cpu_s": round(now["cpu"] - started["cpu"], 2),
+        "peak_rss_mb": round(peak_mb, 0),
+        "cores": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "load_average_start": round(started["load1"], 2),
+        "load_average_end": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def resources_line(used: dict[str, Any]) -> str:
+    """:func:`resources` as one header line."""
+    return (
+        f"{used['wall_s']:.0f} s wall, {used['cpu_s']:.0f} s CPU (user + system), peak memory "
+        f"{used['peak_rss_mb']:.0f} MB, {used['cores']} cores; host load average (1 min) "
+        f"{used['load_average_start']} at the start, {used['load_average_end'][0]} at the end"
+    )
 
 
 def _close(fig) -> None:

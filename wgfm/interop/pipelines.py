@@ -153,6 +153,8 @@ def load_pipeline(
     sample_size: int | tuple[int, int] | None = None,
     device=None,
     torch_dtype=None,
+    prompt: str | None = None,
+    negative_prompt: str | None = None,
 ):
     """``(field, process)`` of a diffusers pipeline or model directory (module docstring);
     exported as :func:`wgfm.interop.load_diffusers`.
@@ -175,6 +177,9 @@ def load_pipeline(
     classifier-free-guided field ``(1 + w) F(x, c) - w F(x, null)`` with the null class
     (diffusers' ``guidance_scale`` is ``1 + w``); for text families the pipeline's own
     ``F(x, null) + w (F(x, c) - F(x, null))`` with ``negative_condition`` as the null one.
+    ``prompt`` (``negative_prompt``; with text guidance and none given, the empty prompt):
+    the text conditions encoded by the pipeline's own tokenizers and text encoders
+    (:mod:`wgfm.interop.prompts`, the ``wgfm[text]`` extra).
     ``sample_size``: the latent height and width (default: the config's, FLUX: 128).
     ``variant``: weights such as ``diffusion_pytorch_model.fp16.safetensors`` (cast to
     ``dtype``). PyTorch denoisers: ``device`` (``"cuda"``, ``"mps"``, ``"cpu"``; None: the
@@ -244,6 +249,12 @@ def load_pipeline(
             f"the flax port is UNet2DModel only; {cls} needs backend 'torch' or 'auto'."
         )
     module = _load_module(pd, variant, dtype, torch_dtype)
+    if prompt is not None:
+        negative_condition = _prompt(
+            pd, family, prompt, negative_prompt, guidance_scale, given, negative_condition, notes
+        )
+    elif negative_prompt is not None:
+        raise ValueError("`negative_prompt` applies only with `prompt`.")
     f = 1 if pd.latent is None else pd.latent.factor()
     conds = family.conditions(config, module, shape, (shape[0] * f, shape[1] * f))
     cond, cond_notes = conditioning(
@@ -257,6 +268,30 @@ def load_pipeline(
         net, schedule, shape, cls, tuple(notes), pd.latent, module, cond, family
     )
     return field, schedule.process
+
+
+def _prompt(pd, family, prompt, negative_prompt, guidance_scale, given, negative, notes):
+    """Adds the encoded ``prompt`` to ``given``; returns the negative condition."""
+    from .prompts import encode_prompts
+
+    guided = bool(guidance_scale) and family.guidance == "text"
+    cond, neg = encode_prompts(pd.root, family, prompt, negative_prompt, guided)
+    both = sorted(set(cond) & set(given))
+    if both:
+        raise ValueError(f"`prompt` and `condition` both give {', '.join(both)}: give one.")
+    if neg is not None and negative is not None:
+        raise ValueError("give `negative_prompt` or `negative_condition`, not both.")
+    given.update(cond)
+    null = (
+        ", the pipeline's default null condition (the empty prompt, or zeros where its config "
+        "says force_zeros_for_empty_prompt)"
+        if negative_prompt is None
+        else f", negative prompt {negative_prompt!r} as the null condition"
+    )
+    notes.append(
+        f"prompt {prompt!r}{null if guided else ''} encoded by the pipeline's own text encoders"
+    )
+    return negative if neg is None else neg
 
 
 def _state_channels(

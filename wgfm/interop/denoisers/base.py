@@ -93,6 +93,8 @@ class AbstractDenoiser(eqx.Module):
         time: eqx.AbstractClassVar[str]
         output: eqx.AbstractClassVar[str]
     guidance: ClassVar[str] = "text"
+    # The condition names the pipeline's own encode_prompt gives (empty: no prompt encoding).
+    prompt_names: ClassVar[tuple[str, ...]] = ()
 
     def accepts(self, config: dict) -> bool:
         """Whether this family reads a denoiser of one of :attr:`classes` with ``config``."""
@@ -129,6 +131,13 @@ class AbstractDenoiser(eqx.Module):
         """The conditioning keywords, per sample, for state ``shape`` and images of ``pixels``
         (height, width): the sizes some families pass as added conditions."""
         return ()
+
+    def prompt_conditions(
+        self, pipe: Any, prompt: str, negative: str | None, guided: bool
+    ) -> "tuple[dict, dict | None]":
+        """``(condition, negative condition or None)`` as batched tensors, from the pipeline's
+        own ``encode_prompt`` (:mod:`wgfm.interop.prompts`)."""
+        raise NotImplementedError(f"{self.name}: no prompt encoding.")
 
     def forward(self, module: Any, x: Any, timestep: Any, kw: dict, added: dict) -> Any:
         """The network's raw output ``(N, C_out, H, W)`` at ``x (N, C, H, W)`` and the

@@ -44,6 +44,13 @@ class Flux(AbstractDenoiser):
     output = "flow velocity eps - x0 in sigma, unpacked"
     guidance = "none"
 
+    prompt_names = ("encoder_hidden_states", "pooled_projections")
+
+    def prompt_conditions(self, pipe, prompt, negative, guided):
+        # No classifier-free guidance (load refuses guidance_scale): the negative is unused.
+        pe, pooled, _ = pipe.encode_prompt(prompt, None, device="cpu")
+        return {"encoder_hidden_states": pe, "pooled_projections": pooled}, None
+
     def state_channels(self, config: dict) -> int:
         return int(config["in_channels"]) // 4
 

@@ -15,6 +15,21 @@ class SD3(AbstractDenoiser):
     time = "the scheduler's timestep sigma * 1000"
     output = "flow velocity eps - x0 in sigma"
 
+    prompt_names = ("encoder_hidden_states", "pooled_projections")
+
+    def prompt_conditions(self, pipe, prompt, negative, guided):
+        pe, npe, pooled, npooled = pipe.encode_prompt(
+            prompt,
+            None,
+            None,
+            device="cpu",
+            do_classifier_free_guidance=guided,
+            negative_prompt=negative if guided else None,
+        )
+        cond = {"encoder_hidden_states": pe, "pooled_projections": pooled}
+        neg = {"encoder_hidden_states": npe, "pooled_projections": npooled}
+        return cond, (neg if guided else None)
+
     def conditions(self, config, module, shape, pixels):
         return (
             Condition(

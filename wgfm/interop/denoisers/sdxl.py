@@ -19,8 +19,21 @@ class SDXL(AbstractDenoiser):
     def accepts(self, config: dict) -> bool:
         return config.get("addition_embed_type") == "text_time"
 
+    prompt_names = ("encoder_hidden_states", "text_embeds")
+
     def refusal(self, config: dict) -> str | None:
         return refuse_extra(config, {"addition_embed_type": "text_time"})
+
+    def prompt_conditions(self, pipe, prompt, negative, guided):
+        pe, npe, pooled, npooled = pipe.encode_prompt(
+            prompt,
+            device="cpu",
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=guided,
+            negative_prompt=negative if guided else None,
+        )
+        cond = {"encoder_hidden_states": pe, "text_embeds": pooled}
+        return cond, ({"encoder_hidden_states": npe, "text_embeds": npooled} if guided else None)
 
     def conditions(self, config, module, shape, pixels):
         n_time = int(config["addition_time_embed_dim"])

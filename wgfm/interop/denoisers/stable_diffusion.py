@@ -40,8 +40,17 @@ class StableDiffusion(AbstractDenoiser):
     def accepts(self, config: dict) -> bool:
         return all(config.get(k) is None for k in EXTRA)
 
+    prompt_names = ("encoder_hidden_states",)
+
     def refusal(self, config: dict) -> str | None:
         return refuse_extra(config, {})
+
+    def prompt_conditions(self, pipe, prompt, negative, guided):
+        pe, npe = pipe.encode_prompt(
+            prompt, "cpu", 1, guided, negative_prompt=negative if guided else None
+        )
+        name = "encoder_hidden_states"
+        return {name: pe}, ({name: npe} if guided else None)
 
     def conditions(self, config, module, shape, pixels):
         return (text(config),)
