@@ -53,6 +53,8 @@ def run(config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None, mesh=None
         variant=config.variant,
         mu=config.mu,
         guidance_scale=config.guidance_scale,
+        device=config.torch_device,
+        torch_dtype=config.dtype,
     )
     if config.pixel_run is not None and field.latent is None:
         raise ValueError(

@@ -63,6 +63,12 @@ class DiagnoseConfig:
     pixel_run: Path | None = None
     """for a latent pipeline, the --out of a pixel-space `wgfm diagnose` run on the same
     images: claim 1 compares the two spaces level by level."""
+    torch_device: str | None = None
+    """where a PyTorch model runs: cuda, mps or cpu (default: the accelerator when one is
+    present). JAX's GPU preallocation is off, so both share one GPU."""
+    dtype: str | None = None
+    """a PyTorch model's weights and activations: bfloat16, float16 or float32 (default: as
+    loaded); the estimators' arithmetic stays float32."""
 
     def check(self) -> None:
         """Raise a ``ValueError`` naming the first option that cannot work."""
@@ -87,6 +93,12 @@ class DiagnoseConfig:
             )
         if not (self.rel_se >= 0 and self.rel_se < float("inf")):
             raise ValueError(f"`--rel-se` must be a number >= 0, got {self.rel_se!r}.")
+        if self.torch_device not in (None, "cuda", "mps", "cpu"):
+            raise ValueError(
+                f"`--torch-device` must be cuda, mps or cpu, got {self.torch_device!r}."
+            )
+        if self.dtype not in (None, "bfloat16", "float16", "float32"):
+            raise ValueError(f"`--dtype` must be bfloat16, float16 or float32, got {self.dtype!r}.")
         if Path(self.out).exists() and not Path(self.out).is_dir():
             raise ValueError(f"`--out` {str(self.out)!r} exists and is not a directory.")
 

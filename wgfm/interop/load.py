@@ -38,6 +38,8 @@ def load_model(
     variant: str | None = None,
     mu: float | None = None,
     guidance_scale: float | None = None,
+    device: str | None = None,
+    torch_dtype: str | None = None,
 ) -> tuple[AbstractPretrainedField, AbstractProcess]:
     """The model ``spec`` names, as ``(field, process)``.
 
@@ -50,6 +52,8 @@ def load_model(
         variant: the weights variant, e.g. ``"fp16"``.
         mu: the shift of a flow-matching scheduler with dynamic shifting.
         guidance_scale: ``w`` of the classifier-free-guided field (directories only).
+        device: where a PyTorch model runs (:func:`wgfm.interop.torch.resolve_device`).
+        torch_dtype: a PyTorch model's weights and activations (``"bfloat16"``, ...).
 
     Returns:
         The field (it declares its ``kind``, ``sample_shape`` and untrained control) and its
@@ -61,7 +65,7 @@ def load_model(
                 "`--class-label`, `--prompt-embedding` and `--guidance-scale` apply to diffusers "
                 "directories; a `package.module:function` model conditions its own field."
             )
-        return load_callable(str(spec))
+        return load_callable(str(spec), device=device, torch_dtype=torch_dtype)
     from .pipelines import load_pipeline
 
     ehs = None if prompt_embedding is None else np.load(prompt_embedding)
@@ -72,10 +76,14 @@ def load_model(
         variant=variant,
         mu=mu,
         guidance_scale=guidance_scale,
+        device=device,
+        torch_dtype=torch_dtype,
     )
 
 
-def load_callable(spec: str) -> tuple[AbstractPretrainedField, AbstractProcess]:
+def load_callable(
+    spec: str, *, device: str | None = None, torch_dtype: str | None = None
+) -> tuple[AbstractPretrainedField, AbstractProcess]:
     """``(field, process)`` from ``package.module:function``.
 
     The function, called with no arguments, returns ``(field, process)`` (the field carrying
@@ -86,6 +94,8 @@ def load_callable(spec: str) -> tuple[AbstractPretrainedField, AbstractProcess]:
 
     Args:
         spec: ``package.module:function`` (the function may be an attribute path).
+        device, torch_dtype: where a ``torch.nn.Module`` field runs and in which dtype
+            (:func:`wgfm.interop.torch.module_field`).
 
     Returns:
         The field as an :class:`wgfm.pretrained.AbstractPretrainedField` and its process.
@@ -122,7 +132,7 @@ def load_callable(spec: str) -> tuple[AbstractPretrainedField, AbstractProcess]:
     if _is_torch_module(field):
         from .torch import module_field
 
-        return module_field(field, kind, process), process
+        return module_field(field, kind, process, device=device, dtype=torch_dtype), process
     if isinstance(field, AbstractPretrainedField):
         return field, process
     if not callable(field):
