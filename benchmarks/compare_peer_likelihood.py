@@ -120,6 +120,10 @@ def run_case(
         nfe[name] = int(np.max(np.asarray(res.stats.nfe)))
     count = {"n": 0}
     peers = {} if torch is None else fm_sides(torch, params, x, count, fm_exact)
+    threads: dict = {}
+    hutch_peer = "flow_matching compute_likelihood exact_divergence=False"
+    if hutch_peer in peers:  # PyTorch's threads chosen on a timed solve (the exact one is slow)
+        threads = C.threads_extra(*C.best_threads(torch, peers[hutch_peer]))
     for name, fn in peers.items():
         count["n"] = 0
         outs[name] = np.asarray(fn())  # also the warm-up
@@ -152,6 +156,7 @@ def run_case(
                 "agree": float(np.max(np.abs(resid))) <= AGREE * scale,
             }
         if name in peers:
+            extra |= threads
             base = "wgfm log_likelihood Hutchinson K=1" if hutch else next(iter(ws))
             extra |= ratio_stats(times[name], times[base])
             if not hutch:

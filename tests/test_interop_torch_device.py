@@ -186,3 +186,49 @@ def test_load_pipeline_torch_dtype_and_device(tmp_path):
     assert np.abs(got - want).max() <= 2**-8 * np.abs(want).max()
     with pytest.raises(ValueError, match="`dtype` must be a floating torch.dtype"):
         load_diffusers(root, encoder_hidden_states=e, torch_dtype="int8")
+
+
+def test_diagnose_cli_torch_device_and_dtype(tmp_path, monkeypatch, capsys):
+    """``wgfm diagnose --torch-device/--dtype`` reach the PyTorch model through load_model; a
+    bad value is one line and exit status 2."""
+    from wgfm.cli import main
+    from wgfm.interop.load import load_model
+
+    (tmp_path / "tiny_torch_model.py").write_text(
+        "import torch, wgfm\n"
+        "class Net(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.lin = torch.nn.Linear(4, 4)\n"
+        "    def forward(self, x, t):\n"
+        "        return self.lin(x) * t[:, None].to(x.dtype)\n"
+        "def make():\n"
+        "    torch.manual_seed(0)\n"
+        "    return Net(), wgfm.VP(), 'eps'\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = "tiny_torch_model:make"
+    field, _ = load_model(spec, device="cpu", torch_dtype="bfloat16")
+    assert field.net.dtype == torch.bfloat16  # pyright: ignore[reportAttributeAccessIssue]
+    assert "cpu in bfloat16" in field.backend
+    y = field(jnp.ones(4, jnp.float32), jnp.float32(0.5))  # bfloat16 weights on the CPU run
+    assert y.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(y)))
+    out = str(tmp_path / "out")
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)  # restored afterwards
+    for flag, value, message in [
+        ("--dtype", "int8", "`--dtype` must be bfloat16, float16 or float32"),
+        ("--torch-device", "tpu", "`--torch-device` must be cuda, mps or cpu"),
+    ]:
+        assert main(["diagnose", "--model", spec, "--quick", "--out", out, flag, value]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err, err
+    if not torch.cuda.is_available():  # the option reaches the model: the error comes from there
+        assert (
+            main(["diagnose", "--model", spec, "--quick", "--out", out, "--torch-device", "cuda"])
+            == 2
+        )
+        err = capsys.readouterr().err.strip()
+        assert "no CUDA device" in err and "\n" not in err, err
+    import os
+
+    assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"  # set by the command

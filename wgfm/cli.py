@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -155,6 +156,9 @@ def diagnose(config: Annotated[DiagnoseConfig, tyro.conf.arg(name="")]) -> int:
     untrained network of the same architecture and the exact score of a Gaussian fitted to the
     clean images (REPORT.md, results.json and figures/ under --out). Rerunning resumes --out.
     """
+    # Before JAX's GPU client starts (its first computation): JAX then takes GPU memory as it
+    # needs it, leaving the rest to a PyTorch model on the same GPU (docs/diagnose_your_model).
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     try:
         mesh = None
         if config.devices is not None:

@@ -17,6 +17,7 @@ import numpy as np
 from jaxtyping import Array, PRNGKeyArray
 
 from ..diagnostics import noised_samples, sweep, times_grid
+from ..diagnostics.adaptive import AdaptiveSubAndProbe
 from ..diagnostics.kernels import ExactAsymmetry, SubAndProbe
 from ..processes import AbstractProcess
 from ..report import ClaimRow, Measurement, fmt, level_bar
@@ -69,6 +70,8 @@ class JacobianAsymmetry(AbstractClaim):
             policy=JacobianPolicy(sizes.jacobians, sizes.max_exact_dim, sizes.exact_budget_s),
             sub_jacobian_size=sizes.sub_jacobian_size,
             num_probes=sizes.num_probes,
+            rel_se=sizes.rel_se,
+            max_probes=sizes.max_probes,
             batch_size=sizes.batch_size,
             estimator_check=self.estimator_check,
             exact_samples=self.exact_samples,
@@ -76,7 +79,10 @@ class JacobianAsymmetry(AbstractClaim):
         )
 
     def header(self, numbers: dict[str, Any]) -> dict[str, str]:
-        return {f"claim {self.number} Jacobians": numbers["jacobian"]["description"]}
+        out = {f"claim {self.number} Jacobians": numbers["jacobian"]["description"]}
+        if "adaptive" in numbers:
+            out[f"claim {self.number} probes"] = adaptive_line(numbers["adaptive"])
+        return out
 
 
 def measure_asymmetry(
@@ -93,6 +99,8 @@ def measure_asymmetry(
     policy: JacobianPolicy | None = None,
     sub_jacobian_size: int = 16,
     num_probes: int = 32,
+    rel_se: float | None = None,
+    max_probes: int = 256,
     batch_size: int = 16,
     estimator_check: bool = False,
     exact_samples: int = 0,
@@ -106,7 +114,11 @@ def measure_asymmetry(
     :func:`wgfm.diagnostics.controls.gaussian_fit_score`; ``control_name`` names it in the rows), and
     ``untrained``. Exact ``D x D`` Jacobians or, else, ``num_probes``-probe estimates of the
     full ratio with their standard errors (the headline) and ``K x K`` sub-Jacobians
-    (``K = sub_jacobian_size``, a certificate), ``batch_size`` samples at a time. Which:
+    (``K = sub_jacobian_size``, a certificate), ``batch_size`` samples at a time; with
+    ``rel_se``, probes are drawn in rounds of ``num_probes`` until the ratio's relative s.e. is
+    at most ``rel_se`` or ``max_probes`` are spent
+    (:class:`wgfm.diagnostics.adaptive.AdaptiveSubAndProbe`), and ``numbers["adaptive"]``
+    records the passes used, the s.e. reached and the skew part's effective rank. Which:
     as ``policy`` chooses (:class:`wgfm.diagnosis.budget.JacobianPolicy`, default exact up to
     ``D = 64``: forced, by ``max_exact_dim``, or by the JVPs' measured cost against a budget in seconds).
     ``numbers["jacobian"]`` records the choice.
@@ -149,7 +161,12 @@ def measure_asymmetry(
         }
         what = "lambda"
     else:
-        diag = SubAndProbe(sub_jacobian_size, num_probes)  # the same coordinates for every field
+        # the same coordinates for every field
+        diag = (
+            SubAndProbe(sub_jacobian_size, num_probes)
+            if rel_se is None
+            else AdaptiveSubAndProbe(sub_jacobian_size, rel_se, max_probes, num_probes)
+        )
         res = {
             k: _values(
                 sweep(
@@ -177,8 +194,13 @@ def measure_asymmetry(
     fig = boxplot_by_level(np.asarray(ts), lam, ylabel, f"Differential constraint ({label})")
     headline = None
     if not exact:  # the probe estimate is the full-dimension number; sub-Jacobians certify
+        how = (
+            f"{num_probes}-probe estimate"
+            if rel_se is None
+            else f"probes until a {100 * rel_se:g}% s.e., at most {max_probes}"
+        )
         headline = (
-            f"full-dimension lambda ({num_probes}-probe estimate)",
+            f"full-dimension lambda ({how})",
             {k: np.median(v[1], axis=0) for k, v in res.items()},
             {k: np.median(v[2], axis=0) for k, v in res.items()},
         )
@@ -204,8 +226,12 @@ def measure_asymmetry(
             "median_sub_ratio": med,
             "median_probe_ratio": {k: np.median(v[1], axis=0) for k, v in res.items()},
             "median_probe_ratio_se": {k: np.median(v[2], axis=0) for k, v in res.items()},
-            "probes_for_10pct_se": {k: probes_for(num_probes, v[1], v[2]) for k, v in res.items()},
+            "probes_for_10pct_se": {
+                k: probes_for(_probes_used(v, num_probes), v[1], v[2]) for k, v in res.items()
+            },
         }
+        if rel_se is not None:
+            numbers["adaptive"] = adaptive_numbers(res, rel_se, max_probes, num_probes)
         if exact_samples > 0:
             rows.append(
                 _exact_subset(label, field, xs[:, :exact_samples], tsj, res["trained"], numbers)
@@ -265,15 +291,19 @@ def compare_spaces(
     )
 
 
-def probes_for(num_probes: int, ratio, ratio_se, target: float = 0.1) -> float:
+def probes_for(num_probes, ratio, ratio_se, target: float = 0.1) -> float:
     """Probes for a relative standard error ``target`` of the ratio: ``num_probes (r / target)^2``
     with ``r`` the median over samples and levels of ``ratio_se / ratio`` (the s.e. shrinks as
     one over the root of the probe count). Infinite when most ratios are exactly 0 (they have
-    no relative s.e.)."""
+    no relative s.e.). ``num_probes``: one count, or each point's (adaptive stopping), whose
+    ``num_probes_i (r_i / target)^2`` then gives the median."""
     ratio, ratio_se = np.asarray(ratio, float), np.asarray(ratio_se, float)
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(ratio > 0, ratio_se / ratio, np.inf)
-    return float(num_probes * (np.median(rel) / target) ** 2)
+    if np.ndim(num_probes) == 0:
+        return float(num_probes * (np.median(rel) / target) ** 2)
+    # adaptive stopping: each point's own probe count
+    return float(np.median(np.asarray(num_probes, float) * (rel / target) ** 2))
 
 
 def _exact_subset(label, field, xs, ts, estimates, numbers: dict) -> ClaimRow:
@@ -300,8 +330,50 @@ def _exact_subset(label, field, xs, ts, estimates, numbers: dict) -> ClaimRow:
     )
 
 
+def _probes_used(values: tuple[np.ndarray, ...], num_probes: int):
+    """Probes behind each estimate: ``num_probes``, or per point from its passes (adaptive:
+    ``passes = 2 probes + 1``)."""
+    return num_probes if len(values) < 4 else (values[3] - 1) / 2
+
+
+def adaptive_numbers(res: dict, rel_se: float, max_probes: int, round_probes: int) -> dict:
+    """results.json's record of adaptive stopping: per field and level, the median network
+    passes per point, the median relative s.e. reached, and the median effective rank of the
+    skew part (0 where the probes did not resolve it: the forward estimator)."""
+    out: dict = {"rel_se": rel_se, "max_probes": max_probes, "round_probes": round_probes}
+    rel = {
+        k: np.where(v[1] > 0, v[2] / np.where(v[1] > 0, v[1], 1), np.inf) for k, v in res.items()
+    }
+    out["median_passes"] = {k: np.median(v[3], axis=0) for k, v in res.items()}
+    out["total_passes"] = {k: float(np.sum(v[3])) for k, v in res.items()}
+    out["median_relative_se"] = {k: np.median(r, axis=0) for k, r in rel.items()}
+    out["median_effective_rank"] = {k: np.median(v[4], axis=0) for k, v in res.items()}
+    return out
+
+
+def adaptive_line(a: dict) -> str:
+    """The report header's line on adaptive stopping (the trained field's numbers)."""
+    passes = np.asarray(a["median_passes"]["trained"], float)
+    rel = np.asarray(a["median_relative_se"]["trained"], float)
+    rank = np.asarray(a["median_effective_rank"]["trained"], float)
+    line = (
+        f"rounds of {a['round_probes']} probes until lambda's s.e. is at most "
+        f"{100 * a['rel_se']:g}% of it (at most {a['max_probes']}): median passes per point "
+        f"{fmt(passes.min())}..{fmt(passes.max())} by level ({fmt(a['total_passes']['trained'])} "
+        f"in all for the model), relative s.e. reached {fmt(100 * rel.min())}..."
+        f"{fmt(100 * rel.max())}%"
+    )
+    if np.all(rank > 0):
+        line += (
+            f"; effective rank of the skew part {fmt(rank.min())}..{fmt(rank.max())} "
+            "(an upper bound from Rademacher probes; one probe's relative variance is about "
+            "1 / (2 r_eff) on lambda)"
+        )
+    return line
+
+
 def _values(result) -> tuple[np.ndarray, ...]:
-    """A sweep's two value arrays as ``(n, L)`` (samples first, as the box plots take them)."""
+    """A sweep's value arrays as ``(n, L)`` (samples first, as the box plots take them)."""
     return tuple(np.asarray(v).T for v in result.values)
 
 

@@ -58,6 +58,8 @@ def run(config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None, mesh=None
         prompt=config.prompt,
         negative_prompt=config.negative_prompt,
         sample_size=config.sample_size,
+        device=config.torch_device,
+        torch_dtype=config.dtype,
     )
     if config.pixel_run is not None and field.latent is None:
         raise ValueError(

@@ -67,12 +67,22 @@ class DiagnoseConfig:
     """claim 1's Jacobians: auto (exact D x D ones when their cost, from a measured JVP time,
     fits the mode's budget: 60 s quick, 4 h full; else probe estimates with standard errors),
     exact, or probes."""
+    rel_se: float = 0.1
+    """claim 1's probe path: draw probes in rounds until lambda's standard error is at most
+    this fraction of it, or the mode's probe budget is spent (64 quick, 256 full); 0: one
+    round, the mode's fixed probe count (4 quick, 32 full)."""
     devices: int | None = None
     """split the images over this many devices (a jax.sharding mesh; on a CPU host simulated
     devices, set before JAX starts); a PyTorch-path model runs on one."""
     pixel_run: Path | None = None
     """for a latent pipeline, the --out of a pixel-space `wgfm diagnose` run on the same
     images: claim 1 compares the two spaces level by level."""
+    torch_device: str | None = None
+    """where a PyTorch model runs: cuda, mps or cpu (default: the accelerator when one is
+    present). JAX's GPU preallocation is off, so both share one GPU."""
+    dtype: str | None = None
+    """a PyTorch model's weights and activations: bfloat16, float16 or float32 (default: as
+    loaded); the estimators' arithmetic stays float32."""
 
     def check(self) -> None:
         """Raise a ``ValueError`` naming the first option that cannot work."""
@@ -98,10 +108,20 @@ class DiagnoseConfig:
                 f"`--pixel-run` {str(self.pixel_run)!r} is neither a `wgfm diagnose` output "
                 "directory nor its results.json."
             )
+        if not (self.rel_se >= 0 and self.rel_se < float("inf")):
+            raise ValueError(f"`--rel-se` must be a number >= 0, got {self.rel_se!r}.")
+        if self.torch_device not in (None, "cuda", "mps", "cpu"):
+            raise ValueError(
+                f"`--torch-device` must be cuda, mps or cpu, got {self.torch_device!r}."
+            )
+        if self.dtype not in (None, "bfloat16", "float16", "float32"):
+            raise ValueError(f"`--dtype` must be bfloat16, float16 or float32, got {self.dtype!r}.")
         if Path(self.out).exists() and not Path(self.out).is_dir():
             raise ValueError(f"`--out` {str(self.out)!r} exists and is not a directory.")
 
     @property
     def sizes(self) -> DiagnoseSizes:
-        """The mode's sizes with this run's exact-or-probes choice."""
-        return dataclasses.replace(QUICK if self.quick else FULL, jacobians=self.jacobians)
+        """The mode's sizes with this run's exact-or-probes choice and target s.e."""
+        return dataclasses.replace(
+            QUICK if self.quick else FULL, jacobians=self.jacobians, rel_se=self.rel_se or None
+        )

@@ -41,6 +41,10 @@ class DiagnoseSizes:
     # Images at a time in claim 2 (None: a level's images at once). One by default: every loop
     # point is a field evaluation, and a large network over all of them would not fit.
     loop_batch_size: int | None = 1
+    # Claim 1's probe path: rounds of num_probes probes until lambda's relative standard error
+    # is at most rel_se, or max_probes are spent (wgfm.diagnostics.adaptive); None: num_probes.
+    rel_se: float | None = None
+    max_probes: int = 256
 
     def __post_init__(self):
         optional = ("max_exact_dim", "loop_batch_size")  # None allowed
@@ -58,6 +62,13 @@ class DiagnoseSizes:
             raise ValueError(
                 f"DiagnoseSizes: exact_budget_s must be >= 0 seconds, got {self.exact_budget_s!r}."
             )
+        if self.rel_se is not None and not (0 < float(self.rel_se) < float("inf")):
+            raise ValueError(f"DiagnoseSizes: rel_se must be > 0 or None, got {self.rel_se!r}.")
+        if self.max_probes % self.num_probes:
+            raise ValueError(
+                f"DiagnoseSizes: max_probes ({self.max_probes}) must be a multiple of num_probes "
+                f"({self.num_probes}), the probes of one round."
+            )
         if self.jacobians not in JACOBIANS:
             raise ValueError(
                 f"DiagnoseSizes: jacobians must be one of {', '.join(JACOBIANS)}, "
@@ -65,7 +76,7 @@ class DiagnoseSizes:
             )
 
 
-_NOT_COUNTS = ("exact_budget_s", "jacobians")
+_NOT_COUNTS = ("exact_budget_s", "jacobians", "rel_se")
 
 
 QUICK = DiagnoseSizes(
@@ -85,6 +96,10 @@ QUICK = DiagnoseSizes(
     ddim_steps=10,
     # A quick run takes minutes: exact Jacobians may add about one more.
     exact_budget_s=60.0,
+    # rounds of 4 probes up to a 10% s.e.: a trained U-Net's skew part is spread over hundreds
+    # of directions, so one round does (benchmarks/results/probe_passes.json)
+    rel_se=0.1,
+    max_probes=64,
 )
 FULL = DiagnoseSizes(
     num_levels=100,
@@ -105,4 +120,6 @@ FULL = DiagnoseSizes(
     # the field: 256 images x 100 levels x ~2,500 loop points x 3 fields); exact Jacobians may
     # take about as long again.
     exact_budget_s=4 * 3600.0,
+    rel_se=0.1,
+    max_probes=256,
 )

@@ -43,6 +43,8 @@ def load_model(
     prompt: str | None = None,
     negative_prompt: str | None = None,
     sample_size: int | None = None,
+    device: str | None = None,
+    torch_dtype: str | None = None,
 ) -> tuple[AbstractPretrainedField, AbstractProcess]:
     """The model ``spec`` names, as ``(field, process)``.
 
@@ -60,6 +62,8 @@ def load_model(
         prompt: a prompt encoded by the pipeline's own text encoders.
         negative_prompt: the negative prompt of text guidance.
         sample_size: the latent height and width.
+        device: where a PyTorch model runs (:func:`wgfm.interop.torch.resolve_device`).
+        torch_dtype: a PyTorch model's weights and activations (``"bfloat16"``, ...).
 
     Returns:
         The field (it declares its ``kind``, ``sample_shape`` and untrained control) and its
@@ -73,7 +77,7 @@ def load_model(
                 "and `--sample-size` apply to diffusers "
                 "directories; a `package.module:function` model conditions its own field."
             )
-        return load_callable(str(spec))
+        return load_callable(str(spec), device=device, torch_dtype=torch_dtype)
     from .pipelines import load_pipeline
 
     ehs = None if prompt_embedding is None else np.load(prompt_embedding)
@@ -91,6 +95,8 @@ def load_model(
         prompt=prompt,
         negative_prompt=negative_prompt,
         sample_size=sample_size,
+        device=device,
+        torch_dtype=torch_dtype,
     )
 
 
@@ -103,7 +109,9 @@ def _npz(path: Path, flag: str) -> dict[str, np.ndarray]:
         raise ValueError(f"`{flag}` {str(path)!r} is not a .npz of named arrays ({e}).") from None
 
 
-def load_callable(spec: str) -> tuple[AbstractPretrainedField, AbstractProcess]:
+def load_callable(
+    spec: str, *, device: str | None = None, torch_dtype: str | None = None
+) -> tuple[AbstractPretrainedField, AbstractProcess]:
     """``(field, process)`` from ``package.module:function``.
 
     The function, called with no arguments, returns ``(field, process)`` (the field carrying
@@ -114,6 +122,8 @@ def load_callable(spec: str) -> tuple[AbstractPretrainedField, AbstractProcess]:
 
     Args:
         spec: ``package.module:function`` (the function may be an attribute path).
+        device, torch_dtype: where a ``torch.nn.Module`` field runs and in which dtype
+            (:func:`wgfm.interop.torch.module_field`).
 
     Returns:
         The field as an :class:`wgfm.pretrained.AbstractPretrainedField` and its process.
@@ -150,7 +160,7 @@ def load_callable(spec: str) -> tuple[AbstractPretrainedField, AbstractProcess]:
     if _is_torch_module(field):
         from .torch import module_field
 
-        return module_field(field, kind, process), process
+        return module_field(field, kind, process, device=device, dtype=torch_dtype), process
     if isinstance(field, AbstractPretrainedField):
         return field, process
     if not callable(field):
