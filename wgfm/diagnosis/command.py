@@ -53,6 +53,11 @@ def run(config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None, mesh=None
         variant=config.variant,
         mu=config.mu,
         guidance_scale=config.guidance_scale,
+        condition=config.condition,
+        negative_condition=config.negative_condition,
+        prompt=config.prompt,
+        negative_prompt=config.negative_prompt,
+        sample_size=config.sample_size,
         device=config.torch_device,
         torch_dtype=config.dtype,
     )

@@ -42,13 +42,27 @@ class DiagnoseConfig:
     """the class of a class-conditional denoiser (default: its null class)."""
     prompt_embedding: Path | None = None
     """a .npy text embedding (seq, dim) for a UNet2DConditionModel."""
+    condition: Path | None = None
+    """a .npz of the denoiser's conditions, one array per forward keyword, one sample each
+    without a batch axis (encoder_hidden_states, text_embeds, pooled_projections, guidance ...;
+    a missing or misshapen one is named with every name and shape the family takes)."""
+    negative_condition: Path | None = None
+    """a .npz of the null conditions of a text model's guidance (with --guidance-scale)."""
+    prompt: str | None = None
+    """a prompt, encoded by the pipeline's own tokenizers and text encoders (wgfm[text])."""
+    negative_prompt: str | None = None
+    """the negative prompt of a text model's guidance (default: the pipeline's null one)."""
+    sample_size: int | None = None
+    """the latent height and width (default: the config's sample_size; FLUX.1: 128)."""
     variant: str | None = None
     """weights variant, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors)."""
     mu: float | None = None
     """the shift of a flow-matching scheduler with use_dynamic_shifting."""
     guidance_scale: float | None = None
-    """w, for the classifier-free-guided field (1 + w) eps(x, c) - w eps(x) of a
-    class-conditional model with a null class (needs --class-label)."""
+    """w, for the classifier-free-guided field: class-conditional models (1 + w) F(x, c) -
+    w F(x, null) with the null class (needs --class-label); text models the pipeline's own
+    F(x, null) + w (F(x, c) - F(x, null)) (the null from --negative-prompt,
+    --negative-condition or the pipeline's default with --prompt)."""
     jacobians: Literal["auto", "exact", "probes"] = "auto"
     """claim 1's Jacobians: auto (exact D x D ones when their cost, from a measured JVP time,
     fits the mode's budget: 60 s quick, 4 h full; else probe estimates with standard errors),
@@ -78,8 +92,11 @@ class DiagnoseConfig:
             raise ValueError(
                 f"`--model` {str(self.model)!r} is neither a directory nor package.module:function."
             )
-        if self.prompt_embedding is not None and not Path(self.prompt_embedding).is_file():
-            raise ValueError(f"`--prompt-embedding` {str(self.prompt_embedding)!r} is not a file.")
+        for name in ("prompt_embedding", "condition", "negative_condition"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"`{flag}` {str(path)!r} is not a file.")
         if self.data is not None and self.images is not None:
             raise ValueError("`--data` and `--images` are alternatives: give one of them.")
         for name in ("data", "images"):

@@ -38,6 +38,11 @@ def load_model(
     variant: str | None = None,
     mu: float | None = None,
     guidance_scale: float | None = None,
+    condition: Path | None = None,
+    negative_condition: Path | None = None,
+    prompt: str | None = None,
+    negative_prompt: str | None = None,
+    sample_size: int | None = None,
     device: str | None = None,
     torch_dtype: str | None = None,
 ) -> tuple[AbstractPretrainedField, AbstractProcess]:
@@ -52,6 +57,11 @@ def load_model(
         variant: the weights variant, e.g. ``"fp16"``.
         mu: the shift of a flow-matching scheduler with dynamic shifting.
         guidance_scale: ``w`` of the classifier-free-guided field (directories only).
+        condition: a ``.npz`` of the denoiser's conditions, one sample each (directories only).
+        negative_condition: a ``.npz`` of the null conditions of text guidance.
+        prompt: a prompt encoded by the pipeline's own text encoders.
+        negative_prompt: the negative prompt of text guidance.
+        sample_size: the latent height and width.
         device: where a PyTorch model runs (:func:`wgfm.interop.torch.resolve_device`).
         torch_dtype: a PyTorch model's weights and activations (``"bfloat16"``, ...).
 
@@ -60,9 +70,11 @@ def load_model(
         process.
     """
     if is_callable_spec(spec):
-        if class_label is not None or prompt_embedding is not None or guidance_scale is not None:
+        given = (class_label, prompt_embedding, guidance_scale, condition, negative_condition)
+        if any(v is not None for v in (*given, prompt, negative_prompt, sample_size)):
             raise ValueError(
-                "`--class-label`, `--prompt-embedding` and `--guidance-scale` apply to diffusers "
+                "`--class-label`, `--prompt-embedding`, `--condition`, `--prompt`, `--guidance-scale` "
+                "and `--sample-size` apply to diffusers "
                 "directories; a `package.module:function` model conditions its own field."
             )
         return load_callable(str(spec), device=device, torch_dtype=torch_dtype)
@@ -76,9 +88,25 @@ def load_model(
         variant=variant,
         mu=mu,
         guidance_scale=guidance_scale,
+        condition=None if condition is None else _npz(condition, "--condition"),
+        negative_condition=(
+            None if negative_condition is None else _npz(negative_condition, "--negative-condition")
+        ),
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        sample_size=sample_size,
         device=device,
         torch_dtype=torch_dtype,
     )
+
+
+def _npz(path: Path, flag: str) -> dict[str, np.ndarray]:
+    """The arrays of a ``.npz`` file by name."""
+    try:
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError, AttributeError) as e:
+        raise ValueError(f"`{flag}` {str(path)!r} is not a .npz of named arrays ({e}).") from None
 
 
 def load_callable(
