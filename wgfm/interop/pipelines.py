@@ -109,6 +109,7 @@ def read_pipeline(path: str | Path) -> PipelineDir:
         raise ValueError(f"`path` {str(path)!r} has no config.json (nor unet/config.json).")
     config = _read_json(denoiser / "config.json")
     cls = config.get("_class_name") or _index_class(index, denoiser.name) or "UNet2DModel"
+    config = {**_class_defaults(cls), **config}
     sched = None
     for f in (
         *((root / "scheduler" / "scheduler_config.json",) if root else ()),
@@ -119,6 +120,25 @@ def read_pipeline(path: str | Path) -> PipelineDir:
             break
     latent = read_latent(root, index) if root is not None else None
     return PipelineDir(denoiser, cls, config, sched, latent, index.get("_class_name"), root)
+
+
+def _class_defaults(cls: str) -> dict:
+    """The keyword defaults of diffusers' ``cls``: a config.json may leave any of them out, and
+    diffusers fills them in on load, so the adapters read the same values it does. Without
+    diffusers (the flax port needs only safetensors) nothing is filled in."""
+    import inspect
+
+    try:
+        import diffusers
+
+        init = getattr(diffusers, cls).__init__
+    except (ImportError, AttributeError):
+        return {}
+    return {
+        k: p.default
+        for k, p in inspect.signature(init).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
 
 
 def _read_json(f: Path) -> dict:
