@@ -143,7 +143,7 @@ def _train_entry(dim: int, n: int) -> dict:
     i1, i2 = jnp.arange(n), jnp.arange(n, 2 * n)
     first_s = _timed(lambda: step(state, data, i1)[1])
     steady_s = min(_timed(lambda: step(state, data, i1)[1]) for _ in range(2))
-    size = step._cache_size()  # pyright: ignore[reportAttributeAccessIssue]
+    size = step.compiled_variants()
     new_state, _ = step(state, data + 1.0, i2)  # new values, new indices, advanced state/key
     block(step(new_state, data, i1)[1])
     return record(
@@ -154,7 +154,7 @@ def _train_entry(dim: int, n: int) -> dict:
         median_s=steady_s,
         repeats=2,
         changed="new data + new indices + new state/key",
-        retraces=step._cache_size() - size,  # pyright: ignore[reportAttributeAccessIssue]
+        retraces=step.compiled_variants() - size,
     )
 
 

@@ -20,12 +20,13 @@ Each table opens with the run it comes from (date, commit, CPU, the ``wgfm bench
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+from experiments.publish import replace_between
 
 from ._harness import markdown_table
 from ._summary import markdown, targets
@@ -302,11 +303,9 @@ def blocks() -> dict[str, list[tuple[str, Callable[[list[dict], dict | None], st
 
 
 def replace_block(text: str, name: str, body: str, path: str) -> str:
+    """``text`` with its generated block ``name`` replaced by :data:`NOTE` and ``body``."""
     begin, end = BEGIN.format(name), END.format(name)
-    pat = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
-    if len(pat.findall(text)) != 1:
-        raise ValueError(f"{path}: expected one '{begin}' ... '{end}' block.")
-    return pat.sub(lambda _: f"{begin}\n{NOTE}\n\n{body.rstrip()}\n\n{end}", text)
+    return replace_between(text, begin, end, f"{NOTE}\n\n{body.rstrip()}\n", path)
 
 
 def render(results: Path = RESULTS, root: Path = ROOT) -> dict[Path, str]:

@@ -59,14 +59,10 @@ class Trained:
         )
 
     def score(self):
-        from wgfm.models import score_field
-
-        return score_field(self.model, self.params, self.process)  # type: ignore[arg-type]
+        return self.model.score(self.params, self.process)
 
     def velocity(self):
-        from wgfm.models import velocity_field
-
-        return velocity_field(self.model, self.params, self.process)  # type: ignore[arg-type]
+        return self.model.velocity(self.params, self.process)
 
 
 # Image sets whose networks are checkpointed under OUT/networks (long to train).

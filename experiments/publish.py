@@ -31,9 +31,21 @@ def publish(run_dir: Path, doc: Path = DOC) -> str:
 
 def replace_between(text: str, begin: str, end: str, body: str, where: str) -> str:
     """``text`` with the part between the markers ``begin`` and ``end`` replaced by ``body``
-    (each on lines of their own); ``where`` names the document in the error."""
-    if begin not in text or end not in text:
-        raise ValueError(f"{where} must hold the markers {begin} and {end}.")
+    (each on lines of their own): the one function that writes a generated section of a
+    document (the reproduction's report, claim 4's tables, the benchmark tables).
+
+    Args:
+        text: the document.
+        begin: the opening marker, e.g. an HTML comment.
+        end: the closing marker.
+        body: what goes between them.
+        where: the document's name, for the error.
+
+    Returns:
+        The new text. Raises ``ValueError`` unless each marker occurs exactly once, in order.
+    """
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise ValueError(f"{where} must hold the markers {begin} and {end} once each, in order.")
     head, rest = text.split(begin, 1)
     return head + begin + "\n" + body + "\n" + end + rest.split(end, 1)[1]
 

@@ -435,6 +435,15 @@ def test_measured_indices_are_a_sorted_sample_without_replacement_per_claim():
     assert not np.array_equal(a, measured_indices(key, second, 50, 8))  # own stream per claim
 
 
+def _measure_mean_norm(score, process, x0, ts, *, key, label="model", **controls):
+    """The mean norm of ``score`` at the clean points ``x0`` at every time of ``ts``."""
+    norms = jax.vmap(
+        lambda t: jnp.mean(jnp.linalg.norm(jax.vmap(score, (0, None))(x0, t), axis=-1))
+    )(ts)
+    row = ClaimRow(f"{label}: the score is not zero", f"{float(norms.min()):.3g}", "-", True)
+    return Measurement([row], {"levels": ts, "mean_norm": norms, "x0": x0}, {})
+
+
 class _MeanNorm(AbstractClaim):
     """A diagnostic added as a new claim would be: the mean norm of the score at the measured
     clean points, at every level (a closed form for a linear field)."""
@@ -449,13 +458,11 @@ class _MeanNorm(AbstractClaim):
     def num_samples(self, sizes):
         return sizes.num_samples
 
-    def measure(self, score, process, x0, sizes, *, key, label="model", **unused):
-        ts = times_grid(process, sizes.num_levels)
-        norms = jax.vmap(
-            lambda t: jnp.mean(jnp.linalg.norm(jax.vmap(score, (0, None))(x0, t), axis=-1))
-        )(ts)
-        row = ClaimRow(f"{label}: the score is not zero", f"{float(norms.min()):.3g}", "-", True)
-        return Measurement([row], {"levels": ts, "mean_norm": norms, "x0": x0}, {})
+    def options(self, sizes):
+        return {}
+
+    def measurement(self, *args, **kwargs):
+        return _measure_mean_norm(*args, **kwargs)
 
     def header(self, numbers):
         return {"mean norm levels": len(numbers["levels"])}

@@ -113,6 +113,55 @@ def test_no_module_imports_another_modules_private_names():
     assert not found, found
 
 
+# Private names of other libraries that experiments/ and benchmarks/ may use, and why.
+FOREIGN_PRIVATE = {
+    # PyTorch's fused multi-tensor ops, which torch.optim itself runs: the PyTorch side of the
+    # training comparison does its EMA the way PyTorch's own optimisers do.
+    ("torch", "_foreach_lerp_"),
+}
+
+
+def _private_uses(path: Path, root: Path = ROOT) -> list[str]:
+    """Private names ``path`` reaches in other modules: ``obj._name`` on anything but
+    ``self``/``cls``, and ``from module import _name`` unless ``_name`` is a module of the same
+    package (a package-private module, e.g. ``benchmarks/_compare.py``)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+            base = node.value
+            if node.attr.startswith("__") or (
+                isinstance(base, ast.Name) and base.id in ("self", "cls")
+            ):
+                continue
+            if (ast.unparse(base), node.attr) not in FOREIGN_PRIVATE:
+                found.append(f"{path.relative_to(root)}:{node.lineno}: {ast.unparse(node)}")
+        elif isinstance(node, ast.ImportFrom):
+            package = path.parent if node.level else root / (node.module or "").replace(".", "/")
+            for a in node.names:
+                private = a.name.startswith("_") and not a.name.startswith("__")
+                if private and not (package / f"{a.name}.py").is_file():
+                    found.append(f"{path.relative_to(root)}:{node.lineno}: import {a.name}")
+    return found
+
+
+@pytest.mark.parametrize("top", ["experiments", "benchmarks"])
+def test_experiments_and_benchmarks_use_no_private_names_of_other_modules(top):
+    found = [f for path in sorted((ROOT / top).rglob("*.py")) for f in _private_uses(path)]
+    assert not found, found
+
+
+def test_the_private_name_check_can_fail(tmp_path):
+    (tmp_path / "_helper.py").write_text("")
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "from . import _helper\nfrom wgfm.train import _train_step\n"
+        "ctx._cache[1] = step._cache_size() + torch._foreach_lerp_ + self._x\n"
+    )
+    found = sorted(f.split(": ")[1] for f in _private_uses(bad, tmp_path))
+    # the package's own private module, torch's fused op and self's attribute are allowed
+    assert found == ["ctx._cache", "import _train_step", "step._cache_size"], found
+
+
 def test_importing_the_library_loads_no_framework():
     code = (
         "import sys, wgfm, wgfm.diagnostics, wgfm.diagnosis, wgfm.transport; "

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from wgfm import fields, processes
-from wgfm.models import CONFIGS, Model, get_model, score_field, sinusoidal_embedding, velocity_field
+from wgfm.models import CONFIGS, Model, get_model, sinusoidal_embedding
 
 KEY = jax.random.PRNGKey(0)
 VP = processes.VP()
@@ -130,14 +130,14 @@ def test_adapters_convert_by_the_closed_forms(mlp):
     model, params = mlp
     x, t = jax.random.normal(KEY, (3,)), 0.35
     eps = model.apply(params, x, t)
-    s = score_field(model, params, VP)(x, t)
+    s = model.score(params, VP)(x, t)
     np.testing.assert_allclose(s, -eps / VP.sigma(t), rtol=1e-12)
     a, b = VP.velocity_coefficients(t)
-    np.testing.assert_allclose(velocity_field(model, params, VP)(x, t), a * x + b * s, rtol=1e-12)
+    np.testing.assert_allclose(model.velocity(params, VP)(x, t), a * x + b * s, rtol=1e-12)
     vmodel = get_model("mlp-small", kind="velocity")
     vp = vmodel.init(KEY, (3,), jnp.float64)
-    np.testing.assert_array_equal(velocity_field(vmodel, vp, VP)(x, t), vmodel.apply(vp, x, t))
-    s2 = score_field(vmodel, vp, VP)(x, t)
+    np.testing.assert_array_equal(vmodel.velocity(vp, VP)(x, t), vmodel.apply(vp, x, t))
+    s2 = vmodel.score(vp, VP)(x, t)
     np.testing.assert_allclose(
         s2, fields.convert(VP, x, t, vmodel.apply(vp, x, t), kind="velocity", to="score")
     )

@@ -42,8 +42,10 @@ def test_a_hand_edit_is_caught(tmp_path):
     out = publish.replace_block(text, "x", "new table", "f.md")
     assert "new table" in out and "old" not in out and out.endswith("end\n")
     assert publish.replace_block(out, "x", "new table", "f.md") == out  # idempotent
-    with pytest.raises(ValueError, match="expected one"):
+    with pytest.raises(ValueError, match="once each"):
         publish.replace_block("no markers", "x", "t", "f.md")
+    with pytest.raises(ValueError, match="f.md must hold"):  # two blocks of one name
+        publish.replace_block(text + text, "x", "t", "f.md")
 
 
 def test_speedup_prints_inside_its_own_range():

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from .train import TrainConfig
+from .typing import Kind
 
 Dataset = Literal["gmm2d", "toy", "digits", "mnist", "cifar10"]
 
@@ -35,7 +36,7 @@ class RunConfig:
     """Training set size for the synthetic datasets."""
     model: str = "mlp-small"
     """A name in ``wgfm.models.CONFIGS``."""
-    kind: Literal["eps", "score", "x0", "velocity"] = "eps"
+    kind: Kind = "eps"
     conservative: bool = False
     process: str = "vp"
     """A name in ``wgfm.processes.ALL_PROCESSES``."""
@@ -219,11 +220,10 @@ def save_sample_figure(model, params, process, data, path: Path, *, num: int, ke
     a ``matplotlib.figure.Figure`` without pyplot, so the process's backend is left alone."""
     from matplotlib.figure import Figure
 
-    from .models import velocity_field
     from .transport import sample_ode
 
     shape = tuple(data.shape[1:])
-    v = velocity_field(model, params, process)
+    v = model.velocity(params, process)
     out = sample_ode(
         v, process, key=key, num_samples=num, shape=shape, rtol=1e-3, atol=1e-3, strict=False
     )

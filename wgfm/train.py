@@ -186,8 +186,9 @@ class TrainStep(eqx.Module):
         executable (JAX caches both stages in memory). To run the update, call the step."""
         return _train_step.lower(self.objective, self.config, state, data, indices).lowered
 
-    def _cache_size(self) -> int:
-        """Compiled variants of the update so far (filter_jit's cache, shared by all steps)."""
+    def compiled_variants(self) -> int:
+        """Compiled variants of the update so far (filter_jit's cache, shared by all steps): a
+        call that recompiles adds one."""
         return _train_step._cached._cache_size()
 
 

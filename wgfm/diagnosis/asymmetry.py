@@ -16,14 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray
 
-from ..diagnostics import noised_samples, sweep, times_grid
+from ..diagnostics import noised_samples, sweep
 from ..diagnostics.adaptive import AdaptiveSubAndProbe
 from ..diagnostics.kernels import ExactAsymmetry, SubAndProbe
 from ..processes import AbstractProcess
 from ..report import ClaimRow, Measurement, fmt, level_bar
 from ..typing import Field
 from .budget import JacobianPolicy
-from .claim import NO_CONTROLS, AbstractClaim, Controls
+from .claim import AbstractClaim
 from .sizes import DiagnoseSizes
 
 
@@ -45,28 +45,8 @@ class JacobianAsymmetry(AbstractClaim):
     def num_samples(self, sizes: DiagnoseSizes) -> int:
         return sizes.num_samples
 
-    def measure(
-        self,
-        score: Field,
-        process: AbstractProcess,
-        x0: Array,
-        sizes: DiagnoseSizes,
-        *,
-        key: PRNGKeyArray,
-        controls: Controls = NO_CONTROLS,
-        label: str = "model",
-        mesh=None,
-    ) -> Measurement:
-        return measure_asymmetry(
-            score,
-            process,
-            x0,
-            times_grid(process, sizes.num_levels),
-            key=key,
-            gradient=controls.gradient,
-            untrained=controls.untrained,
-            label=label,
-            control_name=controls.control_name,
+    def options(self, sizes: DiagnoseSizes) -> dict[str, Any]:
+        return dict(
             policy=JacobianPolicy(sizes.jacobians, sizes.max_exact_dim, sizes.exact_budget_s),
             sub_jacobian_size=sizes.sub_jacobian_size,
             num_probes=sizes.num_probes,
@@ -75,8 +55,10 @@ class JacobianAsymmetry(AbstractClaim):
             batch_size=sizes.batch_size,
             estimator_check=self.estimator_check,
             exact_samples=self.exact_samples,
-            mesh=mesh,
         )
+
+    def measurement(self, *args, **kwargs) -> Measurement:
+        return measure_asymmetry(*args, **kwargs)
 
     def header(self, numbers: dict[str, Any]) -> dict[str, str]:
         out = {f"claim {self.number} Jacobians": numbers["jacobian"]["description"]}
@@ -108,27 +90,44 @@ def measure_asymmetry(
 ) -> Measurement:
     """Claim 1 on one score ``field``: its Jacobian asymmetry at every level of ``ts``.
 
-    ``x0`` ``(n, *shape)`` are clean samples (vectors or images), noised once per level with
-    ``process`` (the same ``x0`` at every level). Optional controls on the same points:
-    ``gradient``, a field known to be a gradient on the data's scale (the exact score, or
-    :func:`wgfm.diagnostics.controls.gaussian_fit_score`; ``control_name`` names it in the rows), and
-    ``untrained``. Exact ``D x D`` Jacobians or, else, ``num_probes``-probe estimates of the
-    full ratio with their standard errors (the headline) and ``K x K`` sub-Jacobians
-    (``K = sub_jacobian_size``, a certificate), ``batch_size`` samples at a time; with
-    ``rel_se``, probes are drawn in rounds of ``num_probes`` until the ratio's relative s.e. is
-    at most ``rel_se`` or ``max_probes`` are spent
-    (:class:`wgfm.diagnostics.adaptive.AdaptiveSubAndProbe`), and ``numbers["adaptive"]``
-    records the passes used, the s.e. reached and the skew part's effective rank. Which:
-    as ``policy`` chooses (:class:`wgfm.diagnosis.budget.JacobianPolicy`, default exact up to
-    ``D = 64``: forced, by ``max_exact_dim``, or by the JVPs' measured cost against a budget in seconds).
-    ``numbers["jacobian"]`` records the choice.
-    ``estimator_check`` (exact path only) also runs the
-    large-D estimators on up to 8 samples and reports their agreement with the exact ratios;
-    on the probe path, ``exact_samples > 0`` takes exact Jacobians of ``field`` on that
-    many samples per level and checks the estimators against them. ``mesh``
-    (:func:`wgfm.distributed.make_mesh`) splits the samples over its devices (same numbers).
-    Figures are named ``lambda_<label>``; raises ``ValueError`` naming the first non-finite
-    level and sample."""
+    The clean samples are noised once per level (the same ``x0`` at every level), and the field
+    and each control are measured on the same points: exact ``D x D`` Jacobians, or else
+    ``num_probes``-probe estimates of the full ratio with their standard errors (the headline)
+    and ``K x K`` sub-Jacobians (a certificate), as ``policy`` chooses.
+
+    Args:
+        field: the score field ``(x (*shape), t ()) -> (*shape)``.
+        process: the forward process that noises ``x0``.
+        x0: clean samples, shape ``(n, *shape)`` (vectors or images).
+        ts: noise levels, shape ``(L,)``.
+        key: noise, sub-Jacobian coordinates and probes.
+        gradient: a field known to be a gradient on the data's scale (the exact score, or
+            :func:`wgfm.diagnostics.controls.gaussian_fit_score`), or None.
+        untrained: the same architecture untrained, or None.
+        label: the field's name in rows; figures are named ``lambda_<label>``.
+        control_name: how the rows name ``gradient``.
+        policy: exact or probes (:class:`wgfm.diagnosis.budget.JacobianPolicy`; default exact
+            up to ``D = 64``); ``numbers["jacobian"]`` records the choice and why.
+        sub_jacobian_size: ``K`` of the ``K x K`` sub-Jacobians.
+        num_probes: probes of the full-ratio estimate (a JVP and a VJP each), or of each
+            round with ``rel_se``.
+        rel_se: with it, probes are drawn in rounds until the ratio's relative s.e. is at most
+            ``rel_se`` (:class:`wgfm.diagnostics.adaptive.AdaptiveSubAndProbe`);
+            ``numbers["adaptive"]`` records the passes used, the s.e. reached and the skew
+            part's effective rank.
+        max_probes: the most probes ``rel_se`` may spend.
+        batch_size: samples at a time.
+        estimator_check: exact path only: also run the large-D estimators on up to 8 samples
+            and report their agreement with the exact ratios.
+        exact_samples: probe path only: exact Jacobians of ``field`` on this many samples per
+            level, against which the estimators are checked.
+        mesh: a ``jax.sharding.Mesh`` splitting the samples over its devices (same numbers).
+
+    Returns:
+        A :class:`wgfm.report.Measurement`: the gradient and trend rows (and the estimator
+        row), per-level medians ``(L,)`` of each field's ratios, the figure. Raises
+        ``ValueError`` naming the first non-finite level and sample.
+    """
     k_noise, k_sub = jax.random.split(key)
     x0 = jnp.asarray(x0)
     tsj = jnp.asarray(ts, x0.dtype)

@@ -10,19 +10,19 @@ both measure with.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray
 
-from ..diagnostics import noised_samples, sweep, times_grid
+from ..diagnostics import noised_samples, sweep
 from ..diagnostics.kernels import FAMILIES, Circulation
 from ..processes import AbstractProcess
 from ..report import ClaimRow, Measurement, fmt, level_bar
 from ..typing import Field
-from .claim import NO_CONTROLS, AbstractClaim, Controls
+from .claim import AbstractClaim
 from .sizes import DiagnoseSizes
 
 
@@ -41,36 +41,18 @@ class LoopCirculation(AbstractClaim):
     def num_samples(self, sizes: DiagnoseSizes) -> int:
         return sizes.loop_samples
 
-    def measure(
-        self,
-        score: Field,
-        process: AbstractProcess,
-        x0: Array,
-        sizes: DiagnoseSizes,
-        *,
-        key: PRNGKeyArray,
-        controls: Controls = NO_CONTROLS,
-        label: str = "model",
-        mesh=None,
-    ) -> Measurement:
-        return measure_circulation(
-            score,
-            process,
-            x0,
-            times_grid(process, sizes.loop_levels),
-            key=key,
-            gradient=controls.gradient,
-            untrained=controls.untrained,
-            label=label,
-            control_name=controls.control_name,
+    def options(self, sizes: DiagnoseSizes) -> dict[str, Any]:
+        return dict(
             loop_points=sizes.loop_points,
             bridge_steps=sizes.bridge_steps,
             noisy_copies=sizes.noisy_copies,
             noisy_points=sizes.noisy_points,
             batch_size=sizes.loop_batch_size,
             figures=self.figures,
-            mesh=mesh,
         )
+
+    def measurement(self, *args, **kwargs) -> Measurement:
+        return measure_circulation(*args, **kwargs)
 
 
 # family -> (figure-name suffix, caption) of its circulation-by-level figure.
@@ -104,14 +86,35 @@ def measure_circulation(
 ) -> Measurement:
     """Claim 2 on one score ``field``: its circulation around loops at every level of ``ts``.
 
-    ``x0`` ``(n, *shape)`` are clean samples (vectors or images), noised once per level with
-    ``process``; each family's loop passes through (or around) every noisy sample. Optional
-    controls on the same loops: ``gradient`` (a field known to be a gradient, named
-    ``control_name`` in the rows; its circulation is quadrature error) and ``untrained``.
-    ``batch_size`` evaluates that many samples of a level at a time (large networks: every loop
-    point is a field evaluation). ``figures`` lists the families plotted by level, as
-    ``circulation_<label>_<suffix>``. ``mesh`` splits the samples over its devices (same
-    numbers). Raises ``ValueError`` naming the first non-finite level and sample."""
+    The clean samples are noised once per level; each family's loop passes through (or around)
+    every noisy sample, and the controls are integrated around the same loops.
+
+    Args:
+        field: the score field ``(x (*shape), t ()) -> (*shape)``.
+        process: the forward process that noises ``x0``.
+        x0: clean samples, shape ``(n, *shape)`` (vectors or images).
+        ts: noise levels, shape ``(L,)``.
+        key: noise and loops.
+        gradient: a field known to be a gradient (its circulation is quadrature error), or
+            None.
+        untrained: the same architecture untrained, or None.
+        label: the field's name in rows and figure names.
+        control_name: how the rows name ``gradient``.
+        families: the loop families (:data:`wgfm.diagnostics.kernels.FAMILIES`).
+        loop_points: points of the circle and pair-rotation loops.
+        bridge_steps: Brownian-bridge steps.
+        noisy_copies: copies of the noisy-copy cycle.
+        noisy_points: points per segment of that cycle.
+        batch_size: samples of a level at a time (None: all; large networks: every loop point
+            is a field evaluation).
+        figures: the families plotted by level, as ``circulation_<label>_<suffix>``.
+        mesh: a ``jax.sharding.Mesh`` splitting the samples over its devices (same numbers).
+
+    Returns:
+        A :class:`wgfm.report.Measurement`: a row per family, per family and field the
+        per-level medians ``(L,)`` of ``|I|``, ``|I_norm|`` and ``|I / L|``, the figures.
+        Raises ``ValueError`` naming the first non-finite level and sample.
+    """
     k_noise, k_loop = jax.random.split(key)
     x0 = jnp.asarray(x0)
     tsj = jnp.asarray(ts, x0.dtype)

@@ -17,6 +17,7 @@ from typing import Any
 import equinox as eqx
 from jaxtyping import Array, PRNGKeyArray
 
+from ..diagnostics import times_grid
 from ..processes import AbstractProcess
 from ..report import Measurement
 from ..typing import Field
@@ -56,6 +57,14 @@ class AbstractClaim(eqx.Module):
         """Clean images per level this claim measures at ``sizes``."""
 
     @abc.abstractmethod
+    def options(self, sizes: DiagnoseSizes) -> dict[str, Any]:
+        """The measurement's keyword arguments that ``sizes`` (and this claim's fields) set."""
+
+    @abc.abstractmethod
+    def measurement(self, *args, **kwargs) -> Measurement:
+        """The claim's measurement function, ``measure_<name>(field, process, x0, ts, *, key,
+        gradient, untrained, label, control_name, mesh, **options)``."""
+
     def measure(
         self,
         score: Field,
@@ -85,6 +94,19 @@ class AbstractClaim(eqx.Module):
             A :class:`wgfm.report.Measurement`: verdict rows, numbers (per-level medians of the
             field and of each control) and figures (name -> matplotlib figure).
         """
+        return self.measurement(
+            score,
+            process,
+            x0,
+            times_grid(process, self.num_levels(sizes)),
+            key=key,
+            gradient=controls.gradient,
+            untrained=controls.untrained,
+            label=label,
+            control_name=controls.control_name,
+            mesh=mesh,
+            **self.options(sizes),
+        )
 
     def header(self, numbers: dict[str, Any]) -> dict[str, str]:
         """Report-header lines from this claim's ``numbers`` (default: none)."""

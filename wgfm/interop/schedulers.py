@@ -33,8 +33,9 @@ from jaxtyping import Array, ArrayLike, Float
 
 from ..processes import VE, AbstractProcess, DiscreteVP, LinearInterpolant, ShiftedInterpolant
 
-# betas-family `prediction_type` -> the quantity the field returns (v is converted to eps).
-KINDS = {"epsilon": "eps", "sample": "x0", "v_prediction": "eps"}
+# betas-family `prediction_type` -> the kind (wgfm.typing.Kind) the field returns (v is
+# converted to eps).
+PREDICTION_KINDS = {"epsilon": "eps", "sample": "x0", "v_prediction": "eps"}
 FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
 EDM_SCHEDULERS = ("EDMEulerScheduler", "EDMDPMSolverMultistepScheduler")
 # Few-step samplers of distilled models: the network's output is a consistency function's jump
@@ -66,7 +67,7 @@ class SchedulerMap(eqx.Module):
             return "velocity"
         if self.family == "edm":
             return "x0"
-        return KINDS[self.prediction_type]
+        return PREDICTION_KINDS[self.prediction_type]
 
     def describe(self) -> str:
         """One line for reports: the scheduler, its process and the network's output."""
@@ -157,9 +158,9 @@ def scheduler_map(config: dict, *, mu: float | None = None) -> SchedulerMap:
             "takes log-sigma timesteps, which only 'discrete' betas schedulers are mapped for."
         )
     prediction_type = config.get("prediction_type", "epsilon")
-    if prediction_type not in KINDS:
+    if prediction_type not in PREDICTION_KINDS:
         raise ValueError(
-            f"scheduler `prediction_type` must be one of {tuple(KINDS)}, got {prediction_type!r}."
+            f"scheduler `prediction_type` must be one of {tuple(PREDICTION_KINDS)}, got {prediction_type!r}."
         )
     process = DiscreteVP.from_betas(scheduler_betas(config))
     return SchedulerMap(process, "betas", prediction_type, process.num_steps, name)

@@ -1,7 +1,7 @@
 """Flax networks as pure per-sample functions (the only place ``wgfm`` imports flax)."""
 
 from .configs import CONFIGS, get_model
-from .core import Model, ModelField, score_field, velocity_field
+from .core import Model, ModelField
 from .layers import MLP, UNet, sinusoidal_embedding
 from .unet2d import UNet2D, unet2d_from_config
 from .vae import VAE, VAENet
@@ -16,8 +16,6 @@ __all__ = [
     "VAE",
     "VAENet",
     "get_model",
-    "score_field",
     "sinusoidal_embedding",
     "unet2d_from_config",
-    "velocity_field",
 ]

@@ -5,7 +5,9 @@ A :class:`Model` wraps a flax (linen) network, states which quantity it predicts
 in ``wgfm`` (vmap outside). With ``conservative=True`` the output is ``grad_x phi(x, t)`` of the
 scalar potential ``phi = -1/2 ||x - net(x, t)||^2`` (Salimans & Ho 2021), so its Jacobian is a
 Hessian and symmetric by construction — the "conservative head" of the conservative-versus-free
-comparison. :func:`score_field` and :func:`velocity_field` turn a trained model into fields.
+comparison. :meth:`Model.score` and :meth:`Model.velocity` turn a trained model into the
+score and velocity fields it implies (the exact ones of a Gaussian mixture are
+:func:`wgfm.gmm.score_field` and :func:`wgfm.gmm.velocity_field`).
 """
 
 from __future__ import annotations
@@ -74,6 +76,15 @@ class Model(eqx.Module):
         """``(x, t) -> apply(params, x, t)`` as a PyTree field (jit-friendly)."""
         return ModelField(self, params)
 
+    def score(self, params, process: AbstractProcess):
+        """The score field ``s(x, t)`` this model implies with ``params`` under ``process``,
+        whatever its ``kind`` (docs/design.md §1)."""
+        return as_field(process, self.field(params), kind=self.kind, to="score")  # type: ignore[arg-type]
+
+    def velocity(self, params, process: AbstractProcess):
+        """The WGF velocity ``v = f - g^2/2 s`` this model implies with ``params``."""
+        return as_field(process, self.field(params), kind=self.kind, to="velocity")  # type: ignore[arg-type]
+
     def _check_shape(self, shape: tuple[int, ...], params) -> None:
         check_input = getattr(self.net, "check_input", None)  # image networks (UNet, UNet2D)
         if check_input is not None:
@@ -104,13 +115,3 @@ class ModelField(eqx.Module):
 
     def __call__(self, x: Array, t: Scalar) -> Array:
         return self.model.apply(self.params, x, t)
-
-
-def score_field(model: Model, params, process: AbstractProcess):
-    """The score field ``s(x, t)`` implied by a model of any ``kind`` (docs/design.md §1)."""
-    return as_field(process, model.field(params), kind=model.kind, to="score")  # type: ignore[arg-type]
-
-
-def velocity_field(model: Model, params, process: AbstractProcess):
-    """The WGF velocity ``v = f - g^2/2 s`` implied by a model of any ``kind``."""
-    return as_field(process, model.field(params), kind=model.kind, to="velocity")  # type: ignore[arg-type]
