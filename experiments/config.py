@@ -159,7 +159,7 @@ FULL = Sizes(
 # images at 100 levels). Their full sizes are meant for a GPU; the quick sizes check the
 # pipeline end to end on a CPU in minutes, not the paper's numbers.
 _AUTHORS = dict(image_diag_samples=None, image_loop_levels=None, image_loop_samples=None)
-# MNIST on a CPU, sized for about an hour on 2 cores (measured: docs/mnist_full.md): the authors'
+# MNIST on a CPU, sized for about an hour on 2 cores (a run on earlier code; no committed result): the authors'
 # 100 levels for both claims and their three loop families (plus noisy copies), with every count
 # that multiplies U-Net evaluations thinned. Each evaluation of unet-mnist costs ~4x one of
 # unet-mnist-small, so the full run trains the small one (1,500 updates at batch 32); claim 1 on
@@ -327,7 +327,7 @@ class Preset:
 
 # The latent eps-network: the 8x8 digits U-Net on the 8x8x3 latents of the MNIST digits,
 # eps-prediction with the authors' min-SNR-5 weighting under `wgfm train mnist`'s sigmoid
-# schedule (docs/mnist_latent.md); the VAE trains as VAE_TRAINING.
+# schedule (docs/mnist_latent_demo.py trains and samples it); the VAE trains as VAE_TRAINING.
 LATENT = dataclasses.replace(
     TRAINING["mnist"],
     model="unet-digits",
