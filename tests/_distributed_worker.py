@@ -10,6 +10,7 @@ checkpoint onto the mesh and writes an 8-device checkpoint with its expected val
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -192,14 +193,30 @@ def diagnose_over_mesh(mesh) -> dict:
         d = diagnose(
             lambda x, t: a @ x, wgfm.VP(), images, key=jax.random.key(1), kind="score", **kw
         )
+
+        # The Gaussian-fit control's asymmetry is float rounding (a ratio ~1e-4), so its ratio and
+        # the probes it would need are rounding noise, which the vmap batch per device reorders:
+        # they are compared against that scale, not to the ulp like the field's own numbers.
+        def strip(v):
+            if isinstance(v, dict):
+                return {k: strip(u) for k, u in v.items() if k != "oracle score"}
+            return v
+
         nums = {k: {f: v for f, v in n.items() if f != "jacobian"} for k, n in d.numbers.items()}
-        leaves = jax.tree_util.tree_leaves(jsonable(nums))
+        oracle = d.numbers["differential"].get("median_probe_ratio", {}).get("oracle score")
+        if oracle is not None:
+            assert np.nanmax(np.asarray(oracle, float)) < 1e-3, oracle
+        leaves = jax.tree_util.tree_leaves(jsonable(strip(nums)))
         return np.asarray(leaves, float), d.header["devices"]
 
     out = {}
-    for name, kw in (("diagnose", {}), ("diagnose_exact", {"claims": (1,), "exact": True})):
-        ref, _ = run(sizes=sizes, **kw)
-        got, header = run(sizes=sizes, mesh=mesh, **kw)
+    exact = dataclasses.replace(sizes, jacobians="exact")
+    for name, kw in (
+        ("diagnose", {"sizes": sizes}),
+        ("diagnose_exact", {"claims": ("differential",), "sizes": exact}),
+    ):
+        ref, _ = run(**kw)
+        got, header = run(mesh=mesh, **kw)
         # Non-finite numbers (probes for a 10% s.e. of a ratio that is exactly 0) must match.
         fin = np.isfinite(ref)
         same = np.array_equal(fin, np.isfinite(got)) and np.array_equal(ref[~fin], got[~fin])

@@ -65,7 +65,6 @@ def test_oracle_fields_refuse_a_vector_of_times(build):
 
 def test_conversions_and_model_fields_refuse_a_vector_of_times():
     from wgfm.models import get_model
-    from wgfm.models.core import velocity_field
 
     x, ts = jnp.ones(2), jnp.array([0.3, 0.5])
     for src, dst in (("score", "velocity"), ("eps", "eps")):  # the identity too
@@ -77,7 +76,7 @@ def test_conversions_and_model_fields_refuse_a_vector_of_times():
         fields.from_score(VP, x, ts, x, "eps")
     model = get_model("mlp-small", kind="velocity", width=8)
     params = model.init(jax.random.key(0), (2,))
-    field = velocity_field(model, params, VP)  # the model's own field (no conversion)
+    field = model.velocity(params, VP)  # the model's own field (no conversion)
     with pytest.raises(ValueError, match="`t` must be a scalar: one time per field call"):
         field(x, ts)
     assert field(x, 0.3).shape == (2,)

@@ -25,8 +25,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ..models import Model, UNet2D, unet2d_from_config
-from ..pretrained import AbstractPretrainedField
-from ..processes import AbstractProcess
+from .scheduled import AbstractScheduledField
 from .schedulers import SchedulerMap
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -47,7 +46,7 @@ DDPM_CIFAR10_32: dict = {
 _LEGACY_ATTN = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out_0"}
 
 
-class DiffusersField(AbstractPretrainedField):
+class DiffusersField(AbstractScheduledField):
     """A diffusers ``UNet2DModel`` (flax port) as a wgfm field ``(x (H, W, C), t) -> kind``.
 
     The scheduler's :class:`~wgfm.interop.schedulers.SchedulerMap` says how: the network sees
@@ -70,21 +69,6 @@ class DiffusersField(AbstractPretrainedField):
     untrained_description: str = eqx.field(
         static=True, default="the same architecture with freshly drawn parameters"
     )
-
-    @property
-    def kind(self) -> str:
-        return self.schedule.kind
-
-    @property
-    def process(self) -> AbstractProcess:
-        return self.schedule.process
-
-    @property
-    def prediction_type(self) -> str:
-        return self.schedule.prediction_type
-
-    def describe_process(self) -> str:
-        return self.schedule.describe()
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:

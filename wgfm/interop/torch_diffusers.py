@@ -15,14 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ..pretrained import AbstractPretrainedField, torch_seed
-from ..processes import AbstractProcess
+from ..pretrained import torch_seed
 from .conditioning import Conditioning
 from .denoisers import AbstractDenoiser
+from .scheduled import AbstractScheduledField
 from .schedulers import SchedulerMap
 
 
-class TorchDiffusersField(AbstractPretrainedField):
+class TorchDiffusersField(AbstractScheduledField):
     """A diffusers PyTorch denoiser as a wgfm field ``(x (H, W, C), t) -> kind``, through
     :func:`wgfm.interop.torch_field` (JVPs and VJPs by ``torch.func``). The network sees
     ``schedule.model_input(x, t)`` at ``schedule.timestep(t)`` as its ``family`` maps it, with
@@ -39,21 +39,6 @@ class TorchDiffusersField(AbstractPretrainedField):
     module: Any = eqx.field(static=True, default=None)
     conditioning: Conditioning | None = eqx.field(static=True, default=None)
     family: AbstractDenoiser | None = eqx.field(static=True, default=None)
-
-    @property
-    def kind(self) -> str:
-        return self.schedule.kind
-
-    @property
-    def process(self) -> AbstractProcess:
-        return self.schedule.process
-
-    @property
-    def prediction_type(self) -> str:
-        return self.schedule.prediction_type
-
-    def describe_process(self) -> str:
-        return self.schedule.describe()
 
     @property
     def backend(self) -> str:
