@@ -165,8 +165,10 @@ def run(quick: bool = False, *, tiny: bool = False, repeats: int | None = None) 
     targs = (torch.from_numpy(xs), torch.from_numpy(idxs.astype(np.int64)))
     # PyTorch's fastest formulation: vmap over jvp, one primal pass per chunk of tangents, the
     # chunk swept (all K the last); the authors' method (the image repeated per tangent) a row.
-    peers = {f"diffusers PyTorch, torch.func vmap(jvp), one primal per {c} tangents": (c, True)
-             for c in [*chunks, k]}  # fmt: skip
+    peers = {
+        f"diffusers PyTorch, torch.func vmap(jvp), one primal per {c} tangents": (c, True)
+        for c in [*chunks, k]
+    }
     authors = min(16, k)
     peers[
         f"diffusers PyTorch, one-hot JVPs, image repeated per tangent, chunks of {authors} "

@@ -181,8 +181,12 @@ def _hutchinson_draws(field, x, dim: int, peers: dict, reps: int) -> dict:
     wgfm's with other keys, flow_matching's with fresh probes (it draws them from PyTorch's
     generator at each call)."""
     name = "wgfm log_likelihood Hutchinson K=1"
-    out = {name: [np.asarray(wgfm_sides(field, jnp.asarray(x), dim, r + 1)[name]().log_likelihood)
-                  for r in range(reps)]}  # fmt: skip
+    out = {
+        name: [
+            np.asarray(wgfm_sides(field, jnp.asarray(x), dim, r + 1)[name]().log_likelihood)
+            for r in range(reps)
+        ]
+    }
     for peer, fn in peers.items():
         if "False" in peer:
             out[peer] = [np.asarray(fn()) for _ in range(reps)]

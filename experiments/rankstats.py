@@ -161,10 +161,17 @@ def cluster_bootstrap(
         return statistic(np.concatenate([members[int(i)] for i in drawn]))
 
     est = np.asarray(statistic(np.arange(len(clusters))), np.float64)
+    low, high = _percentile_ci(on_clusters, len(labels), False, n_resamples, level, seed)
+    return est, low, high
+
+
+def _percentile_ci(on_clusters, num_clusters: int, vectorized: bool, n_resamples, level, seed):
+    """scipy's percentile bootstrap over cluster indices ``0..num_clusters-1``: ``(low, high)``
+    of ``on_clusters`` (the one resampling both cluster bootstraps share)."""
     res = stats.bootstrap(
-        (np.arange(len(labels)),),
+        (np.arange(num_clusters),),
         on_clusters,
-        vectorized=False,
+        vectorized=vectorized,
         paired=False,
         n_resamples=int(n_resamples),
         confidence_level=level,
@@ -172,7 +179,7 @@ def cluster_bootstrap(
         rng=np.random.default_rng(seed),
     )
     ci = res.confidence_interval
-    return est, np.asarray(ci.low, np.float64), np.asarray(ci.high, np.float64)
+    return np.asarray(ci.low, np.float64), np.asarray(ci.high, np.float64)
 
 
 HOLDS, FAILS, UNDECIDED = "holds", "does not hold", "undecided"
@@ -201,19 +208,8 @@ def cluster_bootstrap_mean(
         drawn = np.asarray(drawn).astype(int)
         return np.moveaxis(sums[drawn].sum(-2) / counts[drawn].sum(-1)[..., None], -1, 0)
 
-    res = stats.bootstrap(
-        (np.arange(len(labels)),),
-        mean_of,
-        vectorized=True,
-        paired=False,
-        n_resamples=int(n_resamples),
-        confidence_level=level,
-        method="percentile",
-        rng=np.random.default_rng(seed),
-    )
-    ci = res.confidence_interval
-    est = values.mean(0)
-    return est, np.asarray(ci.low, np.float64), np.asarray(ci.high, np.float64)
+    low, high = _percentile_ci(mean_of, len(labels), True, n_resamples, level, seed)
+    return values.mean(0), low, high
 
 
 def transport_verdict(residual_given_lambda: Interval, lambda_given_residual: Interval) -> str:
