@@ -19,10 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 from rich.console import Console
 
-from experiments.config import MIXTURES, VAE_TRAINING, VAE_WIDTH, ReproduceConfig, Sizes
+from experiments.config import VAE_TRAINING, VAE_WIDTH, ReproduceConfig, Sizes
 from wgfm import data as wdata
 from wgfm import gmm
 from wgfm.diagnostics.controls import gaussian_fit_score, untrained_params
+from wgfm.presets import MIXTURES
 from wgfm.processes import AbstractProcess
 from wgfm.train import TrainConfig, fit
 

@@ -1,5 +1,5 @@
-"""Configurations of the reproduction: one frozen dataclass of sizes per preset and mode, and
-the grid of noise levels."""
+"""Configurations of the reproduction: one frozen dataclass of sizes per image data set and mode,
+its `--smoke` variant and the command's options; the presets are :data:`wgfm.presets.PRESETS`."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from wgfm.diagnosis import DiagnoseSizes
-from wgfm.presets import PRESETS as TRAINING
-from wgfm.presets import RunConfig
+from wgfm.presets import PRESETS, REPRODUCE_PRESETS
 from wgfm.train import TrainConfig
 
 
@@ -33,9 +32,9 @@ class Sizes:
     num_likelihood: int  # held-out points for the likelihood of claim 5
     snapshots: tuple[float, ...]  # training fractions evaluated in claim 4 (quality vs lambda/R)
     arch_vector: str  # network for the 2D and 10-D mixtures (a name in wgfm.models.CONFIGS)
-    # The image network trains as `wgfm train`'s preset of the same name (wgfm.presets.PRESETS:
-    # model, batch, learning rate, weighting), with train_steps_image updates; the quick sizes
-    # may swap in a smaller U-Net and batch.
+    # The image network trains as its preset's `training` says (wgfm.presets.PRESETS: model,
+    # batch, learning rate, weighting), with train_steps_image updates; the quick sizes may swap
+    # in a smaller U-Net and batch.
     arch_image: str | None = None  # None: the training preset's model
     image_batch: int | None = None  # None: the training preset's batch size
     image_lr: float | None = None  # None: the training preset's learning rate
@@ -306,53 +305,20 @@ def smoke(sizes: Sizes) -> Sizes:
     )
 
 
-# Data sets with an exact Gaussian-mixture oracle; every other name is an image set.
-MIXTURES = ("2d", "10d")
-
-
-@dataclasses.dataclass(frozen=True)
-class Preset:
-    """A ``wgfm reproduce --preset``: its data sets, the training configuration of its image
-    network and its sizes per mode. The image network trains as ``training`` says (model, batch,
-    learning rate, weighting, process: a ``wgfm train`` preset, or :data:`LATENT` for the
-    latent setting) for the sizes' steps; the forward process of the whole run is
-    ``training.process`` (the linear VP when there is no image network)."""
-
-    vector_sets: tuple[str, ...]
-    image_set: str | None
-    training: RunConfig | None
-    quick: Sizes
-    full: Sizes
-
-
-# The latent eps-network: the 8x8 digits U-Net on the 8x8x3 latents of the MNIST digits,
-# eps-prediction with the authors' min-SNR-5 weighting under `wgfm train mnist`'s sigmoid
-# schedule (docs/mnist_latent_demo.py trains and samples it); the VAE trains as VAE_TRAINING.
-LATENT = dataclasses.replace(
-    TRAINING["mnist"],
-    model="unet-digits",
-    train=TrainConfig(
-        steps=4000,
-        batch_size=64,
-        lr=1e-3,
-        warmup_steps=50,
-        weighting="min-snr",
-        checkpoint_every=500,
-    ),
-)
+# The sizes of each image data set of a preset (None: the mixtures alone), quick and full;
+# the presets themselves (data sets, image network) are wgfm.presets.PRESETS.
+SIZES: dict[str | None, tuple[Sizes, Sizes]] = {
+    None: (QUICK, FULL),
+    "digits": (QUICK, FULL),
+    "mnist": (MNIST_QUICK, MNIST_FULL),
+    "mnist-latent": (LATENT_QUICK, LATENT_FULL),
+    "cifar10": (CIFAR_QUICK, CIFAR_FULL),
+}
+# The latent setting's VAE (its eps-network is wgfm.presets.LATENT).
 VAE_TRAINING = TrainConfig(
     steps=1500, batch_size=64, lr=2e-3, warmup_steps=50, checkpoint_every=500, log_every=50
 )
 VAE_WIDTH = 16
-
-PRESETS: dict[str, Preset] = {
-    "default": Preset(MIXTURES, "digits", TRAINING["digits"], QUICK, FULL),
-    "mixtures": Preset(MIXTURES, None, None, QUICK, FULL),
-    "digits": Preset((), "digits", TRAINING["digits"], QUICK, FULL),
-    "mnist": Preset((), "mnist", TRAINING["mnist"], MNIST_QUICK, MNIST_FULL),
-    "mnist-latent": Preset((), "mnist-latent", LATENT, LATENT_QUICK, LATENT_FULL),
-    "cifar10-paper": Preset((), "cifar10", TRAINING["cifar10-paper"], CIFAR_QUICK, CIFAR_FULL),
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -396,8 +362,8 @@ class ReproduceConfig:
     pixel_run: Path | None = None
 
     def __post_init__(self):
-        if self.preset not in PRESETS:
-            raise ValueError(f"`preset` must be one of {tuple(PRESETS)}, got {self.preset!r}.")
+        if self.preset not in REPRODUCE_PRESETS:
+            raise ValueError(f"`preset` must be one of {REPRODUCE_PRESETS}, got {self.preset!r}.")
         if self.preset == "cifar10-paper" and self.data is None:
             raise ValueError(
                 f"`--preset {self.preset}` needs `--data DIR` with the local data set."
@@ -410,8 +376,8 @@ class ReproduceConfig:
 
     @property
     def sizes(self) -> Sizes:
-        preset = PRESETS[self.preset]
-        sizes = smoke(preset.quick) if self.smoke else preset.quick if self.quick else preset.full
+        quick, full = SIZES[self.image_set]
+        sizes = smoke(quick) if self.smoke else quick if self.quick else full
         if self.train_steps is not None:
             sizes = dataclasses.replace(sizes, train_steps_image=self.train_steps)
         return sizes

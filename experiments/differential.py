@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from experiments.assets import Context
-from experiments.config import MIXTURES
+from experiments.measures import measure_claim
 from experiments.report import ClaimRow, Report, fmt, image_grid
-from wgfm.diagnosis import CLAIMS, Controls, compare_spaces
+from wgfm.diagnosis import CLAIMS, compare_spaces
+from wgfm.presets import MIXTURES
 
 CLAIM = CLAIMS["differential"]
 TITLE = CLAIM.title
@@ -36,24 +37,16 @@ def run(ctx: Context, report: Report, title: str) -> None:
     summary: dict[str, dict] = {}
     for data in ctx.datasets:
         image = data not in MIXTURES
-        n = CLAIM.num_samples(sz.diagnosis(image))
-        x0 = ctx.clean_samples(data, n, ctx.key(f"diff-x-{data}"))
         check = (data == "digits" or data == "mnist-latent") and sz.estimator_check
         claim = dataclasses.replace(
             CLAIM, estimator_check=check, exact_samples=sz.exact_samples if image else 0
         )
-        m = claim.measure(
-            ctx.network(data).score(),
-            ctx.process,
-            x0,
-            sz.diagnosis(image, dim=x0[0].size),
-            key=ctx.key(f"diff-{data}"),
-            controls=Controls(
-                gradient=ctx.oracle_score(data),
-                untrained=ctx.network(data, steps=0).score(),
-                control_name="exact score of a Gaussian fit" if image else "exact oracle score",
-            ),
-            label=data,
+        m = measure_claim(
+            ctx,
+            claim,
+            data,
+            keys=(f"diff-x-{data}", f"diff-{data}"),
+            control_name="exact score of a Gaussian fit" if image else "exact oracle score",
         )
         report.add_measurement(title, m)
         summary[data] = m.numbers

@@ -23,11 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.assets import Context
-from experiments.config import MIXTURES
+from experiments.measures import measure_claim
 from experiments.report import ClaimRow, Report, field_with_curl, fmt
-from wgfm.diagnosis import CLAIMS, Controls
+from wgfm.diagnosis import CLAIMS
 from wgfm.diagnostics import loops, require_finite, times_grid
 from wgfm.diagnostics.jacobian import curl_2d
+from wgfm.presets import MIXTURES
 
 CLAIM = CLAIMS["integral"]
 TITLE = CLAIM.title
@@ -38,24 +39,15 @@ def run(ctx: Context, report: Report, title: str) -> None:
     sz = ctx.sizes
     numbers: dict = {"levels": times_grid(ctx.process, sz.num_levels)}  # image sets: fewer
     for data in ctx.datasets:
-        image = data not in MIXTURES
-        n = CLAIM.num_samples(sz.diagnosis(image))
-        x0 = ctx.clean_samples(data, n, ctx.key(f"int-{data}"))
         claim = dataclasses.replace(
             CLAIM, figures=("noisy copies",) if data == "10d" else ("bridge",)
         )
-        m = claim.measure(
-            ctx.network(data).score(),
-            ctx.process,
-            x0,
-            sz.diagnosis(image, dim=x0[0].size),
-            key=ctx.key(f"loop-{data}"),
-            controls=Controls(
-                gradient=ctx.oracle_score(data),
-                untrained=ctx.network(data, steps=0).score(),
-                control_name="Gaussian-fit score" if image else "oracle",
-            ),
-            label=data,
+        m = measure_claim(
+            ctx,
+            claim,
+            data,
+            keys=(f"int-{data}", f"loop-{data}"),
+            control_name="oracle" if data in MIXTURES else "Gaussian-fit score",
         )
         report.add_measurement(title, m)
         numbers[data] = m.numbers

@@ -14,8 +14,45 @@ from scipy import stats
 
 from experiments.assets import Context
 from wgfm import gmm, metrics
+from wgfm.diagnosis import AbstractClaim, Controls
 from wgfm.diagnostics import noised_samples, sweep, transport_residual
+from wgfm.presets import MIXTURES
+from wgfm.report import Measurement
 from wgfm.transport import sample_ode
+
+
+def measure_claim(
+    ctx: Context, claim: AbstractClaim, data: str, *, keys: tuple[str, str], control_name: str
+) -> Measurement:
+    """``claim`` on the score of the network trained on ``data``, beside the exact gradient
+    (:meth:`Context.oracle_score`) and the untrained network, at the run's sizes of ``data``.
+
+    Args:
+        ctx: the run's assets.
+        claim: an entry of :data:`wgfm.diagnosis.CLAIMS`, with the options of this data set.
+        data: a data set of the run (a mixture or an image set).
+        keys: the names of the clean samples' key and of the measurement's (``ctx.key``).
+        control_name: what the rows call the exact-gradient control.
+
+    Returns:
+        The claim's measurement, labelled ``data``.
+    """
+    image = data not in MIXTURES
+    x_key, key = keys
+    x0 = ctx.clean_samples(data, claim.num_samples(ctx.sizes.diagnosis(image)), ctx.key(x_key))
+    return claim.measure(
+        ctx.network(data).score(),
+        ctx.process,
+        x0,
+        ctx.sizes.diagnosis(image, dim=x0[0].size),
+        key=ctx.key(key),
+        controls=Controls(
+            gradient=ctx.oracle_score(data),
+            untrained=ctx.network(data, steps=0).score(),
+            control_name=control_name,
+        ),
+        label=data,
+    )
 
 
 def marginal_samples(ctx: Context, mixture: gmm.GaussianMixture, ts, n: int, key) -> jax.Array:

@@ -141,13 +141,33 @@ def test_image_presets_validate_their_options(tmp_path):
     assert ReproduceConfig(preset="digits").datasets == ("digits",)
     # "digits" means one thing: the reproduction's image network is `wgfm train digits`'s
     # (the full run: the same U-Net; --quick swaps in a smaller one).
-    from wgfm.presets import PRESETS as TRAINING
+    from wgfm.presets import TRAIN_PRESETS
 
     model, train = ReproduceConfig(preset="digits").image_training()
-    assert model == TRAINING["digits"].model and train == TRAINING["digits"].train
+    assert model == TRAIN_PRESETS["digits"].model and train == TRAIN_PRESETS["digits"].train
     assert ReproduceConfig(preset="digits", quick=True).image_training()[0] == "unet-tiny"
     with pytest.raises(ValueError, match="image"):
         ReproduceConfig(preset="mixtures").image_training()
+
+
+def test_one_presets_table_serves_both_commands():
+    # One table (wgfm.presets.PRESETS): `wgfm train` offers the presets that train a network of
+    # their own, `wgfm reproduce` those that name a data set, each with its sizes; a name in both
+    # trains the same network in both.
+    from experiments.config import SIZES
+    from wgfm.presets import PRESETS, REPRODUCE_PRESETS, TRAIN_PRESETS
+
+    assert tuple(TRAIN_PRESETS) == ("gmm2d", "toy", "digits", "mnist", "cifar10-paper")
+    reproduced = ("default", "mixtures", "digits", "mnist", "mnist-latent", "cifar10-paper")
+    assert REPRODUCE_PRESETS == reproduced
+    for name in REPRODUCE_PRESETS:
+        preset = PRESETS[name]
+        assert preset.image_set in SIZES, name
+        if name in TRAIN_PRESETS:
+            assert preset.training is TRAIN_PRESETS[name]
+    assert PRESETS["default"].training is TRAIN_PRESETS["digits"]
+    with pytest.raises(ValueError, match="preset.*'gmm2d'"):
+        ReproduceConfig(preset="gmm2d")  # a training preset only
 
 
 def test_pixel_vs_latent_row_reads_a_pixel_run(tmp_path):

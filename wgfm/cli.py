@@ -16,7 +16,7 @@ import tyro
 
 from .compile_cache import use_compile_cache
 from .diagnosis.config import DiagnoseConfig
-from .presets import PRESETS
+from .presets import TRAIN_PRESETS
 
 
 def check(dim: int = 2, num_points: int = 64, seed: int = 0) -> int:
@@ -60,7 +60,7 @@ def check(dim: int = 2, num_points: int = 64, seed: int = 0) -> int:
 
 def train(
     config: Annotated[
-        tyro.extras.subcommand_type_from_defaults(PRESETS),  # type: ignore[valid-type]
+        tyro.extras.subcommand_type_from_defaults(TRAIN_PRESETS),  # type: ignore[valid-type]
         tyro.conf.OmitSubcommandPrefixes,
         tyro.conf.arg(name=""),
     ],

@@ -1,4 +1,5 @@
-"""``wgfm train``: run configurations as frozen dataclasses, named presets and the run directory.
+"""``wgfm train``: run configurations as frozen dataclasses, the named presets of ``wgfm train``
+and ``wgfm reproduce`` (one table, :data:`PRESETS`) and the run directory.
 
 A run directory holds ``config.json`` (the resolved configuration), ``checkpoints/`` (orbax),
 ``metrics.jsonl`` and ``samples.png`` (probability-flow samples from the EMA parameters next to
@@ -59,35 +60,88 @@ class RunConfig:
         return self.out / (self.name or f"{self.dataset}-{self.model}-{self.kind}")
 
 
-PRESETS: dict[str, RunConfig] = {
-    "gmm2d": RunConfig(
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A named preset of ``wgfm train`` and ``wgfm reproduce``: the network it trains and the
+    reproduction's data sets.
+
+    Args:
+        training: the network's run configuration (None: none). ``wgfm train NAME`` trains it;
+            ``wgfm reproduce --preset NAME`` trains its image network as it says (model, batch,
+            learning rate, weighting, process), for the reproduction's number of updates, and
+            runs every claim under its process (the linear VP when there is no network).
+        vector_sets: the reproduction's mixture data sets, each with an exact oracle (of
+            :data:`MIXTURES`).
+        image_set: the reproduction's image data set, or None.
+        train: whether ``wgfm train NAME`` offers it (False where the network is another
+            preset's, or trains on a VAE's latents, which only the reproduction makes).
+    """
+
+    training: RunConfig | None
+    vector_sets: tuple[str, ...] = ()
+    image_set: str | None = None
+    train: bool = True
+
+    @property
+    def reproduces(self) -> bool:
+        """Whether ``wgfm reproduce --preset NAME`` offers it (it names a data set)."""
+        return bool(self.vector_sets) or self.image_set is not None
+
+
+# Data sets with an exact Gaussian-mixture oracle; every other name is an image set.
+MIXTURES = ("2d", "10d")
+
+# A table, kept compact: the formatter would give every setting a line of its own.
+# fmt: off
+DIGITS = RunConfig(
+    dataset="digits", model="unet-digits",
+    train=TrainConfig(steps=3000, batch_size=64, lr=1e-3, warmup_steps=200, checkpoint_every=500),
+)
+MNIST = RunConfig(
+    dataset="mnist", model="unet-mnist", process="vp-sigmoid",
+    train=TrainConfig(steps=20_000, batch_size=128, lr=2e-4, warmup_steps=1000,
+                      weighting="min-snr", checkpoint_every=2000),
+)
+# The latent eps-network: the 8x8 digits U-Net on the 8x8x3 latents of the MNIST digits,
+# eps-prediction with the authors' min-SNR-5 weighting under MNIST's sigmoid schedule
+# (docs/mnist_latent_demo.py trains and samples it); the reproduction trains the VAE.
+LATENT = dataclasses.replace(
+    MNIST, model="unet-digits",
+    train=TrainConfig(steps=4000, batch_size=64, lr=1e-3, warmup_steps=50, weighting="min-snr",
+                      checkpoint_every=500),
+)
+# The paper's CIFAR-10 setting (for GPU users): width-64 U-Net with multipliers (1, 2, 4, 8),
+# sigmoid schedule, eps-prediction with min-SNR-5 weighting.
+CIFAR10_PAPER = RunConfig(
+    dataset="cifar10", model="unet-cifar10-paper", process="vp-sigmoid",
+    train=TrainConfig(steps=800_000, batch_size=128, lr=2e-4, warmup_steps=5000,
+                      ema_decay=0.9999, weighting="min-snr", checkpoint_every=10_000,
+                      log_every=200),
+)
+
+PRESETS: dict[str, Preset] = {
+    "gmm2d": Preset(RunConfig(
         dataset="gmm2d", model="mlp-small",
         train=TrainConfig(steps=2000, batch_size=256, lr=3e-3, warmup_steps=100, ema_decay=0.995),
-    ),
-    "toy": RunConfig(
+    )),
+    "toy": Preset(RunConfig(
         dataset="toy", toy="moons", model="mlp",
         train=TrainConfig(steps=3000, batch_size=256, lr=2e-3, warmup_steps=100, ema_decay=0.995),
-    ),
-    # Also the image network of `wgfm reproduce` for these data sets (with its own steps).
-    "digits": RunConfig(
-        dataset="digits", model="unet-digits",
-        train=TrainConfig(steps=3000, batch_size=64, lr=1e-3, warmup_steps=200,
-                          checkpoint_every=500),
-    ),
-    "mnist": RunConfig(
-        dataset="mnist", model="unet-mnist", process="vp-sigmoid",
-        train=TrainConfig(steps=20_000, batch_size=128, lr=2e-4, warmup_steps=1000,
-                          weighting="min-snr", checkpoint_every=2000),
-    ),
-    # The paper's CIFAR-10 setting (for GPU users): width-64 U-Net with multipliers (1, 2, 4, 8),
-    # sigmoid schedule, eps-prediction with min-SNR-5 weighting.
-    "cifar10-paper": RunConfig(
-        dataset="cifar10", model="unet-cifar10-paper", process="vp-sigmoid",
-        train=TrainConfig(steps=800_000, batch_size=128, lr=2e-4, warmup_steps=5000,
-                          ema_decay=0.9999, weighting="min-snr", checkpoint_every=10_000,
-                          log_every=200),
-    ),
-}  # fmt: skip
+    )),
+    "default": Preset(DIGITS, MIXTURES, "digits", train=False),
+    "mixtures": Preset(None, MIXTURES, train=False),
+    "digits": Preset(DIGITS, image_set="digits"),
+    "mnist": Preset(MNIST, image_set="mnist"),
+    "mnist-latent": Preset(LATENT, image_set="mnist-latent", train=False),
+    "cifar10-paper": Preset(CIFAR10_PAPER, image_set="cifar10"),
+}
+# fmt: on
+
+# The views of the two commands.
+TRAIN_PRESETS: dict[str, RunConfig] = {
+    name: p.training for name, p in PRESETS.items() if p.train and p.training is not None
+}
+REPRODUCE_PRESETS: tuple[str, ...] = tuple(name for name, p in PRESETS.items() if p.reproduces)
 
 
 def load_data(config: RunConfig, *, key) -> np.ndarray:
