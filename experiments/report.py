@@ -6,7 +6,13 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from wgfm.figures import boxplot_by_level, image_grid, lines_by_level, png_is_valid_and_not_blank
+from wgfm.figures import (
+    boxplot_by_level,
+    image_grid,
+    label_axes,
+    lines_by_level,
+    png_is_valid_and_not_blank,
+)
 from wgfm.report import ClaimRow, Measurement, Report, fmt, jsonable, level_bar
 
 __all__ = [
@@ -71,11 +77,7 @@ def metric_vs_strength(
     for i, (name, vals) in enumerate(series.items()):
         ax.plot(strengths, vals, "o-", color=f"C{i}", label=name)
     ax.axhline(floor, color="k", ls="--", label="noise floor")
-    ax.set_xlabel("perturbation size / ||v||_{L2(p_t)}")
-    ax.set_ylabel(ylabel)
-    ax.set_yscale("log")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
+    label_axes(ax, ylabel, title, xlabel="perturbation size / ||v||_{L2(p_t)}", log=True)
     return fig
 
 
@@ -89,9 +91,5 @@ def bars(labels: list[str], series: dict[str, np.ndarray], ylabel: str, title: s
         ax.bar(x + (i - (len(series) - 1) / 2) * width, vals, width, label=name, color=f"C{i}")
     ax.set_xticks(x)
     ax.set_xticklabels(labels, rotation=20, fontsize=8)
-    ax.set_ylabel(ylabel)
-    if log:
-        ax.set_yscale("log")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
+    label_axes(ax, ylabel, title, log=log)
     return fig

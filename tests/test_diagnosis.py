@@ -498,3 +498,19 @@ def test_a_claim_is_added_by_its_registry_entry(monkeypatch, tmp_path):
     assert list(saved["numbers"]) == ["mean-norm"] and list(saved["claims"]) == [claim.title]
     lines = cost_lines({claim.title: 6.0}, SIZES, SIZES)
     assert lines["claim 9: seconds per image and level (compilation included)"] == 0.5
+
+
+def test_label_axes_finishes_a_figure_of_series():
+    from matplotlib.figure import Figure
+
+    from wgfm.figures import label_axes
+
+    ax = Figure().subplots()
+    ax.plot([1, 2], [1, 10], label="a")
+    label_axes(ax, "ratio", "title", xlabel="noise level t", log=True)
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("noise level t", "ratio", "title")
+    assert ax.get_yscale() == "log" and [t.get_text() for t in ax.get_legend().texts] == ["a"]
+    ax = Figure().subplots()
+    ax.plot([1, 2], [1, 10], label="b")
+    label_axes(ax, "y", "t")
+    assert ax.get_xlabel() == "" and ax.get_yscale() == "linear"

@@ -128,3 +128,12 @@ def test_ddim_eta_one_has_the_diffusers_steps_mean_and_variance():
     assert v_total > 0.05
     assert abs(resid.mean()) < 5 * np.sqrt(v_total / n), (resid.mean(), v_total)
     assert abs(resid.var() - v_total) < 5 * v_total * np.sqrt(2 / n), (resid.var(), v_total)
+
+
+def test_sde_refuses_a_missing_key():
+    # The key drives the Brownian motion: without one the sampler must not pick a fixed noise.
+    from wgfm.processes import VP
+    from wgfm.samplers import sample_sde
+
+    with pytest.raises(ValueError, match="`key` is required"):
+        sample_sde(lambda y, t: -y, VP(), jnp.ones((2, 2)), key=None, kind="score")  # type: ignore[arg-type]

@@ -40,12 +40,7 @@ def boxplot_by_level(
         ax.plot([], [], color=color, lw=6, alpha=0.6, label=name)
     ax.set_xticks(np.arange(len(cols)))
     ax.set_xticklabels([f"{levels[c]:.2g}" for c in cols], rotation=60, fontsize=7)
-    ax.set_xlabel("noise level t")
-    ax.set_ylabel(ylabel)
-    if log:
-        ax.set_yscale("log")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
+    label_axes(ax, ylabel, title, xlabel="noise level t", log=log)
     return fig
 
 
@@ -59,13 +54,28 @@ def lines_by_level(levels, series: dict[str, np.ndarray], ylabel: str, title: st
         q1, med, q3 = np.quantile(v, [0.25, 0.5, 0.75], axis=0)
         ax.plot(levels, med, color=f"C{i}", label=name)
         ax.fill_between(levels, q1, q3, color=f"C{i}", alpha=0.2)
+    label_axes(ax, ylabel, title, xlabel="noise level t", log=log)
+    return fig
+
+
+def label_axes(ax, ylabel: str, title: str, *, xlabel: str | None = None, log: bool = False):
+    """The finish of a figure of series: axis labels, a log y-axis when ``log``, the title and
+    a legend of the series.
+
+    Args:
+        ax: a ``matplotlib.axes.Axes`` whose series carry labels.
+        ylabel: the y-axis label.
+        title: the title.
+        xlabel: the x-axis label (None: none).
+        log: whether the y-axis is logarithmic.
+    """
+    if xlabel is not None:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     if log:
         ax.set_yscale("log")
-    ax.set_xlabel("noise level t")
-    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=8)
-    return fig
 
 
 def image_grid(images: np.ndarray, title: str, *, cols: int = 8):

@@ -37,6 +37,11 @@ class AbstractProcess(eqx.Module):
     t_min: eqx.AbstractVar[float]
     t_max: eqx.AbstractVar[float]
 
+    def __check_init__(self):
+        # Every process's times (equinox runs this check after those of the subclasses).
+        check_positive("t_min", self.t_min)
+        check_less("t_min", self.t_min, "t_max", self.t_max)
+
     @abc.abstractmethod
     def alpha(self, t: Scalar) -> Array:
         """Signal scale ``alpha_t``."""
@@ -125,13 +130,12 @@ class AbstractProcess(eqx.Module):
 # Variance-preserving family (alpha^2 + sigma^2 = 1): beta(t) = -2 d log alpha / dt = g^2.
 
 
-class VP(AbstractProcess):
-    """VP SDE with linear ``beta(t) = beta_min + t (beta_max - beta_min)`` on ``[0, t_max]``."""
+class _AbstractLinearBeta(AbstractProcess):
+    """The linear ``beta(t) = beta_min + t (beta_max - beta_min)`` on ``[0, t_max]`` and its
+    ``alpha_t = exp(-B(t)/2)``, ``B`` the integral of ``beta``: VP and sub-VP differ in sigma."""
 
-    beta_min: float = 0.1
-    beta_max: float = 20.0
-    t_min: float = 1e-3
-    t_max: float = 1.0
+    beta_min: eqx.AbstractVar[float]
+    beta_max: eqx.AbstractVar[float]
 
     def __check_init__(self):
         check_positive("beta_min", self.beta_min)
@@ -140,7 +144,6 @@ class VP(AbstractProcess):
             raise ValueError(
                 f"`beta_min` must be <= `beta_max`, got {self.beta_min}, {self.beta_max}."
             )
-        _check_interval(self.t_min, self.t_max)
 
     def _B(self, t):
         return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
@@ -152,12 +155,21 @@ class VP(AbstractProcess):
         self.check_time(t)
         return jnp.exp(-0.5 * self._B(t))
 
+    def dlog_alpha(self, t):
+        return -0.5 * self.beta(t)
+
+
+class VP(_AbstractLinearBeta):
+    """VP SDE with linear ``beta(t) = beta_min + t (beta_max - beta_min)`` on ``[0, t_max]``."""
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    t_min: float = 1e-3
+    t_max: float = 1.0
+
     def sigma(self, t):
         self.check_time(t)
         return jnp.sqrt(-jnp.expm1(-self._B(t)))
-
-    def dlog_alpha(self, t):
-        return -0.5 * self.beta(t)
 
     def g2(self, t):
         return self.beta(t)
@@ -172,7 +184,6 @@ class OU(AbstractProcess):
 
     def __check_init__(self):
         check_positive("beta", self.beta)
-        _check_interval(self.t_min, self.t_max)
 
     def alpha(self, t):
         self.check_time(t)
@@ -200,7 +211,6 @@ class VPCosine(AbstractProcess):
 
     def __check_init__(self):
         check_positive("s", self.s)
-        _check_interval(self.t_min, self.t_max)
         if self.t_max >= 1.0:
             raise ValueError(f"`t_max` must be < 1 (alphabar(1) = 0), got {self.t_max}.")
 
@@ -242,7 +252,6 @@ class VPSigmoid(AbstractProcess):
     def __check_init__(self):
         check_positive("tau", self.tau)
         check_less("start", self.start, "end", self.end)
-        _check_interval(self.t_min, self.t_max)
         if self.t_max >= 1.0:
             raise ValueError(f"`t_max` must be < 1 (alphabar(1) = 0), got {self.t_max}.")
 
@@ -303,7 +312,6 @@ class DiscreteVP(AbstractProcess):
                 f"`betas` must be >= 2 values in (0, 1], got {b.size} values "
                 f"in [{b.min(initial=np.inf)}, {b.max(initial=-np.inf)}]."
             )
-        _check_interval(self.t_min, self.t_max)
         if self.t_max > 1.0 or (b[-1] >= 1.0 and self.t_max > (b.size - 1) / b.size):
             raise ValueError(
                 f"`t_max` must be <= 1 (and < 1 if alphabar(1) = 0), got {self.t_max}."
@@ -355,7 +363,7 @@ class DiscreteVP(AbstractProcess):
         return -2.0 * self.dlog_alpha(t)
 
 
-class SubVP(AbstractProcess):
+class SubVP(_AbstractLinearBeta):
     """Sub-VP SDE (Song et al.): alpha as the linear VP, ``sigma = 1 - alpha^2``,
     ``g^2 = beta (1 - alpha^4)``."""
 
@@ -364,31 +372,26 @@ class SubVP(AbstractProcess):
     t_min: float = 1e-3
     t_max: float = 1.0
 
-    def __check_init__(self):
-        VP.__check_init__(self)  # type: ignore[arg-type]
-
-    def _B(self, t):
-        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
-
-    def beta(self, t: Scalar) -> Array:
-        return self.beta_min + (self.beta_max - self.beta_min) * _f(t)
-
-    def alpha(self, t):
-        self.check_time(t)
-        return jnp.exp(-0.5 * self._B(t))
-
     def sigma(self, t):
         self.check_time(t)
         return -jnp.expm1(-self._B(t))
-
-    def dlog_alpha(self, t):
-        return -0.5 * self.beta(t)
 
     def g2(self, t):
         return self.beta(t) * -jnp.expm1(-2.0 * self._B(t))
 
 
-class VE(AbstractProcess):
+class _AbstractVarianceExploding(AbstractProcess):
+    """``alpha = 1``: the noise alone grows (``d log alpha/dt = 0``, ``g^2 = d(sigma^2)/dt``)."""
+
+    def alpha(self, t):
+        self.check_time(t)
+        return jnp.ones_like(_f(t))
+
+    def dlog_alpha(self, t):
+        return jnp.zeros_like(_f(t))
+
+
+class VE(_AbstractVarianceExploding):
     """VE SDE with geometric ``sigma_t = sigma_min (sigma_max/sigma_min)^t``, ``alpha = 1``."""
 
     sigma_min: float = 0.01
@@ -399,24 +402,37 @@ class VE(AbstractProcess):
     def __check_init__(self):
         check_positive("sigma_min", self.sigma_min)
         check_less("sigma_min", self.sigma_min, "sigma_max", self.sigma_max)
-        _check_interval(self.t_min, self.t_max)
-
-    def alpha(self, t):
-        self.check_time(t)
-        return jnp.ones_like(_f(t))
 
     def sigma(self, t):
         self.check_time(t)
         return self.sigma_min * (self.sigma_max / self.sigma_min) ** _f(t)
 
-    def dlog_alpha(self, t):
-        return jnp.zeros_like(_f(t))
-
     def g2(self, t):
         return self.sigma(t) ** 2 * (2 * math.log(self.sigma_max / self.sigma_min))
 
 
-class LinearInterpolant(AbstractProcess):
+class _AbstractInterpolant(AbstractProcess):
+    """A flow ``x_t = alpha_t x0 + sigma_t eps`` with ``alpha_1 = 0``, not an SDE: ``drift`` and
+    ``diffusion`` raise, the formal coefficients are singular at ``t = 1`` (hence
+    ``t_max < 1``), and the prior is the standard normal."""
+
+    def __check_init__(self):
+        if self.t_max >= 1.0:
+            raise ValueError(f"`t_max` must be < 1 (alpha(1) = 0), got {self.t_max}.")
+
+    @property
+    def has_sde(self) -> bool:
+        return False
+
+    def prior_sample(self, shape, *, key, dtype=None):
+        dtype = dtype or jnp.result_type(float)
+        return jax.random.normal(key, shape, dtype=dtype)
+
+    def prior_log_density(self, x):
+        return -0.5 * jnp.sum(x**2) - 0.5 * x.size * jnp.log(2 * jnp.pi)
+
+
+class LinearInterpolant(_AbstractInterpolant):
     """Rectified flow ``x_t = (1 - t) x0 + t eps`` on ``[0, 1]``: a flow, not an SDE.
 
     ``drift``/``diffusion`` raise; the velocity ``v = a x + b grad log p`` uses the formal
@@ -425,15 +441,6 @@ class LinearInterpolant(AbstractProcess):
 
     t_min: float = 1e-3
     t_max: float = 0.999
-
-    def __check_init__(self):
-        _check_interval(self.t_min, self.t_max)
-        if self.t_max >= 1.0:
-            raise ValueError(f"`t_max` must be < 1 (alpha(1) = 0), got {self.t_max}.")
-
-    @property
-    def has_sde(self) -> bool:
-        return False
 
     def alpha(self, t):
         self.check_time(t)
@@ -450,15 +457,8 @@ class LinearInterpolant(AbstractProcess):
         t = _f(t)
         return 2.0 * t / (1.0 - t)
 
-    def prior_sample(self, shape, *, key, dtype=None):
-        dtype = dtype or jnp.result_type(float)
-        return jax.random.normal(key, shape, dtype=dtype)
 
-    def prior_log_density(self, x):
-        return -0.5 * jnp.sum(x**2) - 0.5 * x.size * jnp.log(2 * jnp.pi)
-
-
-class ShiftedInterpolant(AbstractProcess):
+class ShiftedInterpolant(_AbstractInterpolant):
     """The linear interpolant in shifted time: ``x_t = (1 - s_t) x0 + s_t eps`` with
     ``s_t = shift t / (1 + (shift - 1) t)`` (the timestep shift of Esser et al. 2024, eq. 23;
     diffusers' ``FlowMatchEulerDiscreteScheduler(shift=...)``). ``shift = 1`` is
@@ -473,13 +473,6 @@ class ShiftedInterpolant(AbstractProcess):
 
     def __check_init__(self):
         check_positive("shift", self.shift)
-        _check_interval(self.t_min, self.t_max)
-        if self.t_max >= 1.0:
-            raise ValueError(f"`t_max` must be < 1 (alpha(1) = 0), got {self.t_max}.")
-
-    @property
-    def has_sde(self) -> bool:
-        return False
 
     def _d(self, t):
         return 1.0 + (self.shift - 1.0) * _f(t)
@@ -508,33 +501,16 @@ class ShiftedInterpolant(AbstractProcess):
         s = _f(sigma)
         return s / (self.shift - (self.shift - 1.0) * s)
 
-    def prior_sample(self, shape, *, key, dtype=None):
-        dtype = dtype or jnp.result_type(float)
-        return jax.random.normal(key, shape, dtype=dtype)
 
-    def prior_log_density(self, x):
-        return -0.5 * jnp.sum(x**2) - 0.5 * x.size * jnp.log(2 * jnp.pi)
-
-
-class EDM(AbstractProcess):
+class EDM(_AbstractVarianceExploding):
     """EDM (Karras et al.): ``alpha = 1``, ``sigma = t``, ``g = sqrt(2 t)``, on [0.002, 80]."""
 
     t_min: float = 0.002
     t_max: float = 80.0
 
-    def __check_init__(self):
-        _check_interval(self.t_min, self.t_max)
-
-    def alpha(self, t):
-        self.check_time(t)
-        return jnp.ones_like(_f(t))
-
     def sigma(self, t):
         self.check_time(t)
         return _f(t)
-
-    def dlog_alpha(self, t):
-        return jnp.zeros_like(_f(t))
 
     def g2(self, t):
         return 2.0 * _f(t)
@@ -550,11 +526,6 @@ def _f(t) -> Array:
 
 def _sig(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z))
-
-
-def _check_interval(t_min: float, t_max: float) -> None:
-    check_positive("t_min", t_min)
-    check_less("t_min", t_min, "t_max", t_max)
 
 
 def discrete_schedule(

@@ -16,7 +16,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax
-from jaxtyping import ArrayLike, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, PRNGKeyArray
 
 from ._checks import check_field_output, starting_points
 from .fields import as_field
@@ -47,14 +47,9 @@ def sample_sde(
         raise ValueError(f"`process` {type(process).__name__} has no SDE; use sample_ode.")
     if int(num_steps) < 1:
         raise ValueError(f"`num_steps` must be a positive integer, got {num_steps!r}.")
-    k_prior, k_bm = jax.random.split(key)
-    x = starting_points(
-        process,
-        x_init,
-        key=None if x_init is not None else k_prior,
-        num_samples=num_samples,
-        shape=shape,
-    )
+    if key is None:
+        raise ValueError("`key` is required: it drives the Brownian motion.")
+    x, k_bm = _start(process, x_init, key, num_samples, shape)
     score = as_field(process, field, kind=kind, to="score")
     keys = jax.random.split(k_bm, x.shape[0])
     solver = solver or diffrax.Euler()
@@ -128,14 +123,7 @@ def sample_ddim(
         raise ValueError(f"`eta` must be >= 0, got {eta!r}.")
     if eta > 0 and key is None:
         raise ValueError("`key` is required when `eta > 0`.")
-    k_prior, k_noise = jax.random.split(key) if key is not None else (None, jax.random.key(0))
-    x = starting_points(
-        process,
-        x_init,
-        key=None if x_init is not None else k_prior,
-        num_samples=num_samples,
-        shape=shape,
-    )
+    x, k_noise = _start(process, x_init, key, num_samples, shape)
     t_grid, ab_grid = discrete_schedule(process, int(num_train_steps))
     stride = int(num_train_steps) // int(num_steps)
     idx = (stride * jnp.arange(int(num_steps)))[::-1]
@@ -144,6 +132,21 @@ def sample_ddim(
     eps_field = as_field(process, field, kind=kind, to="eps")
     eta_arr = jnp.asarray(eta, float)
     return check_solve(_ddim_jit(eps_field, x, ts, ab, ab_next, eta_arr, k_noise), strict)
+
+
+def _start(process, x_init, key, num_samples, shape) -> tuple[Array, PRNGKeyArray]:
+    """The starting batch (:func:`wgfm._checks.starting_points`) and the key of the sampler's
+    own noise: ``key`` splits into the prior's draws (used when ``x_init`` is None) and the
+    noise's (a fixed key without ``key``, for a noiseless sampler)."""
+    k_prior, k_noise = jax.random.split(key) if key is not None else (None, jax.random.key(0))
+    x = starting_points(
+        process,
+        x_init,
+        key=None if x_init is not None else k_prior,
+        num_samples=num_samples,
+        shape=shape,
+    )
+    return x, k_noise
 
 
 @eqx.filter_jit

@@ -236,57 +236,25 @@ class TrainResult(eqx.Module):
 
 
 def fit(
-    model,
-    process: AbstractProcess,
-    data,
-    config: TrainConfig,
-    *,
-    key: PRNGKeyArray,
-    run_dir: str | Path | None = None,
-    resume: bool = False,
-    stop_at: int | None = None,
-    progress: bool = True,
-    extra_meta: dict | None = None,
-    mesh: jax.sharding.Mesh | None = None,
-    snapshot_steps: Sequence[int] = (),
-    on_start: Callable[[int], None] | None = None,
+    model, process: AbstractProcess, data, config: TrainConfig, *, key: PRNGKeyArray, **options: Any
 ) -> TrainResult:
-    """Train ``model`` on ``data`` (``(N, *sample_shape)``) for ``config.steps`` updates.
+    """Train ``model`` by the diffusion objective: :func:`fit_objective` with
+    :class:`DiffusionObjective` (``config``'s weighting and time sampler).
 
-    With ``mesh`` (:func:`wgfm.distributed.make_mesh`) the step is data parallel: each batch
-    sharded over the mesh (``batch_size`` must divide its device count), state and data
-    replicated; checkpoints are the same and restore on any device count.
+    Args:
+        model: a :class:`wgfm.models.Model`.
+        process: the forward process.
+        data: the training examples, ``(N, *sample_shape)``.
+        config: the optimisation settings (``config.steps`` updates).
+        key: the run's key.
+        **options: :func:`fit_objective`'s (``run_dir``, ``resume``, ``stop_at``, ``progress``,
+            ``extra_meta``, ``mesh``, ``snapshot_steps``, ``on_start``, ``desc``).
 
-    With ``run_dir``: metrics go to ``run_dir/metrics.jsonl`` and checkpoints to
-    ``run_dir/checkpoints`` every ``config.checkpoint_every`` steps and at the end; ``resume``
-    continues from the newest readable one (unreadable newer ones are moved into
-    ``checkpoints/corrupt/`` with a warning; none at all: step 0, with a warning if the
-    directory holds a previous run's metrics or config), after checking
-    that its stored config matches ``config`` (``ValueError`` naming the fields that differ),
-    and cuts ``metrics.jsonl`` back to the restored step. Without ``resume`` a ``run_dir``
-    that already holds checkpoints or metrics is refused (``ValueError``), nothing written.
-    ``on_start(step)`` is called once the starting state is settled, before the first update
-    (to write files that must only describe a run that really starts).
-    ``stop_at`` ends the call early after that step
-    (with a checkpoint), as an interruption would. ``snapshot_steps`` keeps the EMA parameters
-    after those steps (``TrainResult.snapshots``): a training curve without retraining. Raises
-    ``ValueError`` on non-finite data before the first step, :class:`NonFiniteLossError`
-    (naming the step) if the loss diverges."""
-    return _fit(
-        lambda: make_train_step(model, process, config),
-        model,
-        data,
-        config,
-        key=key,
-        run_dir=run_dir,
-        resume=resume,
-        stop_at=stop_at,
-        progress=progress,
-        extra_meta=extra_meta,
-        mesh=mesh,
-        snapshot_steps=snapshot_steps,
-        on_start=on_start,
-    )
+    Returns:
+        The :class:`TrainResult` of the run.
+    """
+    objective = DiffusionObjective(model, process, config.weighting, config.time_sampler)
+    return fit_objective(objective, data, config, key=key, **options)
 
 
 def fit_objective(
@@ -299,46 +267,40 @@ def fit_objective(
     resume: bool = False,
     stop_at: int | None = None,
     progress: bool = True,
-    desc: str = "train",
-) -> TrainResult:
-    """:func:`fit`'s loop (checkpoints with their checksums, resume, metrics, EMA, the
-    non-finite stop) for any ``objective(params, batch, key) -> scalar loss`` that has
-    ``init(key, sample_shape, dtype)`` and ``describe() -> dict``. What ``describe`` returns is
-    stored with every checkpoint beside the config, and ``resume`` refuses a checkpoint trained
-    with other values, as it does for the config. :func:`wgfm.latent.fit_vae` trains the VAE
-    with it."""
-    return _fit(
-        lambda: TrainStep(objective, config),
-        objective,
-        data,
-        config,
-        key=key,
-        run_dir=run_dir,
-        resume=resume,
-        stop_at=stop_at,
-        progress=progress,
-        extra_meta={"objective": objective.describe()},
-        desc=desc,
-    )
-
-
-def _fit(
-    make_step: Callable[[], Any],
-    initialiser,
-    data,
-    config: TrainConfig,
-    *,
-    key: PRNGKeyArray,
-    run_dir: str | Path | None = None,
-    resume: bool = False,
-    stop_at: int | None = None,
-    progress: bool = True,
     extra_meta: dict | None = None,
     mesh: jax.sharding.Mesh | None = None,
     snapshot_steps: Sequence[int] = (),
     on_start: Callable[[int], None] | None = None,
     desc: str = "train",
 ) -> TrainResult:
+    """The training loop: ``config.steps`` updates (:class:`TrainStep`) of any
+    ``objective(params, batch, key) -> scalar loss`` that has ``init(key, sample_shape, dtype)``
+    and ``describe() -> dict`` on ``data`` (``(N, *sample_shape)``). :func:`fit` trains a
+    diffusion model with it, :func:`wgfm.latent.fit_vae` the VAE.
+
+    With ``mesh`` (:func:`wgfm.distributed.make_mesh`) the step is data parallel: each batch
+    sharded over the mesh (``batch_size`` must divide its device count), state and data
+    replicated; checkpoints are the same and restore on any device count.
+
+    With ``run_dir``: metrics go to ``run_dir/metrics.jsonl`` and checkpoints to
+    ``run_dir/checkpoints`` every ``config.checkpoint_every`` steps and at the end, each with
+    the config, what ``describe`` returns (when not empty) and ``extra_meta``; ``resume``
+    continues from the newest readable one (unreadable newer ones are moved into
+    ``checkpoints/corrupt/`` with a warning; none at all: step 0, with a warning if the
+    directory holds a previous run's metrics or config), after checking
+    that its stored config and ``describe`` values match (``ValueError`` naming the fields
+    that differ), and cuts ``metrics.jsonl`` back to the restored step. Without ``resume`` a
+    ``run_dir`` that already holds checkpoints or metrics is refused (``ValueError``), nothing
+    written. ``on_start(step)`` is called once the starting state is settled, before the first
+    update (to write files that must only describe a run that really starts).
+    ``stop_at`` ends the call early after that step
+    (with a checkpoint), as an interruption would. ``snapshot_steps`` keeps the EMA parameters
+    after those steps (``TrainResult.snapshots``): a training curve without retraining. Raises
+    ``ValueError`` on non-finite data before the first step, :class:`NonFiniteLossError`
+    (naming the step) if the loss diverges. ``desc`` labels the progress bar."""
+    described = objective.describe()
+    if described:
+        extra_meta = {"objective": described, **(extra_meta or {})}
     data = check_data(data)
     n = data.shape[0]
     snap_at = {int(s) for s in snapshot_steps}
@@ -350,7 +312,7 @@ def _fit(
     snaps: dict[int, Any] = {}
     data_position(n, config.batch_size, 0)  # validates batch_size against the data size
     k_run, k_data = jax.random.split(key)
-    state = init_state(initialiser, config, data.shape[1:], key=k_run, dtype=data.dtype)
+    state = init_state(objective, config, data.shape[1:], key=k_run, dtype=data.dtype)
     ckpt = None
     if run_dir is not None:
         from .checkpoint import Checkpointer  # orbax is imported only for runs that checkpoint
@@ -367,7 +329,7 @@ def _fit(
         raise ValueError("`resume=True` needs a `run_dir` to resume from.")
     if on_start is not None:
         on_start(int(state.step))
-    step_fn = make_step()
+    step_fn = TrainStep(objective, config)
     data_dev = jnp.asarray(data)
     if mesh is not None:
         from .distributed import data_parallel, replicate

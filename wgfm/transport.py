@@ -103,23 +103,9 @@ def sample_ode(
     t_start, t_end = _times(process, t_start, process.t_max, t_end, process.t_min, x.dtype)
     velocity = as_field(process, field, kind=kind, to="velocity")
     ts = _save_times(save_times, t_start, t_end)
-    solver, controller, adjoint, tol = _defaults(solver, stepsize_controller, adjoint, rtol, atol)
+    solve = _solver(solver, stepsize_controller, adjoint, rtol, atol, max_steps)
     dt0 = None if dt0 is None else jnp.asarray(dt0)
-    res = _sample_jit(
-        velocity,
-        x,
-        t_start,
-        t_end,
-        ts,
-        tol,
-        dt0,
-        solver,
-        controller,
-        adjoint,
-        int(max_steps),
-        per_sample,
-        strict,
-    )
+    res = _sample_jit(velocity, x, t_start, t_end, ts, dt0, solve, per_sample, strict)
     return check_solve(res, strict)
 
 
@@ -200,22 +186,8 @@ def log_likelihood(
             lambda k: make_probes(k, int(num_probes), x.shape[1:], kind=probe_kind, dtype=x.dtype)
         )(keys)
     prior = prior_log_density or process.prior_log_density
-    solver, controller, adjoint, tol = _defaults(solver, stepsize_controller, adjoint, rtol, atol)
-    res = _likelihood_jit(
-        velocity,
-        prior,
-        x,
-        probes,
-        t_start,
-        t_end,
-        tol,
-        solver,
-        controller,
-        adjoint,
-        max_steps,
-        chunk_size,
-        per_sample,
-    )
+    solve = _solver(solver, stepsize_controller, adjoint, rtol, atol, max_steps)
+    res = _likelihood_jit(velocity, prior, x, probes, t_start, t_end, solve, chunk_size, per_sample)
     return check_solve(res, strict)
 
 
@@ -251,43 +223,16 @@ def count_nfe(
 # Compiled cores.
 
 
-def _sample_impl(
-    velocity,
-    x,
-    t_start,
-    t_end,
-    ts,
-    tol,
-    dt0,
-    solver,
-    controller,
-    adjoint,
-    max_steps,
-    per_sample,
-    fail_fast,
-):
+def _sample_impl(velocity, x, t_start, t_end, ts, dt0, spec: _Solver, per_sample, fail_fast):
     check_field_output(velocity, x[0], t_start)  # at trace time only: free on later calls
-    watch = FiniteWatch(with_tolerances(controller, tol, x.dtype), fail_fast)
+    watch = FiniteWatch(spec.stepping(x.dtype), fail_fast)
     saveat = diffrax.SaveAt(t1=True, controller_state=True)
     if ts is not None:
         saveat = diffrax.SaveAt(ts=ts, t1=True, controller_state=True)
     term = diffrax.ODETerm(lambda t, y, args: args(y, t).astype(y.dtype))
 
     def solve(y0, vf):
-        return diffrax.diffeqsolve(
-            term,
-            solver,
-            t_start,
-            t_end,
-            dt0,
-            y0,
-            args=vf,
-            saveat=saveat,
-            stepsize_controller=watch,
-            adjoint=adjoint,
-            max_steps=max_steps,
-            throw=False,
-        )
+        return spec.solve(term, t_start, t_end, dt0, y0, vf, saveat=saveat, controller=watch)
 
     if per_sample:
         sol = jax.vmap(solve, in_axes=(0, None))(x, velocity)
@@ -298,7 +243,7 @@ def _sample_impl(
         ys: Any = sol.ys  # (len(ts) + 1, n, *shape)
         samples, traj = ys[-1], (None if ts is None else jnp.moveaxis(ys[:-1], 0, 1))
     finite = jnp.all(jnp.isfinite(samples.reshape(samples.shape[0], -1)), axis=1)
-    stats = _stats(sol, solver, controller, dt0 is not None, finite if per_sample else finite.all())
+    stats = spec.stats(sol, dt0 is not None, finite if per_sample else finite.all())
     _, count, first = sol.controller_state  # type: ignore[misc]
     stats = eqx.tree_at(
         lambda s: (s.ok, s.num_nonfinite_steps, s.first_nonfinite_step),
@@ -310,24 +255,12 @@ def _sample_impl(
 
 
 def _likelihood_impl(
-    velocity,
-    prior,
-    x,
-    probes,
-    t_start,
-    t_end,
-    tol,
-    solver,
-    controller,
-    adjoint,
-    max_steps,
-    chunk_size,
-    per_sample,
+    velocity, prior, x, probes, t_start, t_end, spec: _Solver, chunk_size, per_sample
 ):
     from .diagnostics.jacobian import exact_trace, probe_trace
 
     check_field_output(velocity, x[0], t_start)  # at trace time only: free on later calls
-    stepping = with_tolerances(controller, tol, x.dtype)  # `controller` as given counts the NFE
+    stepping = spec.stepping(x.dtype)
 
     def vf_one(t, y, p):
         xi, _ = y
@@ -344,19 +277,7 @@ def _likelihood_impl(
         return jax.vmap(vf_one, in_axes=(None, 0, None if p is None else 0))(t, y, p)
 
     def solve(y0, p, vf):
-        return diffrax.diffeqsolve(
-            diffrax.ODETerm(vf),
-            solver,
-            t_start,
-            t_end,
-            None,
-            y0,
-            args=p,
-            stepsize_controller=stepping,
-            adjoint=adjoint,
-            max_steps=max_steps,
-            throw=False,
-        )
+        return spec.solve(diffrax.ODETerm(vf), t_start, t_end, None, y0, p, controller=stepping)
 
     zero = jnp.zeros(x.shape[:1], dtype=x.dtype)
     if per_sample:
@@ -371,7 +292,7 @@ def _likelihood_impl(
     prior_lp = jax.vmap(prior)(latents)
     ll = prior_lp + delta
     finite = jnp.isfinite(ll) & jnp.all(jnp.isfinite(latents.reshape(x.shape[0], -1)), axis=1)
-    stats = _stats(sol, solver, controller, False, finite if per_sample else finite.all())
+    stats = spec.stats(sol, False, finite if per_sample else finite.all())
     return LikelihoodResult(ll, prior_lp, delta, latents, stats)
 
 
@@ -383,20 +304,53 @@ _likelihood_jit = eqx.filter_jit(_likelihood_impl)
 # Helpers.
 
 
-def _stats(sol, solver, controller, dt0_given, finite) -> SolveStats:
-    st = sol.stats
-    code = sol.result._value
-    return SolveStats(
-        nfe=count_nfe(solver, controller, st["num_steps"], dt0_given=dt0_given),
-        num_steps=st["num_steps"],
-        num_accepted_steps=st["num_accepted_steps"],
-        num_rejected_steps=st["num_rejected_steps"],
-        result=code,
-        ok=(code == diffrax.RESULTS.successful._value) & finite,
-    )
+class _Solver(eqx.Module):
+    """How a solve steps: its solver, step-size controller (the tolerances of a
+    ``PIDController`` kept apart as arrays, so new values do not recompile), adjoint and step
+    limit. One diffrax call for sampling and likelihood alike (``throw=False``: the result
+    carries diffrax's code)."""
+
+    solver: diffrax.AbstractSolver
+    controller: diffrax.AbstractStepSizeController  # as given: it counts the NFE
+    adjoint: diffrax.AbstractAdjoint
+    tol: tuple[Array, Array] | None
+    max_steps: int = eqx.field(static=True)
+
+    def stepping(self, dtype) -> diffrax.AbstractStepSizeController:
+        """The controller with the tolerances put back, in ``dtype``."""
+        return with_tolerances(self.controller, self.tol, dtype)
+
+    def solve(self, term, t0, t1, dt0, y0, args, *, controller, saveat=None) -> diffrax.Solution:
+        return diffrax.diffeqsolve(
+            term,
+            self.solver,
+            t0,
+            t1,
+            dt0,
+            y0,
+            args=args,
+            saveat=diffrax.SaveAt(t1=True) if saveat is None else saveat,
+            stepsize_controller=controller,
+            adjoint=self.adjoint,
+            max_steps=self.max_steps,
+            throw=False,
+        )
+
+    def stats(self, sol, dt0_given: bool, finite) -> SolveStats:
+        """The :class:`SolveStats` of ``sol`` (``finite``: whether its values are)."""
+        st = sol.stats
+        code = sol.result._value
+        return SolveStats(
+            nfe=count_nfe(self.solver, self.controller, st["num_steps"], dt0_given=dt0_given),
+            num_steps=st["num_steps"],
+            num_accepted_steps=st["num_accepted_steps"],
+            num_rejected_steps=st["num_rejected_steps"],
+            result=code,
+            ok=(code == diffrax.RESULTS.successful._value) & finite,
+        )
 
 
-def _defaults(solver, controller, adjoint, rtol, atol):
+def _solver(solver, controller, adjoint, rtol, atol, max_steps: int) -> _Solver:
     # Dopri5 by measurement (the work-precision rows of compare_peer_sampling): at equal final
     # error it needs fewer NFE than Tsit5 on MLP velocity fields and about as many on the GMM
     # oracle; it is also torchdiffeq's and SciPy's (RK45) pair, so NFE compare directly.
@@ -424,7 +378,7 @@ def _defaults(solver, controller, adjoint, rtol, atol):
         controller = eqx.tree_at(lambda c: (c.rtol, c.atol), controller, (0.0, 0.0))
     elif rtol is not None or atol is not None:
         raise ValueError("`rtol`/`atol` apply only to a diffrax.PIDController.")
-    return solver, controller, adjoint, tol
+    return _Solver(solver, controller, adjoint, tol, int(max_steps))
 
 
 def _times(process, t_start, default_start, t_end, default_end, dtype):

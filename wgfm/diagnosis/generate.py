@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -85,25 +86,15 @@ def _sample(field, process, shape, sizes: DiagnoseSizes, n: int, key):
     from ..samplers import sample_ddim
     from ..transport import sample_ode
 
+    options: dict[str, Any]
     if hasattr(process, "betas"):
-        return sample_ddim(
-            field,
-            process,
-            key=key,
-            num_samples=n,
-            shape=shape,
-            kind=field.kind,
-            num_steps=sizes.ddim_steps,
-            num_train_steps=len(process.betas),  # pyright: ignore[reportAttributeAccessIssue]
+        sampler = sample_ddim
+        options = dict(num_steps=sizes.ddim_steps, num_train_steps=len(process.betas))
+    else:
+        sampler = sample_ode
+        options = dict(
+            solver=diffrax.Euler(),
+            stepsize_controller=diffrax.ConstantStepSize(),
+            dt0=-(process.t_max - process.t_min) / sizes.ddim_steps,
         )
-    return sample_ode(
-        field,
-        process,
-        key=key,
-        num_samples=n,
-        shape=shape,
-        kind=field.kind,
-        solver=diffrax.Euler(),
-        stepsize_controller=diffrax.ConstantStepSize(),
-        dt0=-(process.t_max - process.t_min) / sizes.ddim_steps,
-    )
+    return sampler(field, process, key=key, num_samples=n, shape=shape, kind=field.kind, **options)
