@@ -56,7 +56,7 @@ def arm(spec: dict) -> None:
     """Patch the one place where ``spec`` says to die."""
     n = int(spec["n"])
     if spec["at"] == "step":
-        make = train.make_train_step
+        make = train.TrainStep  # what the loop builds its step from
 
         def make_killing(*args, **kwargs):
             step_fn = make(*args, **kwargs)
@@ -70,7 +70,7 @@ def arm(spec: dict) -> None:
 
             return step
 
-        train.make_train_step = make_killing
+        train.TrainStep = make_killing
     elif spec["at"] == "metrics":
         log = train._log_metrics
 
