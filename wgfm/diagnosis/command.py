@@ -90,6 +90,9 @@ def run(
     untrained = field.untrained(key=derived_key(root, "untrained"), sample_shape=shape)
     score, controls, x = prepare(field, process, images, key=root, untrained=untrained)
     label = _label(config.model)
+    path = out / "shards" / f"shard-{shard[0]}-of-{shard[1]}.json"
+    if not path.is_file():  # started: a merge can name this process while it is missing
+        outdir.write_atomic(path, json.dumps({"shard": list(shard), "finished": False}))
     reused = {}
     for claim in tqdm(CLAIMS.values(), desc=f"wgfm diagnose {shard[0]}/{shard[1]}", unit="claim"):
         x0, key = claim_points(root, claim, x, sz)
@@ -113,6 +116,7 @@ def run(
     }
     record = {
         "shard": list(shard),
+        "finished": True,
         "label": label,
         "header": header,
         "clean images": described,
@@ -123,7 +127,6 @@ def run(
         "reused": reused,
         "run time (s)": round(time.perf_counter() - t_all, 1),
     }
-    path = out / "shards" / f"shard-{shard[0]}-of-{shard[1]}.json"
     outdir.write_atomic(path, json.dumps(outdir.as_json(record), indent=1))
     missing = shards.missing_levels(out, sz)
     if missing:

@@ -186,10 +186,11 @@ def merge(out: Path | str) -> Diagnosis:
         raise ValueError(f"`--merge` {str(out)!r} holds no wgfm diagnose run.")
     manifest = json.loads((out / outdir.MANIFEST).read_text())
     sizes = DiagnoseSizes(**manifest["settings"]["sizes"])
-    records = [json.loads(p.read_text()) for p in sorted((out / "shards").glob("shard-*.json"))]
+    started = [json.loads(p.read_text()) for p in sorted((out / "shards").glob("shard-*.json"))]
+    records = [r for r in started if r["finished"]]
     missing = missing_levels(out, sizes)
     if missing or not records:
-        counts = sorted({r["shard"][1] for r in records}) or [1]
+        counts = sorted({r["shard"][1] for r in started}) or [1]
         owners = sorted({f"{i % n}/{n}" for ls in missing.values() for i in ls for n in counts})
         what = "; ".join(f"claim {CLAIMS[k].number} levels {ls}" for k, ls in missing.items())
         raise ValueError(
