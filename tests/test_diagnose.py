@@ -141,7 +141,7 @@ def test_rerun_resumes_and_foreign_directories_are_refused(
 
 
 def _parts(out: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(out)): p.read_bytes() for p in (out / "parts").rglob("*")}
+    return {str(p.relative_to(out)): p.read_bytes() for p in (out / "parts").rglob("*.npz")}
 
 
 def test_load_images_crops_resizes_and_scales(tmp_path):

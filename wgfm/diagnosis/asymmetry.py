@@ -178,7 +178,7 @@ def measure_asymmetry(
     xs = noised_samples(process, x0, tsj, key=k_noise)
     fields = claim_fields(field, Controls(gradient, untrained))
     choice = _choose(policy or JacobianPolicy(), field, xs, tsj, len(fields), mesh)
-    opts = dict(
+    opts: dict[str, Any] = dict(
         sub_jacobian_size=sub_jacobian_size,
         num_probes=num_probes,
         rel_se=rel_se,

@@ -12,7 +12,6 @@ processes (``--shard I/N``, or the launcher's environment) measures its share of
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 import re
@@ -24,29 +23,16 @@ from rich.console import Console
 from tqdm.auto import tqdm
 
 from ..interop.load import is_callable_spec, load_model, model_fingerprint, model_name
-from . import outdir, shards, sources, spaces
-from .api import (
-    GAUSSIAN_FIT_MAX,
-    Diagnosis,
-    claim_points,
-    derived_key,
-    device_line,
-    measured_indices,
-    on_torch,
-    prepare,
-)
+from . import api, outdir, shards, sources, spaces
 from .asymmetry import JacobianAsymmetry
 from .config import DiagnoseConfig
 from .registry import CLAIMS
-from .shards import cost_lines
 from .sizes import DiagnoseSizes
-
-__all__ = ["cost_lines", "run"]
 
 
 def run(
     config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None, mesh=None
-) -> Diagnosis | None:
+) -> api.Diagnosis | None:
     """Diagnose ``config.model`` into ``config.out`` (REPORT.md, results.json, figures/), or
     this process's share of it (``config.shard`` or the launcher's environment).
 
@@ -63,7 +49,6 @@ def run(
     config.check()
     if config.merge is not None:
         return shards.merge(config.merge)
-    assert config.model is not None  # config.check()
     console = Console(stderr=True)
     sz = dataclasses.replace(sizes or config.sizes, jacobians=config.jacobians)
     t_all = time.perf_counter()
@@ -76,65 +61,65 @@ def run(
         "clean images": sources.describe_source(config.data, config.images),
         "field": field.describe(),
     }
-    fingerprint = model_fingerprint(config.model)
-    outdir.claim_directory(out, fingerprint, model_name(config.model), settings)
+    fingerprint = model_fingerprint(config.model)  # pyright: ignore[reportArgumentType]
+    outdir.claim_directory(out, fingerprint, model_name(config.model), settings)  # pyright: ignore[reportArgumentType]
     root = jax.random.key(config.seed)
     shape = sources.sample_shape(field, config.data)
     t0 = time.perf_counter()
     images, described = sources.clean_images(
-        field, process, shape, sz, key=derived_key(root, "clean"), data=config.data,
+        field, process, shape, sz, key=api.derived_key(root, "clean"), data=config.data,
         images=config.images, out=out,
     )  # fmt: skip
     console.log(f"clean images: {described} ({time.perf_counter() - t0:.1f} s)")
     # The key diagnose() would derive itself: one untrained control whichever claim runs.
-    untrained = field.untrained(key=derived_key(root, "untrained"), sample_shape=shape)
-    score, controls, x = prepare(field, process, images, key=root, untrained=untrained)
+    untrained = field.untrained(key=api.derived_key(root, "untrained"), sample_shape=shape)
+    score, controls, x = api.prepare(field, process, images, key=root, untrained=untrained)
     label = _label(config.model)
-    path = out / "shards" / f"shard-{shard[0]}-of-{shard[1]}.json"
-    if not path.is_file():  # started: a merge can name this process while it is missing
-        outdir.write_atomic(path, json.dumps({"shard": list(shard), "finished": False}))
+    shards.start(out, shard)
     reused = {}
     for claim in tqdm(CLAIMS.values(), desc=f"wgfm diagnose {shard[0]}/{shard[1]}", unit="claim"):
-        x0, key = claim_points(root, claim, x, sz)
+        x0, key = api.claim_points(root, claim, x, sz)
         reused[claim.key] = shards.measure_levels(
             claim, score, process, x0, sz, key=key, controls=controls, out=out, shard=shard,
-            mesh=None if on_torch(field) else mesh,
+            mesh=None if api.on_torch(field) else mesh,
         )  # fmt: skip
-    header = {
-        "mode": ("quick" if config.quick else "full") + (" (sizes overridden)" if sizes else ""),
-        "model": str(config.model),  # as given: a report names no path of the machine it ran on
-        "model fingerprint (sha256)": fingerprint[:16],
-        "field diagnosed": field.describe(),
-        "process": field.describe_process(),
-        "clean images": described,
-        "controls": f"exact score of the Gaussian fitted to up to {GAUSSIAN_FIT_MAX} clean "
-        f"images; {field.untrained_description}",
-        "seed": config.seed,
-        "devices": device_line(field, mesh),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-    }
+    pick = api.measured_indices(root, CLAIMS[JacobianAsymmetry.key], len(x), sz.num_samples)
     record = {
-        "shard": list(shard),
-        "finished": True,
         "label": label,
-        "header": header,
+        "header": _header(config, field, fingerprint, described, mesh, sizes is not None),
         "clean images": described,
         "control_name": controls.control_name,
         "image": x.ndim > 2,
         "pixel_run": None if config.pixel_run is None else str(config.pixel_run),
-        "latent_figure": _latent_figure(field, x, root, sz, out, label),
+        "latent_figure": spaces.keep_decoded_figure(field.latent, x[pick], out, label),
         "reused": reused,
         "run time (s)": round(time.perf_counter() - t_all, 1),
     }
-    outdir.write_atomic(path, json.dumps(outdir.as_json(record), indent=1))
-    missing = shards.missing_levels(out, sz)
-    if missing:
+    if not shards.finish(out, shard, record, sz):
         console.log(f"process {shard[0]}/{shard[1]} done; levels of other processes missing")
         return None
     d = shards.merge(out)
     console.log(f"Report: {out / 'REPORT.md'}  Results: {out / 'results.json'}")
     return d
+
+
+def _header(config: DiagnoseConfig, field, fingerprint, described, mesh, overridden) -> dict:
+    """The report header's lines on the run (the claims' lines and run times come at merge)."""
+    return {
+        "mode": ("quick" if config.quick else "full")
+        + (" (sizes overridden)" if overridden else ""),
+        "model": str(config.model),  # as given: a report names no path of the machine it ran on
+        "model fingerprint (sha256)": fingerprint[:16],
+        "field diagnosed": field.describe(),
+        "process": field.describe_process(),
+        "clean images": described,
+        "controls": f"exact score of the Gaussian fitted to up to {api.GAUSSIAN_FIT_MAX} clean "
+        f"images; {field.untrained_description}",
+        "seed": config.seed,
+        "devices": api.device_line(field, mesh),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+    }
 
 
 def _shard(config: DiagnoseConfig, console: Console) -> tuple[int, int]:
@@ -148,20 +133,18 @@ def _shard(config: DiagnoseConfig, console: Console) -> tuple[int, int]:
     return found[0], found[1]
 
 
+# The options of load_model that DiagnoseConfig holds under the same names.
+_LOAD = (
+    "class_label", "prompt_embedding", "variant", "mu", "guidance_scale", "condition",
+    "negative_condition", "prompt", "negative_prompt", "sample_size",
+)  # fmt: skip
+
+
 def _load(config: DiagnoseConfig):
     """``(field, process)`` of ``config.model`` with the options that shape it."""
     field, process = load_model(
         config.model,  # pyright: ignore[reportArgumentType]
-        class_label=config.class_label,
-        prompt_embedding=config.prompt_embedding,
-        variant=config.variant,
-        mu=config.mu,
-        guidance_scale=config.guidance_scale,
-        condition=config.condition,
-        negative_condition=config.negative_condition,
-        prompt=config.prompt,
-        negative_prompt=config.negative_prompt,
-        sample_size=config.sample_size,
+        **{k: getattr(config, k) for k in _LOAD},
         device=config.torch_device,
         torch_dtype=config.dtype,
     )
@@ -177,17 +160,3 @@ def _label(model) -> str:
     """The model's name in rows and figures: its function's or directory's name."""
     name = str(model).rsplit(":", 1)[-1] if is_callable_spec(model) else None
     return re.sub(r"[^\w.-]", "_", name or Path(model).resolve().name) or "model"
-
-
-def _latent_figure(field, x, root, sz: DiagnoseSizes, out: Path, label: str) -> dict | None:
-    """A latent pipeline's claim-1 latents decoded (:func:`.spaces.decoded_figure`), written
-    once into ``out/figures``: ``{name: path under out}``; None for a pixel-space model."""
-    if field.latent is None:
-        return None
-    name = f"latents_decoded_{label}"
-    path = out / "figures" / f"{name}.png"
-    if not path.is_file():
-        pick = measured_indices(root, CLAIMS[JacobianAsymmetry.key], len(x), sz.num_samples)
-        fig = spaces.decoded_figure(field.latent, x[pick])
-        outdir.publish_once(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    return {name: f"figures/{name}.png"}

@@ -1,9 +1,12 @@
 """The resumable output directory of ``wgfm diagnose``.
 
 A directory belongs to one (model, settings) pair: ``diagnose.json`` (the manifest) records the
-model's fingerprint and the settings; each finished claim is kept in ``claims/<key>.json``
-(rows, numbers, figure paths, seconds) and a rerun reuses it. A directory holding anything else
-is refused.
+model's fingerprint and the settings; each finished noise level of a claim is kept in
+``parts/<key>/level-NNN.npz`` (its per-sample values, stamped with the fingerprint and a digest
+of the settings) and a rerun reuses it. A directory holding anything else is refused. Several
+processes of one run write here at once (:mod:`.shards`): every file is written whole through a
+temporary file of its own, and the files they share (the manifest, a claim's plan, generated
+images) are created once, by the first to finish them (:func:`publish_once`).
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ def claim_directory(out: Path, fingerprint: str, model: str, settings: dict[str,
         )
 
 
-def publish_once(path: Path, write: Callable[[Path], None]) -> bool:
+def publish_once(path: Path, write: Callable[[Path], object]) -> bool:
     """Create ``path`` whole unless it exists: ``write`` fills a temporary file, which is then
     hard-linked to ``path`` (atomic, and refused if ``path`` exists), so of processes racing to
     create it exactly one succeeds and every reader sees a complete file. Returns whether this

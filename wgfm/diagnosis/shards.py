@@ -156,6 +156,26 @@ def measure_levels(
     return len(mine) - len(todo)
 
 
+def record_path(out: Path, shard: tuple[int, int]) -> Path:
+    """Where process ``shard = (I, N)`` records that it started, then what it finished."""
+    return out / "shards" / f"shard-{shard[0]}-of-{shard[1]}.json"
+
+
+def start(out: Path, shard: tuple[int, int]) -> None:
+    """Record that this process has started (a merge can then name it while it is missing)."""
+    if not record_path(out, shard).is_file():
+        text = json.dumps({"shard": list(shard), "finished": False})
+        outdir.write_atomic(record_path(out, shard), text)
+
+
+def finish(out: Path, shard: tuple[int, int], record: dict, sizes: DiagnoseSizes) -> bool:
+    """Record what this process finished (``record``: the header lines, label, notes and
+    reused levels the merge reads); returns whether every level of the run is now there."""
+    record = {"shard": list(shard), "finished": True, **record}
+    outdir.write_atomic(record_path(out, shard), json.dumps(outdir.as_json(record), indent=1))
+    return not missing_levels(out, sizes)
+
+
 def missing_levels(out: Path, sizes: DiagnoseSizes) -> dict[str, list[int]]:
     """Per claim key, the levels ``out`` does not hold yet (claims with none left out)."""
     missing = {}
