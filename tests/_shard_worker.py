@@ -8,6 +8,7 @@ to die but never got there.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -20,30 +21,18 @@ jax.config.update("jax_enable_x64", True)  # as tests/conftest.py: the same prog
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from wgfm.diagnosis import DiagnoseSizes, outdir  # noqa: E402
+from wgfm.diagnosis import QUICK, outdir  # noqa: E402
 from wgfm.diagnosis.command import DiagnoseConfig, run  # noqa: E402
 from wgfm.processes import VP  # noqa: E402
 
 # D = 6 with probes forced: the adaptive probe path (rounds of 2 probes up to 8), whose keys
-# and stopping are per sample; 3 levels for claim 1 and 2 for claim 2.
-SIZES = DiagnoseSizes(
-    num_levels=3,
-    num_samples=2,
-    sub_jacobian_size=4,
-    num_probes=2,
-    max_exact_dim=64,
-    batch_size=2,
-    loop_levels=2,
-    loop_samples=1,
-    loop_points=8,
-    bridge_steps=8,
-    noisy_copies=3,
-    noisy_points=4,
-    num_generated=4,
+# and stopping are per sample; 3 levels for claim 1 and 2 for claim 2; the quick mode's sizes
+# otherwise, smaller where they cost.
+SIZES = dataclasses.replace(
+    QUICK, num_levels=3, loop_levels=2, sub_jacobian_size=4, num_probes=2, max_probes=8,
+    max_exact_dim=64, loop_points=8, bridge_steps=8, noisy_points=4, num_generated=4,
     ddim_steps=4,
-    rel_se=0.1,
-    max_probes=8,
-)
+)  # fmt: skip
 
 
 def model():

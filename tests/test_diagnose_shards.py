@@ -191,6 +191,7 @@ def test_levels_measured_one_by_one_are_the_claims_measurement():
 
     from wgfm.diagnosis import CLAIMS
     from wgfm.diagnosis.api import claim_points, prepare
+    from wgfm.diagnosis.claim import ClaimInputs
 
     field, process, _ = worker.model()
     sizes = dataclasses.replace(worker.SIZES, jacobians="probes", rel_se=None)
@@ -200,11 +201,9 @@ def test_levels_measured_one_by_one_are_the_claims_measurement():
     for claim in CLAIMS.values():
         x0, key = claim_points(jax.random.key(0), claim, x, sizes)
         want = claim.measure(score, process, x0, sizes, key=key, controls=controls)
-        plan = claim.plan(score, process, x0, sizes, key=key, controls=controls)
-        levels = range(claim.num_levels(sizes))
-        parts = claim.level_values(
-            score, process, x0, sizes, key=key, plan=plan, levels=levels, controls=controls
-        )
+        inputs = ClaimInputs(score, process, x0, sizes, key, controls)
+        plan = claim.plan(inputs)
+        parts = claim.level_values(inputs, plan, range(claim.num_levels(sizes)))
         values = jax.tree.map(lambda *v: np.concatenate(v, 1), *(v for _, v in parts))
         ts = np.asarray(want.numbers["levels"])
         got = claim.summarize(values, plan, sizes, ts=ts, control_name=controls.control_name)

@@ -23,7 +23,7 @@ from ..processes import AbstractProcess
 from ..report import ClaimRow, Measurement, fmt, level_bar
 from ..typing import Field
 from .budget import JacobianChoice, JacobianPolicy
-from .claim import AbstractClaim, Controls, claim_fields, noised_points
+from .claim import AbstractClaim, ClaimInputs, Controls, claim_fields, noised_points
 from .sizes import DiagnoseSizes
 
 
@@ -60,27 +60,27 @@ class JacobianAsymmetry(AbstractClaim):
     def measurement(self, *args, **kwargs) -> Measurement:
         return measure_asymmetry(*args, **kwargs)
 
-    def plan(self, score, process, x0, sizes, *, key, controls=None, mesh=None):
-        xs, ts = noised_points(process, x0, self.num_levels(sizes), key)
-        fields = claim_fields(score, controls or Controls())
-        policy = self.options(sizes)["policy"]
-        return {"jacobian": _choose(policy, score, xs, ts, len(fields), mesh).numbers()}
+    def plan(self, inputs: ClaimInputs) -> dict[str, Any]:
+        x = inputs
+        xs, ts = noised_points(x.process, x.x0, self.num_levels(x.sizes), x.key)
+        fields = claim_fields(x.score, x.controls)
+        policy = self.options(x.sizes)["policy"]
+        return {"jacobian": _choose(policy, x.score, xs, ts, len(fields), x.mesh).numbers()}
 
-    def level_values(
-        self, score, process, x0, sizes, *, key, plan, levels, controls=None, mesh=None
-    ):
-        xs, ts = noised_points(process, x0, self.num_levels(sizes), key)
-        opts = self.options(sizes)
+    def level_values(self, inputs: ClaimInputs, plan, levels):
+        x = inputs
+        xs, ts = noised_points(x.process, x.x0, self.num_levels(x.sizes), x.key)
+        opts = self.options(x.sizes)
         for i in levels:
             yield (
                 i,
                 asymmetry_values(
-                    claim_fields(score, controls or Controls()),
+                    claim_fields(x.score, x.controls),
                     xs,
                     ts,
                     exact=bool(plan["jacobian"]["exact"]),
-                    key=jax.random.split(key)[1],
-                    mesh=mesh,
+                    key=jax.random.split(x.key)[1],
+                    mesh=x.mesh,
                     select=[i],
                     **{k: opts[k] for k in _VALUE_OPTIONS},
                 ),

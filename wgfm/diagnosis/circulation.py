@@ -22,7 +22,7 @@ from ..diagnostics.kernels import FAMILIES, Circulation
 from ..processes import AbstractProcess
 from ..report import ClaimRow, Measurement, fmt, level_bar
 from ..typing import Field
-from .claim import AbstractClaim, Controls, claim_fields, noised_points
+from .claim import AbstractClaim, ClaimInputs, Controls, claim_fields, noised_points
 from .sizes import DiagnoseSizes
 
 
@@ -54,24 +54,23 @@ class LoopCirculation(AbstractClaim):
     def measurement(self, *args, **kwargs) -> Measurement:
         return measure_circulation(*args, **kwargs)
 
-    def level_values(
-        self, score, process, x0, sizes, *, key, plan, levels, controls=None, mesh=None
-    ):
-        xs, ts = noised_points(process, x0, self.num_levels(sizes), key)
-        opts = self.options(sizes)
+    def level_values(self, inputs: ClaimInputs, plan, levels):
+        x = inputs
+        xs, ts = noised_points(x.process, x.x0, self.num_levels(x.sizes), x.key)
+        opts = self.options(x.sizes)
         del opts["figures"]
         for i in levels:
             yield (
                 i,
                 circulation_values(
-                    claim_fields(score, controls or Controls()),
-                    process,
-                    jnp.asarray(x0),
+                    claim_fields(x.score, x.controls),
+                    x.process,
+                    jnp.asarray(x.x0),
                     xs,
                     ts,
-                    key=jax.random.split(key)[1],
+                    key=jax.random.split(x.key)[1],
                     families=FAMILIES,
-                    mesh=mesh,
+                    mesh=x.mesh,
                     select=[i],
                     **opts,
                 ),

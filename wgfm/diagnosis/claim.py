@@ -42,6 +42,22 @@ class Controls:
 NO_CONTROLS = Controls()
 
 
+@dataclasses.dataclass(frozen=True)
+class ClaimInputs:
+    """What a claim is measured on, as :meth:`AbstractClaim.measure` takes it: the score field
+    ``(x (*shape), t ()) -> (*shape)``, its forward process, the clean samples ``x0``
+    ``(num_samples(sizes), *shape)``, the sizes, the claim's key, the controls and a
+    ``jax.sharding.Mesh`` splitting the samples over its devices (or None)."""
+
+    score: Field
+    process: AbstractProcess
+    x0: Array
+    sizes: DiagnoseSizes
+    key: PRNGKeyArray
+    controls: Controls = NO_CONTROLS
+    mesh: Any = None
+
+
 def noised_points(
     process: AbstractProcess, x0: Array, num_levels: int, key: PRNGKeyArray
 ) -> tuple[Array, Array]:
@@ -131,42 +147,22 @@ class AbstractClaim(eqx.Module):
             **self.options(sizes),
         )
 
-    def plan(
-        self,
-        score: Field,
-        process: AbstractProcess,
-        x0: Array,
-        sizes: DiagnoseSizes,
-        *,
-        key: PRNGKeyArray,
-        controls: Controls = NO_CONTROLS,
-        mesh=None,
-    ) -> dict[str, Any]:
+    def plan(self, inputs: ClaimInputs) -> dict[str, Any]:
         """The choices made once per run before any level is measured, as JSON values (claim
         1: exact Jacobians or probes, from a timed JVP). A run split over processes makes them
-        once and every process reads them back, so all levels are measured alike. Arguments
-        as :meth:`measure`'s. Default: none."""
+        once and every process reads them back, so all levels are measured alike. Default:
+        none."""
         return {}
 
     def level_values(
-        self,
-        score: Field,
-        process: AbstractProcess,
-        x0: Array,
-        sizes: DiagnoseSizes,
-        *,
-        key: PRNGKeyArray,
-        plan: dict[str, Any],
-        levels: Sequence[int],
-        controls: Controls = NO_CONTROLS,
-        mesh=None,
+        self, inputs: ClaimInputs, plan: dict[str, Any], levels: Sequence[int]
     ) -> Iterator[tuple[int, Any]]:
         """The claim's per-sample values at each level of ``levels`` (indices into its grid of
         ``num_levels(sizes)`` levels), one level at a time: ``(level, values)`` with ``values``
         a PyTree (dicts and tuples) of arrays ``(num_samples(sizes), 1)``. The noise, loops and
         probes of a level are those :meth:`measure` draws for it, so :meth:`summarize` of all
         levels' values is the whole claim. ``wgfm diagnose --shard`` measures its levels this
-        way; arguments as :meth:`measure`'s, ``plan`` from :meth:`plan`."""
+        way; ``plan`` is :meth:`plan`'s."""
         raise NotImplementedError(f"claim {self.number} is not measured level by level.")
 
     def summarize(

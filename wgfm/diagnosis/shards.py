@@ -26,11 +26,12 @@ import jax
 import numpy as np
 
 from ..diagnostics import times_grid
+from ..distributed.hosts import int_env
 from ..processes import AbstractProcess
 from . import outdir, spaces
 from .api import Diagnosis
 from .asymmetry import JacobianAsymmetry
-from .claim import AbstractClaim, Controls
+from .claim import AbstractClaim, ClaimInputs, Controls
 from .registry import CLAIMS
 from .sizes import FULL, DiagnoseSizes
 
@@ -64,17 +65,10 @@ def shard_from_env(
     """
 
     def num(name: str, default: int | None = None) -> int:
-        value = env.get(name)
-        if value is None or value == "":
-            if default is None:
-                raise ValueError(f"environment variable {name} is needed beside the others.")
-            return default
-        try:
-            return int(value)
-        except ValueError:
-            raise ValueError(
-                f"environment variable {name} must be an integer, got {value!r}."
-            ) from None
+        value = int_env(name, env.get(name))
+        if value is None and default is None:
+            raise ValueError(f"environment variable {name} is needed beside the others.")
+        return default if value is None else value  # pyright: ignore[reportReturnType]
 
     if process[1] > 1:
         return process[0], process[1], "jax.distributed"
@@ -139,17 +133,15 @@ def measure_levels(
         return len(mine)
     plan_path = out / "parts" / claim.key / "plan.json"
 
+    inputs = ClaimInputs(score, process, x0, sizes, key, controls, mesh)
+
     def write_plan(tmp: Path) -> None:
-        plan = claim.plan(score, process, x0, sizes, key=key, controls=controls, mesh=mesh)
-        tmp.write_text(json.dumps(outdir.as_json(plan)))
+        tmp.write_text(json.dumps(outdir.as_json(claim.plan(inputs))))
 
     outdir.publish_once(plan_path, write_plan)
     plan = json.loads(plan_path.read_text())
     t0 = time.perf_counter()
-    levels = claim.level_values(
-        score, process, x0, sizes, key=key, plan=plan, levels=todo, controls=controls, mesh=mesh
-    )
-    for i, values in levels:
+    for i, values in claim.level_values(inputs, plan, todo):
         meta = {"stamp": stamp, "t": float(ts[i]), "seconds": time.perf_counter() - t0}
         outdir.store_level(outdir.level_path(out, claim.key, i), values, meta)
         t0 = time.perf_counter()
