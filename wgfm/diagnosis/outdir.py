@@ -71,7 +71,7 @@ def publish_once(path: Path, write: Callable[[Path], object]) -> bool:
     if path.is_file():
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = _tmp_name(path)
     try:
         write(tmp)
         os.link(tmp, path)
@@ -80,6 +80,12 @@ def publish_once(path: Path, write: Callable[[Path], object]) -> bool:
         return False
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _tmp_name(path: Path) -> Path:
+    """A temporary file beside ``path`` that no other process (on any host sharing the
+    directory) picks: hidden, with this process's id and a random suffix."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
 def _is_tmp(p: Path) -> bool:
@@ -103,7 +109,7 @@ def store_level(path: Path, values: Any, stamp: dict[str, Any]) -> None:
             np.savez(f, stamp=np.asarray(json.dumps(stamp)), **arrays)  # pyright: ignore
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = _tmp_name(path)
     write(tmp)
     os.replace(tmp, path)
 
@@ -155,7 +161,7 @@ def unflatten(flat: dict[str, np.ndarray]) -> Any:
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file (a killed run leaves no half file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one per process: shards share out
+    tmp = _tmp_name(path)
     tmp.write_text(text)
     os.replace(tmp, path)
 

@@ -237,7 +237,8 @@ def merge(out: Path | str) -> Diagnosis:
             image=record["image"],
         )
         d.timings[claim.title] = float(sum(meta["seconds"] for _, meta in parts))
-        reused = sum(r["reused"].get(claim.key, 0) for r in records)
+        # (at most every level: processes of an earlier split may have reused them too)
+        reused = min(len(ts), sum(r["reused"].get(claim.key, 0) for r in records))
         d.notes[claim.title] = f"Clean images: {record['clean images']}." + (
             f" {reused} of {len(ts)} levels reused from an earlier run in this directory."
             if reused
