@@ -5,6 +5,7 @@ variables name the share."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -123,6 +124,10 @@ def test_a_level_of_another_run_is_refused(single, tmp_path):
     before = _snapshot(out)
     with pytest.raises(ValueError, match=r"integral level-000.npz .* another run"):
         shards.merge(out)
+    # a process of another run (here another seed) is refused before it writes anything
+    other = dataclasses.replace(worker.config(out, "1/2"), seed=1)
+    with pytest.raises(ValueError, match="other settings \\(seed differ\\)"):
+        run(other, sizes=worker.SIZES)
     assert _snapshot(out) == before
 
 
@@ -185,8 +190,6 @@ def test_sweep_select_gives_the_full_sweeps_rows():
 def test_levels_measured_one_by_one_are_the_claims_measurement():
     """What a process measures (a claim's plan, then its levels one at a time, summarized) is
     the library's claim.measure on the same points: the probe path's keys and the loops'."""
-    import dataclasses
-
     import jax
 
     from wgfm.diagnosis import CLAIMS
