@@ -498,3 +498,33 @@ def test_a_claim_is_added_by_its_registry_entry(monkeypatch, tmp_path):
     assert list(saved["numbers"]) == ["mean-norm"] and list(saved["claims"]) == [claim.title]
     lines = cost_lines({claim.title: 6.0}, SIZES, SIZES)
     assert lines["claim 9: seconds per image and level (compilation included)"] == 0.5
+
+
+def test_a_claim_measures_every_field_on_the_same_points_and_keys():
+    from wgfm.diagnosis.claim import Controls, noised_levels, sweep_fields
+    from wgfm.diagnostics import noised_samples
+
+    def score(x, t):
+        return -x
+
+    def gradient(x, t):
+        return -2 * x
+
+    controls = Controls(gradient=gradient)
+    assert controls.fields(score) == {"trained": score, "oracle score": gradient}
+    both = Controls(gradient, score).fields(score)
+    assert list(both) == ["trained", "untrained", "oracle score"]  # results.json's order
+    key, process = jax.random.key(0), wgfm.VP()
+    x0, ts, xs = noised_levels(process, np.ones((3, 2)), [0.1, 0.5], key=key)
+    assert xs.shape == (2, 3, 2) and ts.dtype == x0.dtype
+    np.testing.assert_array_equal(xs, noised_samples(process, x0, ts, key=key))
+
+    def kernel(field, x, t, *, key, checked):  # a field's value and a draw of the key
+        del checked
+        return field(x, t)[0], jax.random.normal(key)
+
+    out = sweep_fields(kernel, both, xs, ts, progress="test", what="values are", key=key)
+    assert out["trained"][0].shape == (3, 2)  # samples first: (n, L)
+    np.testing.assert_array_equal(out["oracle score"][0], 2 * out["trained"][0])
+    for name in ("untrained", "oracle score"):  # the same keys for every field
+        np.testing.assert_array_equal(out[name][1], out["trained"][1])

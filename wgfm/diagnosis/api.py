@@ -49,17 +49,24 @@ def measured_indices(
     Returns:
         Sorted indices, shape ``(n,)``, drawn without replacement from a stream of the claim's.
     """
-    sub = jax.random.fold_in(key, zlib.crc32(f"x0-{claim.number}".encode()))
+    sub = named_key(key, f"x0-{claim.number}")
     return np.sort(np.asarray(jax.random.choice(sub, num_images, (n,), replace=False)))
 
 
 @dataclasses.dataclass(frozen=True)
 class Diagnosis:
-    """What :func:`diagnose` measured: per claim (keyed by its title) the verdict rows, the
-    numbers behind them (per-level medians of the network and of each control) and the
-    figures (name -> ``matplotlib.figure.Figure``, or the path under the output directory of
-    one already written there); the report's ``header``, and per claim title an optional
-    ``notes`` line and its run time in ``timings`` (seconds)."""
+    """What :func:`diagnose` measured, ready to render.
+
+    Attributes:
+        label: the field's name in rows and figures.
+        measurements: per claim title its :class:`wgfm.report.Measurement`: the verdict rows,
+            the numbers behind them (per-level medians of the network and of each control) and
+            the figures (name -> ``matplotlib.figure.Figure``, or the path under the output
+            directory of one already written there).
+        header: the report's header lines.
+        notes: per claim title an optional note under its table.
+        timings: per claim title its run time in seconds.
+    """
 
     label: str
     measurements: dict[str, Measurement]
@@ -82,7 +89,14 @@ class Diagnosis:
         return all(r.verdict for m in self.measurements.values() for r in m.rows)
 
     def report(self, out: Path | str) -> Report:
-        """A :class:`wgfm.report.Report` writing under ``out`` (figures saved there now)."""
+        """A :class:`wgfm.report.Report` writing under ``out``, its figures saved there now.
+
+        Args:
+            out: the output directory.
+
+        Returns:
+            The report (:meth:`wgfm.report.Report.write` writes REPORT.md and results.json).
+        """
         report = Report(Path(out), title=f"wgfm diagnose report: {self.label}")
         for title, m in self.measurements.items():
             written = {k: f for k, f in m.figures.items() if isinstance(f, str)}
@@ -100,7 +114,11 @@ class Diagnosis:
         return report
 
     def to_markdown(self) -> str:
-        """The report as Markdown: header, then per claim its table (figures named)."""
+        """The report as Markdown: the header, then per claim its table (figures named).
+
+        Returns:
+            The Markdown text.
+        """
         report = Report(Path("."), title=f"wgfm diagnose report: {self.label}")
         for title, m in self.measurements.items():
             report.rows[title] = list(m.rows)
@@ -110,7 +128,11 @@ class Diagnosis:
         return report.markdown(self.header)
 
     def to_json(self) -> str:
-        """Rows and numbers as JSON (arrays as lists, non-finite floats as strings)."""
+        """Rows and numbers as JSON (arrays as lists, non-finite floats as strings).
+
+        Returns:
+            The JSON text: label, header, claims (rows), numbers and whether every verdict holds.
+        """
         return json.dumps(
             jsonable(
                 {
@@ -127,7 +149,14 @@ class Diagnosis:
         )
 
     def save(self, out: Path | str) -> tuple[Path, Path]:
-        """Write REPORT.md, results.json and figures/*.png under ``out``."""
+        """Write REPORT.md, results.json and figures/*.png under ``out``.
+
+        Args:
+            out: the output directory (created if needed).
+
+        Returns:
+            The paths of REPORT.md and results.json.
+        """
         return self.report(out).write(self.header)
 
 
@@ -179,15 +208,13 @@ def diagnose(
     Returns:
         A :class:`Diagnosis`: per claim title its :class:`wgfm.report.Measurement`; the
         header says where the sweeps ran and each claim's header lines.
+
+    Raises:
+        ValueError: no ``kind``, both ``devices`` and ``mesh``, an unknown claim, fewer than 2
+            images or fewer than a claim measures, non-finite images, or a non-finite value of
+            a measurement (naming the level and sample).
     """
-    kind = kind or getattr(field, "kind", None)
-    if kind is None:
-        raise ValueError(
-            "`kind` is required: the field has no `kind` attribute saying whether "
-            "it predicts eps, x0, the score or the velocity."
-        )
-    if devices is not None and mesh is not None:
-        raise ValueError("`devices` and `mesh` are alternatives: give one of them.")
+    kind, x = _checked(kind or getattr(field, "kind", None), images, claims, devices, mesh)
     if devices is not None:
         from ..distributed import make_mesh
 
@@ -195,36 +222,8 @@ def diagnose(
     header = {"devices": device_line(field, mesh)}
     if on_torch(field):
         mesh = None
-    bad = [c for c in claims if c not in CLAIMS]
-    if bad or not claims:
-        raise ValueError(
-            f"`claims` must be a non-empty tuple among {tuple(CLAIMS)}, got {claims!r}."
-        )
-    x = np.asarray(images)
-    if x.ndim < 2 or len(x) < 2:
-        raise ValueError(f"`images` must have shape (N, *sample_shape) with N >= 2, got {x.shape}.")
-    if not np.isfinite(x).all():
-        raise ValueError("`images` holds non-finite values.")
-
-    def sub(name: str):
-        return jax.random.fold_in(key, zlib.crc32(name.encode()))
-
     score = as_field(process, field, kind=kind, to="score")
-    fit = x[:GAUSSIAN_FIT_MAX]
-    if untrained is None:
-        pretrained = (
-            field
-            if isinstance(field, AbstractPretrainedField)
-            else CallableField(field, kind, process)
-        )
-        untrained = pretrained.untrained(key=sub("untrained"), sample_shape=tuple(x.shape[1:]))
-    controls = Controls(
-        gradient=gaussian_fit_score(fit, process),
-        untrained=None
-        if untrained is None
-        else as_field(process, untrained, kind=kind, to="score"),
-        control_name=f"exact score of the Gaussian fitted to {len(fit)} clean images",
-    )
+    controls = _controls(field, kind, process, x, untrained, key=named_key(key, "untrained"))
     measurements = {}
     for claim in (CLAIMS[c] for c in claims):
         n = claim.num_samples(sizes)
@@ -238,7 +237,7 @@ def diagnose(
             process,
             x0,
             sizes,
-            key=sub(f"claim-{claim.number}"),
+            key=named_key(key, f"claim-{claim.number}"),
             controls=controls,
             label=label,
             mesh=mesh,
@@ -246,6 +245,58 @@ def diagnose(
         header.update(claim.header(m.numbers))
         measurements[claim.title] = m
     return Diagnosis(label, measurements, header)
+
+
+def named_key(key: PRNGKeyArray, name: str) -> PRNGKeyArray:
+    """The stream of ``key`` named ``name``: one claim run alone draws what it draws in a full
+    diagnosis."""
+    return jax.random.fold_in(key, zlib.crc32(name.encode()))
+
+
+def _checked(
+    kind: Kind | None, images, claims: tuple[str, ...], devices, mesh
+) -> tuple[Kind, np.ndarray]:
+    """:func:`diagnose`'s arguments checked, one ``ValueError`` naming the first bad one;
+    returns the kind and ``images`` as a NumPy array."""
+    if kind is None:
+        raise ValueError(
+            "`kind` is required: the field has no `kind` attribute saying whether "
+            "it predicts eps, x0, the score or the velocity."
+        )
+    if devices is not None and mesh is not None:
+        raise ValueError("`devices` and `mesh` are alternatives: give one of them.")
+    bad = [c for c in claims if c not in CLAIMS]
+    if bad or not claims:
+        raise ValueError(
+            f"`claims` must be a non-empty tuple among {tuple(CLAIMS)}, got {claims!r}."
+        )
+    x = np.asarray(images)
+    if x.ndim < 2 or len(x) < 2:
+        raise ValueError(f"`images` must have shape (N, *sample_shape) with N >= 2, got {x.shape}.")
+    if not np.isfinite(x).all():
+        raise ValueError("`images` holds non-finite values.")
+    return kind, x
+
+
+def _controls(field, kind: Kind, process, x: np.ndarray, untrained, *, key) -> Controls:
+    """Both controls as scores: the exact score of the Gaussian fitted to up to
+    ``GAUSSIAN_FIT_MAX`` of the images ``x``, and ``untrained`` (default: the field's own
+    untrained control, drawn with ``key``)."""
+    fit = x[:GAUSSIAN_FIT_MAX]
+    if untrained is None:
+        pretrained = (
+            field
+            if isinstance(field, AbstractPretrainedField)
+            else CallableField(field, kind, process)
+        )
+        untrained = pretrained.untrained(key=key, sample_shape=tuple(x.shape[1:]))
+    return Controls(
+        gradient=gaussian_fit_score(fit, process),
+        untrained=None
+        if untrained is None
+        else as_field(process, untrained, kind=kind, to="score"),
+        control_name=f"exact score of the Gaussian fitted to {len(fit)} clean images",
+    )
 
 
 def on_torch(field) -> bool:

@@ -17,12 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray
 
-from ..diagnostics import noised_samples, sweep
 from ..diagnostics.kernels import FAMILIES, Circulation
 from ..processes import AbstractProcess
-from ..report import ClaimRow, Measurement, fmt, level_bar
+from ..report import ClaimRow, Measurement, fmt
 from ..typing import Field
-from .claim import AbstractClaim
+from .claim import NO_CONTROLS, AbstractClaim, Controls, noised_levels, sweep_fields
 from .sizes import DiagnoseSizes
 
 
@@ -71,10 +70,8 @@ def measure_circulation(
     ts,
     *,
     key: PRNGKeyArray,
-    gradient: Field | None = None,
-    untrained: Field | None = None,
+    controls: Controls = NO_CONTROLS,
     label: str = "model",
-    control_name: str = "gradient control",
     families: tuple[str, ...] = FAMILIES,
     loop_points: int = 64,
     bridge_steps: int = 1000,
@@ -87,7 +84,9 @@ def measure_circulation(
     """Claim 2 on one score ``field``: its circulation around loops at every level of ``ts``.
 
     The clean samples are noised once per level; each family's loop passes through (or around)
-    every noisy sample, and the controls are integrated around the same loops.
+    every noisy sample, and the controls are integrated around the same loops. Each loop gives
+    the circulation ``I``, ``I_norm`` (of the unit field) and ``I / L`` (per length), which
+    vanish for a gradient up to quadrature error (docs/design.md §1).
 
     Args:
         field: the score field ``(x (*shape), t ()) -> (*shape)``.
@@ -95,11 +94,10 @@ def measure_circulation(
         x0: clean samples, shape ``(n, *shape)`` (vectors or images).
         ts: noise levels, shape ``(L,)``.
         key: noise and loops.
-        gradient: a field known to be a gradient (its circulation is quadrature error), or
-            None.
-        untrained: the same architecture untrained, or None.
+        controls: the fields measured beside ``field`` (:class:`Controls`): a gradient (its
+            circulation is quadrature error), the same architecture untrained, and how the
+            rows name the first.
         label: the field's name in rows and figure names.
-        control_name: how the rows name ``gradient``.
         families: the loop families (:data:`wgfm.diagnostics.kernels.FAMILIES`).
         loop_points: points of the circle and pair-rotation loops.
         bridge_steps: Brownian-bridge steps.
@@ -113,38 +111,27 @@ def measure_circulation(
     Returns:
         A :class:`wgfm.report.Measurement`: a row per family, per family and field the
         per-level medians ``(L,)`` of ``|I|``, ``|I_norm|`` and ``|I / L|``, the figures.
-        Raises ``ValueError`` naming the first non-finite level and sample.
+
+    Raises:
+        ValueError: naming the first non-finite level and sample, or an unknown family.
     """
     k_noise, k_loop = jax.random.split(key)
-    x0 = jnp.asarray(x0)
-    tsj = jnp.asarray(ts, x0.dtype)
-    xs = noised_samples(process, x0, tsj, key=k_noise)
+    x0, tsj, xs = noised_levels(process, x0, ts, key=k_noise)
     pairs = (jnp.broadcast_to(x0, xs.shape), xs)
-    diag = Circulation(
+    kernel = Circulation(
         process, tuple(families), loop_points, bridge_steps, noisy_copies, noisy_points
     )
-    fields = {"trained": field, "untrained": untrained, "oracle score": gradient}
-    fields = {k: f for k, f in fields.items() if f is not None}
-    per_field = {  # the same loops (same key) for every field; (n, L) arrays
-        k: jax.tree.map(
-            lambda v: np.asarray(v).T,
-            sweep(
-                diag,
-                f,
-                pairs,
-                tsj,
-                key=k_loop,
-                mesh=mesh,
-                batch_size=batch_size,
-                checked=False,
-                what="loop circulation values are",
-                progress=level_bar(f"loops, {label}, {k}", x0),
-            ).values,
-        )
-        for k, f in fields.items()
-    }
-    from ..figures import lines_by_level
-
+    per_field = sweep_fields(  # the same loops (same key) for every field; (n, L) arrays
+        kernel,
+        controls.fields(field),
+        pairs,
+        tsj,
+        progress=f"loops, {label}",
+        what="loop circulation values are",
+        key=k_loop,
+        batch_size=batch_size,
+        mesh=mesh,
+    )
     numbers: dict = {"levels": np.asarray(ts)}
     rows, figs = [], {}
     for family in families:
@@ -157,18 +144,25 @@ def measure_circulation(
             }
             for k, v in res.items()
         }
-        rows.append(
-            _row(label, family, {k: np.median(v[2], 0) for k, v in res.items()}, control_name)
-        )
+        per_length = {k: np.median(v[2], 0) for k, v in res.items()}
+        rows.append(_row(label, family, per_length, controls.control_name))
         if family in figures:
-            suffix, caption = CAPTIONS[family]
-            figs[f"circulation_{label}_{suffix}"] = lines_by_level(
-                np.asarray(ts),
-                {k: v[2] for k, v in res.items()},
-                "abs(I / L)",
-                f"Circulation per length, {caption} ({label})",
-            )
+            figs.update(_figure(label, family, np.asarray(ts), res))
     return Measurement(rows, numbers, figs)
+
+
+def _figure(label: str, family: str, ts: np.ndarray, res: dict) -> dict:
+    """``{name: figure}`` of one family's ``|I / L|`` by level, every field's samples ``(n, L)``."""
+    from ..figures import lines_by_level
+
+    suffix, caption = CAPTIONS[family]
+    fig = lines_by_level(
+        ts,
+        {k: v[2] for k, v in res.items()},
+        "abs(I / L)",
+        f"Circulation per length, {caption} ({label})",
+    )
+    return {f"circulation_{label}_{suffix}": fig}
 
 
 def _row(label: str, family: str, med: dict, control_name: str) -> ClaimRow:

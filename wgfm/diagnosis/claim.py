@@ -6,6 +6,8 @@ of one score field beside its controls on the same points, whose rows are its ve
 whose figures are its own. :data:`wgfm.diagnosis.registry.CLAIMS` lists them; the diagnosis,
 the ``wgfm diagnose`` command and the reproduction's claims 1 and 2 iterate that registry, so
 a new diagnostic is one module holding its subclass plus one entry there (docs/design.md §2).
+A measurement takes its points from :func:`noised_levels` and runs its kernel on the field and
+each of its :class:`Controls` with :func:`sweep_fields`, the same points and keys for all.
 """
 
 from __future__ import annotations
@@ -15,27 +17,106 @@ import dataclasses
 from typing import Any
 
 import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, PRNGKeyArray
 
-from ..diagnostics import times_grid
+from ..diagnostics import noised_samples, sweep, times_grid
 from ..processes import AbstractProcess
-from ..report import Measurement
+from ..report import Measurement, level_bar
 from ..typing import Field
 from .sizes import DiagnoseSizes
 
 
 @dataclasses.dataclass(frozen=True)
 class Controls:
-    """The score fields a claim measures beside the diagnosed one, on the same points: a field
-    known to be a gradient on the data's scale (``gradient``, named ``control_name`` in the
-    rows) and the same architecture untrained (``untrained``); either may be None."""
+    """The score fields a claim measures beside the diagnosed one, on the same points; either may
+    be None.
+
+    Attributes:
+        gradient: a field known to be a gradient on the data's scale (the exact score, or
+            :func:`wgfm.diagnostics.controls.gaussian_fit_score`).
+        untrained: the same architecture untrained.
+        control_name: how the rows name ``gradient``.
+    """
 
     gradient: Field | None = None
     untrained: Field | None = None
     control_name: str = "gradient control"
 
+    def fields(self, score: Field) -> dict[str, Field]:
+        """``score`` and the controls given, under their names in the numbers.
+
+        Args:
+            score: the diagnosed score field.
+
+        Returns:
+            ``{"trained": score, "untrained": ..., "oracle score": gradient}``, without the
+            controls that are None.
+        """
+        fields = {"trained": score, "untrained": self.untrained, "oracle score": self.gradient}
+        return {k: f for k, f in fields.items() if f is not None}
+
 
 NO_CONTROLS = Controls()
+
+
+def noised_levels(
+    process: AbstractProcess, x0: Array, ts, *, key: PRNGKeyArray
+) -> tuple[Array, Array, Array]:
+    """The points a claim measures: the clean samples noised once per level.
+
+    Args:
+        process: the forward process.
+        x0: clean samples, shape ``(n, *shape)``.
+        ts: noise levels, shape ``(L,)``.
+        key: the noise.
+
+    Returns:
+        ``(x0, ts, xs)``: ``x0`` as a JAX array, ``ts`` in its dtype and the noisy samples
+        ``xs``, shape ``(L, n, *shape)`` (the same ``x0`` at every level).
+    """
+    x0 = jnp.asarray(x0)
+    ts = jnp.asarray(ts, x0.dtype)
+    return x0, ts, noised_samples(process, x0, ts, key=key)
+
+
+def sweep_fields(
+    kernel, fields: dict[str, Field], points, ts: Array, *, progress: str, what: str, **kwargs
+) -> dict[str, Any]:
+    """One unchecked :func:`wgfm.diagnostics.sweep` of ``kernel`` per field, on the same points
+    with the same ``key`` (the same coordinates, probes and loops for every field).
+
+    Args:
+        kernel: the per-sample measurement (:mod:`wgfm.diagnostics.kernels`).
+        fields: the fields by name (:meth:`Controls.fields`).
+        points: the samples, shape ``(L, n, *shape)``, or a tuple of such arrays.
+        ts: noise levels, shape ``(L,)``.
+        progress: what the progress bar of an image sweep says, before the field's name.
+        what: the values' name in the error naming a non-finite one.
+        **kwargs: :func:`wgfm.diagnostics.sweep`'s ``key``, ``batch_size`` and ``mesh``.
+
+    Returns:
+        Per field the kernel's values (a PyTree), each array samples first, ``(n, L)``.
+    """
+    x = jax.tree.leaves(points)[0]
+    return {
+        k: jax.tree.map(
+            lambda v: np.asarray(v).T,
+            sweep(
+                kernel,
+                f,
+                points,
+                ts,
+                checked=False,
+                what=what,
+                progress=level_bar(f"{progress}, {k}", x[0]),  # x[0]: shaped like x0
+                **kwargs,
+            ).values,
+        )
+        for k, f in fields.items()
+    }
 
 
 class AbstractClaim(eqx.Module):
@@ -50,20 +131,49 @@ class AbstractClaim(eqx.Module):
 
     @abc.abstractmethod
     def num_levels(self, sizes: DiagnoseSizes) -> int:
-        """Noise levels this claim measures at ``sizes``."""
+        """Noise levels this claim measures.
+
+        Args:
+            sizes: the diagnosis's sizes.
+
+        Returns:
+            ``L``, the number of levels (:func:`wgfm.diagnostics.times_grid`'s).
+        """
 
     @abc.abstractmethod
     def num_samples(self, sizes: DiagnoseSizes) -> int:
-        """Clean images per level this claim measures at ``sizes``."""
+        """Clean images per level this claim measures.
+
+        Args:
+            sizes: the diagnosis's sizes.
+
+        Returns:
+            ``n``, the number of clean images.
+        """
 
     @abc.abstractmethod
     def options(self, sizes: DiagnoseSizes) -> dict[str, Any]:
-        """The measurement's keyword arguments that ``sizes`` (and this claim's fields) set."""
+        """The measurement's keyword arguments that ``sizes`` (and this claim's fields) set.
+
+        Args:
+            sizes: the diagnosis's sizes.
+
+        Returns:
+            ``{argument: value}`` for :meth:`measurement`, beyond the shared ones.
+        """
 
     @abc.abstractmethod
     def measurement(self, *args, **kwargs) -> Measurement:
         """The claim's measurement function, ``measure_<name>(field, process, x0, ts, *, key,
-        gradient, untrained, label, control_name, mesh, **options)``."""
+        controls, label, mesh, **options)`` (:func:`wgfm.diagnosis.measure_asymmetry`).
+
+        Args:
+            *args: ``(field, process, x0, ts)``.
+            **kwargs: ``key``, ``controls``, ``label``, ``mesh`` and :meth:`options`.
+
+        Returns:
+            Its :class:`wgfm.report.Measurement`.
+        """
 
     def measure(
         self,
@@ -100,19 +210,31 @@ class AbstractClaim(eqx.Module):
             x0,
             times_grid(process, self.num_levels(sizes)),
             key=key,
-            gradient=controls.gradient,
-            untrained=controls.untrained,
+            controls=controls,
             label=label,
-            control_name=controls.control_name,
             mesh=mesh,
             **self.options(sizes),
         )
 
     def header(self, numbers: dict[str, Any]) -> dict[str, str]:
-        """Report-header lines from this claim's ``numbers`` (default: none)."""
+        """Report-header lines from this claim's numbers (default: none).
+
+        Args:
+            numbers: the ``numbers`` of this claim's measurement.
+
+        Returns:
+            ``{header name: line}``.
+        """
         return {}
 
     def units(self, sizes: DiagnoseSizes) -> int:
-        """Images x levels this claim measures at ``sizes`` (each for the field and its
-        controls): what its run time scales with."""
+        """Images x levels this claim measures (each for the field and its controls): what its run
+        time scales with.
+
+        Args:
+            sizes: the diagnosis's sizes.
+
+        Returns:
+            ``num_levels(sizes) * num_samples(sizes)``.
+        """
         return self.num_levels(sizes) * self.num_samples(sizes)
