@@ -410,7 +410,7 @@ def test_cost_lines_size_a_full_run():
     import dataclasses
 
     from wgfm.diagnosis import FULL, QUICK
-    from wgfm.diagnosis.command import cost_lines
+    from wgfm.diagnosis.shards import cost_lines
 
     sz = dataclasses.replace(QUICK, num_levels=4, num_samples=2, loop_levels=3, loop_samples=1)
     lines = cost_lines(
@@ -471,7 +471,7 @@ class _MeanNorm(AbstractClaim):
 def test_a_claim_is_added_by_its_registry_entry(monkeypatch, tmp_path):
     """The diagnosis names no claim: a new AbstractClaim in CLAIMS is measured, keyed, titled,
     saved and costed like the paper's two, with nothing else changed."""
-    from wgfm.diagnosis.command import cost_lines
+    from wgfm.diagnosis.shards import cost_lines
 
     claim = _MeanNorm()
     monkeypatch.setitem(CLAIMS, claim.key, claim)
@@ -500,8 +500,8 @@ def test_a_claim_is_added_by_its_registry_entry(monkeypatch, tmp_path):
     assert lines["claim 9: seconds per image and level (compilation included)"] == 0.5
 
 
-def test_a_claim_measures_every_field_on_the_same_points_and_keys():
-    from wgfm.diagnosis.claim import Controls, noised_levels, sweep_fields
+def test_a_claim_measures_every_field_on_the_same_points():
+    from wgfm.diagnosis.claim import Controls, claim_fields, noised_points
     from wgfm.diagnostics import noised_samples
 
     def score(x, t):
@@ -510,21 +510,13 @@ def test_a_claim_measures_every_field_on_the_same_points_and_keys():
     def gradient(x, t):
         return -2 * x
 
-    controls = Controls(gradient=gradient)
-    assert controls.fields(score) == {"trained": score, "oracle score": gradient}
-    both = Controls(gradient, score).fields(score)
+    fields = claim_fields(score, Controls(gradient=gradient))
+    assert fields == {"trained": score, "oracle score": gradient}
+    both = claim_fields(score, Controls(gradient, score))
     assert list(both) == ["trained", "untrained", "oracle score"]  # results.json's order
     key, process = jax.random.key(0), wgfm.VP()
-    x0, ts, xs = noised_levels(process, np.ones((3, 2)), [0.1, 0.5], key=key)
-    assert xs.shape == (2, 3, 2) and ts.dtype == x0.dtype
-    np.testing.assert_array_equal(xs, noised_samples(process, x0, ts, key=key))
-
-    def kernel(field, x, t, *, key, checked):  # a field's value and a draw of the key
-        del checked
-        return field(x, t)[0], jax.random.normal(key)
-
-    out = sweep_fields(kernel, both, xs, ts, progress="test", what="values are", key=key)
-    assert out["trained"][0].shape == (3, 2)  # samples first: (n, L)
-    np.testing.assert_array_equal(out["oracle score"][0], 2 * out["trained"][0])
-    for name in ("untrained", "oracle score"):  # the same keys for every field
-        np.testing.assert_array_equal(out[name][1], out["trained"][1])
+    xs, ts = noised_points(process, np.ones((3, 2)), 2, key)
+    assert xs.shape == (2, 3, 2)
+    np.testing.assert_array_equal(ts, times_grid(process, 2))
+    expected = noised_samples(process, jnp.ones((3, 2)), ts, key=jax.random.split(key)[0])
+    np.testing.assert_array_equal(xs, expected)

@@ -49,7 +49,7 @@ def measured_indices(
     Returns:
         Sorted indices, shape ``(n,)``, drawn without replacement from a stream of the claim's.
     """
-    sub = named_key(key, f"x0-{claim.number}")
+    sub = jax.random.fold_in(key, zlib.crc32(f"x0-{claim.number}".encode()))
     return np.sort(np.asarray(jax.random.choice(sub, num_images, (n,), replace=False)))
 
 
@@ -214,7 +214,8 @@ def diagnose(
             images or fewer than a claim measures, non-finite images, or a non-finite value of
             a measurement (naming the level and sample).
     """
-    kind, x = _checked(kind or getattr(field, "kind", None), images, claims, devices, mesh)
+    if devices is not None and mesh is not None:
+        raise ValueError("`devices` and `mesh` are alternatives: give one of them.")
     if devices is not None:
         from ..distributed import make_mesh
 
@@ -222,22 +223,21 @@ def diagnose(
     header = {"devices": device_line(field, mesh)}
     if on_torch(field):
         mesh = None
-    score = as_field(process, field, kind=kind, to="score")
-    controls = _controls(field, kind, process, x, untrained, key=named_key(key, "untrained"))
+    bad = [c for c in claims if c not in CLAIMS]
+    if bad or not claims:
+        raise ValueError(
+            f"`claims` must be a non-empty tuple among {tuple(CLAIMS)}, got {claims!r}."
+        )
+    score, controls, x = prepare(field, process, images, key=key, kind=kind, untrained=untrained)
     measurements = {}
     for claim in (CLAIMS[c] for c in claims):
-        n = claim.num_samples(sizes)
-        if n > len(x):
-            raise ValueError(
-                f"claim {claim.number} needs {n} clean images, `images` holds {len(x)}."
-            )
-        x0 = jnp.asarray(x[measured_indices(key, claim, len(x), n)])
+        x0, claim_key = claim_points(key, claim, x, sizes)
         m = claim.measure(
             score,
             process,
             x0,
             sizes,
-            key=named_key(key, f"claim-{claim.number}"),
+            key=claim_key,
             controls=controls,
             label=label,
             mesh=mesh,
@@ -247,41 +247,25 @@ def diagnose(
     return Diagnosis(label, measurements, header)
 
 
-def named_key(key: PRNGKeyArray, name: str) -> PRNGKeyArray:
-    """The stream of ``key`` named ``name``: one claim run alone draws what it draws in a full
-    diagnosis."""
-    return jax.random.fold_in(key, zlib.crc32(name.encode()))
-
-
-def _checked(
-    kind: Kind | None, images, claims: tuple[str, ...], devices, mesh
-) -> tuple[Kind, np.ndarray]:
-    """:func:`diagnose`'s arguments checked, one ``ValueError`` naming the first bad one;
-    returns the kind and ``images`` as a NumPy array."""
+def prepare(
+    field: Field, process: AbstractProcess, images, *, key: PRNGKeyArray, kind: Kind | None = None,
+    untrained: Field | None = None,
+) -> tuple[Field, Controls, np.ndarray]:  # fmt: skip
+    """What every claim of :func:`diagnose` measures: ``(score, controls, images)``, the
+    field's score, the :class:`wgfm.diagnosis.claim.Controls` beside it and the clean images
+    as a NumPy array (checked). Arguments as :func:`diagnose`'s."""
+    kind = kind or getattr(field, "kind", None)
     if kind is None:
         raise ValueError(
             "`kind` is required: the field has no `kind` attribute saying whether "
             "it predicts eps, x0, the score or the velocity."
-        )
-    if devices is not None and mesh is not None:
-        raise ValueError("`devices` and `mesh` are alternatives: give one of them.")
-    bad = [c for c in claims if c not in CLAIMS]
-    if bad or not claims:
-        raise ValueError(
-            f"`claims` must be a non-empty tuple among {tuple(CLAIMS)}, got {claims!r}."
         )
     x = np.asarray(images)
     if x.ndim < 2 or len(x) < 2:
         raise ValueError(f"`images` must have shape (N, *sample_shape) with N >= 2, got {x.shape}.")
     if not np.isfinite(x).all():
         raise ValueError("`images` holds non-finite values.")
-    return kind, x
-
-
-def _controls(field, kind: Kind, process, x: np.ndarray, untrained, *, key) -> Controls:
-    """Both controls as scores: the exact score of the Gaussian fitted to up to
-    ``GAUSSIAN_FIT_MAX`` of the images ``x``, and ``untrained`` (default: the field's own
-    untrained control, drawn with ``key``)."""
+    score = as_field(process, field, kind=kind, to="score")
     fit = x[:GAUSSIAN_FIT_MAX]
     if untrained is None:
         pretrained = (
@@ -289,14 +273,36 @@ def _controls(field, kind: Kind, process, x: np.ndarray, untrained, *, key) -> C
             if isinstance(field, AbstractPretrainedField)
             else CallableField(field, kind, process)
         )
-        untrained = pretrained.untrained(key=key, sample_shape=tuple(x.shape[1:]))
-    return Controls(
+        untrained = pretrained.untrained(
+            key=derived_key(key, "untrained"), sample_shape=tuple(x.shape[1:])
+        )
+    controls = Controls(
         gradient=gaussian_fit_score(fit, process),
         untrained=None
         if untrained is None
         else as_field(process, untrained, kind=kind, to="score"),
         control_name=f"exact score of the Gaussian fitted to {len(fit)} clean images",
     )
+    return score, controls, x
+
+
+def claim_points(
+    key: PRNGKeyArray, claim: AbstractClaim, images: np.ndarray, sizes: DiagnoseSizes
+) -> tuple[jax.Array, PRNGKeyArray]:
+    """``(x0, claim key)``: the clean images :func:`diagnose` with ``key`` measures in
+    ``claim`` at ``sizes`` (:func:`measured_indices`), and the key of its measurement."""
+    n = claim.num_samples(sizes)
+    if n > len(images):
+        raise ValueError(
+            f"claim {claim.number} needs {n} clean images, `images` holds {len(images)}."
+        )
+    x0 = jnp.asarray(images[measured_indices(key, claim, len(images), n)])
+    return x0, derived_key(key, f"claim-{claim.number}")
+
+
+def derived_key(key: PRNGKeyArray, name: str) -> PRNGKeyArray:
+    """The key :func:`diagnose` derives from ``key`` by ``name``."""
+    return jax.random.fold_in(key, zlib.crc32(name.encode()))
 
 
 def on_torch(field) -> bool:

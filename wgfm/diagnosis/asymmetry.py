@@ -9,21 +9,28 @@ both measure with.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, ClassVar
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray
 
-from ..diagnostics import sweep
+from ..diagnostics import noised_samples, sweep
 from ..diagnostics.adaptive import AdaptiveSubAndProbe
 from ..diagnostics.kernels import ExactAsymmetry, SubAndProbe
 from ..processes import AbstractProcess
-from ..report import ClaimRow, Measurement, fmt
+from ..report import ClaimRow, Measurement, fmt, level_bar
 from ..typing import Field
 from .budget import JacobianChoice, JacobianPolicy
-from .claim import NO_CONTROLS, AbstractClaim, Controls, noised_levels, sweep_fields
+from .claim import (
+    NO_CONTROLS,
+    AbstractClaim,
+    ClaimInputs,
+    Controls,
+    claim_fields,
+    noised_points,
+)
 from .sizes import DiagnoseSizes
 
 
@@ -64,11 +71,55 @@ class JacobianAsymmetry(AbstractClaim):
     def measurement(self, *args, **kwargs) -> Measurement:
         return measure_asymmetry(*args, **kwargs)
 
+    def plan(self, inputs: ClaimInputs) -> dict[str, Any]:
+        x = inputs
+        xs, ts = noised_points(x.process, x.x0, self.num_levels(x.sizes), x.key)
+        fields = claim_fields(x.score, x.controls)
+        policy = self.options(x.sizes)["policy"]
+        return {"jacobian": _choose(policy, x.score, xs, ts, len(fields), x.mesh).numbers()}
+
+    def level_values(self, inputs: ClaimInputs, plan, levels):
+        x = inputs
+        xs, ts = noised_points(x.process, x.x0, self.num_levels(x.sizes), x.key)
+        opts = self.options(x.sizes)
+        for i in levels:
+            yield (
+                i,
+                asymmetry_values(
+                    claim_fields(x.score, x.controls),
+                    xs,
+                    ts,
+                    exact=bool(plan["jacobian"]["exact"]),
+                    key=jax.random.split(x.key)[1],
+                    mesh=x.mesh,
+                    select=[i],
+                    **{k: opts[k] for k in _VALUE_OPTIONS},
+                ),
+            )
+
+    def summarize(self, values, plan, sizes, *, ts, label="model", control_name="", image=True):
+        opts = self.options(sizes)
+        choice = JacobianChoice.from_numbers(plan["jacobian"])
+        rows, numbers, fig = summarize_asymmetry(
+            values,
+            ts,
+            choice,
+            label=label,
+            control_name=control_name,
+            image=image,
+            **{k: opts[k] for k in _VALUE_OPTIONS if k != "batch_size"},
+        )
+        return Measurement(rows, numbers, {f"lambda_{label}": fig})
+
     def header(self, numbers: dict[str, Any]) -> dict[str, str]:
         out = {f"claim {self.number} Jacobians": numbers["jacobian"]["description"]}
         if "adaptive" in numbers:
             out[f"claim {self.number} probes"] = adaptive_line(numbers["adaptive"])
         return out
+
+
+# The options of measure_asymmetry that asymmetry_values reads.
+_VALUE_OPTIONS = ("sub_jacobian_size", "num_probes", "rel_se", "max_probes", "batch_size")
 
 
 def measure_asymmetry(
@@ -134,110 +185,169 @@ def measure_asymmetry(
         ValueError: naming the first non-finite level and sample.
     """
     k_noise, k_sub = jax.random.split(key)
-    x0, tsj, xs = noised_levels(process, x0, ts, key=k_noise)
-    fields = controls.fields(field)
+    x0 = jnp.asarray(x0)
+    tsj = jnp.asarray(ts, x0.dtype)
+    xs = noised_samples(process, x0, tsj, key=k_noise)
+    fields = claim_fields(field, controls)
     choice = _choose(policy or JacobianPolicy(), field, xs, tsj, len(fields), mesh)
-    sweeps = functools.partial(sweep_fields, fields=fields, points=xs, ts=tsj, mesh=mesh)
-    name, image, k = controls.control_name, x0.ndim > 2, sub_jacobian_size
-    if choice.exact:
-        res = sweeps(ExactAsymmetry(), progress=f"Jacobians, {label}", what=_WHAT_EXACT)
-        rows, numbers = _exact_results(res, ts, label, name, image)
-        ylabel = "asymmetry ratio ||J-J^T||/||J||"
-        if estimator_check:
-            k = min(k, int(np.prod(x0.shape[1:])))
-            lam = res["trained"][0]
-            rows.append(
-                _estimators_agree(label, field, xs, tsj, lam, k_sub, numbers, k, num_probes)
-            )
-    else:
-        kernel = _probe_kernel(k, num_probes, rel_se, max_probes)
-        res = sweeps(
-            kernel,
-            progress=f"sub-Jacobians, {label}",
-            what=_WHAT_PROBES,
-            key=k_sub,
-            batch_size=batch_size,
+    opts: dict[str, Any] = dict(
+        sub_jacobian_size=sub_jacobian_size,
+        num_probes=num_probes,
+        rel_se=rel_se,
+        max_probes=max_probes,
+    )
+    res = asymmetry_values(
+        fields,
+        xs,
+        tsj,
+        exact=choice.exact,
+        key=k_sub,
+        batch_size=batch_size,
+        mesh=mesh,
+        label=label,
+        **opts,
+    )
+    rows, numbers, fig = summarize_asymmetry(
+        res,
+        np.asarray(ts),
+        choice,
+        label=label,
+        control_name=controls.control_name,
+        image=x0.ndim > 2,
+        **opts,
+    )
+    if choice.exact and estimator_check:
+        k = min(sub_jacobian_size, int(np.prod(x0.shape[1:])))
+        lam = res["trained"][0]
+        rows.append(_estimators_agree(label, field, xs, tsj, lam, k_sub, numbers, k, num_probes))
+    if not choice.exact and exact_samples > 0:
+        rows.append(
+            _exact_subset(label, field, xs[:, :exact_samples], tsj, res["trained"], numbers)
         )
-        rows, numbers = _probe_results(
-            res, ts, label, name, image, num_probes, rel_se, max_probes, k
-        )
-        ylabel = f"{k}x{k} sub-Jacobian asymmetry ratio"
-        if exact_samples > 0:
-            subset = xs[:, :exact_samples]
-            rows.append(_exact_subset(label, field, subset, tsj, res["trained"], numbers))
-    from ..figures import boxplot_by_level
-
-    lam = {f: v[0] for f, v in res.items()}  # (n, L) each
-    fig = boxplot_by_level(np.asarray(ts), lam, ylabel, f"Differential constraint ({label})")
-    numbers["jacobian"] = choice.numbers()
+    numbers["jacobian"] = numbers.pop("jacobian")  # last, as results.json has always had it
     return Measurement(rows, numbers, {f"lambda_{label}": fig})
 
 
-_WHAT_EXACT = "Jacobian asymmetry values are"
-_WHAT_PROBES = "sub-Jacobian or probe asymmetry values are"
-
-
 def _choose(policy: JacobianPolicy, field, xs, ts, num_fields: int, mesh) -> JacobianChoice:
-    """``policy``'s choice for every Jacobian of the sweeps, timed at the middle level's first
-    sample. Controls cost no more than the trained field (the same architecture, or a
-    Gaussian's linear score): it is timed alone and every field's Jacobians counted at its
-    price."""
+    """``policy``'s choice for every field's Jacobians at the points ``xs`` ``(L, n, ...)``,
+    timed (if at all) at the middle level's first sample."""
     devices = 1 if mesh is None else int(mesh.devices.size)
+    # Controls cost no more than the trained field (the same architecture, or a Gaussian's
+    # linear score): time it alone and count every field's Jacobians at its price.
     count = -(-xs.shape[1] // devices) * len(ts) * num_fields
     mid = len(ts) // 2
     return policy.choose(field, xs[mid, 0], ts[mid], count=count)
 
 
-def _probe_kernel(k: int, num_probes: int, rel_se: float | None, max_probes: int):
-    """The probe path's kernel: fixed probes, or rounds of them until ``rel_se``."""
-    if rel_se is None:
-        return SubAndProbe(k, num_probes)
-    return AdaptiveSubAndProbe(k, rel_se, max_probes, num_probes)
-
-
-def _exact_results(res: dict, ts, label: str, control_name: str, image: bool):
-    """Rows and numbers of the exact path from each field's ``(lambda, NAsym)``, ``(n, L)``."""
-    med = {k: np.median(v[0], axis=0) for k, v in res.items()}
-    rows = _rows(label, med, "lambda", control_name, image=image)
-    numbers = {
-        "levels": np.asarray(ts),
-        "median_ratio": med,
-        "median_nasym": {k: np.median(v[1], axis=0) for k, v in res.items()},
+def asymmetry_values(
+    fields: dict[str, Field],
+    xs: Array,
+    ts: Array,
+    *,
+    exact: bool,
+    key: PRNGKeyArray,
+    sub_jacobian_size: int,
+    num_probes: int,
+    rel_se: float | None,
+    max_probes: int,
+    batch_size: int,
+    mesh=None,
+    select=None,
+    label: str = "model",
+) -> dict[str, tuple[np.ndarray, ...]]:
+    """Claim 1's per-sample values of each field at the points ``xs`` ``(L, n, ...)``: exact
+    ``(lambda, NAsym)``, or the sub-Jacobian ratio, the probe ratio and its s.e. (and with
+    ``rel_se`` the passes and effective rank), each ``(n, L)`` (``(n, len(select))`` at the
+    levels ``select`` only, as :func:`wgfm.diagnostics.sweep` takes it). ``key``: the
+    sub-Jacobian coordinates and probes, the same for every field."""
+    if exact:
+        diag, what, bar, bs = ExactAsymmetry(), "Jacobian asymmetry values are", "Jacobians", None
+    else:
+        diag = (
+            SubAndProbe(sub_jacobian_size, num_probes)
+            if rel_se is None
+            else AdaptiveSubAndProbe(sub_jacobian_size, rel_se, max_probes, num_probes)
+        )
+        what, bar, bs = "sub-Jacobian or probe asymmetry values are", "sub-Jacobians", batch_size
+    return {
+        k: _values(
+            sweep(
+                diag,
+                f,
+                xs,
+                ts,
+                key=None if exact else key,
+                mesh=mesh,
+                batch_size=bs,
+                checked=False,
+                what=what,
+                progress=None if select is not None else level_bar(f"{bar}, {label}, {k}", xs[0]),
+                select=select,
+            )
+        )
+        for k, f in fields.items()
     }
-    return rows, numbers
 
 
-def _probe_results(
-    res: dict, ts, label, control_name, image, num_probes, rel_se, max_probes, k: int
-):
-    """Rows and numbers of the probe path from each field's sub-Jacobian ratio, probe estimate
-    and its s.e. (and, adaptive, passes and effective rank), each ``(n, L)``: the verdicts
-    read the probe estimate, the sub-Jacobian ratio is the certificate."""
-    med = {name: np.median(v[0], axis=0) for name, v in res.items()}
-    probe = {name: np.median(v[1], axis=0) for name, v in res.items()}
-    probe_se = {name: np.median(v[2], axis=0) for name, v in res.items()}
-    how = (
-        f"{num_probes}-probe estimate"
-        if rel_se is None
-        else f"probes until a {100 * rel_se:g}% s.e., at most {max_probes}"
-    )
-    headline = (f"full-dimension lambda ({how})", probe, probe_se)
-    what = f"{k}x{k} sub-Jacobian lambda"
-    rows = _rows(label, med, what, control_name, image=image, headline=headline)
-    numbers = {
-        "levels": np.asarray(ts),
-        "sub_jacobian_size": k,
-        "num_probes": num_probes,
-        "median_sub_ratio": med,
-        "median_probe_ratio": probe,
-        "median_probe_ratio_se": probe_se,
-        "probes_for_10pct_se": {
-            name: probes_for(_probes_used(v, num_probes), v[1], v[2]) for name, v in res.items()
-        },
-    }
-    if rel_se is not None:
-        numbers["adaptive"] = adaptive_numbers(res, rel_se, max_probes, num_probes)
-    return rows, numbers
+def summarize_asymmetry(
+    res: dict[str, tuple[np.ndarray, ...]],
+    ts: np.ndarray,
+    choice: JacobianChoice,
+    *,
+    label: str,
+    control_name: str,
+    image: bool,
+    sub_jacobian_size: int,
+    num_probes: int,
+    rel_se: float | None,
+    max_probes: int,
+) -> tuple[list[ClaimRow], dict, Any]:
+    """Claim 1's rows, numbers (per-level medians; ``numbers["jacobian"]`` the choice) and
+    figure from :func:`asymmetry_values` ``res`` at every level of ``ts`` ``(L,)``."""
+    exact = choice.exact
+    lam = {k: v[0] for k, v in res.items()}  # (n, L) each
+    med = {k: np.median(v, axis=0) for k, v in lam.items()}
+    k = sub_jacobian_size
+    ylabel = "asymmetry ratio ||J-J^T||/||J||" if exact else f"{k}x{k} sub-Jacobian asymmetry ratio"
+    from ..figures import boxplot_by_level
+
+    fig = boxplot_by_level(np.asarray(ts), lam, ylabel, f"Differential constraint ({label})")
+    if exact:
+        what = "lambda"
+        rows = _rows(label, med, what, control_name, image=image)
+        numbers = {
+            "levels": np.asarray(ts),
+            "median_ratio": med,
+            "median_nasym": {k: np.median(v[1], axis=0) for k, v in res.items()},
+        }
+    else:  # the probe estimate is the full-dimension number; sub-Jacobians certify
+        what = f"{k}x{k} sub-Jacobian lambda"
+        how = (
+            f"{num_probes}-probe estimate"
+            if rel_se is None
+            else f"probes until a {100 * rel_se:g}% s.e., at most {max_probes}"
+        )
+        headline = (
+            f"full-dimension lambda ({how})",
+            {k: np.median(v[1], axis=0) for k, v in res.items()},
+            {k: np.median(v[2], axis=0) for k, v in res.items()},
+        )
+        rows = _rows(label, med, what, control_name, image=image, headline=headline)
+        numbers = {
+            "levels": np.asarray(ts),
+            "sub_jacobian_size": sub_jacobian_size,
+            "num_probes": num_probes,
+            "median_sub_ratio": med,
+            "median_probe_ratio": headline[1],
+            "median_probe_ratio_se": headline[2],
+            "probes_for_10pct_se": {
+                k: probes_for(_probes_used(v, num_probes), v[1], v[2]) for k, v in res.items()
+            },
+        }
+        if rel_se is not None:
+            numbers["adaptive"] = adaptive_numbers(res, rel_se, max_probes, num_probes)
+    numbers["jacobian"] = choice.numbers()
+    return rows, numbers, fig
 
 
 def headline_lambda(numbers: dict) -> tuple[np.ndarray, np.ndarray, str]:
@@ -512,7 +622,7 @@ def _estimators_agree(
         key=key,
         batch_size=16,
         checked=False,
-        what=_WHAT_PROBES,
+        what="sub-Jacobian or probe asymmetry values are",
     )
     sub, probe = _values(out)[:2]
     return _agreement(label, sub, probe, exact[:n], numbers, k, f"{n} per level")

@@ -6,14 +6,13 @@ of one score field beside its controls on the same points, whose rows are its ve
 whose figures are its own. :data:`wgfm.diagnosis.registry.CLAIMS` lists them; the diagnosis,
 the ``wgfm diagnose`` command and the reproduction's claims 1 and 2 iterate that registry, so
 a new diagnostic is one module holding its subclass plus one entry there (docs/design.md §2).
-A measurement takes its points from :func:`noised_levels` and runs its kernel on the field and
-each of its :class:`Controls` with :func:`sweep_fields`, the same points and keys for all.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import equinox as eqx
@@ -22,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray
 
-from ..diagnostics import noised_samples, sweep, times_grid
+from ..diagnostics import noised_samples, times_grid
 from ..processes import AbstractProcess
-from ..report import Measurement, level_bar
+from ..report import Measurement
 from ..typing import Field
 from .sizes import DiagnoseSizes
 
@@ -45,78 +44,43 @@ class Controls:
     untrained: Field | None = None
     control_name: str = "gradient control"
 
-    def fields(self, score: Field) -> dict[str, Field]:
-        """``score`` and the controls given, under their names in the numbers.
-
-        Args:
-            score: the diagnosed score field.
-
-        Returns:
-            ``{"trained": score, "untrained": ..., "oracle score": gradient}``, without the
-            controls that are None.
-        """
-        fields = {"trained": score, "untrained": self.untrained, "oracle score": self.gradient}
-        return {k: f for k, f in fields.items() if f is not None}
-
 
 NO_CONTROLS = Controls()
 
 
-def noised_levels(
-    process: AbstractProcess, x0: Array, ts, *, key: PRNGKeyArray
-) -> tuple[Array, Array, Array]:
-    """The points a claim measures: the clean samples noised once per level.
+@dataclasses.dataclass(frozen=True)
+class ClaimInputs:
+    """What a claim is measured on, as :meth:`AbstractClaim.measure` takes it: the score field
+    ``(x (*shape), t ()) -> (*shape)``, its forward process, the clean samples ``x0``
+    ``(num_samples(sizes), *shape)``, the sizes, the claim's key, the controls and a
+    ``jax.sharding.Mesh`` splitting the samples over its devices (or None)."""
 
-    Args:
-        process: the forward process.
-        x0: clean samples, shape ``(n, *shape)``.
-        ts: noise levels, shape ``(L,)``.
-        key: the noise.
+    score: Field
+    process: AbstractProcess
+    x0: Array
+    sizes: DiagnoseSizes
+    key: PRNGKeyArray
+    controls: Controls = NO_CONTROLS
+    mesh: Any = None
 
-    Returns:
-        ``(x0, ts, xs)``: ``x0`` as a JAX array, ``ts`` in its dtype and the noisy samples
-        ``xs``, shape ``(L, n, *shape)`` (the same ``x0`` at every level).
-    """
+
+def noised_points(
+    process: AbstractProcess, x0: Array, num_levels: int, key: PRNGKeyArray
+) -> tuple[Array, Array]:
+    """``(xs (L, n, ...), ts (L,))``: the noised copies of ``x0`` that a claim's measurement
+    with ``key`` draws (from the first half of ``jax.random.split(key)``) at
+    :func:`wgfm.diagnostics.times_grid`'s ``num_levels`` levels of ``process``."""
     x0 = jnp.asarray(x0)
-    ts = jnp.asarray(ts, x0.dtype)
-    return x0, ts, noised_samples(process, x0, ts, key=key)
+    ts = jnp.asarray(times_grid(process, num_levels), x0.dtype)
+    return noised_samples(process, x0, ts, key=jax.random.split(key)[0]), ts
 
 
-def sweep_fields(
-    kernel, fields: dict[str, Field], points, ts: Array, *, progress: str, what: str, **kwargs
-) -> dict[str, Any]:
-    """One unchecked :func:`wgfm.diagnostics.sweep` of ``kernel`` per field, on the same points
-    with the same ``key`` (the same coordinates, probes and loops for every field).
-
-    Args:
-        kernel: the per-sample measurement (:mod:`wgfm.diagnostics.kernels`).
-        fields: the fields by name (:meth:`Controls.fields`).
-        points: the samples, shape ``(L, n, *shape)``, or a tuple of such arrays.
-        ts: noise levels, shape ``(L,)``.
-        progress: what the progress bar of an image sweep says, before the field's name.
-        what: the values' name in the error naming a non-finite one.
-        **kwargs: :func:`wgfm.diagnostics.sweep`'s ``key``, ``batch_size`` and ``mesh``.
-
-    Returns:
-        Per field the kernel's values (a PyTree), each array samples first, ``(n, L)``.
-    """
-    x = jax.tree.leaves(points)[0]
-    return {
-        k: jax.tree.map(
-            lambda v: np.asarray(v).T,
-            sweep(
-                kernel,
-                f,
-                points,
-                ts,
-                checked=False,
-                what=what,
-                progress=level_bar(f"{progress}, {k}", x[0]),  # x[0]: shaped like x0
-                **kwargs,
-            ).values,
-        )
-        for k, f in fields.items()
-    }
+def claim_fields(score: Field, controls: Controls) -> dict[str, Field]:
+    """The fields a claim measures on the same points, by their names in its numbers:
+    ``"trained"`` (``score``), ``"untrained"`` and ``"oracle score"`` (the gradient control)
+    where given."""
+    fields = {"trained": score, "untrained": controls.untrained, "oracle score": controls.gradient}
+    return {k: f for k, f in fields.items() if f is not None}
 
 
 class AbstractClaim(eqx.Module):
@@ -215,6 +179,65 @@ class AbstractClaim(eqx.Module):
             mesh=mesh,
             **self.options(sizes),
         )
+
+    def plan(self, inputs: ClaimInputs) -> dict[str, Any]:
+        """The choices made once per run before any level is measured, as JSON values (claim 1:
+        exact Jacobians or probes, from a timed JVP). A run split over processes makes them once and
+        every process reads them back, so all levels are measured alike.
+
+        Args:
+            inputs: what the claim is measured on (:class:`ClaimInputs`).
+
+        Returns:
+            ``{name: JSON value}`` (default: none).
+        """
+        return {}
+
+    def level_values(
+        self, inputs: ClaimInputs, plan: dict[str, Any], levels: Sequence[int]
+    ) -> Iterator[tuple[int, Any]]:
+        """The claim's per-sample values one level at a time. The noise, loops and probes of a level
+        are those :meth:`measure` draws for it, so :meth:`summarize` of all levels' values is the
+        whole claim; ``wgfm diagnose --shard`` measures its levels this way.
+
+        Args:
+            inputs: what the claim is measured on (:class:`ClaimInputs`).
+            plan: :meth:`plan`'s choices.
+            levels: indices into the claim's grid of ``num_levels(sizes)`` levels.
+
+        Returns:
+            An iterator of ``(level, values)``, ``values`` a PyTree (dicts and tuples) of arrays
+            ``(num_samples(sizes), 1)``.
+        """
+        raise NotImplementedError(f"claim {self.number} is not measured level by level.")
+
+    def summarize(
+        self,
+        values: Any,
+        plan: dict[str, Any],
+        sizes: DiagnoseSizes,
+        *,
+        ts: np.ndarray,
+        label: str = "model",
+        control_name: str = "gradient control",
+        image: bool = True,
+    ) -> Measurement:
+        """The claim's measurement from every level's :meth:`level_values`.
+
+        Args:
+            values: the levels' values, their arrays joined along the level axis,
+                ``(num_samples, L)``.
+            plan: :meth:`plan`'s choices.
+            sizes: the diagnosis's sizes.
+            ts: the levels, shape ``(L,)``.
+            label: the field's name in rows and figure names.
+            control_name: how the rows name the gradient control.
+            image: whether the samples were images.
+
+        Returns:
+            The :class:`wgfm.report.Measurement`, as :meth:`measure` returns it.
+        """
+        raise NotImplementedError(f"claim {self.number} is not measured level by level.")
 
     def header(self, numbers: dict[str, Any]) -> dict[str, str]:
         """Report-header lines from this claim's numbers (default: none).

@@ -173,6 +173,7 @@ def sweep(
     checked: bool = True,
     what: str = "diagnostic values are",
     progress: str | None = None,
+    select: Sequence[int] | None = None,
 ) -> SweepResult:
     """One compiled evaluation of ``diagnostic(field, x, t)`` on every sample ``xs[i, n]`` at
     ``ts[i]`` (module docstring).
@@ -199,19 +200,31 @@ def sweep(
         progress: a label: the levels then run one call each behind a tqdm bar, for sweeps that
             take minutes (one program for a single level, compiled once; the same values up to
             float32 rounding, as XLA may fuse the two programs differently).
+        select: time indices: only those rows of the grid are evaluated, with the keys the
+            whole grid would give them (one level of a sweep split over processes, ``wgfm
+            diagnose --shard``); ``ts`` and the values then have ``len(select)`` rows.
 
     Returns:
         The :class:`SweepResult`: values ``(T, n, ...)``, their means and quantiles by time.
 
     Raises:
-        ValueError: an unknown diagnostic, mismatched shapes, ``batch_size < 1``, or a
-            non-finite value (naming the first time index and sample).
+        ValueError: an unknown diagnostic, mismatched shapes, ``batch_size < 1``, ``select``
+            outside the grid, or a non-finite value (naming the first time index and sample).
     """
     diag = _resolve(diagnostic)
     ts = jnp.asarray(ts)
     xs = jax.tree_util.tree_map(jnp.asarray, xs)
     _check_shapes(xs, ts, batch_size)
     keys = None if key is None else jax.random.split(key, ts.shape[0])
+    if select is not None:
+        idx = np.asarray(select, int)
+        if idx.ndim != 1 or not np.all((idx >= 0) & (idx < ts.shape[0])):
+            raise ValueError(
+                f"`select` must be time indices in [0, {ts.shape[0]}), got {list(select)!r}."
+            )
+        xs = jax.tree_util.tree_map(lambda a: a[idx], xs)
+        ts = ts[idx]
+        keys = None if keys is None else keys[idx]
     try:
         if mesh is None:
             bs = None if batch_size is None else int(batch_size)
