@@ -23,14 +23,7 @@ from ..processes import AbstractProcess
 from ..report import ClaimRow, Measurement, fmt, level_bar
 from ..typing import Field
 from .budget import JacobianChoice, JacobianPolicy
-from .claim import (
-    NO_CONTROLS,
-    AbstractClaim,
-    ClaimInputs,
-    Controls,
-    claim_fields,
-    noised_points,
-)
+from .claim import NO_CONTROLS, AbstractClaim, ClaimInputs, Controls, claim_fields, noised_points
 from .sizes import DiagnoseSizes
 
 

@@ -22,14 +22,7 @@ from ..diagnostics.kernels import FAMILIES, Circulation
 from ..processes import AbstractProcess
 from ..report import ClaimRow, Measurement, fmt, level_bar
 from ..typing import Field
-from .claim import (
-    NO_CONTROLS,
-    AbstractClaim,
-    ClaimInputs,
-    Controls,
-    claim_fields,
-    noised_points,
-)
+from .claim import NO_CONTROLS, AbstractClaim, ClaimInputs, Controls, claim_fields, noised_points
 from .sizes import DiagnoseSizes
 
 
