@@ -5,6 +5,7 @@ variables name the share."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -123,6 +124,10 @@ def test_a_level_of_another_run_is_refused(single, tmp_path):
     before = _snapshot(out)
     with pytest.raises(ValueError, match=r"integral level-000.npz .* another run"):
         shards.merge(out)
+    # a process of another run (here another seed) is refused before it writes anything
+    other = dataclasses.replace(worker.config(out, "1/2"), seed=1)
+    with pytest.raises(ValueError, match="other settings \\(seed differ\\)"):
+        run(other, sizes=worker.SIZES)
     assert _snapshot(out) == before
 
 
@@ -149,7 +154,7 @@ def test_shard_from_the_launchers_environment():
         shard_from_env({"SLURM_ARRAY_TASK_ID": "1"})
 
 
-def test_parse_shard_and_levels():
+def test_parse_shard_and_levels(tmp_path, capsys):
     assert parse_shard("1/3") == (1, 3)
     for bad in ("3/3", "-1/2", "1", "a/b", "0/0"):
         with pytest.raises(ValueError, match="`--shard` must be I/N"):
@@ -158,6 +163,15 @@ def test_parse_shard_and_levels():
     parts = [levels_of(i, 3, 10) for i in range(3)]
     assert sorted(sum(parts, [])) == list(range(10)) and parts[1] == [1, 4, 7]
     assert np.all([levels_of(i, 12, 10) == ([i] if i < 10 else []) for i in range(12)])
+    # the command's one-line errors
+    assert cli.main(["diagnose", "--model", "pkg.mod:fn", "--shard", "2/2"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "wgfm diagnose: `--shard` must be I/N with 0 <= I < N (e.g. 0/4), got '2/2'."
+    )
+    assert cli.main(["diagnose", "--merge", str(tmp_path)]) == 2
+    assert "holds no wgfm diagnose run" in capsys.readouterr().err
+    assert cli.main(["diagnose", "--out", str(tmp_path)]) == 2
+    assert "`--model` is required (or `--merge OUT`" in capsys.readouterr().err
 
 
 def test_sweep_select_gives_the_full_sweeps_rows():
@@ -185,8 +199,6 @@ def test_sweep_select_gives_the_full_sweeps_rows():
 def test_levels_measured_one_by_one_are_the_claims_measurement():
     """What a process measures (a claim's plan, then its levels one at a time, summarized) is
     the library's claim.measure on the same points: the probe path's keys and the loops'."""
-    import dataclasses
-
     import jax
 
     from wgfm.diagnosis import CLAIMS
