@@ -10,7 +10,7 @@ import json
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,32 @@ def record(
         "repeats": repeats,
         "extra": extra,
     }
+
+
+def side_rows(
+    benchmark: str,
+    case: str,
+    times: dict[str, list[float]],
+    repeats: int,
+    extras: Mapping[str, dict],
+    compile_s: Mapping[str, float | None] | None = None,
+) -> list[dict]:
+    """One :func:`record` per side of an interleaved comparison (``times``: each side's round
+    times), in its order: the median of its rounds, its compile seconds (``compile_s``, where
+    known) and its ``extras``."""
+    compile_s = compile_s or {}
+    return [
+        record(
+            benchmark,
+            case,
+            name,
+            compile_s=compile_s.get(name),
+            median_s=statistics.median(ts),
+            repeats=repeats,
+            **extras.get(name, {}),
+        )
+        for name, ts in times.items()
+    ]
 
 
 def machine_info() -> dict:
