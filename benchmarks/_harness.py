@@ -128,6 +128,15 @@ def write_results(records: list[dict], out_dir: Path, name: str = "benchmarks") 
     return path
 
 
+def write_payload(path: Path, payload: dict) -> int:
+    """Write a standalone script's run (``payload``: machine, run, settings, records) as JSON
+    to ``path`` and say so; returns the script's exit status, 0."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
 def markdown_table(records: list[dict], machine: dict) -> str:
     head = (
         f"Measured on {machine['platform']} ({machine['device_kind']}), jax {machine['jax']}.\n\n"

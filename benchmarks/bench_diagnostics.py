@@ -24,6 +24,7 @@ from wgfm.diagnostics.jacobian import (
     sub_jacobian,
 )
 
+from ._compare import mlp_jax
 from ._harness import record, time_jitted, write_results
 
 BENCH = "diagnostics"
@@ -38,15 +39,7 @@ def mlp_field(dim: int, key):
         (jax.random.normal(k, (a, b), jnp.float32) / jnp.sqrt(a), jnp.zeros(b, jnp.float32))
         for k, a, b in zip(keys, sizes[:-1], sizes[1:], strict=True)
     ]
-
-    def field(x, t):
-        h = jnp.concatenate([x, jnp.reshape(t, (1,)).astype(x.dtype)])
-        for w, b in params[:-1]:
-            h = jax.nn.silu(h @ w + b)
-        w, b = params[-1]
-        return h @ w + b
-
-    return field
+    return mlp_jax(params)
 
 
 def _row(case, impl, fn, args, repeats, batch, **extra):

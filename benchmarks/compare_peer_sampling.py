@@ -33,6 +33,7 @@ from ._summary import DEFAULT_SOLVER
 BENCH = "peer_sampling"
 TOL = 1e-5
 AGREE = 1e-3  # relative to 1 + max |x|: float32 solves at tolerance 1e-5 differ by ~1e-5..1e-4
+BARE = "bare jit field eval"
 SOLVERS = {"Dopri5": diffrax.Dopri5, "Tsit5": diffrax.Tsit5, "Bosh3": diffrax.Bosh3}
 
 
@@ -155,26 +156,16 @@ def run_case(
     bare = jax.jit(jax.vmap(field, in_axes=(0, None)))
     tt = jnp.float32(0.5)
     block(bare(xj, tt))
-    sides["bare jit field eval"] = lambda: block(bare(xj, tt))
+    sides[BARE] = lambda: block(bare(xj, tt))
     peers, counts, extras = ({}, {}, {}) if torch is None else peer_sides(torch, params, x0, tiny)
     for fn in peers.values():
         fn()  # warm-up (first-call allocations)
     times = interleaved({**sides, **peers}, repeats)
     med = {k: float(np.median(v)) for k, v in times.items()}
-    eval_s = med["bare jit field eval"]
+    eval_s = med[BARE]
     gflops = C.mlp_flops(dim) * n / eval_s / 1e9
-    rows = [
-        record(
-            BENCH,
-            case,
-            "bare jit field eval",
-            compile_s=None,
-            median_s=eval_s,
-            repeats=repeats,
-            field_gflops=gflops,
-            field_frac_of_peak=gflops / peak,
-        )
-    ]
+    rate = {"field_gflops": gflops, "field_frac_of_peak": gflops / peak}
+    rows = [record(BENCH, case, BARE, compile_s=None, median_s=eval_s, repeats=repeats, **rate)]
     outs = {}
     default = f"wgfm sample_ode {DEFAULT_SOLVER}"
     for name in solvers:
