@@ -129,11 +129,14 @@ def torch_compile(torch, fn, *, tiny: bool = False):
     return torch.compile(fn, backend="eager" if tiny else "inductor")
 
 
-def compiled_side(what: str, name: str, call: Callable[[], Any]) -> float | None:
+def compiled_side(
+    what: str, name: str, call: Callable[[], Any], errors: dict[str, str] | None = None
+) -> float | None:
     """Build a ``torch.compile``-d side by calling it twice: its compile seconds (the first
     call's excess over the second), or ``None`` with the error printed (``[what] name
-    unavailable here: ...``) when it cannot build here (no C++ toolchain, an op inductor
-    lacks, ...); the caller then leaves the side out."""
+    unavailable here: ...``) and kept in ``errors[name]`` when it cannot build here (no C++
+    toolchain, an op inductor lacks, ...); the caller then leaves the side out and records
+    the error in the row of its eager form (``torch_compile_error``)."""
     try:
         t0 = time.perf_counter()
         call()
@@ -142,9 +145,10 @@ def compiled_side(what: str, name: str, call: Callable[[], Any]) -> float | None
         call()
         return max(first - (time.perf_counter() - t0), 0.0)
     except Exception as err:
-        print(
-            f"[{what}] {name} unavailable here: {type(err).__name__}: {err}"[:300], file=sys.stderr
-        )
+        msg = f"{type(err).__name__}: {err}"[:300]
+        print(f"[{what}] {name} unavailable here: {msg}", file=sys.stderr)
+        if errors is not None:
+            errors[name] = msg
         return None
 
 

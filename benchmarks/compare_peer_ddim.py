@@ -82,13 +82,16 @@ def peer_sides(torch, params, x0: np.ndarray, tiny: bool) -> tuple[dict, dict]:
     loop, bare = diffusers_loop(torch, params, x0)
     threads = C.threads_extra(*C.best_threads(torch, loop))
     sides = {LOOP: loop, "torch net alone, 50 calls": bare}
-    extras = {LOOP: dict(threads)}
+    extras: dict[str, dict] = {LOOP: dict(threads)}
     wrap = lambda net: C.torch_compile(torch, net, tiny=tiny)  # noqa: E731
     cloop, _ = diffusers_loop(torch, params, x0, wrap)
-    compile_s = C.compiled_side(BENCH, COMPILED, cloop)
+    errors: dict[str, str] = {}
+    compile_s = C.compiled_side(BENCH, COMPILED, cloop, errors)
     if compile_s is not None:
         sides[COMPILED] = cloop
         extras[COMPILED] = threads | {"torch_compile_s": compile_s}
+    else:
+        extras[LOOP]["torch_compile_error"] = errors[COMPILED]
     return sides, extras
 
 

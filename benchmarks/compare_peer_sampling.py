@@ -126,11 +126,14 @@ def peer_sides(torch, params, x0: np.ndarray, tiny: bool):
     extras: dict[str, dict] = {name: dict(threads) for name in sides}
     wrap = lambda net: C.torch_compile(torch, net, tiny=tiny)  # noqa: E731
     compiled, ccount = torch_sides(torch, params, x0, TOL, wrap, COMPILED)
+    errors: dict[str, str] = {}
     for name, fn in compiled.items():
-        compile_s = C.compiled_side(BENCH, name, fn)
+        compile_s = C.compiled_side(BENCH, name, fn, errors)
         if compile_s is not None:
             sides[name], counts[name] = fn, ccount
             extras[name] = threads | {"torch_compile_s": compile_s}
+    for name, err in errors.items():
+        extras[name.removesuffix(COMPILED)]["torch_compile_error"] = err
     return sides, counts, extras
 
 

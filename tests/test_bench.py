@@ -302,10 +302,12 @@ def test_compiled_side_times_a_build_or_leaves_it_out(capsys):
     def broken():
         raise RuntimeError("inductor cannot build this")
 
-    assert compiled_side("b", "side", broken) is None
+    errors = {}
+    assert compiled_side("b", "side", broken, errors) is None
     assert (
         "[b] side unavailable here: RuntimeError: inductor cannot build" in capsys.readouterr().err
     )
+    assert errors == {"side": "RuntimeError: inductor cannot build this"}  # for the eager row
 
 
 def test_sampling_target_reads_each_peers_fastest_formulation():
