@@ -21,16 +21,24 @@ import jax
 from rich.console import Console
 from tqdm.auto import tqdm
 
+from ..diagnostics.gaussian_fit import fit_sample_cap
 from ..interop.load import is_callable_spec, load_model, model_fingerprint, model_name
 from . import outdir, sources, spaces
-from .api import GAUSSIAN_FIT_MAX, Diagnosis, device_line, diagnose, measured_indices
+from .api import Diagnosis, device_line, diagnose, measured_indices
 from .asymmetry import JacobianAsymmetry
 from .config import DiagnoseConfig
+from .plan import plan_header
 from .registry import CLAIMS
 from .sizes import FULL, DiagnoseSizes
 
 
-def run(config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None, mesh=None) -> Diagnosis:
+def run(
+    config: DiagnoseConfig,
+    *,
+    sizes: DiagnoseSizes | None = None,
+    mesh=None,
+    plan: bool | None = None,
+) -> Diagnosis:
     """Diagnose ``config.model`` into ``config.out`` (REPORT.md, results.json, figures/).
 
     Args:
@@ -38,6 +46,9 @@ def run(config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None, mesh=None
         sizes: overrides the mode's sizes (tests); ``config.jacobians`` still applies.
         mesh: a ``jax.sharding.Mesh`` (:func:`wgfm.distributed.setup_devices`) splitting the
             images over its devices.
+        plan: time the model's passes and write the plan of every preset into the header
+            (:func:`wgfm.diagnosis.plan.plan_header`: compiles a forward pass, a JVP and a
+            VJP); default: unless ``sizes`` overrides the preset's.
 
     Returns:
         The :class:`wgfm.diagnosis.Diagnosis` written.
@@ -139,14 +150,14 @@ def run(config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None, mesh=None
             rows.append(spaces.pixel_vs_latent(m.numbers, config.pixel_run))
         d.measurements[title] = dataclasses.replace(m, rows=rows, figures=figures)
     header = {
-        "mode": ("quick" if config.quick else "full") + (" (sizes overridden)" if sizes else ""),
+        "mode": config.preset + (" (sizes overridden)" if sizes else ""),
         "model": str(config.model),  # as given: a report names no path of the machine it ran on
         "model fingerprint (sha256)": fingerprint[:16],
         "field diagnosed": field.describe(),
         "process": field.describe_process(),
         "clean images": described,
-        "controls": f"exact score of the Gaussian fitted to up to {GAUSSIAN_FIT_MAX} clean "
-        f"images; {field.untrained_description}",
+        "controls": f"exact score of the Gaussian fitted to up to {fit_sample_cap(images[0].size)} "
+        f"clean images; {field.untrained_description}",
         "seed": config.seed,
         "devices": device_line(field, mesh),
         "python": platform.python_version(),
@@ -156,6 +167,19 @@ def run(config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None, mesh=None
     for claim in CLAIMS.values():
         header.update(claim.header(d.measurements[claim.title].numbers))
     header.update(cost_lines(d.timings, sz, FULL))
+    if sizes is None if plan is None else plan:  # a preset's run plans the others
+        header.update(
+            plan_header(
+                field,
+                process,
+                images,
+                sz,
+                numbers=d.numbers,
+                generated=source.startswith("generated"),
+                untrained=untrained is not None,
+                host_callback=field.host_callback,
+            )
+        )
     if reused:
         header["claims reused from an earlier run (their own run times below)"] = ", ".join(reused)
     d = dataclasses.replace(d, header=header)
