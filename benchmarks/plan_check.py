@@ -1,7 +1,7 @@
 """The plan of a run (:mod:`wgfm.diagnosis.plan`) against a measured medium-size diagnosis.
 
-A per-pixel field (a 1x1 map to ``HIDDEN x C`` channels, tanh, a 1x1 map back; random weights,
-returning eps) is diagnosed by ``wgfm.diagnose`` at :data:`MEDIUM` sizes (between quick and
+A per-pixel field (a 1x1 map to hidden channels, tanh, a 1x1 map back; random weights,
+returning eps; :data:`CASES`) is diagnosed by ``wgfm.diagnose`` at :data:`MEDIUM` sizes (between quick and
 full: 10 levels x 8 images for claim 1, 5 x 4 for claim 2, both with the Gaussian-fit control),
 each claim alone, twice: the first run compiles, the second reuses the compiled programs. Then
 the field's passes are timed (:func:`wgfm.diagnosis.plan.time_passes`) and
@@ -32,8 +32,10 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "plan_check.json"
-SHAPES = ((32, 32, 3), (128, 128, 4))
-HIDDEN = 16
+# (state shape, hidden channels per input channel): a field whose passes cost far more than the
+# diagnosis's own array work at D = 3,072 (as a network's do), and one at an SDXL latent's
+# D = 65,536 thin enough that claim 2's 228 loop points at once stay near 1 GB
+CASES = (((32, 32, 3), 64), ((128, 128, 4), 8))
 NUM_IMAGES = 16
 
 
@@ -70,7 +72,7 @@ def _peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def one(shape: tuple[int, int, int], seed: int = 0) -> dict:
+def one(shape: tuple[int, int, int], hidden: int, seed: int = 0) -> dict:
     """The measured and predicted costs at ``shape``, in this process."""
     import jax
     import jax.numpy as jnp
@@ -81,8 +83,8 @@ def one(shape: tuple[int, int, int], seed: int = 0) -> dict:
 
     c = shape[-1]
     rng = np.random.default_rng(seed)
-    w1 = jnp.asarray(rng.standard_normal((c, HIDDEN * c)) / np.sqrt(c), jnp.float32)
-    w2 = jnp.asarray(rng.standard_normal((HIDDEN * c, c)) / np.sqrt(HIDDEN * c), jnp.float32)
+    w1 = jnp.asarray(rng.standard_normal((c, hidden * c)) / np.sqrt(c), jnp.float32)
+    w2 = jnp.asarray(rng.standard_normal((hidden * c, c)) / np.sqrt(hidden * c), jnp.float32)
 
     def field(x, t):
         return jnp.tanh(x @ w1 + t) @ w2
@@ -127,6 +129,7 @@ def one(shape: tuple[int, int, int], seed: int = 0) -> dict:
     phase = {CLAIMS["differential"].title: "claim 1", CLAIMS["integral"].title: "claim 2"}
     return {
         "shape": list(shape),
+        "hidden_channels": hidden * c,
         "dim": dim,
         "num_images": NUM_IMAGES,
         "probes_per_point": plan.probes,
@@ -165,18 +168,28 @@ def run_info() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="The plan of a run against a measured one.")
-    ap.add_argument("--one", type=int, nargs=3, metavar=("H", "W", "C"), help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--one", type=int, nargs=4, metavar=("H", "W", "C", "HIDDEN"), help=argparse.SUPPRESS
+    )
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     if args.one:
-        print(json.dumps(one(tuple(args.one))), flush=True)
+        h, w, c, hidden = args.one
+        print(json.dumps(one((h, w, c), hidden)), flush=True)
         return 0
     from ._harness import machine_info
 
     run = run_info()
     records = []
-    for shape in SHAPES:
-        cmd = [sys.executable, "-m", "benchmarks.plan_check", "--one", *map(str, shape)]
+    for shape, hidden in CASES:
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.plan_check",
+            "--one",
+            *map(str, shape),
+            str(hidden),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode:
             raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
@@ -188,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         "run": run,
         "settings": {
             "sizes": dataclasses.asdict(medium_sizes()),
-            "field": f"1x1 map to {HIDDEN}C channels, tanh, 1x1 map back (eps)",
+            "field": "1x1 map to hidden channels, tanh, 1x1 map back (eps)",
         },
         "records": records,
     }
@@ -220,15 +233,15 @@ def table(payload: dict) -> str:
         "Memory: the process's peak resident set over the first run minus its resident set "
         "once the field and the clean images were built.",
         "",
-        "| state | D | claim | predicted (s) | measured (s) | measured / predicted | "
+        "| state | hidden channels | D | claim | predicted (s) | measured (s) | measured / predicted | "
         "first run, compiling (s) |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in payload["records"]:
         state = " x ".join(map(str, r["shape"]))
         for c in r["claims"]:
             lines.append(
-                f"| {state} | {r['dim']:,} | {c['claim']} | {c['predicted_s']:.3g} | "
+                f"| {state} | {r['hidden_channels']} | {r['dim']:,} | {c['claim']} | {c['predicted_s']:.3g} | "
                 f"{c['measured_warm_s']:.3g} | {c['measured_warm_s'] / c['predicted_s']:.2f} | "
                 f"{c['measured_cold_s']:.3g} |"
             )
