@@ -79,7 +79,13 @@ def one(shape: tuple[int, int, int], hidden: int, seed: int = 0) -> dict:
 
     import wgfm
     from wgfm.diagnosis import CLAIMS, diagnose
-    from wgfm.diagnosis.plan import gaussian_stand_in, measured_probes, plan_run, time_passes
+    from wgfm.diagnosis.plan import (
+        gaussian_stand_in,
+        measured_probes,
+        plan_run,
+        run_batch,
+        time_passes,
+    )
 
     c = shape[-1]
     rng = np.random.default_rng(seed)
@@ -113,8 +119,10 @@ def one(shape: tuple[int, int, int], hidden: int, seed: int = 0) -> dict:
             peak = _peak_bytes()
     x, t = jnp.asarray(images[0]), jnp.asarray(0.5, jnp.float32)
     dim = int(x.size)
-    network = time_passes(field, x, t, batch=sizes.batch_size)
-    gaussian = time_passes(gaussian_stand_in(dim, NUM_IMAGES, process), x, t, batch=4)
+    # at the batches the diagnosis evaluates at once, as wgfm diagnose's plan does
+    batch = dict(batch=run_batch(sizes), tangent_batch=sizes.batch_size * sizes.num_probes)
+    network = time_passes(field, x, t, **batch)
+    gaussian = time_passes(gaussian_stand_in(dim, NUM_IMAGES, process), x, t, **batch)
     plan = plan_run(
         sizes,
         network,

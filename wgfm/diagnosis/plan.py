@@ -41,14 +41,16 @@ FLOAT = 4  # bytes per number: the diagnosis runs in float32
 
 @dataclasses.dataclass(frozen=True)
 class PassTimes:
-    """Seconds per point of each pass of one field, measured at a batch of ``batch`` points
-    (``vjp_s`` None: the field has no reverse mode), and ``temp_bytes``, XLA's working memory
-    per point of the largest of the passes (None where XLA does not report it)."""
+    """Seconds per point of each pass of one field, the forward pass measured at a batch of
+    ``batch`` points and the JVP and VJP at ``tangent_batch`` (``vjp_s`` None: the field has no
+    reverse mode), and ``temp_bytes``, XLA's working memory per point of the largest of the
+    passes (None where XLA does not report it)."""
 
     forward_s: float
     jvp_s: float
     vjp_s: float | None
     batch: int = 1
+    tangent_batch: int = 1
     temp_bytes: int | None = None
 
 
@@ -70,6 +72,11 @@ class Passes:
 def loop_evaluations(sizes: DiagnoseSizes) -> int:
     """Field evaluations of one image's loops at one level (claim 2, midpoint rule)."""
     return 2 * sizes.loop_points + sizes.bridge_steps + sizes.noisy_copies * sizes.noisy_points
+
+
+def run_batch(sizes: DiagnoseSizes) -> int:
+    """Points claim 2 evaluates at once: every loop point of ``loop_batch_size`` images."""
+    return loop_evaluations(sizes) * (sizes.loop_batch_size or sizes.loop_samples)
 
 
 def count_passes(
@@ -232,33 +239,46 @@ def peak_memory(
 
 
 def time_passes(
-    field: Field, x: Array, t: Scalar, *, batch: int = 4, repeats: int = 3
+    field: Field,
+    x: Array,
+    t: Scalar,
+    *,
+    batch: int = 4,
+    tangent_batch: int | None = None,
+    repeats: int = 3,
 ) -> PassTimes:
-    """Seconds per point of a forward pass, a JVP and a VJP of ``field`` at ``batch`` copies of
-    ``x`` (vmapped, each compiled first and then timed: the median of ``repeats`` calls), and
-    XLA's working memory per point of the largest of them.
+    """Seconds per point of a forward pass of ``field`` at ``batch`` copies of ``x``, and of a
+    JVP and a VJP at ``tangent_batch`` copies (vmapped, each compiled first and then timed: the
+    median of ``repeats`` calls), and XLA's working memory per point of the largest of them.
+
+    Per-point costs depend on the batch (they fall with it on an accelerator, and can rise on
+    a CPU once a batch's activations leave the caches), so time at the batches the diagnosis
+    runs: claim 2's loop points of an image at once (:func:`loop_evaluations`), claim 1's
+    samples x probes (``batch_size x num_probes``).
 
     Args:
         field: ``(x (*shape), t ()) -> (*shape)``.
         x: one point, shape ``(*shape)``.
         t: its time.
-        batch: points per timed call (the diagnosis vmaps over several; per-point costs fall
-            with the batch on an accelerator).
+        batch: points per timed forward call.
+        tangent_batch: points per timed JVP or VJP call (default ``batch``).
         repeats: timed calls per pass.
 
     Returns:
         :class:`PassTimes` (``vjp_s`` None if the field has no reverse mode)."""
-    xs = jnp.broadcast_to(jnp.asarray(x), (int(batch), *jnp.shape(x)))
-    vs = jnp.ones_like(xs)
+    sizes = {"forward": int(batch), "jvp": int(tangent_batch or batch)}
+    sizes["vjp"] = sizes["jvp"]
     f = lambda y: field(y, t)  # noqa: E731
-    passes = {
-        "forward": (jax.vmap(lambda y, v: f(y)), (xs, vs)),
-        "jvp": (jax.vmap(lambda y, v: jax.jvp(f, (y,), (v,))[1]), (xs, vs)),
-        "vjp": (jax.vmap(lambda y, v: jax.vjp(f, y)[1](v)[0]), (xs, vs)),
+    fns = {
+        "forward": jax.vmap(lambda y, v: f(y)),
+        "jvp": jax.vmap(lambda y, v: jax.jvp(f, (y,), (v,))[1]),
+        "vjp": jax.vmap(lambda y, v: jax.vjp(f, y)[1](v)[0]),
     }
     seconds: dict[str, float | None] = {}
     temps = []
-    for name, (fn, args) in passes.items():
+    for name, fn in fns.items():
+        xs = jnp.broadcast_to(jnp.asarray(x), (sizes[name], *jnp.shape(x)))
+        args = (xs, jnp.ones_like(xs))
         try:
             compiled = jax.jit(fn).lower(*args).compile()
         except (NotImplementedError, TypeError, ValueError):
@@ -268,19 +288,20 @@ def time_passes(
             continue
         mem = compiled.memory_analysis()
         if mem is not None:
-            temps.append(int(mem.temp_size_in_bytes) // int(batch))
+            temps.append(int(mem.temp_size_in_bytes) // sizes[name])
         jax.block_until_ready(compiled(*args))
         runs = []
         for _ in range(max(1, int(repeats))):
             t0 = time.perf_counter()
             jax.block_until_ready(compiled(*args))
             runs.append(time.perf_counter() - t0)
-        seconds[name] = float(np.median(runs)) / int(batch)
+        seconds[name] = float(np.median(runs)) / sizes[name]
     return PassTimes(
         forward_s=float(seconds["forward"] or 0.0),
         jvp_s=float(seconds["jvp"] or 0.0),
         vjp_s=seconds["vjp"],
-        batch=int(batch),
+        batch=sizes["forward"],
+        tangent_batch=sizes["jvp"],
         temp_bytes=max(temps) if temps else None,
     )
 
@@ -315,7 +336,6 @@ def plan_header(
     generated: bool,
     untrained: bool = True,
     host_callback: bool = False,
-    batch: int = 2,
 ) -> dict[str, Any]:
     """The report header's plan: ``{title: {"pass times": ..., preset: Plan.numbers()}}`` for
     every preset of :data:`wgfm.diagnosis.sizes.PRESETS`, from ``field``'s passes timed now at
@@ -331,21 +351,23 @@ def plan_header(
         generated: the images were generated by the model.
         untrained: an untrained control was measured.
         host_callback: the field runs in PyTorch (whose own working memory XLA does not see).
-        batch: points per timed pass.
 
     Returns:
         One header entry (a nested dict: REPORT.md shows it as a nested list)."""
     x = jnp.asarray(images[0])
     t = jnp.asarray(0.5 * (process.t_min + process.t_max), x.dtype)
     dim, n = int(x.size), len(images)
-    network = time_passes(field, x, t, batch=batch, repeats=2)
-    gaussian = time_passes(gaussian_stand_in(dim, n, process), x, t, batch=batch, repeats=2)
+    # the batches this run's phases evaluate at once (see time_passes)
+    batch = dict(batch=run_batch(sizes), tangent_batch=sizes.batch_size * sizes.num_probes)
+    network = time_passes(field, x, t, repeats=2, **batch)
+    gaussian = time_passes(gaussian_stand_in(dim, n, process), x, t, repeats=2, **batch)
     probes = measured_probes(numbers)
     ms = lambda s: "none" if s is None else f"{1e3 * s:.3g}"  # noqa: E731
     temp = "unknown" if network.temp_bytes is None else f"{network.temp_bytes / 1e6:.3g}"
     out: dict[str, Any] = {
-        "pass times": f"per point at a batch of {batch}: forward {ms(network.forward_s)} ms, "
-        f"JVP {ms(network.jvp_s)} ms, VJP {ms(network.vjp_s)} ms (Gaussian-fit control "
+        "pass times": f"per point: forward {ms(network.forward_s)} ms at a batch of "
+        f"{network.batch}, JVP {ms(network.jvp_s)} ms and VJP {ms(network.vjp_s)} ms at "
+        f"{network.tangent_batch} (Gaussian-fit control "
         f"{ms(gaussian.forward_s)}, {ms(gaussian.jvp_s)}, {ms(gaussian.vjp_s)} ms); XLA's "
         f"working memory {temp} MB per point"
         + (" (a PyTorch model's own is not included)" if host_callback else ""),
