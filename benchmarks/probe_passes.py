@@ -243,7 +243,6 @@ def add_cases(args) -> int:
     from ._harness import machine_info
     from .probe_variance import run_info
 
-    payload = json.loads(args.out.read_text())
     t0 = time.perf_counter()
     new, info = [], {}
     if "latent" in args.add:
@@ -252,6 +251,8 @@ def add_cases(args) -> int:
     if "cifar" in args.add:
         new += cifar_port_cases(args.cifar_probes)
     cases = {r["case"] for r in new}
+    # read last: runs adding different cases may overlap
+    payload = json.loads(args.out.read_text())
     payload["records"] = [r for r in payload["records"] if r["case"] not in cases] + new
     run = run_info()
     run["command"] = "python -m benchmarks.probe_passes " + " ".join(sys.argv[1:])
