@@ -92,6 +92,19 @@ def machine_info() -> dict:
     }
 
 
+def write_payload(out: Path, payload: dict) -> None:
+    """A benchmark's JSON record at ``out`` (its directory made), one line saying so."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+def commit_label(run: dict) -> str:
+    """The commit a run measured, as a table's header names it."""
+    label = (run.get("commit") or "unknown")[:10]
+    return label + (" with uncommitted changes to the code" if run.get("code_modified") else "")
+
+
 def write_results(records: list[dict], out_dir: Path, name: str = "benchmarks") -> Path:
     """Write ``{name}.json`` (machine info + records) and ``{name}.md`` (a table); returns JSON path."""
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -43,24 +43,11 @@ def medium_sizes():
     """Between QUICK and FULL: every phase of the full protocol at a few minutes' size."""
     from wgfm.diagnosis import FULL
 
-    return dataclasses.replace(
-        FULL,
-        num_levels=10,
-        num_samples=8,
-        sub_jacobian_size=8,
-        num_probes=4,
-        batch_size=4,
-        loop_levels=5,
-        loop_samples=4,
-        loop_points=32,
-        bridge_steps=100,
-        noisy_copies=4,
-        noisy_points=16,
-        num_generated=NUM_IMAGES,
-        jacobians="probes",
-        rel_se=0.1,
-        max_probes=32,
-    )
+    claim1 = dict(num_levels=10, num_samples=8, sub_jacobian_size=8, num_probes=4, batch_size=4)
+    claim2 = dict(loop_levels=5, loop_samples=4, loop_points=32, bridge_steps=100)
+    cycles = dict(noisy_copies=4, noisy_points=16, num_generated=NUM_IMAGES)
+    probes = dict(jacobians="probes", rel_se=0.1, max_probes=32)
+    return dataclasses.replace(FULL, **claim1, **claim2, **cycles, **probes)
 
 
 def _rss_bytes() -> int:
@@ -185,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         h, w, c, hidden = args.one
         print(json.dumps(one((h, w, c), hidden)), flush=True)
         return 0
-    from ._harness import machine_info
+    from ._harness import machine_info, write_payload
 
     run = run_info()
     records = []
@@ -213,19 +200,16 @@ def main(argv: list[str] | None = None) -> int:
         },
         "records": records,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_payload(args.out, payload)
     return 0
 
 
 def table(payload: dict) -> str:
     """The Markdown table of a run's JSON (for ``benchmarks.publish``)."""
-    m, run = payload["machine"], payload["run"]
-    commit = (run.get("commit") or "unknown")[:10]
-    if run.get("code_modified"):
-        commit += " with uncommitted changes to the code"
-    s = payload["settings"]["sizes"]
+    from ._harness import commit_label
+
+    m, run, s = payload["machine"], payload["run"], payload["settings"]["sizes"]
+    commit = commit_label(run)
     lines = [
         f"From `benchmarks/results/plan_check.json`: `{run['command'].strip()}`, "
         f"{m['time'][:16].replace('T', ' ')}, commit `{commit}`, jax {m['jax']} on "

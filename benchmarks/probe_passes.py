@@ -200,13 +200,14 @@ def cifar_port_cases(probes: int, seed: int = 0) -> list[dict]:
     import wgfm
     from wgfm.diagnostics.jacobian import make_probes, probe_maps, probe_terms_of, summarise_terms
     from wgfm.diagnostics.spectrum import estimate_effective_rank
+    from wgfm.interop import load_diffusers
 
     cfg = json.loads((ROOT / "tests" / "fixtures" / "ddpm-cifar10-32.json").read_text())
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(seed)
         UNet2DModel(**cfg["unet"]).save_pretrained(Path(tmp) / "unet")
         DDPMScheduler(**cfg["scheduler"]).save_pretrained(Path(tmp) / "scheduler")
-        field, process = wgfm.interop.load_diffusers(tmp)
+        field, process = load_diffusers(tmp)
     digit = np.pad(wgfm.data.load("mnist")[-1, :, :, 0], 2, constant_values=-1.0)
     x0 = np.repeat(digit[:, :, None], 3, axis=2).astype(np.float64)  # (32, 32, 3) in [-1, 1]
     dim = x0.size
@@ -422,15 +423,27 @@ def deflation_note(payload: dict) -> str:
     if not trained:
         return ""
     vjp = max(r["vjp"]["passes"] for r in trained)
+    share8 = max(r["top8_share"] for r in trained)
     share = max(r["top32_share"] for r in trained)
     rmin, rmax = min(r["r_eff"] for r in trained), max(r["r_eff"] for r in trained)
+    nets = sorted({r["case"] for r in trained})
+    if vjp <= 2:
+        why = (
+            "one probe (2 passes) already does better, so a sketch of M's top directions "
+            "(about 2 passes per direction, measured exactly) cannot save any."
+        )
+    else:
+        why = (
+            f"a sketch of M's top 8 directions costs about 16 passes (2 per direction, "
+            f"measured exactly) and would remove at most {100 * share8:.0f}% of ||M||_F^2, "
+            f"{'more than the whole VJP estimate costs' if vjp <= 16 else 'too little'}, so it "
+            "cannot save passes."
+        )
     text = (
-        f"**No deflated estimator.** On the trained U-Net the skew part's effective rank is "
-        f"{rmin:.0f}-{rmax:.0f} at every level measured, its top 32 singular values hold at "
-        f"most {100 * share:.0f}% of ||M||_F^2, and the VJP estimator needs at most "
-        f"{_n(vjp)} passes for a 10% s.e.: one probe (2 passes) already does better, so a "
-        "sketch of M's top directions (about 2 passes per direction, measured exactly) "
-        "cannot save any."
+        f"**No deflated estimator.** On the trained networks ({'; '.join(nets)}) the skew "
+        f"part's effective rank is {rmin:.0f}-{rmax:.0f} at every level measured, its top 32 "
+        f"singular values hold at most {100 * share:.0f}% of ||M||_F^2, and the VJP estimator "
+        f"needs at most {_n(vjp)} passes for a 10% s.e.: {why}"
     )
     if low:
         text += (

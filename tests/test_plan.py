@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import wgfm
-from wgfm.diagnosis import FULL, LARGE, PRESETS, QUICK, DiagnoseSizes
+from wgfm.diagnosis import FULL, LARGE, PRESETS, QUICK
 from wgfm.diagnosis.config import DiagnoseConfig
 from wgfm.diagnosis.plan import (
     PassTimes,
@@ -23,25 +23,12 @@ from wgfm.diagnosis.plan import (
 )
 from wgfm.report import Report
 
-SIZES = DiagnoseSizes(
-    num_levels=2,
-    num_samples=3,
-    sub_jacobian_size=4,
-    num_probes=2,
-    max_exact_dim=None,
-    batch_size=2,
-    loop_levels=1,
-    loop_samples=2,
-    loop_points=5,
-    bridge_steps=6,
-    noisy_copies=2,
-    noisy_points=3,
-    num_generated=4,
-    ddim_steps=10,
-    jacobians="probes",
-    rel_se=0.1,
-    max_probes=8,
-)
+# claim 1 at 2 levels x 3 images, claim 2 at 1 x 2 (22 loop points each), 4 images generated
+CLAIM1 = dict(num_levels=2, num_samples=3, sub_jacobian_size=4, num_probes=2, batch_size=2)
+CLAIM2 = dict(loop_levels=1, loop_samples=2, loop_points=5, bridge_steps=6, noisy_copies=2)
+OTHER = dict(noisy_points=3, num_generated=4, ddim_steps=10, max_exact_dim=None)
+PROBES = dict(jacobians="probes", rel_se=0.1, max_probes=8)
+SIZES = dataclasses.replace(QUICK, **CLAIM1, **CLAIM2, **OTHER, **PROBES)
 NETWORK = PassTimes(forward_s=1.0, jvp_s=2.0, vjp_s=3.0, temp_bytes=100)
 GAUSSIAN = PassTimes(forward_s=0.1, jvp_s=0.2, vjp_s=0.3)
 
