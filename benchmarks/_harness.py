@@ -99,6 +99,24 @@ def write_payload(out: Path, payload: dict) -> None:
     print(f"wrote {out}")
 
 
+def run_record(module: str) -> dict:
+    """The command of ``python -m benchmarks.<module>``, the commit, whether ``wgfm/`` or the
+    module differ from it, and the cores and host load at the start."""
+    import os
+    import sys
+
+    from .run_all import git
+
+    status = git("status", "--porcelain", "--", "wgfm", f"benchmarks/{module}.py")
+    return {
+        "command": f"python -m benchmarks.{module} " + " ".join(sys.argv[1:]),
+        "commit": git("rev-parse", "HEAD"),
+        "code_modified": None if status is None else bool(status),
+        "loadavg_1min_start": os.getloadavg()[0],
+        "cores": len(os.sched_getaffinity(0)),
+    }
+
+
 def commit_label(run: dict) -> str:
     """The commit a run measured, as a table's header names it."""
     label = (run.get("commit") or "unknown")[:10]

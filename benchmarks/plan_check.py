@@ -147,20 +147,6 @@ def one(shape: tuple[int, int, int], hidden: int, seed: int = 0) -> dict:
     }
 
 
-def run_info() -> dict:
-    """The command, the commit and whether the code measured differs from it."""
-    from .run_all import git
-
-    status = git("status", "--porcelain", "--", "wgfm", "benchmarks/plan_check.py")
-    return {
-        "command": "python -m benchmarks.plan_check " + " ".join(sys.argv[1:]),
-        "commit": git("rev-parse", "HEAD"),
-        "code_modified": None if status is None else bool(status),
-        "loadavg_1min_start": os.getloadavg()[0],
-        "cores": len(os.sched_getaffinity(0)),
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="The plan of a run against a measured one.")
     ap.add_argument(
@@ -172,9 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         h, w, c, hidden = args.one
         print(json.dumps(one((h, w, c), hidden)), flush=True)
         return 0
-    from ._harness import machine_info, write_payload
+    from ._harness import machine_info, run_record, write_payload
 
-    run = run_info()
+    run = run_record("plan_check")
     records = []
     for shape, hidden in CASES:
         cmd = [
