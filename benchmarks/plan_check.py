@@ -107,7 +107,7 @@ def one(shape: tuple[int, int, int], hidden: int, seed: int = 0) -> dict:
     x, t = jnp.asarray(images[0]), jnp.asarray(0.5, jnp.float32)
     dim = int(x.size)
     # at the batches the diagnosis evaluates at once, as wgfm diagnose's plan does
-    batch = dict(batch=run_batch(sizes), tangent_batch=sizes.batch_size * sizes.num_probes)
+    batch = dict(batch=run_batch(sizes), samples=sizes.batch_size, tangents=sizes.num_probes)
     network = time_passes(field, x, t, **batch)
     gaussian = time_passes(gaussian_stand_in(dim, NUM_IMAGES, process), x, t, **batch)
     plan = plan_run(

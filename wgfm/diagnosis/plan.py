@@ -3,8 +3,8 @@
 A diagnosis is network passes, counted from its sizes alone (:func:`count_passes`):
 
 - claim 1, per image, level and field: exact Jacobians are ``D`` JVPs; the probe path is a
-  ``K x K`` sub-Jacobian (``K`` JVPs), one linearisation (a forward pass) and per probe a JVP
-  and a VJP (two JVPs where the field has no reverse mode);
+  ``K x K`` sub-Jacobian (``K`` JVPs) and per probe a JVP and a VJP (two JVPs where the field
+  has no reverse mode), all of one linearisation (timed with its share of it);
 - claim 2, per image, level and field: one forward pass per loop segment (midpoint rule):
   ``2 loop_points`` (circle, pair rotation) ``+ bridge_steps + noisy_copies x noisy_points``;
 - the model's own DDIM samples when no images are given: ``num_generated x ddim_steps``.
@@ -95,12 +95,14 @@ def count_passes(
 
     Returns:
         ``{phase: Passes}``."""
+    # every tangent is applied to a linearisation of the field (one per point), whose cost
+    # time_passes spreads over the tangents it times
     if exact:
         claim1 = Passes(jvp=float(dim))
     elif reverse:
-        claim1 = Passes(forward=1.0, jvp=sizes.sub_jacobian_size + probes, vjp=probes)
+        claim1 = Passes(jvp=sizes.sub_jacobian_size + probes, vjp=probes)
     else:
-        claim1 = Passes(forward=1.0, jvp=sizes.sub_jacobian_size + 2 * probes)
+        claim1 = Passes(jvp=sizes.sub_jacobian_size + 2 * probes)
     return {
         "claim 1": claim1,
         "claim 2": Passes(forward=float(loop_evaluations(sizes))),
@@ -244,41 +246,55 @@ def time_passes(
     t: Scalar,
     *,
     batch: int = 4,
-    tangent_batch: int | None = None,
+    samples: int = 1,
+    tangents: int = 4,
     repeats: int = 3,
 ) -> PassTimes:
     """Seconds per point of a forward pass of ``field`` at ``batch`` copies of ``x``, and of a
-    JVP and a VJP at ``tangent_batch`` copies (vmapped, each compiled first and then timed: the
-    median of ``repeats`` calls), and XLA's working memory per point of the largest of them.
+    JVP and a VJP as claim 1 takes them: ``samples`` copies, each linearised once
+    (``jax.linearize``, its transpose for the VJP) and then applied to ``tangents`` tangents
+    (vmapped, each compiled first and then timed: the median of ``repeats`` calls; per tangent,
+    the linearisation included), and XLA's working memory per point of the largest of them.
 
     Per-point costs depend on the batch (they fall with it on an accelerator, and can rise on
     a CPU once a batch's activations leave the caches), so time at the batches the diagnosis
-    runs: claim 2's loop points of an image at once (:func:`loop_evaluations`), claim 1's
-    samples x probes (``batch_size x num_probes``).
+    runs: claim 2's loop points of an image at once (:func:`run_batch`), claim 1's
+    ``batch_size`` samples x ``num_probes`` probes.
 
     Args:
         field: ``(x (*shape), t ()) -> (*shape)``.
         x: one point, shape ``(*shape)``.
         t: its time.
         batch: points per timed forward call.
-        tangent_batch: points per timed JVP or VJP call (default ``batch``).
+        samples: linearisations per timed JVP or VJP call.
+        tangents: tangents per linearisation.
         repeats: timed calls per pass.
 
     Returns:
         :class:`PassTimes` (``vjp_s`` None if the field has no reverse mode)."""
-    sizes = {"forward": int(batch), "jvp": int(tangent_batch or batch)}
-    sizes["vjp"] = sizes["jvp"]
+    x = jnp.asarray(x)
     f = lambda y: field(y, t)  # noqa: E731
-    fns = {
-        "forward": jax.vmap(lambda y, v: f(y)),
-        "jvp": jax.vmap(lambda y, v: jax.jvp(f, (y,), (v,))[1]),
-        "vjp": jax.vmap(lambda y, v: jax.vjp(f, y)[1](v)[0]),
+
+    def jvps(y, vs):
+        return jax.vmap(jax.linearize(f, y)[1])(vs)
+
+    def vjps(y, vs):
+        lin = jax.linearize(f, y)[1]
+        return jax.vmap(lambda v: jax.linear_transpose(lin, y)(v)[0])(vs)
+
+    xs = jnp.broadcast_to(x, (int(batch), *x.shape))
+    ys = jnp.broadcast_to(x, (int(samples), *x.shape))
+    vs = jnp.ones((int(samples), int(tangents), *x.shape), x.dtype)
+    points = {"forward": int(batch), "jvp": int(samples) * int(tangents)}
+    points["vjp"] = points["jvp"]
+    calls = {
+        "forward": (jax.vmap(f), (xs,)),
+        "jvp": (jax.vmap(jvps), (ys, vs)),
+        "vjp": (jax.vmap(vjps), (ys, vs)),
     }
     seconds: dict[str, float | None] = {}
     temps = []
-    for name, fn in fns.items():
-        xs = jnp.broadcast_to(jnp.asarray(x), (sizes[name], *jnp.shape(x)))
-        args = (xs, jnp.ones_like(xs))
+    for name, (fn, args) in calls.items():
         try:
             compiled = jax.jit(fn).lower(*args).compile()
         except (NotImplementedError, TypeError, ValueError):
@@ -288,20 +304,20 @@ def time_passes(
             continue
         mem = compiled.memory_analysis()
         if mem is not None:
-            temps.append(int(mem.temp_size_in_bytes) // sizes[name])
+            temps.append(int(mem.temp_size_in_bytes) // points[name])
         jax.block_until_ready(compiled(*args))
         runs = []
         for _ in range(max(1, int(repeats))):
             t0 = time.perf_counter()
             jax.block_until_ready(compiled(*args))
             runs.append(time.perf_counter() - t0)
-        seconds[name] = float(np.median(runs)) / sizes[name]
+        seconds[name] = float(np.median(runs)) / points[name]
     return PassTimes(
         forward_s=float(seconds["forward"] or 0.0),
         jvp_s=float(seconds["jvp"] or 0.0),
         vjp_s=seconds["vjp"],
-        batch=sizes["forward"],
-        tangent_batch=sizes["jvp"],
+        batch=points["forward"],
+        tangent_batch=points["jvp"],
         temp_bytes=max(temps) if temps else None,
     )
 
@@ -358,7 +374,7 @@ def plan_header(
     t = jnp.asarray(0.5 * (process.t_min + process.t_max), x.dtype)
     dim, n = int(x.size), len(images)
     # the batches this run's phases evaluate at once (see time_passes)
-    batch = dict(batch=run_batch(sizes), tangent_batch=sizes.batch_size * sizes.num_probes)
+    batch = dict(batch=run_batch(sizes), samples=sizes.batch_size, tangents=sizes.num_probes)
     network = time_passes(field, x, t, repeats=2, **batch)
     gaussian = time_passes(gaussian_stand_in(dim, n, process), x, t, repeats=2, **batch)
     probes = measured_probes(numbers)
