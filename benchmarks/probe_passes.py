@@ -181,13 +181,14 @@ def latent_unet_cases(probes: int, seed: int = 0) -> tuple[list[dict], dict]:
     return out, info
 
 
-def cifar_port_cases(probes: int, seed: int = 0) -> list[dict]:
+def cifar_port_cases(probes: int, seed: int = 0, unet: dict | None = None) -> list[dict]:
     """The flax port of diffusers' ``UNet2DModel`` in the ``google/ddpm-cifar10-32``
     configuration (35.7M parameters) with PyTorch's random initialisation (no published
     weights can be downloaded here): ``probes`` Rademacher probes at :data:`LEVELS` on an npm
     digit padded to 32 x 32 x 3, no exact Jacobian (3,072 JVPs per level). Passes for a 10% s.e.
     from the probes' own spread: ``2 K (se / lambda / 0.1)^2``, for the VJP estimator and
-    the forward one (two JVPs per probe) on the same probes."""
+    the forward one (two JVPs per probe) on the same probes. ``unet``: another
+    ``UNet2DModel`` configuration (a smoke run)."""
     import tempfile
 
     import equinox as eqx
@@ -205,7 +206,7 @@ def cifar_port_cases(probes: int, seed: int = 0) -> list[dict]:
     cfg = json.loads((ROOT / "tests" / "fixtures" / "ddpm-cifar10-32.json").read_text())
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(seed)
-        UNet2DModel(**cfg["unet"]).save_pretrained(Path(tmp) / "unet")
+        UNet2DModel(**(unet or cfg["unet"])).save_pretrained(Path(tmp) / "unet")
         DDPMScheduler(**cfg["scheduler"]).save_pretrained(Path(tmp) / "scheduler")
         field, process = load_diffusers(tmp)
     digit = np.pad(wgfm.data.load("mnist")[-1, :, :, 0], 2, constant_values=-1.0)
@@ -262,7 +263,7 @@ def add_cases(args) -> int:
         "run": {**run, "wall_s": round(time.perf_counter() - t0, 1)},
         "cases": sorted(cases),
         "training": info,
-        "host": f"shared, 1-minute load {os.getloadavg()[0]:.1f} at the end",
+        "host": f"shared with other jobs (1-minute load {os.getloadavg()[0]:.1f} at the end)",
     }
     payload["added"] = [a for a in payload.get("added", []) if not set(a["cases"]) & cases]
     payload["added"].append(added)
@@ -399,13 +400,17 @@ def added_note(payload: dict) -> str:
         parts.append(
             f"Rows of {', '.join(a['cases'])}: `{run['command'].strip()}`, "
             f"{m['time'][:16].replace('T', ' ')}, commit `{commit}`, {run['wall_s']:.0f} s on a "
-            f"{a['host']}.{trained} The CIFAR-10 port has PyTorch's random initialisation, not "
-            "the published weights (none can be downloaded here), so its numbers describe the "
-            "architecture, not a trained network; without an exact 3,072 x 3,072 Jacobian its "
-            "passes come from the probes' own spread (2 K (s.e. / lambda / 0.1)^2, the forward "
-            "estimator's on the same probes) and r_eff is the probes' estimate (an upper "
-            "bound)."
+            f"host {a['host']}.{trained}"
         )
+        if any("random weights" in c for c in a["cases"]):
+            parts[-1] += (
+                " The CIFAR-10 port has PyTorch's random initialisation, not the published "
+                "weights (none can be downloaded here), so its numbers describe the "
+                "architecture, not a trained network; without an exact 3,072 x 3,072 Jacobian "
+                "its passes come from the probes' own spread (2 K (s.e. / lambda / 0.1)^2, the "
+                "forward estimator's on the same probes) and r_eff is the probes' estimate (an "
+                "upper bound)."
+            )
     return "\n\n".join(parts) + ("\n\n" if parts else "")
 
 
