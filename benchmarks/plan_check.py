@@ -205,8 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "records": records,
     }
-    write_payload(args.out, payload)
-    return 0
+    return write_payload(args.out, payload)
 
 
 def table(payload: dict) -> str:

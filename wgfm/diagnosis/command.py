@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..diagnostics.gaussian_fit import fit_sample_cap
 from ..interop.load import is_callable_spec, load_model, model_fingerprint, model_name
+from ..report import resources, usage_now
 from . import api, outdir, shards, sources, spaces
 from .asymmetry import JacobianAsymmetry
 from .config import DiagnoseConfig
@@ -58,6 +59,7 @@ def run(
     config.check()
     if config.merge is not None:
         return shards.merge(config.merge)
+    started = usage_now()
     console = Console(stderr=True)
     sz = dataclasses.replace(sizes or config.sizes, jacobians=config.jacobians)
     t_all = time.perf_counter()
@@ -103,6 +105,7 @@ def run(
         "latent_figure": spaces.keep_decoded_figure(field.latent, x[pick], out, label),
         "reused": reused,
         "run time (s)": round(time.perf_counter() - t_all, 1),
+        "resources": resources(started),
     }
     if shard[0] == 0 and (sizes is None if plan is None else plan):  # a preset's run plans all
         record["plan"] = time_model(
