@@ -70,7 +70,6 @@ def one(shape: tuple[int, int, int], hidden: int, seed: int = 0) -> dict:
         gaussian_stand_in,
         measured_probes,
         plan_run,
-        run_batch,
         time_passes,
     )
 
@@ -109,23 +108,11 @@ def one(shape: tuple[int, int, int], hidden: int, seed: int = 0) -> dict:
     x, t = jnp.asarray(images[0]), jnp.asarray(0.5, jnp.float32)
     dim = int(x.size)
     # at the batches the diagnosis evaluates at once, as wgfm diagnose's plan does
-    batch = run_batch(sizes)
     gauss = gaussian_stand_in(dim, NUM_IMAGES, process)
     plans = {}
     # wall seconds, and CPU seconds (what the plan counts, whatever other jobs take)
     for clock_name, clock in (("wall", time.perf_counter), ("cpu", time.process_time)):
-        network, gaussian = (
-            time_passes(
-                f,
-                x,
-                t,
-                batch=batch,
-                samples=sizes.batch_size,
-                tangents=sizes.num_probes,
-                clock=clock,
-            )
-            for f in (field, gauss)
-        )
+        network, gaussian = (time_passes(f, x, t, sizes, clock=clock) for f in (field, gauss))
         plans[clock_name] = plan_run(
             sizes,
             network,

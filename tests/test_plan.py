@@ -88,8 +88,10 @@ def test_the_header_plans_every_preset_from_timed_passes():
     def field(x, t):
         return jnp.tanh(x @ w) * t
 
-    times = time_passes(field, jnp.ones(12), 0.5, batch=2, samples=2, tangents=3, repeats=1)
-    assert (times.batch, times.tangent_batch) == (2, 6)
+    small = dataclasses.replace(QUICK, batch_size=2, num_probes=4, loop_points=3, bridge_steps=3)
+    times = time_passes(field, jnp.ones(12), 0.5, small, repeats=1)
+    # claim 2's 2 x 3 + 3 + 3 x 8 loop points at once; claim 1's 2 samples x 4 probes
+    assert (times.batch, times.tangent_batch) == (33, 8)
     assert times.forward_s > 0 and times.jvp_s > 0 and times.vjp_s is not None
     images = np.ones((5, 12), np.float32)
     numbers = {"differential": {"adaptive": {"median_passes": {"trained": [9.0, 13.0]}}}}
@@ -130,7 +132,8 @@ def test_a_field_without_reverse_mode_is_timed_without_a_vjp():
         )
         return y, slope
 
-    times = time_passes(lambda x, t: f(x), jnp.ones(3), 0.5, batch=1, tangents=1, repeats=1)
+    small = dataclasses.replace(QUICK, batch_size=1, num_probes=2, loop_points=3, bridge_steps=3)
+    times = time_passes(lambda x, t: f(x), jnp.ones(3), 0.5, small, repeats=1)
     assert times.vjp_s is None and times.jvp_s > 0
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -242,41 +241,30 @@ def peak_memory(
 
 
 def time_passes(
-    field: Field,
-    x: Array,
-    t: Scalar,
-    *,
-    batch: int = 4,
-    samples: int = 1,
-    tangents: int = 4,
-    repeats: int = 3,
-    clock: Callable[[], float] = time.perf_counter,
+    field: Field, x: Array, t: Scalar, sizes: DiagnoseSizes, *, repeats: int = 3, clock=None
 ) -> PassTimes:
-    """Seconds per point of a forward pass of ``field`` at ``batch`` copies of ``x``, and of a
-    JVP and a VJP as claim 1 takes them: ``samples`` copies, each linearised once
-    (``jax.linearize``, its transpose for the VJP) and then applied to ``tangents`` tangents
-    (vmapped, each compiled first and then timed: the median of ``repeats`` calls; per tangent,
-    the linearisation included), and XLA's working memory per point of the largest of them.
-
-    Per-point costs depend on the batch (they fall with it on an accelerator, and can rise on
-    a CPU once a batch's activations leave the caches), so time at the batches the diagnosis
-    runs: claim 2's loop points of an image at once (:func:`run_batch`), claim 1's
-    ``batch_size`` samples x ``num_probes`` probes.
+    """Seconds per point of a forward pass of ``field`` at the batch claim 2 evaluates at once
+    at ``sizes`` (:func:`run_batch` copies of ``x``), and of a JVP and a VJP as claim 1 takes
+    them: ``batch_size`` copies, each linearised once (``jax.linearize``, its transpose for
+    the VJP) and applied to ``num_probes`` tangents (vmapped, each compiled first and then
+    timed: the median of ``repeats`` calls; per tangent, the linearisation included), and
+    XLA's working memory per point of the largest of them. Per-point costs depend on the batch
+    (they fall with it on an accelerator, and can rise on a CPU once a batch's activations
+    leave the caches), hence the diagnosis's own batches.
 
     Args:
         field: ``(x (*shape), t ()) -> (*shape)``.
         x: one point, shape ``(*shape)``.
         t: its time.
-        batch: points per timed forward call.
-        samples: linearisations per timed JVP or VJP call.
-        tangents: tangents per linearisation.
+        sizes: the sizes whose batches are timed.
         repeats: timed calls per pass.
-        clock: seconds now (``time.process_time``: the process's CPU seconds, which other
-            jobs on a shared host do not inflate).
+        clock: seconds now (default ``time.perf_counter``; ``time.process_time``: the
+            process's CPU seconds, which other jobs on a shared host do not inflate).
 
     Returns:
         :class:`PassTimes` (``vjp_s`` None if the field has no reverse mode)."""
-    x = jnp.asarray(x)
+    x, clock = jnp.asarray(x), clock or time.perf_counter
+    batch, samples, tangents = run_batch(sizes), sizes.batch_size, sizes.num_probes
     f = lambda y: field(y, t)  # noqa: E731
 
     def jvps(y, vs):
@@ -376,16 +364,7 @@ def time_model(
     t = jnp.asarray(0.5 * (process.t_min + process.t_max), x.dtype)
     dim, n = int(x.size), len(images)
     network, gaussian = (
-        time_passes(
-            f,
-            x,
-            t,
-            batch=run_batch(sizes),
-            samples=sizes.batch_size,
-            tangents=sizes.num_probes,
-            repeats=2,
-        )
-        for f in (field, gaussian_stand_in(dim, n, process))
+        time_passes(f, x, t, sizes, repeats=2) for f in (field, gaussian_stand_in(dim, n, process))
     )
     return {
         "network": dataclasses.asdict(network),
