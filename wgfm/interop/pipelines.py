@@ -269,6 +269,11 @@ def load_pipeline(
             f"the flax port is UNet2DModel only; {cls} needs backend 'torch' or 'auto'."
         )
     module = _load_module(pd, variant, dtype, torch_dtype)
+    notes.insert(
+        0,
+        f"read as {family.name}: input {family.state}; timestep {family.time}; output "
+        f"{family.output}",
+    )
     if prompt is not None:
         negative_condition = _prompt(
             pd, family, prompt, negative_prompt, guidance_scale, given, negative_condition, notes

@@ -81,7 +81,8 @@ class Flux(AbstractDenoiser):
                 Condition(
                     "guidance",
                     (),
-                    f"FLUX.1-dev's distilled guidance scale (default {DEFAULT_GUIDANCE:g})",
+                    "FLUX.1-dev's distilled guidance scale, an input of the network, not "
+                    f"classifier-free guidance (default {DEFAULT_GUIDANCE:g})",
                     default=(DEFAULT_GUIDANCE,),
                     negative=False,
                 )
