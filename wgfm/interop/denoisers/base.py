@@ -26,7 +26,9 @@ class Condition:
     ``integer``: an integer array (class labels); ``default``: the value the pipeline itself
     builds when none is given (flattened, as a tuple: the conditioning is hashed), or None when
     the condition is required; ``negative``: replaced by the negative (null) condition for
-    classifier-free guidance."""
+    classifier-free guidance; ``mask``: an attention mask over a free axis of another condition
+    (a caption's tokens), which may be left out: every token is then attended, as the forward
+    call's own default."""
 
     name: str
     shape: tuple[int | str, ...]  # a str: a free axis (a text's sequence length), named
@@ -36,6 +38,7 @@ class Condition:
     default: tuple | None = None
     negative: bool = True
     limit: int | None = None  # integer values must lie in [0, limit)
+    mask: bool = False
 
     def describe(self) -> str:
         return (
