@@ -56,7 +56,7 @@ def build(name: str, spec: dict, root: Path) -> tuple[Path, Path]:
         v = dict(spec["vae"])
         blocks = {"down_block_types": "DownEncoderBlock2D", "up_block_types": "UpDecoderBlock2D"}
         v.update({k: [b] * len(v["block_out_channels"]) for k, b in blocks.items()})
-        parts["vae"] = getattr(diffusers, "AutoencoderKL")(**v, norm_num_groups=4)
+        parts["vae"] = diffusers.AutoencoderKL(**v, norm_num_groups=4)  # pyright: ignore[reportPrivateImportUsage]
     index = {"_class_name": spec["pipeline"], "_diffusers_version": diffusers.__version__}
     for part, obj in parts.items():
         obj.save_pretrained(d / part)

@@ -21,7 +21,6 @@ from test_families_unet import SDXL, _vae  # noqa: E402
 from wgfm.interop import load_diffusers  # noqa: E402
 from wgfm.processes import ShiftedInterpolant  # noqa: E402
 
-
 # The text encoders' common sizes (their widths differ: each is its denoiser's).
 TINY_TEXT = dict(intermediate_size=8, num_hidden_layers=2, num_attention_heads=2)
 

@@ -19,7 +19,7 @@ from test_families_unet import _vae  # noqa: E402
 from test_interop_pipelines import COND_UNET, _pipeline  # noqa: E402
 
 from wgfm.interop import load_diffusers, scheduler_map  # noqa: E402
-from wgfm.interop.denoisers import FAMILIES, table  # noqa: E402
+from wgfm.interop.denoisers import FAMILIES, supported, table  # noqa: E402
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "diagnose_your_model.md"
 
@@ -83,3 +83,15 @@ def test_families_table_is_generated_from_the_registry():
     assert text.split(start)[1].split(end)[0] == table()
     for f in FAMILIES:
         assert f"| {f.name} |" in text
+
+
+def test_model_help_lists_the_registry(capsys):
+    from wgfm import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["diagnose", "--help"])
+    text = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    for f in FAMILIES:
+        assert f.name in text, f.name
+    for cls in supported():
+        assert cls in text, cls

@@ -271,8 +271,8 @@ def load_pipeline(
     module = _load_module(pd, variant, dtype, torch_dtype)
     notes.insert(
         0,
-        f"read as {family.name}: input {family.state}; timestep {family.time}; output "
-        f"{family.output}",
+        f"read as {family.name}: input {family.about['state']}; timestep "
+        f"{family.about['timestep']}; output {family.about['output']}",
     )
     if prompt is not None:
         negative_condition = _prompt(

@@ -21,26 +21,28 @@ def caption(dim: int, doc: str) -> tuple[Condition, Condition]:
     )
 
 
-def masked_prompt(pipe, prompt: str, negative: str | None, guided: bool):
-    """``(condition, negative condition or None)`` from the pipeline's own ``encode_prompt``
-    with its caption attention masks, at the defaults of the pipeline's own call (PixArt:
+class AbstractCaptioned(AbstractDenoiser):
+    """A family conditioned on a caption and its attention mask (PixArt, Sana), encoded by the
+    pipeline's own ``encode_prompt`` at the defaults of the pipeline's own call (PixArt:
     ``clean_caption``, which the pipeline drops without bs4 and ftfy, ``max_sequence_length``
     120 alpha / 300 Sigma; Sana: its ``complex_human_instruction`` prefix, 300 tokens)."""
-    import inspect
 
-    params = inspect.signature(pipe.__call__).parameters
-    known = ("clean_caption", "max_sequence_length", "complex_human_instruction")
-    defaults = {k: params[k].default for k in known if k in params}
-    pe, mask, npe, nmask = pipe.encode_prompt(
-        prompt,
-        do_classifier_free_guidance=guided,
-        negative_prompt=negative or "",
-        device="cpu",
-        **defaults,
-    )
-    names = ("encoder_hidden_states", "encoder_attention_mask")
-    cond = dict(zip(names, (pe, mask), strict=True))
-    return cond, (dict(zip(names, (npe, nmask), strict=True)) if guided else None)
+    prompt_names = ("encoder_hidden_states", "encoder_attention_mask")
+
+    def encode_prompt(self, pipe, prompt, negative, guided):
+        import inspect
+
+        params = inspect.signature(pipe.__call__).parameters
+        known = ("clean_caption", "max_sequence_length", "complex_human_instruction")
+        defaults = {k: params[k].default for k in known if k in params}
+        pe, mask, npe, nmask = pipe.encode_prompt(
+            prompt,
+            do_classifier_free_guidance=guided,
+            negative_prompt=negative or "",
+            device="cpu",
+            **defaults,
+        )
+        return (pe, mask), (npe, nmask)
 
 
 def uses_sizes(config: dict) -> bool:
@@ -49,18 +51,8 @@ def uses_sizes(config: dict) -> bool:
     return bool(flag) if flag is not None else config.get("sample_size") == 128
 
 
-class PixArt(AbstractDenoiser):
+class PixArt(AbstractCaptioned):
     name = "PixArt-alpha/Sigma"
-    classes = ("PixArtTransformer2DModel", "Transformer2DModel")
-    examples = "PixArt-alpha/PixArt-XL-2-1024-MS, PixArt-alpha/PixArt-Sigma-XL-2-1024-MS"
-    state = "latents (H, W, 4), patched by the network itself"
-    time = "the scheduler's timestep"
-    output = "eps (and a learned-sigma half, dropped)"
-
-    prompt_names = ("encoder_hidden_states", "encoder_attention_mask")
-
-    def prompt_conditions(self, pipe, prompt, negative, guided):
-        return masked_prompt(pipe, prompt, negative, guided)
 
     def accepts(self, config: dict) -> bool:
         return config.get("_class_name") == "PixArtTransformer2DModel" or (

@@ -4,22 +4,11 @@ DPM-Solver with ``prediction_type="flow_prediction"`` and flow sigmas, or on
 
 from __future__ import annotations
 
-from .base import AbstractDenoiser
-from .pixart import caption, masked_prompt
+from .pixart import AbstractCaptioned, caption
 
 
-class Sana(AbstractDenoiser):
+class Sana(AbstractCaptioned):
     name = "Sana"
-    classes = ("SanaTransformer2DModel",)
-    examples = "Efficient-Large-Model/Sana_1600M_1024px_diffusers"
-    state = "AutoencoderDC latents (H, W, 32) as NCHW, patched by the network itself"
-    time = "the scheduler's timestep sigma * 1000, times the config's timestep_scale"
-    output = "flow velocity eps - x0 in sigma"
-
-    prompt_names = ("encoder_hidden_states", "encoder_attention_mask")
-
-    def prompt_conditions(self, pipe, prompt, negative, guided):
-        return masked_prompt(pipe, prompt, negative, guided)
 
     def refusal(self, config: dict) -> str | None:
         if config.get("guidance_embeds"):
