@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
 from wgfm import cli  # noqa: E402
-from wgfm.diagnosis import CLAIMS, DiagnoseSizes, command  # noqa: E402
+from wgfm.diagnosis import CLAIMS, DiagnoseSizes  # noqa: E402
 from wgfm.diagnosis.command import DiagnoseConfig, run  # noqa: E402
 from wgfm.diagnosis.sources import load_images  # noqa: E402
 from wgfm.figures import png_is_valid_and_not_blank  # noqa: E402
@@ -113,17 +113,18 @@ def test_rerun_resumes_and_foreign_directories_are_refused(
     diagnosed, model_dir, tmp_path, monkeypatch
 ):
     out, first = diagnosed
-    claims_before = {p.name: p.read_text() for p in (out / "claims").iterdir()}
+    levels_before = _parts(out)
 
     def fail(*args, **kwargs):
-        raise AssertionError("a finished claim or the generated images were recomputed")
+        raise AssertionError("a finished level or the generated images were recomputed")
 
-    monkeypatch.setattr(command, "diagnose", fail)
+    monkeypatch.setattr("wgfm.diagnosis.asymmetry.sweep", fail)
+    monkeypatch.setattr("wgfm.diagnosis.circulation.sweep", fail)
     monkeypatch.setattr("wgfm.samplers.sample_ddim", fail)
     run(DiagnoseConfig(model=model_dir, out=out), sizes=SIZES)
     again = json.loads((out / "results.json").read_text())
     assert again["claims"] == first["claims"] and again["numbers"] == first["numbers"]
-    assert "Reused from an earlier run" in (out / "REPORT.md").read_text()
+    assert "3 of 3 levels reused from an earlier run" in (out / "REPORT.md").read_text()
 
     other = _save_pipeline(tmp_path / "other", seed=1)
     with pytest.raises(ValueError, match="different model"):
@@ -136,7 +137,11 @@ def test_rerun_resumes_and_foreign_directories_are_refused(
     with pytest.raises(ValueError, match="not empty"):
         run(DiagnoseConfig(model=model_dir, out=foreign), sizes=SIZES)
     assert (foreign / "REPORT.md").read_text() == "someone else's report"
-    assert {p.name: p.read_text() for p in (out / "claims").iterdir()} == claims_before
+    assert _parts(out) == levels_before
+
+
+def _parts(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in (out / "parts").rglob("*.npz")}
 
 
 def test_load_images_crops_resizes_and_scales(tmp_path):

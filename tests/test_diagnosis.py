@@ -410,7 +410,7 @@ def test_cost_lines_size_a_full_run():
     import dataclasses
 
     from wgfm.diagnosis import FULL, QUICK
-    from wgfm.diagnosis.command import cost_lines
+    from wgfm.diagnosis.shards import cost_lines
 
     sz = dataclasses.replace(QUICK, num_levels=4, num_samples=2, loop_levels=3, loop_samples=1)
     lines = cost_lines(
@@ -471,7 +471,7 @@ class _MeanNorm(AbstractClaim):
 def test_a_claim_is_added_by_its_registry_entry(monkeypatch, tmp_path):
     """The diagnosis names no claim: a new AbstractClaim in CLAIMS is measured, keyed, titled,
     saved and costed like the paper's two, with nothing else changed."""
-    from wgfm.diagnosis.command import cost_lines
+    from wgfm.diagnosis.shards import cost_lines
 
     claim = _MeanNorm()
     monkeypatch.setitem(CLAIMS, claim.key, claim)

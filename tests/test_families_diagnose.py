@@ -132,6 +132,7 @@ def test_diagnose_quick_end_to_end(family, tmp_path):
         model=root, condition=tmp_path / "c.npz", out=out, quick=True, **options
     )
     d = run(config, sizes=SIZES)
+    assert d is not None  # one process: it writes the report
     res = json.loads((out / "results.json").read_text())
     md = (out / "REPORT.md").read_text()
     for line in lines:

@@ -175,10 +175,16 @@ def diagnose(config: Annotated[DiagnoseConfig, tyro.conf.arg(name="")]) -> int:
         # One line: the checkpoint loader lists every mismatched tensor on its own line.
         print(f"wgfm diagnose: {'; '.join(str(e).split(chr(10)))}", file=sys.stderr)
         return 2
+    if diagnosis is None:
+        print(
+            f"wgfm diagnose: this process's levels are done; the last process writes the "
+            f"report (or: wgfm diagnose --merge {config.out})"
+        )
+        return 0
     rows = [r for rs in diagnosis.rows.values() for r in rs]
     print(
         f"{sum(r.verdict for r in rows)}/{len(rows)} claim rows hold; report in "
-        f"{config.out / 'REPORT.md'}"
+        f"{(config.merge or config.out) / 'REPORT.md'}"
     )
     return 0
 

@@ -180,12 +180,6 @@ def diagnose(
         A :class:`Diagnosis`: per claim title its :class:`wgfm.report.Measurement`; the
         header says where the sweeps ran and each claim's header lines.
     """
-    kind = kind or getattr(field, "kind", None)
-    if kind is None:
-        raise ValueError(
-            "`kind` is required: the field has no `kind` attribute saying whether "
-            "it predicts eps, x0, the score or the velocity."
-        )
     if devices is not None and mesh is not None:
         raise ValueError("`devices` and `mesh` are alternatives: give one of them.")
     if devices is not None:
@@ -200,15 +194,43 @@ def diagnose(
         raise ValueError(
             f"`claims` must be a non-empty tuple among {tuple(CLAIMS)}, got {claims!r}."
         )
+    score, controls, x = prepare(field, process, images, key=key, kind=kind, untrained=untrained)
+    measurements = {}
+    for claim in (CLAIMS[c] for c in claims):
+        x0, claim_key = claim_points(key, claim, x, sizes)
+        m = claim.measure(
+            score,
+            process,
+            x0,
+            sizes,
+            key=claim_key,
+            controls=controls,
+            label=label,
+            mesh=mesh,
+        )
+        header.update(claim.header(m.numbers))
+        measurements[claim.title] = m
+    return Diagnosis(label, measurements, header)
+
+
+def prepare(
+    field: Field, process: AbstractProcess, images, *, key: PRNGKeyArray, kind: Kind | None = None,
+    untrained: Field | None = None,
+) -> tuple[Field, Controls, np.ndarray]:  # fmt: skip
+    """What every claim of :func:`diagnose` measures: ``(score, controls, images)``, the
+    field's score, the :class:`wgfm.diagnosis.claim.Controls` beside it and the clean images
+    as a NumPy array (checked). Arguments as :func:`diagnose`'s."""
+    kind = kind or getattr(field, "kind", None)
+    if kind is None:
+        raise ValueError(
+            "`kind` is required: the field has no `kind` attribute saying whether "
+            "it predicts eps, x0, the score or the velocity."
+        )
     x = np.asarray(images)
     if x.ndim < 2 or len(x) < 2:
         raise ValueError(f"`images` must have shape (N, *sample_shape) with N >= 2, got {x.shape}.")
     if not np.isfinite(x).all():
         raise ValueError("`images` holds non-finite values.")
-
-    def sub(name: str):
-        return jax.random.fold_in(key, zlib.crc32(name.encode()))
-
     score = as_field(process, field, kind=kind, to="score")
     fit = x[:GAUSSIAN_FIT_MAX]
     if untrained is None:
@@ -217,7 +239,9 @@ def diagnose(
             if isinstance(field, AbstractPretrainedField)
             else CallableField(field, kind, process)
         )
-        untrained = pretrained.untrained(key=sub("untrained"), sample_shape=tuple(x.shape[1:]))
+        untrained = pretrained.untrained(
+            key=derived_key(key, "untrained"), sample_shape=tuple(x.shape[1:])
+        )
     controls = Controls(
         gradient=gaussian_fit_score(fit, process),
         untrained=None
@@ -225,27 +249,26 @@ def diagnose(
         else as_field(process, untrained, kind=kind, to="score"),
         control_name=f"exact score of the Gaussian fitted to {len(fit)} clean images",
     )
-    measurements = {}
-    for claim in (CLAIMS[c] for c in claims):
-        n = claim.num_samples(sizes)
-        if n > len(x):
-            raise ValueError(
-                f"claim {claim.number} needs {n} clean images, `images` holds {len(x)}."
-            )
-        x0 = jnp.asarray(x[measured_indices(key, claim, len(x), n)])
-        m = claim.measure(
-            score,
-            process,
-            x0,
-            sizes,
-            key=sub(f"claim-{claim.number}"),
-            controls=controls,
-            label=label,
-            mesh=mesh,
+    return score, controls, x
+
+
+def claim_points(
+    key: PRNGKeyArray, claim: AbstractClaim, images: np.ndarray, sizes: DiagnoseSizes
+) -> tuple[jax.Array, PRNGKeyArray]:
+    """``(x0, claim key)``: the clean images :func:`diagnose` with ``key`` measures in
+    ``claim`` at ``sizes`` (:func:`measured_indices`), and the key of its measurement."""
+    n = claim.num_samples(sizes)
+    if n > len(images):
+        raise ValueError(
+            f"claim {claim.number} needs {n} clean images, `images` holds {len(images)}."
         )
-        header.update(claim.header(m.numbers))
-        measurements[claim.title] = m
-    return Diagnosis(label, measurements, header)
+    x0 = jnp.asarray(images[measured_indices(key, claim, len(images), n)])
+    return x0, derived_key(key, f"claim-{claim.number}")
+
+
+def derived_key(key: PRNGKeyArray, name: str) -> PRNGKeyArray:
+    """The key :func:`diagnose` derives from ``key`` by ``name``."""
+    return jax.random.fold_in(key, zlib.crc32(name.encode()))
 
 
 def on_torch(field) -> bool:

@@ -22,8 +22,8 @@ from ..diagnostics.kernels import ExactAsymmetry, SubAndProbe
 from ..processes import AbstractProcess
 from ..report import ClaimRow, Measurement, fmt, level_bar
 from ..typing import Field
-from .budget import JacobianPolicy
-from .claim import AbstractClaim
+from .budget import JacobianChoice, JacobianPolicy
+from .claim import AbstractClaim, ClaimInputs, Controls, claim_fields, noised_points
 from .sizes import DiagnoseSizes
 
 
@@ -60,11 +60,55 @@ class JacobianAsymmetry(AbstractClaim):
     def measurement(self, *args, **kwargs) -> Measurement:
         return measure_asymmetry(*args, **kwargs)
 
+    def plan(self, inputs: ClaimInputs) -> dict[str, Any]:
+        x = inputs
+        xs, ts = noised_points(x.process, x.x0, self.num_levels(x.sizes), x.key)
+        fields = claim_fields(x.score, x.controls)
+        policy = self.options(x.sizes)["policy"]
+        return {"jacobian": _choose(policy, x.score, xs, ts, len(fields), x.mesh).numbers()}
+
+    def level_values(self, inputs: ClaimInputs, plan, levels):
+        x = inputs
+        xs, ts = noised_points(x.process, x.x0, self.num_levels(x.sizes), x.key)
+        opts = self.options(x.sizes)
+        for i in levels:
+            yield (
+                i,
+                asymmetry_values(
+                    claim_fields(x.score, x.controls),
+                    xs,
+                    ts,
+                    exact=bool(plan["jacobian"]["exact"]),
+                    key=jax.random.split(x.key)[1],
+                    mesh=x.mesh,
+                    select=[i],
+                    **{k: opts[k] for k in _VALUE_OPTIONS},
+                ),
+            )
+
+    def summarize(self, values, plan, sizes, *, ts, label="model", control_name="", image=True):
+        opts = self.options(sizes)
+        choice = JacobianChoice.from_numbers(plan["jacobian"])
+        rows, numbers, fig = summarize_asymmetry(
+            values,
+            ts,
+            choice,
+            label=label,
+            control_name=control_name,
+            image=image,
+            **{k: opts[k] for k in _VALUE_OPTIONS if k != "batch_size"},
+        )
+        return Measurement(rows, numbers, {f"lambda_{label}": fig})
+
     def header(self, numbers: dict[str, Any]) -> dict[str, str]:
         out = {f"claim {self.number} Jacobians": numbers["jacobian"]["description"]}
         if "adaptive" in numbers:
             out[f"claim {self.number} probes"] = adaptive_line(numbers["adaptive"])
         return out
+
+
+# The options of measure_asymmetry that asymmetry_values reads.
+_VALUE_OPTIONS = ("sub_jacobian_size", "num_probes", "rel_se", "max_probes", "batch_size")
 
 
 def measure_asymmetry(
@@ -132,58 +176,123 @@ def measure_asymmetry(
     x0 = jnp.asarray(x0)
     tsj = jnp.asarray(ts, x0.dtype)
     xs = noised_samples(process, x0, tsj, key=k_noise)
-    fields = {"trained": field, "untrained": untrained, "oracle score": gradient}
-    fields = {k: f for k, f in fields.items() if f is not None}
-    dim = int(np.prod(x0.shape[1:]))
+    fields = claim_fields(field, Controls(gradient, untrained))
+    choice = _choose(policy or JacobianPolicy(), field, xs, tsj, len(fields), mesh)
+    opts: dict[str, Any] = dict(
+        sub_jacobian_size=sub_jacobian_size,
+        num_probes=num_probes,
+        rel_se=rel_se,
+        max_probes=max_probes,
+    )
+    res = asymmetry_values(
+        fields,
+        xs,
+        tsj,
+        exact=choice.exact,
+        key=k_sub,
+        batch_size=batch_size,
+        mesh=mesh,
+        label=label,
+        **opts,
+    )
+    rows, numbers, fig = summarize_asymmetry(
+        res,
+        np.asarray(ts),
+        choice,
+        label=label,
+        control_name=control_name,
+        image=x0.ndim > 2,
+        **opts,
+    )
+    if choice.exact and estimator_check:
+        k = min(sub_jacobian_size, int(np.prod(x0.shape[1:])))
+        lam = res["trained"][0]
+        rows.append(_estimators_agree(label, field, xs, tsj, lam, k_sub, numbers, k, num_probes))
+    if not choice.exact and exact_samples > 0:
+        rows.append(
+            _exact_subset(label, field, xs[:, :exact_samples], tsj, res["trained"], numbers)
+        )
+    numbers["jacobian"] = numbers.pop("jacobian")  # last, as results.json has always had it
+    return Measurement(rows, numbers, {f"lambda_{label}": fig})
+
+
+def _choose(policy: JacobianPolicy, field, xs, ts, num_fields: int, mesh) -> JacobianChoice:
+    """``policy``'s choice for every field's Jacobians at the points ``xs`` ``(L, n, ...)``,
+    timed (if at all) at the middle level's first sample."""
     devices = 1 if mesh is None else int(mesh.devices.size)
     # Controls cost no more than the trained field (the same architecture, or a Gaussian's
     # linear score): time it alone and count every field's Jacobians at its price.
-    count = -(-x0.shape[0] // devices) * len(ts) * len(fields)
-    policy = policy or JacobianPolicy()  # exact up to D = 64
-    choice = policy.choose(field, xs[len(ts) // 2, 0], tsj[len(ts) // 2], count=count)
-    exact = choice.exact
+    count = -(-xs.shape[1] // devices) * len(ts) * num_fields
+    mid = len(ts) // 2
+    return policy.choose(field, xs[mid, 0], ts[mid], count=count)
+
+
+def asymmetry_values(
+    fields: dict[str, Field],
+    xs: Array,
+    ts: Array,
+    *,
+    exact: bool,
+    key: PRNGKeyArray,
+    sub_jacobian_size: int,
+    num_probes: int,
+    rel_se: float | None,
+    max_probes: int,
+    batch_size: int,
+    mesh=None,
+    select=None,
+    label: str = "model",
+) -> dict[str, tuple[np.ndarray, ...]]:
+    """Claim 1's per-sample values of each field at the points ``xs`` ``(L, n, ...)``: exact
+    ``(lambda, NAsym)``, or the sub-Jacobian ratio, the probe ratio and its s.e. (and with
+    ``rel_se`` the passes and effective rank), each ``(n, L)`` (``(n, len(select))`` at the
+    levels ``select`` only, as :func:`wgfm.diagnostics.sweep` takes it). ``key``: the
+    sub-Jacobian coordinates and probes, the same for every field."""
     if exact:
-        res = {
-            k: _values(
-                sweep(
-                    ExactAsymmetry(),
-                    f,
-                    xs,
-                    tsj,
-                    mesh=mesh,
-                    checked=False,
-                    what="Jacobian asymmetry values are",
-                    progress=level_bar(f"Jacobians, {label}, {k}", x0),
-                )
-            )
-            for k, f in fields.items()
-        }
-        what = "lambda"
+        diag, what, bar, bs = ExactAsymmetry(), "Jacobian asymmetry values are", "Jacobians", None
     else:
-        # the same coordinates for every field
         diag = (
             SubAndProbe(sub_jacobian_size, num_probes)
             if rel_se is None
             else AdaptiveSubAndProbe(sub_jacobian_size, rel_se, max_probes, num_probes)
         )
-        res = {
-            k: _values(
-                sweep(
-                    diag,
-                    f,
-                    xs,
-                    tsj,
-                    key=k_sub,
-                    mesh=mesh,
-                    batch_size=batch_size,
-                    checked=False,
-                    what="sub-Jacobian or probe asymmetry values are",
-                    progress=level_bar(f"sub-Jacobians, {label}, {k}", x0),
-                )
+        what, bar, bs = "sub-Jacobian or probe asymmetry values are", "sub-Jacobians", batch_size
+    return {
+        k: _values(
+            sweep(
+                diag,
+                f,
+                xs,
+                ts,
+                key=None if exact else key,
+                mesh=mesh,
+                batch_size=bs,
+                checked=False,
+                what=what,
+                progress=None if select is not None else level_bar(f"{bar}, {label}, {k}", xs[0]),
+                select=select,
             )
-            for k, f in fields.items()
-        }
-        what = f"{sub_jacobian_size}x{sub_jacobian_size} sub-Jacobian lambda"
+        )
+        for k, f in fields.items()
+    }
+
+
+def summarize_asymmetry(
+    res: dict[str, tuple[np.ndarray, ...]],
+    ts: np.ndarray,
+    choice: JacobianChoice,
+    *,
+    label: str,
+    control_name: str,
+    image: bool,
+    sub_jacobian_size: int,
+    num_probes: int,
+    rel_se: float | None,
+    max_probes: int,
+) -> tuple[list[ClaimRow], dict, Any]:
+    """Claim 1's rows, numbers (per-level medians; ``numbers["jacobian"]`` the choice) and
+    figure from :func:`asymmetry_values` ``res`` at every level of ``ts`` ``(L,)``."""
+    exact = choice.exact
     lam = {k: v[0] for k, v in res.items()}  # (n, L) each
     med = {k: np.median(v, axis=0) for k, v in lam.items()}
     k = sub_jacobian_size
@@ -191,8 +300,16 @@ def measure_asymmetry(
     from ..figures import boxplot_by_level
 
     fig = boxplot_by_level(np.asarray(ts), lam, ylabel, f"Differential constraint ({label})")
-    headline = None
-    if not exact:  # the probe estimate is the full-dimension number; sub-Jacobians certify
+    if exact:
+        what = "lambda"
+        rows = _rows(label, med, what, control_name, image=image)
+        numbers = {
+            "levels": np.asarray(ts),
+            "median_ratio": med,
+            "median_nasym": {k: np.median(v[1], axis=0) for k, v in res.items()},
+        }
+    else:  # the probe estimate is the full-dimension number; sub-Jacobians certify
+        what = f"{k}x{k} sub-Jacobian lambda"
         how = (
             f"{num_probes}-probe estimate"
             if rel_se is None
@@ -203,40 +320,22 @@ def measure_asymmetry(
             {k: np.median(v[1], axis=0) for k, v in res.items()},
             {k: np.median(v[2], axis=0) for k, v in res.items()},
         )
-    rows = _rows(label, med, what, control_name, image=x0.ndim > 2, headline=headline)
-    if exact:
-        numbers = {
-            "levels": np.asarray(ts),
-            "median_ratio": med,
-            "median_nasym": {k: np.median(v[1], axis=0) for k, v in res.items()},
-        }
-        if estimator_check:
-            k = min(sub_jacobian_size, dim)
-            rows.append(
-                _estimators_agree(
-                    label, field, xs, tsj, lam["trained"], k_sub, numbers, k, num_probes
-                )
-            )
-    else:
+        rows = _rows(label, med, what, control_name, image=image, headline=headline)
         numbers = {
             "levels": np.asarray(ts),
             "sub_jacobian_size": sub_jacobian_size,
             "num_probes": num_probes,
             "median_sub_ratio": med,
-            "median_probe_ratio": {k: np.median(v[1], axis=0) for k, v in res.items()},
-            "median_probe_ratio_se": {k: np.median(v[2], axis=0) for k, v in res.items()},
+            "median_probe_ratio": headline[1],
+            "median_probe_ratio_se": headline[2],
             "probes_for_10pct_se": {
                 k: probes_for(_probes_used(v, num_probes), v[1], v[2]) for k, v in res.items()
             },
         }
         if rel_se is not None:
             numbers["adaptive"] = adaptive_numbers(res, rel_se, max_probes, num_probes)
-        if exact_samples > 0:
-            rows.append(
-                _exact_subset(label, field, xs[:, :exact_samples], tsj, res["trained"], numbers)
-            )
     numbers["jacobian"] = choice.numbers()
-    return Measurement(rows, numbers, {f"lambda_{label}": fig})
+    return rows, numbers, fig
 
 
 def headline_lambda(numbers: dict) -> tuple[np.ndarray, np.ndarray, str]:

@@ -85,6 +85,11 @@ class JacobianChoice:
         out["description"] = self.describe()
         return out
 
+    @classmethod
+    def from_numbers(cls, numbers: dict) -> JacobianChoice:
+        """The choice that :meth:`numbers` recorded (a sharded run's shared plan)."""
+        return cls(**{f.name: numbers[f.name] for f in dataclasses.fields(cls)})
+
 
 def time_jvp(
     field: Field, x: Array, t: Scalar, *, tangents: int = JACOBIAN_CHUNK, repeats: int = 3

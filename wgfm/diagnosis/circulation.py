@@ -22,7 +22,7 @@ from ..diagnostics.kernels import FAMILIES, Circulation
 from ..processes import AbstractProcess
 from ..report import ClaimRow, Measurement, fmt, level_bar
 from ..typing import Field
-from .claim import AbstractClaim
+from .claim import AbstractClaim, ClaimInputs, Controls, claim_fields, noised_points
 from .sizes import DiagnoseSizes
 
 
@@ -53,6 +53,38 @@ class LoopCirculation(AbstractClaim):
 
     def measurement(self, *args, **kwargs) -> Measurement:
         return measure_circulation(*args, **kwargs)
+
+    def level_values(self, inputs: ClaimInputs, plan, levels):
+        x = inputs
+        xs, ts = noised_points(x.process, x.x0, self.num_levels(x.sizes), x.key)
+        opts = self.options(x.sizes)
+        del opts["figures"]
+        for i in levels:
+            yield (
+                i,
+                circulation_values(
+                    claim_fields(x.score, x.controls),
+                    x.process,
+                    jnp.asarray(x.x0),
+                    xs,
+                    ts,
+                    key=jax.random.split(x.key)[1],
+                    families=FAMILIES,
+                    mesh=x.mesh,
+                    select=[i],
+                    **opts,
+                ),
+            )
+
+    def summarize(self, values, plan, sizes, *, ts, label="model", control_name="", image=True):
+        return summarize_circulation(
+            values,
+            ts,
+            label=label,
+            control_name=control_name,
+            families=FAMILIES,
+            figures=self.figures,
+        )
 
 
 # family -> (figure-name suffix, caption) of its circulation-by-level figure.
@@ -119,30 +151,95 @@ def measure_circulation(
     x0 = jnp.asarray(x0)
     tsj = jnp.asarray(ts, x0.dtype)
     xs = noised_samples(process, x0, tsj, key=k_noise)
+    opts = dict(
+        loop_points=loop_points,
+        bridge_steps=bridge_steps,
+        noisy_copies=noisy_copies,
+        noisy_points=noisy_points,
+    )
+    fields = claim_fields(field, Controls(gradient, untrained))
+    per_field = circulation_values(
+        fields,
+        process,
+        x0,
+        xs,
+        tsj,
+        key=k_loop,
+        families=families,
+        batch_size=batch_size,
+        mesh=mesh,
+        label=label,
+        **opts,
+    )
+    return summarize_circulation(
+        per_field,
+        np.asarray(ts),
+        label=label,
+        control_name=control_name,
+        families=families,
+        figures=figures,
+    )
+
+
+def circulation_values(
+    fields: dict[str, Field],
+    process: AbstractProcess,
+    x0: Array,
+    xs: Array,
+    ts: Array,
+    *,
+    key: PRNGKeyArray,
+    families: tuple[str, ...],
+    loop_points: int,
+    bridge_steps: int,
+    noisy_copies: int,
+    noisy_points: int,
+    batch_size: int | None,
+    mesh=None,
+    select=None,
+    label: str = "model",
+) -> dict[str, dict[str, tuple[np.ndarray, ...]]]:
+    """Claim 2's per-sample values of each field, per family ``(|I|, |I_norm|, |I / L|)``,
+    each ``(n, L)`` (``(n, len(select))`` at the levels ``select`` only, as
+    :func:`wgfm.diagnostics.sweep` takes it), around the loops through the noised copies
+    ``xs`` ``(L, n, ...)`` of the clean ``x0`` ``(n, ...)``. ``key``: the loops, the same for
+    every field."""
     pairs = (jnp.broadcast_to(x0, xs.shape), xs)
     diag = Circulation(
         process, tuple(families), loop_points, bridge_steps, noisy_copies, noisy_points
     )
-    fields = {"trained": field, "untrained": untrained, "oracle score": gradient}
-    fields = {k: f for k, f in fields.items() if f is not None}
-    per_field = {  # the same loops (same key) for every field; (n, L) arrays
+    return {
         k: jax.tree.map(
             lambda v: np.asarray(v).T,
             sweep(
                 diag,
                 f,
                 pairs,
-                tsj,
-                key=k_loop,
+                ts,
+                key=key,
                 mesh=mesh,
                 batch_size=batch_size,
                 checked=False,
                 what="loop circulation values are",
-                progress=level_bar(f"loops, {label}, {k}", x0),
+                progress=None if select is not None else level_bar(f"loops, {label}, {k}", x0),
+                select=select,
             ).values,
         )
         for k, f in fields.items()
     }
+
+
+def summarize_circulation(
+    per_field: dict[str, dict[str, tuple[np.ndarray, ...]]],
+    ts: np.ndarray,
+    *,
+    label: str,
+    control_name: str,
+    families: tuple[str, ...],
+    figures: tuple[str, ...],
+) -> Measurement:
+    """Claim 2's rows, numbers (per family and field the per-level medians) and figures from
+    :func:`circulation_values` ``per_field`` at every level of ``ts`` ``(L,)``."""
     from ..figures import lines_by_level
 
     numbers: dict = {"levels": np.asarray(ts)}

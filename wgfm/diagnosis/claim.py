@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, PRNGKeyArray
 
-from ..diagnostics import times_grid
+from ..diagnostics import noised_samples, times_grid
 from ..processes import AbstractProcess
 from ..report import Measurement
 from ..typing import Field
@@ -36,6 +40,41 @@ class Controls:
 
 
 NO_CONTROLS = Controls()
+
+
+@dataclasses.dataclass(frozen=True)
+class ClaimInputs:
+    """What a claim is measured on, as :meth:`AbstractClaim.measure` takes it: the score field
+    ``(x (*shape), t ()) -> (*shape)``, its forward process, the clean samples ``x0``
+    ``(num_samples(sizes), *shape)``, the sizes, the claim's key, the controls and a
+    ``jax.sharding.Mesh`` splitting the samples over its devices (or None)."""
+
+    score: Field
+    process: AbstractProcess
+    x0: Array
+    sizes: DiagnoseSizes
+    key: PRNGKeyArray
+    controls: Controls = NO_CONTROLS
+    mesh: Any = None
+
+
+def noised_points(
+    process: AbstractProcess, x0: Array, num_levels: int, key: PRNGKeyArray
+) -> tuple[Array, Array]:
+    """``(xs (L, n, ...), ts (L,))``: the noised copies of ``x0`` that a claim's measurement
+    with ``key`` draws (from the first half of ``jax.random.split(key)``) at
+    :func:`wgfm.diagnostics.times_grid`'s ``num_levels`` levels of ``process``."""
+    x0 = jnp.asarray(x0)
+    ts = jnp.asarray(times_grid(process, num_levels), x0.dtype)
+    return noised_samples(process, x0, ts, key=jax.random.split(key)[0]), ts
+
+
+def claim_fields(score: Field, controls: Controls) -> dict[str, Field]:
+    """The fields a claim measures on the same points, by their names in its numbers:
+    ``"trained"`` (``score``), ``"untrained"`` and ``"oracle score"`` (the gradient control)
+    where given."""
+    fields = {"trained": score, "untrained": controls.untrained, "oracle score": controls.gradient}
+    return {k: f for k, f in fields.items() if f is not None}
 
 
 class AbstractClaim(eqx.Module):
@@ -107,6 +146,40 @@ class AbstractClaim(eqx.Module):
             mesh=mesh,
             **self.options(sizes),
         )
+
+    def plan(self, inputs: ClaimInputs) -> dict[str, Any]:
+        """The choices made once per run before any level is measured, as JSON values (claim
+        1: exact Jacobians or probes, from a timed JVP). A run split over processes makes them
+        once and every process reads them back, so all levels are measured alike. Default:
+        none."""
+        return {}
+
+    def level_values(
+        self, inputs: ClaimInputs, plan: dict[str, Any], levels: Sequence[int]
+    ) -> Iterator[tuple[int, Any]]:
+        """The claim's per-sample values at each level of ``levels`` (indices into its grid of
+        ``num_levels(sizes)`` levels), one level at a time: ``(level, values)`` with ``values``
+        a PyTree (dicts and tuples) of arrays ``(num_samples(sizes), 1)``. The noise, loops and
+        probes of a level are those :meth:`measure` draws for it, so :meth:`summarize` of all
+        levels' values is the whole claim. ``wgfm diagnose --shard`` measures its levels this
+        way; ``plan`` is :meth:`plan`'s."""
+        raise NotImplementedError(f"claim {self.number} is not measured level by level.")
+
+    def summarize(
+        self,
+        values: Any,
+        plan: dict[str, Any],
+        sizes: DiagnoseSizes,
+        *,
+        ts: np.ndarray,
+        label: str = "model",
+        control_name: str = "gradient control",
+        image: bool = True,
+    ) -> Measurement:
+        """The :class:`wgfm.report.Measurement` from every level's :meth:`level_values`
+        (their arrays joined along the level axis, ``(num_samples, L)``) at levels ``ts``
+        ``(L,)``; ``image`` says whether the samples were images."""
+        raise NotImplementedError(f"claim {self.number} is not measured level by level.")
 
     def header(self, numbers: dict[str, Any]) -> dict[str, str]:
         """Report-header lines from this claim's ``numbers`` (default: none)."""

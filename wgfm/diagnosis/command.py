@@ -1,20 +1,21 @@
 """``wgfm diagnose``: :func:`wgfm.diagnose` on a pretrained model, into a resumable directory.
 
 :func:`run` takes the command's options, a :class:`wgfm.diagnosis.config.DiagnoseConfig`;
-it loads the model by spec (:func:`wgfm.interop.load_model`),
-takes the clean images (:mod:`.sources`), measures every registered claim
-(:data:`wgfm.diagnosis.registry.CLAIMS`) with :func:`wgfm.diagnosis.diagnose`, keeping each
-finished claim in the output directory (:mod:`.outdir`), and writes the report with
-:meth:`wgfm.diagnosis.Diagnosis.save`.
+it loads the model by spec (:func:`wgfm.interop.load_model`), takes the clean images
+(:mod:`.sources`) and measures every registered claim (:data:`wgfm.diagnosis.registry.CLAIMS`)
+level by level, keeping each level in the output directory (:mod:`.outdir`). A run split over
+processes (``--shard I/N``, or the launcher's environment) measures its share of the levels
+(:mod:`.shards`); whichever process finds every level there writes the report
+(:func:`wgfm.diagnosis.shards.merge`, as :meth:`wgfm.diagnosis.Diagnosis.save` does).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import re
 import time
-import zlib
 from pathlib import Path
 
 import jax
@@ -22,42 +23,128 @@ from rich.console import Console
 from tqdm.auto import tqdm
 
 from ..interop.load import is_callable_spec, load_model, model_fingerprint, model_name
-from . import outdir, sources, spaces
-from .api import GAUSSIAN_FIT_MAX, Diagnosis, device_line, diagnose, measured_indices
+from . import api, outdir, shards, sources, spaces
 from .asymmetry import JacobianAsymmetry
 from .config import DiagnoseConfig
 from .registry import CLAIMS
-from .sizes import FULL, DiagnoseSizes
+from .sizes import DiagnoseSizes
 
 
-def run(config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None, mesh=None) -> Diagnosis:
-    """Diagnose ``config.model`` into ``config.out`` (REPORT.md, results.json, figures/).
+def run(
+    config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None, mesh=None
+) -> api.Diagnosis | None:
+    """Diagnose ``config.model`` into ``config.out`` (REPORT.md, results.json, figures/), or
+    this process's share of it (``config.shard`` or the launcher's environment).
 
     Args:
-        config: the options.
+        config: the options (with ``merge``, only the assembly of that directory).
         sizes: overrides the mode's sizes (tests); ``config.jacobians`` still applies.
         mesh: a ``jax.sharding.Mesh`` (:func:`wgfm.distributed.setup_devices`) splitting the
             images over its devices.
 
     Returns:
-        The :class:`wgfm.diagnosis.Diagnosis` written.
+        The :class:`wgfm.diagnosis.Diagnosis` written, or None when levels of other processes
+        are still missing (the last process to finish writes it).
     """
     config.check()
+    if config.merge is not None:
+        return shards.merge(config.merge)
     console = Console(stderr=True)
     sz = dataclasses.replace(sizes or config.sizes, jacobians=config.jacobians)
     t_all = time.perf_counter()
+    shard = _shard(config, console)
+    field, process = _load(config)
+    out = Path(config.out)
+    settings = {
+        "sizes": dataclasses.asdict(sz),
+        "seed": config.seed,
+        "clean images": sources.describe_source(config.data, config.images),
+        "field": field.describe(),
+    }
+    fingerprint = model_fingerprint(config.model)  # pyright: ignore[reportArgumentType]
+    outdir.claim_directory(out, fingerprint, model_name(config.model), settings)  # pyright: ignore[reportArgumentType]
+    root = jax.random.key(config.seed)
+    shape = sources.sample_shape(field, config.data)
+    t0 = time.perf_counter()
+    images, described = sources.clean_images(
+        field, process, shape, sz, key=api.derived_key(root, "clean"), data=config.data,
+        images=config.images, out=out,
+    )  # fmt: skip
+    console.log(f"clean images: {described} ({time.perf_counter() - t0:.1f} s)")
+    # The key diagnose() would derive itself: one untrained control whichever claim runs.
+    untrained = field.untrained(key=api.derived_key(root, "untrained"), sample_shape=shape)
+    score, controls, x = api.prepare(field, process, images, key=root, untrained=untrained)
+    label = _label(config.model)
+    shards.start(out, shard)
+    reused = {}
+    for claim in tqdm(CLAIMS.values(), desc=f"wgfm diagnose {shard[0]}/{shard[1]}", unit="claim"):
+        x0, key = api.claim_points(root, claim, x, sz)
+        reused[claim.key] = shards.measure_levels(
+            claim, score, process, x0, sz, key=key, controls=controls, out=out, shard=shard,
+            mesh=None if api.on_torch(field) else mesh,
+        )  # fmt: skip
+    pick = api.measured_indices(root, CLAIMS[JacobianAsymmetry.key], len(x), sz.num_samples)
+    record = {
+        "label": label,
+        "header": _header(config, field, fingerprint, described, mesh, sizes is not None),
+        "clean images": described,
+        "control_name": controls.control_name,
+        "image": x.ndim > 2,
+        "pixel_run": None if config.pixel_run is None else str(config.pixel_run),
+        "latent_figure": spaces.keep_decoded_figure(field.latent, x[pick], out, label),
+        "reused": reused,
+        "run time (s)": round(time.perf_counter() - t_all, 1),
+    }
+    if not shards.finish(out, shard, record, sz):
+        console.log(f"process {shard[0]}/{shard[1]} done; levels of other processes missing")
+        return None
+    d = shards.merge(out)
+    console.log(f"Report: {out / 'REPORT.md'}  Results: {out / 'results.json'}")
+    return d
+
+
+def _header(config: DiagnoseConfig, field, fingerprint, described, mesh, overridden) -> dict:
+    """The report header's lines on the run (the claims' lines and run times come at merge)."""
+    return {
+        "mode": ("quick" if config.quick else "full")
+        + (" (sizes overridden)" if overridden else ""),
+        "model": str(config.model),  # as given: a report names no path of the machine it ran on
+        "model fingerprint (sha256)": fingerprint[:16],
+        "field diagnosed": field.describe(),
+        "process": field.describe_process(),
+        "clean images": described,
+        "controls": f"exact score of the Gaussian fitted to up to {api.GAUSSIAN_FIT_MAX} clean "
+        f"images; {field.untrained_description}",
+        "seed": config.seed,
+        "devices": api.device_line(field, mesh),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+    }
+
+
+def _shard(config: DiagnoseConfig, console: Console) -> tuple[int, int]:
+    """This process's ``(index, count)``: ``--shard``, else the launcher's environment."""
+    if config.shard is not None:
+        return shards.parse_shard(config.shard)
+    found = shards.shard_from_env(os.environ, (jax.process_index(), jax.process_count()))
+    if found is None:
+        return 0, 1
+    console.log(f"process {found[0]} of {found[1]} (from {found[2]})")
+    return found[0], found[1]
+
+
+# The options of load_model that DiagnoseConfig holds under the same names.
+_LOAD = (
+    "class_label", "prompt_embedding", "variant", "mu", "guidance_scale", "condition",
+    "negative_condition", "prompt", "negative_prompt", "sample_size",
+)  # fmt: skip
+
+
+def _load(config: DiagnoseConfig):
+    """``(field, process)`` of ``config.model`` with the options that shape it."""
     field, process = load_model(
-        config.model,
-        class_label=config.class_label,
-        prompt_embedding=config.prompt_embedding,
-        variant=config.variant,
-        mu=config.mu,
-        guidance_scale=config.guidance_scale,
-        condition=config.condition,
-        negative_condition=config.negative_condition,
-        prompt=config.prompt,
-        negative_prompt=config.negative_prompt,
-        sample_size=config.sample_size,
+        config.model,  # pyright: ignore[reportArgumentType]
+        **{k: getattr(config, k) for k in _LOAD},
         device=config.torch_device,
         torch_dtype=config.dtype,
     )
@@ -66,132 +153,10 @@ def run(config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None, mesh=None
             f"`--pixel-run` compares a latent pipeline with a pixel-space run, but "
             f"{str(config.model)!r} is not a latent pipeline."
         )
-    out = Path(config.out)
-    source = sources.describe_source(config.data, config.images)
-    settings = {
-        "sizes": dataclasses.asdict(sz),
-        "seed": config.seed,
-        "clean images": source,
-        "field": field.describe(),
-    }
-    fingerprint = model_fingerprint(config.model)
-    outdir.claim_directory(out, fingerprint, model_name(config.model), settings)
-    root = jax.random.key(config.seed)
-    shape = sources.sample_shape(field, config.data)
-    # The key diagnose() would derive itself: one untrained control whichever claim runs.
-    untrained = field.untrained(key=_key(root, "untrained"), sample_shape=shape)
-    name = str(config.model).rsplit(":", 1)[-1] if is_callable_spec(config.model) else None
-    label = re.sub(r"[^\w.-]", "_", name or Path(config.model).resolve().name) or "model"
-    d = Diagnosis(label, {})
-    with tqdm(total=1 + len(CLAIMS), desc="wgfm diagnose", unit="stage") as bar:
-        bar.set_postfix_str("clean images")
-        t0 = time.perf_counter()
-        images, described = sources.clean_images(
-            field,
-            process,
-            shape,
-            sz,
-            key=_key(root, "clean"),
-            data=config.data,
-            images=config.images,
-            out=out,
-        )
-        console.log(f"clean images: {described} ({time.perf_counter() - t0:.1f} s)")
-        bar.update()
-        reused = []
-        for claim in CLAIMS.values():
-            bar.set_postfix_str(claim.title[:48])
-            path = out / "claims" / f"{claim.key}.json"
-            stored = outdir.stored_claim(path, settings)
-            note = f"Clean images: {described}."
-            if stored is None:
-                t0 = time.perf_counter()
-                m = diagnose(
-                    field,
-                    process,
-                    images,
-                    key=root,
-                    sizes=sz,
-                    untrained=untrained,
-                    claims=(claim.key,),
-                    label=label,
-                    mesh=mesh,
-                ).measurements[claim.title]
-                seconds = time.perf_counter() - t0
-                stored = outdir.store_claim(out, path, settings, m, seconds), seconds
-            else:
-                reused.append(str(claim.number))
-                note += " Reused from an earlier run in this directory."
-            d.measurements[claim.title], d.timings[claim.title] = stored
-            d.notes[claim.title] = note
-            console.log(
-                f"{claim.title}: {'reused' if note.endswith('directory.') else 'done'} "
-                f"in {d.timings[claim.title]:.1f} s"
-            )
-            bar.update()
-    if field.latent is not None:
-        title, m = JacobianAsymmetry.title, d.measurements[JacobianAsymmetry.title]
-        pick = measured_indices(root, CLAIMS[JacobianAsymmetry.key], len(images), sz.num_samples)
-        decoded = spaces.decoded_figure(field.latent, images[pick])
-        figures = {**m.figures, f"latents_decoded_{label}": decoded}
-        rows = list(m.rows)
-        if config.pixel_run is not None:
-            rows.append(spaces.pixel_vs_latent(m.numbers, config.pixel_run))
-        d.measurements[title] = dataclasses.replace(m, rows=rows, figures=figures)
-    header = {
-        "mode": ("quick" if config.quick else "full") + (" (sizes overridden)" if sizes else ""),
-        "model": str(config.model),  # as given: a report names no path of the machine it ran on
-        "model fingerprint (sha256)": fingerprint[:16],
-        "field diagnosed": field.describe(),
-        "process": field.describe_process(),
-        "clean images": described,
-        "controls": f"exact score of the Gaussian fitted to up to {GAUSSIAN_FIT_MAX} clean "
-        f"images; {field.untrained_description}",
-        "seed": config.seed,
-        "devices": device_line(field, mesh),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "total run time (s)": round(time.perf_counter() - t_all, 1),
-    }
-    for claim in CLAIMS.values():
-        header.update(claim.header(d.measurements[claim.title].numbers))
-    header.update(cost_lines(d.timings, sz, FULL))
-    if reused:
-        header["claims reused from an earlier run (their own run times below)"] = ", ".join(reused)
-    d = dataclasses.replace(d, header=header)
-    md, js = d.save(out)
-    console.log(f"Report: {md}  Results: {js}")
-    return d
+    return field, process
 
 
-def _key(root, name: str):
-    """The key ``diagnose`` derives from ``root`` by ``name``."""
-    return jax.random.fold_in(root, zlib.crc32(name.encode()))
-
-
-def cost_lines(timings: dict[str, float], sz: DiagnoseSizes, full: DiagnoseSizes) -> dict:
-    """Header lines that size a bigger run: each claim's seconds per image and level (its run
-    time, compilation included, over the images x levels it measured) and that rate times the
-    ``full`` sizes' images x levels. A lower bound for the full run where its per-image work
-    grows too (more probes, longer loops).
-
-    Args:
-        timings: seconds per claim title.
-        sz: the sizes measured.
-        full: the sizes to extrapolate to.
-
-    Returns:
-        Two header lines per timed claim.
-    """
-    out = {}
-    for claim in CLAIMS.values():
-        secs = timings.get(claim.title)
-        if secs is None:
-            continue
-        per = secs / claim.units(sz)
-        n = claim.number
-        out[f"claim {n}: seconds per image and level (compilation included)"] = round(per, 2)
-        out[
-            f"claim {n}: the same rate at the full sizes' {claim.units(full)} images x levels (s)"
-        ] = round(per * claim.units(full))
-    return out
+def _label(model) -> str:
+    """The model's name in rows and figures: its function's or directory's name."""
+    name = str(model).rsplit(":", 1)[-1] if is_callable_spec(model) else None
+    return re.sub(r"[^\w.-]", "_", name or Path(model).resolve().name) or "model"

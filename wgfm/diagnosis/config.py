@@ -32,7 +32,7 @@ class DiagnoseConfig:
     untrained network of the same architecture and the exact score of a Gaussian fitted to the
     clean images (REPORT.md, results.json and figures/ under --out). Rerunning resumes --out."""
 
-    model: Annotated[Path, tyro.conf.arg(help=MODEL_HELP)]
+    model: Annotated[Path | None, tyro.conf.arg(help=MODEL_HELP)] = None
     data: Path | None = None
     """CIFAR-10 python batches or MNIST IDX files, noised as the clean images."""
     images: Path | None = None
@@ -91,11 +91,29 @@ class DiagnoseConfig:
     dtype: str | None = None
     """a PyTorch model's weights and activations: bfloat16, float16 or float32 (default: as
     loaded); the estimators' arithmetic stays float32."""
+    shard: str | None = None
+    """I/N: measure only this process's share of the noise levels (every N-th from I), as
+    process I of N writing into the same --out; the last to finish writes the report.
+    Default: from jax.distributed, torchrun (RANK, WORLD_SIZE) or Slurm (SLURM_ARRAY_TASK_ID,
+    SLURM_PROCID, SLURM_NTASKS) when they launched several processes, else the whole run."""
+    merge: Path | None = None
+    """OUT: only write REPORT.md and results.json of a run whose processes have all
+    finished (it names those missing)."""
 
     def check(self) -> None:
         """Raise a ``ValueError`` naming the first option that cannot work."""
-        from ..interop.load import is_callable_spec  # interop loads flax: not at CLI start
+        from ..interop.load import is_callable_spec  # loads flax: not at CLI start
 
+        if self.merge is not None:
+            if not Path(self.merge).is_dir():
+                raise ValueError(f"`--merge` {str(self.merge)!r} is not a directory.")
+            return
+        if self.model is None:
+            raise ValueError("`--model` is required (or `--merge OUT` to assemble a run).")
+        if self.shard is not None:
+            from .shards import parse_shard
+
+            parse_shard(self.shard)
         if not Path(self.model).is_dir() and not is_callable_spec(self.model):
             raise ValueError(
                 f"`--model` {str(self.model)!r} is neither a directory nor package.module:function."

@@ -6,7 +6,6 @@ ODE; kept in the output directory so that a resumed run reuses them.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import jax
@@ -16,6 +15,7 @@ from tqdm.auto import tqdm
 
 from ..pretrained import AbstractPretrainedField
 from ..processes import AbstractProcess
+from .outdir import publish_once
 from .sizes import DiagnoseSizes
 
 GENERATION_CHUNK = 64  # images per sampler call
@@ -71,11 +71,12 @@ def generated_images(
     if latent is None:
         # As the diffusers pipelines return images: clipped to the data range.
         x = np.clip(x, -1.0, 1.0)
-    tmp = path.with_suffix(".tmp.npy")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(tmp, x)
-    os.replace(tmp, path)
-    return x, what
+    if path.is_file():  # of another shape: this run's replace it
+        path.unlink()
+    # Processes of a sharded run may generate at once: the first to finish is kept and every
+    # one measures its images (another host's may differ in the last bits).
+    publish_once(path, lambda tmp: np.save(tmp.open("wb"), x, allow_pickle=False))
+    return np.load(path), what
 
 
 def _sample(field, process, shape, sizes: DiagnoseSizes, n: int, key):

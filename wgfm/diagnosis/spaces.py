@@ -39,6 +39,22 @@ def decoded_figure(latent, latents: np.ndarray):
     )
 
 
+def keep_decoded_figure(latent, latents: np.ndarray, out: Path, label: str) -> dict | None:
+    """:func:`decoded_figure` of ``latents`` written once into ``out/figures`` (processes of
+    a sharded run racing to write it leave one whole file): ``{name: path under out}``; None
+    without a ``latent`` autoencoder (a pixel-space model)."""
+    if latent is None:
+        return None
+    from .outdir import publish_once
+
+    name = f"latents_decoded_{label}"
+    path = out / "figures" / f"{name}.png"
+    if not path.is_file():
+        fig = decoded_figure(latent, latents)
+        publish_once(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    return {name: f"figures/{name}.png"}
+
+
 def pixel_vs_latent(latent_numbers: dict[str, Any], pixel_run: Path) -> ClaimRow:
     """Claim 1 of this latent run (its ``latent_numbers``) beside that of the pixel-space
     ``wgfm diagnose`` run ``pixel_run`` (its ``--out`` or results.json): the full-dimension

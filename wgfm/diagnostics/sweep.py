@@ -144,6 +144,7 @@ def sweep(
     checked: bool = True,
     what: str = "diagnostic values are",
     progress: str | None = None,
+    select: Sequence[int] | None = None,
 ) -> SweepResult:
     """Evaluate ``diagnostic(field, x, t)`` (a name in ``DIAGNOSTICS`` or a function; given
     ``key``, it is called with a fresh ``key=`` per sample) on ``xs[i, n]`` at ``ts[i]``.
@@ -159,7 +160,10 @@ def sweep(
     ``progress`` (a label) runs the levels one call each behind a tqdm bar, for sweeps that
     take minutes (a U-Net's Jacobians): one program for a single level, compiled once, and the
     same values as the single call up to float32 rounding (XLA may fuse the two programs
-    differently)."""
+    differently).
+    ``select`` (time indices) evaluates only those rows of the grid, with the keys the whole
+    grid would give them: one level of a sweep split over processes (``wgfm diagnose
+    --shard``); ``ts`` and the values then have ``len(select)`` rows."""
     diag = _resolve(diagnostic)
     ts = jnp.asarray(ts)
     xs = jax.tree_util.tree_map(jnp.asarray, xs)
@@ -175,6 +179,15 @@ def sweep(
             "noised_samples, or broadcast shared samples)."
         )
     keys = None if key is None else jax.random.split(key, ts.shape[0])
+    if select is not None:
+        idx = np.asarray(select, int)
+        if idx.ndim != 1 or not np.all((idx >= 0) & (idx < ts.shape[0])):
+            raise ValueError(
+                f"`select` must be time indices in [0, {ts.shape[0]}), got {list(select)!r}."
+            )
+        xs = jax.tree_util.tree_map(lambda a: a[idx], xs)
+        ts = ts[idx]
+        keys = None if keys is None else keys[idx]
     if batch_size is not None and int(batch_size) < 1:
         raise ValueError(f"`batch_size` must be a positive integer or None, got {batch_size!r}.")
     try:

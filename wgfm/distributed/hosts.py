@@ -22,8 +22,8 @@ def distributed_init(
     auto-detection) are set; returns whether it did. Must run before any other JAX call."""
     env = [os.environ.get(k) for k in _ENV]
     coordinator = coordinator or env[0]
-    num_processes = num_processes if num_processes is not None else _int_env(_ENV[1], env[1])
-    process_id = process_id if process_id is not None else _int_env(_ENV[2], env[2])
+    num_processes = num_processes if num_processes is not None else int_env(_ENV[1], env[1])
+    process_id = process_id if process_id is not None else int_env(_ENV[2], env[2])
     given = [v is not None for v in (coordinator, num_processes, process_id)]
     auto = os.environ.get("WGFM_DISTRIBUTED", "") not in ("", "0")
     if not any(given) and not auto:
@@ -44,7 +44,9 @@ def distributed_init(
     return True
 
 
-def _int_env(name: str, value: str | None) -> int | None:
+def int_env(name: str, value: str | None) -> int | None:
+    """Environment variable ``name``'s ``value`` as an integer (None if unset or empty); a
+    ``ValueError`` naming it otherwise."""
     if value is None or value == "":
         return None
     try:
