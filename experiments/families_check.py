@@ -5,7 +5,8 @@ a PixArt-Sigma-like transformer, Sana on flow-matching Euler), each saved with s
 beside a condition .npz and run through the command as a user runs it.
 
     python -m experiments.families_check run      # the runs: docs/runs/families-quick/results.json
-    python -m experiments.families_check publish  # docs/families_quick.md from that JSON
+    python -m experiments.families_check publish  # docs/families_quick.md from that JSON, and
+                                                  # the families table of README.md and docs/
 
 Per family the JSON holds the command, its exit status and wall time, the dimension D, how
 claim 1's Jacobians were taken (exact or probes, with the probe passes), the full-dimension
@@ -26,10 +27,17 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.publish import replace_between
+from wgfm.interop.denoisers import table
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "runs" / "families-quick" / "results.json"
 PAGE = ROOT / "docs" / "families_quick.md"
 DIAGNOSE = ("diagnose", "--quick")
+# The registry's families table (wgfm.interop.denoisers.table) in these pages, between these.
+DOC = "docs/diagnose_your_model.md"
+TABLE_DOCS = (ROOT / "README.md", ROOT / DOC)
+TABLE_MARKERS = ("<!-- families:start -->", "<!-- families:end -->")
 
 # The pipelines' configurations (data: docs/runs/families-quick/pipelines.json says the fields).
 PIPELINES_JSON = RESULTS.parent / "pipelines.json"
@@ -220,7 +228,10 @@ def main(argv: list[str]) -> int:
         argv = ["publish"]
     if argv[:1] == ["publish"]:
         PAGE.write_text(render(json.loads(RESULTS.read_text())))
-        print(f"wrote {PAGE.relative_to(ROOT)}")
+        for doc in TABLE_DOCS:
+            body = table().rstrip("\n")
+            doc.write_text(replace_between(doc.read_text(), *TABLE_MARKERS, body, doc.name))
+        print(f"wrote {PAGE.relative_to(ROOT)} and the families table of README.md, {DOC}")
         return 0
     print(__doc__, file=sys.stderr)
     return 2

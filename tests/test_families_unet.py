@@ -33,7 +33,9 @@ KANDINSKY = dict(
 
 def _vae(cls="AutoencoderKL", **kw):
     """A tiny autoencoder downsampling 2x: 8x8 latents are 16x16 images."""
-    cfg = dict(block_out_channels=(8, 8), norm_num_groups=4, latent_channels=4, sample_size=16)
+    cfg: dict[str, object] = dict(
+        block_out_channels=(8, 8), norm_num_groups=4, latent_channels=4, sample_size=16
+    )
     cfg["down_block_types"] = ("DownEncoderBlock2D",) * 2
     cfg["up_block_types"] = ("UpDecoderBlock2D",) * 2
     return getattr(diffusers, cls)(**cfg, **kw)
