@@ -498,3 +498,25 @@ def test_a_claim_is_added_by_its_registry_entry(monkeypatch, tmp_path):
     assert list(saved["numbers"]) == ["mean-norm"] and list(saved["claims"]) == [claim.title]
     lines = cost_lines({claim.title: 6.0}, SIZES, SIZES)
     assert lines["claim 9: seconds per image and level (compilation included)"] == 0.5
+
+
+def test_a_claim_measures_every_field_on_the_same_points():
+    from wgfm.diagnosis.claim import Controls, claim_fields, noised_points
+    from wgfm.diagnostics import noised_samples
+
+    def score(x, t):
+        return -x
+
+    def gradient(x, t):
+        return -2 * x
+
+    fields = claim_fields(score, Controls(gradient=gradient))
+    assert fields == {"trained": score, "oracle score": gradient}
+    both = claim_fields(score, Controls(gradient, score))
+    assert list(both) == ["trained", "untrained", "oracle score"]  # results.json's order
+    key, process = jax.random.key(0), wgfm.VP()
+    xs, ts = noised_points(process, np.ones((3, 2)), 2, key)
+    assert xs.shape == (2, 3, 2)
+    np.testing.assert_array_equal(ts, times_grid(process, 2))
+    expected = noised_samples(process, jnp.ones((3, 2)), ts, key=jax.random.split(key)[0])
+    np.testing.assert_array_equal(xs, expected)

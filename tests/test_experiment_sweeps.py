@@ -13,7 +13,7 @@ from experiments import measures
 from experiments.assets import Context
 from experiments.config import ReproduceConfig
 from wgfm import gmm
-from wgfm.diagnosis import measure_asymmetry, measure_circulation
+from wgfm.diagnosis import Controls, measure_asymmetry, measure_circulation
 from wgfm.diagnostics import (
     DIAGNOSTICS,
     FAMILIES,
@@ -139,7 +139,7 @@ def test_measurements_take_any_field_with_or_without_controls(setup):
 
     key = jax.random.key(3)
     m = measure_asymmetry(
-        curl, ctx.process, x0, np.asarray(ts), key=key, gradient=field, label="toy"
+        curl, ctx.process, x0, np.asarray(ts), key=key, controls=Controls(field), label="toy"
     )
     assert [r.verdict for r in m.rows][0] and list(m.figures) == ["lambda_toy"]
     assert set(m.numbers["median_ratio"]) == {"trained", "oracle score"}

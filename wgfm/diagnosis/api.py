@@ -55,11 +55,18 @@ def measured_indices(
 
 @dataclasses.dataclass(frozen=True)
 class Diagnosis:
-    """What :func:`diagnose` measured: per claim (keyed by its title) the verdict rows, the
-    numbers behind them (per-level medians of the network and of each control) and the
-    figures (name -> ``matplotlib.figure.Figure``, or the path under the output directory of
-    one already written there); the report's ``header``, and per claim title an optional
-    ``notes`` line and its run time in ``timings`` (seconds)."""
+    """What :func:`diagnose` measured, ready to render.
+
+    Attributes:
+        label: the field's name in rows and figures.
+        measurements: per claim title its :class:`wgfm.report.Measurement`: the verdict rows,
+            the numbers behind them (per-level medians of the network and of each control) and
+            the figures (name -> ``matplotlib.figure.Figure``, or the path under the output
+            directory of one already written there).
+        header: the report's header lines.
+        notes: per claim title an optional note under its table.
+        timings: per claim title its run time in seconds.
+    """
 
     label: str
     measurements: dict[str, Measurement]
@@ -82,7 +89,14 @@ class Diagnosis:
         return all(r.verdict for m in self.measurements.values() for r in m.rows)
 
     def report(self, out: Path | str) -> Report:
-        """A :class:`wgfm.report.Report` writing under ``out`` (figures saved there now)."""
+        """A :class:`wgfm.report.Report` writing under ``out``, its figures saved there now.
+
+        Args:
+            out: the output directory.
+
+        Returns:
+            The report (:meth:`wgfm.report.Report.write` writes REPORT.md and results.json).
+        """
         report = Report(Path(out), title=f"wgfm diagnose report: {self.label}")
         for title, m in self.measurements.items():
             written = {k: f for k, f in m.figures.items() if isinstance(f, str)}
@@ -100,7 +114,11 @@ class Diagnosis:
         return report
 
     def to_markdown(self) -> str:
-        """The report as Markdown: header, then per claim its table (figures named)."""
+        """The report as Markdown: the header, then per claim its table (figures named).
+
+        Returns:
+            The Markdown text.
+        """
         report = Report(Path("."), title=f"wgfm diagnose report: {self.label}")
         for title, m in self.measurements.items():
             report.rows[title] = list(m.rows)
@@ -110,7 +128,11 @@ class Diagnosis:
         return report.markdown(self.header)
 
     def to_json(self) -> str:
-        """Rows and numbers as JSON (arrays as lists, non-finite floats as strings)."""
+        """Rows and numbers as JSON (arrays as lists, non-finite floats as strings).
+
+        Returns:
+            The JSON text: label, header, claims (rows), numbers and whether every verdict holds.
+        """
         return json.dumps(
             jsonable(
                 {
@@ -127,7 +149,14 @@ class Diagnosis:
         )
 
     def save(self, out: Path | str) -> tuple[Path, Path]:
-        """Write REPORT.md, results.json and figures/*.png under ``out``."""
+        """Write REPORT.md, results.json and figures/*.png under ``out``.
+
+        Args:
+            out: the output directory (created if needed).
+
+        Returns:
+            The paths of REPORT.md and results.json.
+        """
         return self.report(out).write(self.header)
 
 
@@ -179,6 +208,11 @@ def diagnose(
     Returns:
         A :class:`Diagnosis`: per claim title its :class:`wgfm.report.Measurement`; the
         header says where the sweeps ran and each claim's header lines.
+
+    Raises:
+        ValueError: no ``kind``, both ``devices`` and ``mesh``, an unknown claim, fewer than 2
+            images or fewer than a claim measures, non-finite images, or a non-finite value of
+            a measurement (naming the level and sample).
     """
     if devices is not None and mesh is not None:
         raise ValueError("`devices` and `mesh` are alternatives: give one of them.")

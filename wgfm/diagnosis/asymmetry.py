@@ -23,15 +23,19 @@ from ..processes import AbstractProcess
 from ..report import ClaimRow, Measurement, fmt, level_bar
 from ..typing import Field
 from .budget import JacobianChoice, JacobianPolicy
-from .claim import AbstractClaim, ClaimInputs, Controls, claim_fields, noised_points
+from .claim import NO_CONTROLS, AbstractClaim, ClaimInputs, Controls, claim_fields, noised_points
 from .sizes import DiagnoseSizes
 
 
 class JacobianAsymmetry(AbstractClaim):
     """Claim 1: the Jacobian asymmetry of the score at every noise level (:func:`measure_asymmetry`).
 
-    ``estimator_check`` and ``exact_samples`` are :func:`measure_asymmetry`'s checks of the
-    large-D estimators (the reproduction's; the diagnosis leaves both off)."""
+    Attributes:
+        estimator_check: :func:`measure_asymmetry`'s check of the large-D estimators against
+            exact Jacobians (the reproduction's; the diagnosis leaves it off).
+        exact_samples: on the probe path, exact Jacobians of this many samples per level to check
+            the estimators against (0: none).
+    """
 
     number: ClassVar[int] = 1
     key: ClassVar[str] = "differential"
@@ -118,10 +122,8 @@ def measure_asymmetry(
     ts,
     *,
     key: PRNGKeyArray,
-    gradient: Field | None = None,
-    untrained: Field | None = None,
+    controls: Controls = NO_CONTROLS,
     label: str = "model",
-    control_name: str = "gradient control",
     policy: JacobianPolicy | None = None,
     sub_jacobian_size: int = 16,
     num_probes: int = 32,
@@ -135,9 +137,10 @@ def measure_asymmetry(
     """Claim 1 on one score ``field``: its Jacobian asymmetry at every level of ``ts``.
 
     The clean samples are noised once per level (the same ``x0`` at every level), and the field
-    and each control are measured on the same points: exact ``D x D`` Jacobians, or else
-    ``num_probes``-probe estimates of the full ratio with their standard errors (the headline)
-    and ``K x K`` sub-Jacobians (a certificate), as ``policy`` chooses.
+    and each control are measured on the same points: the ratio
+    ``lambda = ||J - J^T||_F / ||J||_F`` of exact ``D x D`` Jacobians (docs/design.md §1), or
+    else ``num_probes``-probe estimates of it with their standard errors (the headline) and
+    ``K x K`` sub-Jacobians (a certificate), as ``policy`` chooses.
 
     Args:
         field: the score field ``(x (*shape), t ()) -> (*shape)``.
@@ -145,11 +148,11 @@ def measure_asymmetry(
         x0: clean samples, shape ``(n, *shape)`` (vectors or images).
         ts: noise levels, shape ``(L,)``.
         key: noise, sub-Jacobian coordinates and probes.
-        gradient: a field known to be a gradient on the data's scale (the exact score, or
-            :func:`wgfm.diagnostics.controls.gaussian_fit_score`), or None.
-        untrained: the same architecture untrained, or None.
+        controls: the fields measured beside ``field`` (:class:`Controls`): a gradient on the
+            data's scale (the exact score, or
+            :func:`wgfm.diagnostics.controls.gaussian_fit_score`), the same architecture
+            untrained, and how the rows name the first.
         label: the field's name in rows; figures are named ``lambda_<label>``.
-        control_name: how the rows name ``gradient``.
         policy: exact or probes (:class:`wgfm.diagnosis.budget.JacobianPolicy`; default exact
             up to ``D = 64``); ``numbers["jacobian"]`` records the choice and why.
         sub_jacobian_size: ``K`` of the ``K x K`` sub-Jacobians.
@@ -169,14 +172,16 @@ def measure_asymmetry(
 
     Returns:
         A :class:`wgfm.report.Measurement`: the gradient and trend rows (and the estimator
-        row), per-level medians ``(L,)`` of each field's ratios, the figure. Raises
-        ``ValueError`` naming the first non-finite level and sample.
+        row), per-level medians ``(L,)`` of each field's ratios, the figure.
+
+    Raises:
+        ValueError: naming the first non-finite level and sample.
     """
     k_noise, k_sub = jax.random.split(key)
     x0 = jnp.asarray(x0)
     tsj = jnp.asarray(ts, x0.dtype)
     xs = noised_samples(process, x0, tsj, key=k_noise)
-    fields = claim_fields(field, Controls(gradient, untrained))
+    fields = claim_fields(field, controls)
     choice = _choose(policy or JacobianPolicy(), field, xs, tsj, len(fields), mesh)
     opts: dict[str, Any] = dict(
         sub_jacobian_size=sub_jacobian_size,
@@ -200,7 +205,7 @@ def measure_asymmetry(
         np.asarray(ts),
         choice,
         label=label,
-        control_name=control_name,
+        control_name=controls.control_name,
         image=x0.ndim > 2,
         **opts,
     )
@@ -339,9 +344,18 @@ def summarize_asymmetry(
 
 
 def headline_lambda(numbers: dict) -> tuple[np.ndarray, np.ndarray, str]:
-    """``(levels, per-level median lambda of the trained field, what it is)`` from claim-1
-    ``numbers`` of :func:`measure_asymmetry`: the full-dimension number (exact ratios, or the
-    probe estimate), never the sub-Jacobian certificate."""
+    """The full-dimension lambda of the trained field from claim-1 ``numbers`` of
+    :func:`measure_asymmetry`: the exact ratios or the probe estimate, never the sub-Jacobian
+    certificate.
+
+    Args:
+        numbers: a :class:`wgfm.report.Measurement`'s ``numbers`` of :func:`measure_asymmetry`
+            (or results.json's).
+
+    Returns:
+        ``(levels, lambda, what)``: the levels ``(L,)``, the per-level median lambda ``(L,)``
+        and ``"exact lambda"`` or ``"probe lambda"``.
+    """
     levels = np.asarray(numbers["levels"], float)
     if "median_probe_ratio" in numbers:
         return levels, np.asarray(numbers["median_probe_ratio"]["trained"]), "probe lambda"
@@ -355,10 +369,20 @@ def compare_spaces(
     what: str,
     quantity: str = "median lambda",
 ) -> ClaimRow:
-    """The paper's comparison of its two settings: the latent network's per-level lambda
-    ``latent = (levels, lambda)`` against the pixel network's ``pixel`` on their shared levels
-    (equal to 1e-6), and whether asymmetry grows towards low noise in both. ``what`` says where
-    the pixel numbers come from, ``quantity`` what lambda is (exact, probe estimate)."""
+    """The paper's comparison of its two settings: the latent network's per-level lambda against
+    the pixel network's on their shared levels (equal to 1e-6), and whether asymmetry grows
+    towards low noise in both.
+
+    Args:
+        latent: ``(levels (L,), lambda (L,))`` of the latent network (:func:`headline_lambda`).
+        pixel: ``(levels (P,), lambda (P,))`` of the pixel network.
+        what: where the pixel numbers come from (the row's last column).
+        quantity: what lambda is (exact, probe estimate).
+
+    Returns:
+        A :class:`wgfm.report.ClaimRow`: holds when both are above 1e-2 at every shared level
+        and grow towards low noise; "not comparable" with fewer than 2 shared levels.
+    """
     claim = "pixel vs latent: both spaces are non-conservative, growing towards low noise"
     (ll, lat), (pl, pv) = (tuple(np.asarray(a, float) for a in s) for s in (latent, pixel))
     common = [(i, j) for i, a in enumerate(ll) for j, b in enumerate(pl) if abs(a - b) < 1e-6]
@@ -493,49 +517,66 @@ def _rows(
     tr = med["trained"]
     if headline is None:
         measured = f"median {what} {fmt(tr.min())}..{fmt(tr.max())}"
-        size_what, size, size_se = what, med, None
+        size = (what, med, None)
     else:
-        size_what, size, size_se = headline
-        h, e = size["trained"], size_se["trained"]
+        size = headline
+        h, e = headline[1]["trained"], headline[2]["trained"]
         lo, hi = int(np.argmin(h)), int(np.argmax(h))
         measured = (
-            f"median {size_what} {_pm(h[lo], e[lo])}..{_pm(h[hi], e[hi])}; certificate: "
+            f"median {headline[0]} {_pm(h[lo], e[lo])}..{_pm(h[hi], e[hi])}; certificate: "
             f"median {what} {fmt(tr.min())}..{fmt(tr.max())}"
         )
-    if "oracle score" in med:
-        ctl = med["oracle score"]
-        ratio = tr / np.maximum(ctl, 1e-30)
-        ctl_text = f"{control_name}: max median {fmt(ctl.max())}"
-        if size_se is not None:
-            o, oe = size["oracle score"], size_se["oracle score"]
-            i = int(np.argmax(o))
-            ctl_text = (
-                f"{control_name}: max median {size_what} {_pm(o[i], oe[i])}, "
-                f"{what} {fmt(ctl.max())}"
-            )
-        gradient_row = ClaimRow(
-            f"{label}: trained score is not a gradient at every noise level",
-            measured,
-            ctl_text,
-            bool(np.all(ratio > 100) and np.max(ctl) < 1e-4),
-            f"trained/control >= {fmt(ratio.min())} at every level"
-            if np.max(ctl) > 0
-            else "the control's Jacobian is symmetric to the last bit (lambda exactly 0)",
-        )
-    else:  # no gradient control: float32 rounding of a gradient field stays orders below this
-        gradient_row = ClaimRow(
+    return [
+        _gradient_row(label, med, what, control_name, measured, size),
+        _trend_row(label, med, size, image),
+    ]
+
+
+def _gradient_row(
+    label: str, med: dict, what: str, control_name: str, measured: str, size: tuple
+) -> ClaimRow:
+    """Whether the trained field is not a gradient: its certificate ``med`` against the
+    gradient control's (100 times above it, the control below 1e-4), or without a control
+    above 1e-3. ``size``: the reported ``(name, medians, s.e. or None)``."""
+    tr = med["trained"]
+    if "oracle score" not in med:  # float32 rounding of a gradient field stays orders below
+        return ClaimRow(
             f"{label}: score is not a gradient at every noise level",
             measured,
             "no gradient control given",
             bool(np.all(tr > 1e-3)),
             "threshold 1e-3 at every level",
         )
-    # The trend in the reported size: the full-dimension estimate where there is one.
-    series = size["trained"]
+    size_what, size_med, size_se = size
+    ctl = med["oracle score"]
+    ratio = tr / np.maximum(ctl, 1e-30)
+    ctl_text = f"{control_name}: max median {fmt(ctl.max())}"
+    if size_se is not None:
+        o, oe = size_med["oracle score"], size_se["oracle score"]
+        i = int(np.argmax(o))
+        ctl_text = (
+            f"{control_name}: max median {size_what} {_pm(o[i], oe[i])}, {what} {fmt(ctl.max())}"
+        )
+    return ClaimRow(
+        f"{label}: trained score is not a gradient at every noise level",
+        measured,
+        ctl_text,
+        bool(np.all(ratio > 100) and np.max(ctl) < 1e-4),
+        f"trained/control >= {fmt(ratio.min())} at every level"
+        if np.max(ctl) > 0
+        else "the control's Jacobian is symmetric to the last bit (lambda exactly 0)",
+    )
+
+
+def _trend_row(label: str, med: dict, size: tuple, image: bool) -> ClaimRow:
+    """The paper's trend, asymmetry growing towards low noise, in the reported ``size``
+    (``(name, medians, s.e. or None)``: the full-dimension estimate where there is one)."""
+    size_what, size_med, size_se = size
+    series = size_med["trained"]
     fifth = max(1, len(series) // 5)
     low, high = series[:fifth], series[-fifth:]
     if "untrained" in med:
-        u = size["untrained"]
+        u = size_med["untrained"]
         avg = (
             fmt(u.mean())
             if size_se is None
@@ -546,14 +587,13 @@ def _rows(
         )
     else:
         untrained = "no untrained control given"
-    trend_row = ClaimRow(
+    return ClaimRow(
         f"{label}: asymmetry grows towards low noise (paper's trend)",
         f"median {size_what}, lowest-noise fifth {fmt(low.mean())} vs highest {fmt(high.mean())}",
         untrained,
         bool(low.mean() > high.mean()),
         "observation",
     )
-    return [gradient_row, trend_row]
 
 
 def _pm(value, se) -> str:

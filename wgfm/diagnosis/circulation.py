@@ -22,7 +22,7 @@ from ..diagnostics.kernels import FAMILIES, Circulation
 from ..processes import AbstractProcess
 from ..report import ClaimRow, Measurement, fmt, level_bar
 from ..typing import Field
-from .claim import AbstractClaim, ClaimInputs, Controls, claim_fields, noised_points
+from .claim import NO_CONTROLS, AbstractClaim, ClaimInputs, Controls, claim_fields, noised_points
 from .sizes import DiagnoseSizes
 
 
@@ -103,10 +103,8 @@ def measure_circulation(
     ts,
     *,
     key: PRNGKeyArray,
-    gradient: Field | None = None,
-    untrained: Field | None = None,
+    controls: Controls = NO_CONTROLS,
     label: str = "model",
-    control_name: str = "gradient control",
     families: tuple[str, ...] = FAMILIES,
     loop_points: int = 64,
     bridge_steps: int = 1000,
@@ -119,7 +117,9 @@ def measure_circulation(
     """Claim 2 on one score ``field``: its circulation around loops at every level of ``ts``.
 
     The clean samples are noised once per level; each family's loop passes through (or around)
-    every noisy sample, and the controls are integrated around the same loops.
+    every noisy sample, and the controls are integrated around the same loops. Each loop gives
+    the circulation ``I``, ``I_norm`` (of the unit field) and ``I / L`` (per length), which
+    vanish for a gradient up to quadrature error (docs/design.md §1).
 
     Args:
         field: the score field ``(x (*shape), t ()) -> (*shape)``.
@@ -127,11 +127,10 @@ def measure_circulation(
         x0: clean samples, shape ``(n, *shape)`` (vectors or images).
         ts: noise levels, shape ``(L,)``.
         key: noise and loops.
-        gradient: a field known to be a gradient (its circulation is quadrature error), or
-            None.
-        untrained: the same architecture untrained, or None.
+        controls: the fields measured beside ``field`` (:class:`Controls`): a gradient (its
+            circulation is quadrature error), the same architecture untrained, and how the
+            rows name the first.
         label: the field's name in rows and figure names.
-        control_name: how the rows name ``gradient``.
         families: the loop families (:data:`wgfm.diagnostics.kernels.FAMILIES`).
         loop_points: points of the circle and pair-rotation loops.
         bridge_steps: Brownian-bridge steps.
@@ -145,7 +144,9 @@ def measure_circulation(
     Returns:
         A :class:`wgfm.report.Measurement`: a row per family, per family and field the
         per-level medians ``(L,)`` of ``|I|``, ``|I_norm|`` and ``|I / L|``, the figures.
-        Raises ``ValueError`` naming the first non-finite level and sample.
+
+    Raises:
+        ValueError: naming the first non-finite level and sample, or an unknown family.
     """
     k_noise, k_loop = jax.random.split(key)
     x0 = jnp.asarray(x0)
@@ -157,7 +158,7 @@ def measure_circulation(
         noisy_copies=noisy_copies,
         noisy_points=noisy_points,
     )
-    fields = claim_fields(field, Controls(gradient, untrained))
+    fields = claim_fields(field, controls)
     per_field = circulation_values(
         fields,
         process,
@@ -175,7 +176,7 @@ def measure_circulation(
         per_field,
         np.asarray(ts),
         label=label,
-        control_name=control_name,
+        control_name=controls.control_name,
         families=families,
         figures=figures,
     )

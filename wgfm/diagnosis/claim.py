@@ -30,9 +30,15 @@ from .sizes import DiagnoseSizes
 
 @dataclasses.dataclass(frozen=True)
 class Controls:
-    """The score fields a claim measures beside the diagnosed one, on the same points: a field
-    known to be a gradient on the data's scale (``gradient``, named ``control_name`` in the
-    rows) and the same architecture untrained (``untrained``); either may be None."""
+    """The score fields a claim measures beside the diagnosed one, on the same points; either may
+    be None.
+
+    Attributes:
+        gradient: a field known to be a gradient on the data's scale (the exact score, or
+            :func:`wgfm.diagnostics.controls.gaussian_fit_score`).
+        untrained: the same architecture untrained.
+        control_name: how the rows name ``gradient``.
+    """
 
     gradient: Field | None = None
     untrained: Field | None = None
@@ -89,20 +95,49 @@ class AbstractClaim(eqx.Module):
 
     @abc.abstractmethod
     def num_levels(self, sizes: DiagnoseSizes) -> int:
-        """Noise levels this claim measures at ``sizes``."""
+        """Noise levels this claim measures.
+
+        Args:
+            sizes: the diagnosis's sizes.
+
+        Returns:
+            ``L``, the number of levels (:func:`wgfm.diagnostics.times_grid`'s).
+        """
 
     @abc.abstractmethod
     def num_samples(self, sizes: DiagnoseSizes) -> int:
-        """Clean images per level this claim measures at ``sizes``."""
+        """Clean images per level this claim measures.
+
+        Args:
+            sizes: the diagnosis's sizes.
+
+        Returns:
+            ``n``, the number of clean images.
+        """
 
     @abc.abstractmethod
     def options(self, sizes: DiagnoseSizes) -> dict[str, Any]:
-        """The measurement's keyword arguments that ``sizes`` (and this claim's fields) set."""
+        """The measurement's keyword arguments that ``sizes`` (and this claim's fields) set.
+
+        Args:
+            sizes: the diagnosis's sizes.
+
+        Returns:
+            ``{argument: value}`` for :meth:`measurement`, beyond the shared ones.
+        """
 
     @abc.abstractmethod
     def measurement(self, *args, **kwargs) -> Measurement:
         """The claim's measurement function, ``measure_<name>(field, process, x0, ts, *, key,
-        gradient, untrained, label, control_name, mesh, **options)``."""
+        controls, label, mesh, **options)`` (:func:`wgfm.diagnosis.measure_asymmetry`).
+
+        Args:
+            *args: ``(field, process, x0, ts)``.
+            **kwargs: ``key``, ``controls``, ``label``, ``mesh`` and :meth:`options`.
+
+        Returns:
+            Its :class:`wgfm.report.Measurement`.
+        """
 
     def measure(
         self,
@@ -139,30 +174,41 @@ class AbstractClaim(eqx.Module):
             x0,
             times_grid(process, self.num_levels(sizes)),
             key=key,
-            gradient=controls.gradient,
-            untrained=controls.untrained,
+            controls=controls,
             label=label,
-            control_name=controls.control_name,
             mesh=mesh,
             **self.options(sizes),
         )
 
     def plan(self, inputs: ClaimInputs) -> dict[str, Any]:
-        """The choices made once per run before any level is measured, as JSON values (claim
-        1: exact Jacobians or probes, from a timed JVP). A run split over processes makes them
-        once and every process reads them back, so all levels are measured alike. Default:
-        none."""
+        """The choices made once per run before any level is measured, as JSON values (claim 1:
+        exact Jacobians or probes, from a timed JVP). A run split over processes makes them once and
+        every process reads them back, so all levels are measured alike.
+
+        Args:
+            inputs: what the claim is measured on (:class:`ClaimInputs`).
+
+        Returns:
+            ``{name: JSON value}`` (default: none).
+        """
         return {}
 
     def level_values(
         self, inputs: ClaimInputs, plan: dict[str, Any], levels: Sequence[int]
     ) -> Iterator[tuple[int, Any]]:
-        """The claim's per-sample values at each level of ``levels`` (indices into its grid of
-        ``num_levels(sizes)`` levels), one level at a time: ``(level, values)`` with ``values``
-        a PyTree (dicts and tuples) of arrays ``(num_samples(sizes), 1)``. The noise, loops and
-        probes of a level are those :meth:`measure` draws for it, so :meth:`summarize` of all
-        levels' values is the whole claim. ``wgfm diagnose --shard`` measures its levels this
-        way; ``plan`` is :meth:`plan`'s."""
+        """The claim's per-sample values one level at a time. The noise, loops and probes of a level
+        are those :meth:`measure` draws for it, so :meth:`summarize` of all levels' values is the
+        whole claim; ``wgfm diagnose --shard`` measures its levels this way.
+
+        Args:
+            inputs: what the claim is measured on (:class:`ClaimInputs`).
+            plan: :meth:`plan`'s choices.
+            levels: indices into the claim's grid of ``num_levels(sizes)`` levels.
+
+        Returns:
+            An iterator of ``(level, values)``, ``values`` a PyTree (dicts and tuples) of arrays
+            ``(num_samples(sizes), 1)``.
+        """
         raise NotImplementedError(f"claim {self.number} is not measured level by level.")
 
     def summarize(
@@ -176,16 +222,42 @@ class AbstractClaim(eqx.Module):
         control_name: str = "gradient control",
         image: bool = True,
     ) -> Measurement:
-        """The :class:`wgfm.report.Measurement` from every level's :meth:`level_values`
-        (their arrays joined along the level axis, ``(num_samples, L)``) at levels ``ts``
-        ``(L,)``; ``image`` says whether the samples were images."""
+        """The claim's measurement from every level's :meth:`level_values`.
+
+        Args:
+            values: the levels' values, their arrays joined along the level axis,
+                ``(num_samples, L)``.
+            plan: :meth:`plan`'s choices.
+            sizes: the diagnosis's sizes.
+            ts: the levels, shape ``(L,)``.
+            label: the field's name in rows and figure names.
+            control_name: how the rows name the gradient control.
+            image: whether the samples were images.
+
+        Returns:
+            The :class:`wgfm.report.Measurement`, as :meth:`measure` returns it.
+        """
         raise NotImplementedError(f"claim {self.number} is not measured level by level.")
 
     def header(self, numbers: dict[str, Any]) -> dict[str, str]:
-        """Report-header lines from this claim's ``numbers`` (default: none)."""
+        """Report-header lines from this claim's numbers (default: none).
+
+        Args:
+            numbers: the ``numbers`` of this claim's measurement.
+
+        Returns:
+            ``{header name: line}``.
+        """
         return {}
 
     def units(self, sizes: DiagnoseSizes) -> int:
-        """Images x levels this claim measures at ``sizes`` (each for the field and its
-        controls): what its run time scales with."""
+        """Images x levels this claim measures (each for the field and its controls): what its run
+        time scales with.
+
+        Args:
+            sizes: the diagnosis's sizes.
+
+        Returns:
+            ``num_levels(sizes) * num_samples(sizes)``.
+        """
         return self.num_levels(sizes) * self.num_samples(sizes)

@@ -88,7 +88,12 @@ def adaptive_probe_asymmetry(
         kind, method, checked: as in :func:`wgfm.diagnostics.probe_asymmetry`.
 
     Returns:
-        :class:`AdaptiveProbeAsymmetry`; scalars, so ``vmap`` over samples gives ``(N,)``."""
+        :class:`AdaptiveProbeAsymmetry`; scalars, so ``vmap`` over samples gives ``(N,)``.
+
+    Raises:
+        ValueError: ``rel_se`` not a finite number > 0, ``round_probes < 2``, or
+            ``max_probes`` not a multiple of ``round_probes``.
+    """
     if not (isinstance(rel_se, int | float) and math.isfinite(rel_se) and rel_se > 0):
         raise ValueError(f"`rel_se` must be a finite number > 0, got {rel_se!r}.")
     if int(round_probes) < 2:

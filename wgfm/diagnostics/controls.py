@@ -46,7 +46,11 @@ def gaussian_fit_score(
         floor: the isotropic variance added (> 0).
 
     Returns:
-        A field ``(x, t) -> grad log p_t(x)`` shaped like one sample."""
+        A field ``(x, t) -> grad log p_t(x)`` shaped like one sample.
+
+    Raises:
+        ValueError: an unknown ``covariance``, fewer than 2 samples, or non-finite samples.
+    """
     if covariance == "low_rank":
         return LowRankScore(fit_low_rank_gaussian(x, floor=floor), process)
     if covariance != "full":
@@ -67,12 +71,22 @@ def gaussian_fit_score(
 
 
 def untrained_params(model, key, sample_shape: tuple[int, ...], dtype=jnp.float32):
-    """Fresh parameters of ``model`` (anything with ``init(key, sample_shape, dtype)``, such as
-    :class:`wgfm.models.Model`), with every all-zero kernel redrawn LeCun-normal.
+    """Fresh parameters of ``model``, with every all-zero kernel redrawn LeCun-normal.
 
     DDPM-style U-Nets start their output convolution at zero so that training starts from
     ``eps = 0``; untouched, the untrained field's Jacobian would be exactly 0 and its asymmetry
-    ratio 0/0. The ``i``-th zero kernel (in tree order) is drawn from ``fold_in(key, i + 1)``."""
+    ratio 0/0. The ``i``-th zero kernel (in tree order) is drawn from ``fold_in(key, i + 1)``.
+
+    Args:
+        model: anything with ``init(key, sample_shape, dtype)``, such as
+            :class:`wgfm.models.Model`.
+        key: the draw.
+        sample_shape: one sample's shape, e.g. ``(H, W, C)``.
+        dtype: the parameters' dtype.
+
+    Returns:
+        The parameters, a PyTree as ``model.init`` returns.
+    """
     params = model.init(key, tuple(sample_shape), dtype)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     out, redrawn = [], 0
@@ -87,10 +101,21 @@ def untrained_params(model, key, sample_shape: tuple[int, ...], dtype=jnp.float3
 
 
 def untrained_field(field, key, sample_shape: tuple[int, ...]):
-    """``field`` with :func:`untrained_params` in place of its parameters.
+    """``field`` with :func:`untrained_params` in place of its parameters: the untrained control.
 
-    ``field`` must carry ``model`` and ``params`` (a :class:`wgfm.models.ModelField`, or a
-    field from :func:`wgfm.interop.load_diffusers`); anything else raises, naming it."""
+    Args:
+        field: a field carrying ``model`` (with ``init``) and ``params``: a
+            :class:`wgfm.models.ModelField`, or a field from
+            :func:`wgfm.interop.load_diffusers`.
+        key: the draw.
+        sample_shape: one sample's shape, e.g. ``(H, W, C)``.
+
+    Returns:
+        The same kind of field, with fresh parameters in ``params``'s dtype.
+
+    Raises:
+        ValueError: ``field`` carries no ``model`` with ``init`` and ``params``.
+    """
     model, params = getattr(field, "model", None), getattr(field, "params", None)
     if model is None or params is None or not hasattr(model, "init"):
         raise ValueError(

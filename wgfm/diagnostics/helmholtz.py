@@ -31,9 +31,17 @@ from .._checks import check_less, check_positive, concrete
 
 
 class HelmholtzSplit(eqx.Module):
-    """``phi`` (nx, ny); ``grad_phi`` (nx, ny, 2) at cell centres (for plots); L2(p) norms of the
-    harmful part ``grad phi``, the harmless remainder and ``w`` itself (p normalised on the
-    grid); ``solver_residual`` = ``||A phi - b|| / ||b||``."""
+    """A density-weighted Helmholtz split ``w = grad phi + r`` with ``div(p r) = 0`` on a grid.
+
+    Attributes:
+        phi: the potential, shape ``(nx, ny)``, ``E_p[phi] = 0``.
+        grad_phi: its gradient at the cell centres (for plots), shape ``(nx, ny, 2)``.
+        harmful: ``||grad phi||_{L2(p)}``, the part of ``w`` that changes the continuity
+            equation (``p`` normalised on the grid); a scalar.
+        harmless: ``||w - grad phi||_{L2(p)}``, the remainder; a scalar.
+        total: ``||w||_{L2(p)}``; ``harmful^2 + harmless^2 = total^2`` to solver tolerance.
+        solver_residual: ``||A phi - b|| / ||b||`` of the CG solve; a scalar.
+    """
 
     phi: Array
     grad_phi: Array
@@ -44,7 +52,21 @@ class HelmholtzSplit(eqx.Module):
 
 
 def grid_2d(lo: float, hi: float, num: int, dtype=None) -> tuple[Array, float]:
-    """Cell centres ``(num, num, 2)`` of a uniform grid on ``[lo, hi]^2`` and the spacing."""
+    """The cell centres of a uniform ``num x num`` grid on ``[lo, hi]^2``.
+
+    Args:
+        lo: the lower edge.
+        hi: the upper edge, above ``lo``.
+        num: cells per side, at least 3.
+        dtype: the points' dtype (default: JAX's default float).
+
+    Returns:
+        ``(points, spacing)``: the centres, shape ``(num, num, 2)`` (``[i, j] = (x_i, y_j)``),
+        and the cell width ``(hi - lo) / num``.
+
+    Raises:
+        ValueError: ``lo >= hi`` or ``num < 3``.
+    """
     check_less("lo", lo, "hi", hi)
     if int(num) < 3:
         raise ValueError(f"`num` must be >= 3, got {num}.")
@@ -62,11 +84,30 @@ def helmholtz_split(
     tol: float = 1e-10,
     maxiter: int = 10_000,
 ) -> HelmholtzSplit:
-    """Split ``w`` (cell-centred, index ``[i, j]`` = (x_i, y_j)) with density ``p`` (>= 0,
-    any normalisation). Called eagerly, the solve runs in float64 (results in the input
-    dtype); traced (under the caller's ``jit``), in the input dtype, where float32 is too
-    coarse for CG on a density spanning many decades: pass float64 there, and check
-    ``solver_residual``."""
+    """The density-weighted Helmholtz split of a cell-centred 2D field ``w`` (module docstring):
+    ``phi`` solves ``div(p grad phi) = div(p w)`` with no flux through the boundary, so
+    ``grad phi`` is the harmful part of an error ``w`` and the remainder the harmless one
+    (docs/design.md §1).
+
+    Called eagerly, the solve runs in float64 (results in the input dtype); traced (under the
+    caller's ``jit``), in the input dtype, where float32 is too coarse for CG on a density spanning
+    many decades: pass float64 there, and check ``solver_residual``.
+
+    Args:
+        w: the field, shape ``(nx, ny, 2)``, ``[i, j]`` at ``(x_i, y_j)``.
+        p: the density at the same cells, shape ``(nx, ny)``, ``>= 0`` (any normalisation),
+            ``nx, ny >= 3``.
+        spacing: the cell width, or ``(hx, hy)``.
+        tol: the CG solve's relative tolerance.
+        maxiter: its iteration limit.
+
+    Returns:
+        The :class:`HelmholtzSplit`.
+
+    Raises:
+        ValueError: mismatched shapes, a non-positive spacing, or ``p`` or ``w`` not finite (or
+            ``p < 0``).
+    """
     p = jnp.asarray(p)
     w = jnp.asarray(w)
     if p.ndim != 2 or min(p.shape) < 3:
@@ -152,8 +193,21 @@ def helmholtz_split_field(
     num: int = 128,
     **kwargs,
 ) -> HelmholtzSplit:
-    """:func:`helmholtz_split` of ``w = error_field(x, t)`` with ``p = exp(log_density(x, t))``
-    on the grid of :func:`grid_2d` (a window holding essentially all of ``p_t``'s mass)."""
+    """:func:`helmholtz_split` of ``w = error_field(x, t)`` with ``p = exp(log_density(x, t))`` on
+    the grid of :func:`grid_2d` (a window holding essentially all of ``p_t``'s mass).
+
+    Args:
+        error_field: a planar field ``(x (2,), t ()) -> (2,)``, the error ``w``.
+        log_density: ``(x (2,), t ()) -> ()``, ``log p_t`` up to a constant.
+        t: the time, a scalar.
+        lo: the window's lower edge.
+        hi: its upper edge.
+        num: cells per side.
+        **kwargs: :func:`helmholtz_split`'s ``tol`` and ``maxiter``.
+
+    Returns:
+        The :class:`HelmholtzSplit` on the ``(num, num)`` grid.
+    """
     pts, h = grid_2d(lo, hi, num)
     w, p = _grid_values(error_field, log_density, pts.reshape(-1, 2), jnp.asarray(t))
     return helmholtz_split(w.reshape(num, num, 2), p.reshape(num, num), h, **kwargs)

@@ -58,10 +58,22 @@ def jacobian(
     chunk_size: int | None = JACOBIAN_CHUNK,
     checked: bool = True,
 ) -> Float[Array, "d d"]:
-    """Exact Jacobian ``J[i, j] = d field_i / d x_j`` of the flattened field (D JVPs,
-    ``chunk_size`` at a time; None: all at once).
-    ``checked``: raise on non-finite values (False: leave that to the caller, see
-    :mod:`wgfm.diagnostics`; the same for every diagnostic that takes it)."""
+    """Exact Jacobian ``J[i, j] = d field_i / d x_j`` of the flattened field: ``D`` JVPs.
+
+    Args:
+        field: a field ``(x (*shape), t ()) -> (*shape)``.
+        x: the point, any shape; ``D = x.size``.
+        t: the time, a scalar.
+        chunk_size: tangents per pass (None: all ``D`` at once); chunks bound memory.
+        checked: raise on non-finite values (False: leave that to the caller, see
+            :mod:`wgfm.diagnostics`; the same for every diagnostic that takes it).
+
+    Returns:
+        ``J``, shape ``(D, D)``.
+
+    Raises:
+        ValueError: ``x`` not floating point, or a non-finite value (``checked``).
+    """
     fx, jvp = _linearized(field, x, t)
     d, dt = fx.shape[0], jnp.result_type(x)
     cols = _map_tangents(lambda j: jvp(jax.nn.one_hot(j, d, dtype=dt)), jnp.arange(d), chunk_size)
@@ -77,8 +89,25 @@ def sub_jacobian(
     chunk_size: int | None = None,
     checked: bool = True,
 ) -> Float[Array, "k k"]:
-    """Principal block ``J[idx][:, idx]`` from ``len(idx)`` one-hot JVPs (not D), ``chunk_size``
-    at a time (None: all at once; chunks bound memory and keep large networks in cache)."""
+    """Principal block ``J[idx][:, idx]`` of the flattened field's Jacobian from ``k`` one-hot
+    JVPs (not ``D``): a certificate, since an asymmetric block proves the field is not a gradient.
+
+    Args:
+        field: a field ``(x (*shape), t ()) -> (*shape)``.
+        x: the point, any shape; ``D = x.size``.
+        t: the time, a scalar.
+        idx: ``k`` distinct flat coordinates in ``[0, D)``, shape ``(k,)``
+            (:func:`random_indices`).
+        chunk_size: tangents per pass (None: all at once; chunks bound memory and keep large
+            networks in cache).
+        checked: raise on non-finite values or bad indices.
+
+    Returns:
+        The block, shape ``(k, k)``.
+
+    Raises:
+        ValueError: ``idx`` not distinct integers in ``[0, D)``, or a non-finite value.
+    """
     d = int(np.prod(jnp.shape(x)))
     idx = _check_indices(idx, d, checked=checked)
     fx, jvp = _linearized(field, x, t)
@@ -88,7 +117,19 @@ def sub_jacobian(
 
 
 def random_indices(key: PRNGKeyArray, dim: int, k: int) -> Int[Array, " k"]:
-    """``k`` distinct coordinates out of ``dim``, uniformly (for :func:`sub_jacobian`)."""
+    """``k`` distinct coordinates out of ``dim``, uniformly (for :func:`sub_jacobian`).
+
+    Args:
+        key: the draw.
+        dim: ``D``, the coordinates to choose from.
+        k: how many, ``1 <= k <= dim``.
+
+    Returns:
+        Integer indices, shape ``(k,)``.
+
+    Raises:
+        ValueError: ``k`` outside ``[1, dim]``.
+    """
     if not 0 < k <= dim:
         raise ValueError(f"`k` must lie in [1, dim={dim}], got {k}.")
     return jax.random.choice(key, dim, (k,), replace=False)
@@ -97,7 +138,18 @@ def random_indices(key: PRNGKeyArray, dim: int, k: int) -> Int[Array, " k"]:
 def divergence(
     field: Field, x: Array, t: Scalar, *, chunk_size: int | None = None, checked: bool = True
 ) -> Array:
-    """Exact ``div field = tr J = sum_i e_i^T J e_i`` (D JVPs, chunked; never stores J)."""
+    """Exact divergence ``div field = tr J = sum_i e_i^T J e_i``: ``D`` JVPs, never storing ``J``.
+
+    Args:
+        field: a field ``(x (*shape), t ()) -> (*shape)``.
+        x: the point, any shape.
+        t: the time, a scalar.
+        chunk_size: tangents per pass (None: all at once).
+        checked: raise on non-finite values.
+
+    Returns:
+        The divergence, a scalar.
+    """
     div, fx = exact_trace(field, x, t, chunk_size=chunk_size)
     return check_finite((div, fx), x, t, "values or divergence", checked=checked)[0]
 
@@ -119,9 +171,23 @@ def exact_trace(
 def probe_divergence(
     field: Field, x: Array, t: Scalar, probes: Float[Array, "k ..."], *, checked: bool = True
 ) -> Array:
-    """Hutchinson estimate ``(1/K) sum_k v_k^T J v_k`` over the given probes (``E[v v^T] = I``).
+    """Hutchinson estimate ``(1/K) sum_k v_k^T J v_k`` of the divergence (``E[v v^T] = I``).
 
-    Pass the same probes for a whole ODE solve (resampling per step breaks adaptive solvers)."""
+    Pass the same probes for a whole ODE solve (resampling per step breaks adaptive solvers).
+
+    Args:
+        field: a field ``(x (*shape), t ()) -> (*shape)``.
+        x: the point, any shape.
+        t: the time, a scalar.
+        probes: ``K`` probes, shape ``(K, *x.shape)`` (:func:`make_probes`).
+        checked: raise on non-finite values.
+
+    Returns:
+        The estimate, a scalar.
+
+    Raises:
+        ValueError: ``probes`` not shaped ``(K, *x.shape)``.
+    """
     shape = jnp.shape(x)
     if jnp.ndim(probes) != len(shape) + 1 or jnp.shape(probes)[1:] != shape:
         raise ValueError(
@@ -150,7 +216,21 @@ def make_probes(
     kind: ProbeKind = "rademacher",
     dtype=None,
 ) -> Float[Array, "k ..."]:
-    """``num_probes`` i.i.d. probes of ``shape`` with ``E[v v^T] = I`` (Rademacher +-1 or N(0, I))."""
+    """I.i.d. probes with ``E[v v^T] = I``: Rademacher (+-1) or standard normal.
+
+    Args:
+        key: the draw.
+        num_probes: ``K``, at least 1.
+        shape: each probe's shape.
+        kind: ``"rademacher"`` or ``"gaussian"``.
+        dtype: the probes' dtype (default: JAX's default float).
+
+    Returns:
+        The probes, shape ``(K, *shape)``.
+
+    Raises:
+        ValueError: ``num_probes < 1`` or an unknown ``kind``.
+    """
     if int(num_probes) < 1:
         raise ValueError(f"`num_probes` must be a positive integer, got {num_probes}.")
     dtype = dtype or jnp.result_type(float)
@@ -167,9 +247,16 @@ def make_probes(
 
 
 class Asymmetry(eqx.Module):
-    """Asymmetry of one Jacobian. ``ratio = ||J - J^T||_F / ||J||_F`` (0 for a gradient, 2 for an
-    antisymmetric J; defined as 0 when J = 0); QCSBM's ``asym = ||J - J^T||_F^2 / 2`` and
-    ``nasym = ||J - J^T||_F^2 / (4 ||J||_F^2)``; ``fro = ||J||_F``, ``asym_fro = ||J - J^T||_F``."""
+    """Asymmetry of one Jacobian (docs/design.md §1), each a scalar.
+
+    Attributes:
+        ratio: ``lambda = ||J - J^T||_F / ||J||_F``: 0 for a gradient, 2 for an antisymmetric
+            ``J``; 0 when ``J = 0``.
+        asym: QCSBM's ``Asym = ||J - J^T||_F^2 / 2``.
+        nasym: QCSBM's ``NAsym = ||J - J^T||_F^2 / (4 ||J||_F^2)``.
+        fro: ``||J||_F``.
+        asym_fro: ``||J - J^T||_F``.
+    """
 
     ratio: Array
     asym: Array
@@ -179,7 +266,18 @@ class Asymmetry(eqx.Module):
 
 
 def asymmetry(jac: Float[Array, "d d"]) -> Asymmetry:
-    """Asymmetry statistics of a square Jacobian (vmap for batches)."""
+    """The asymmetry statistics of a square Jacobian (docs/design.md §1; vmap for batches).
+
+    Args:
+        jac: the Jacobian, shape ``(D, D)`` (:func:`jacobian`, or a block of
+            :func:`sub_jacobian`).
+
+    Returns:
+        Its :class:`Asymmetry`: ``lambda``, ``Asym``, ``NAsym`` and the two norms, scalars.
+
+    Raises:
+        ValueError: ``jac`` not square.
+    """
     if jnp.ndim(jac) != 2 or jnp.shape(jac)[0] != jnp.shape(jac)[1]:
         raise ValueError(f"`jac` must be a square (D, D) matrix, got shape {jnp.shape(jac)}.")
     return _asym_from_squares(jnp.sum((jac - jac.T) ** 2), jnp.sum(jac**2))
@@ -194,10 +292,18 @@ def _asym_from_squares(a2: Array, f2: Array) -> Asymmetry:
 
 
 class ProbeAsymmetry(eqx.Module):
-    """Probe estimates: ``asym_sq`` of ``||J - J^T||_F^2`` and ``fro_sq`` of ``||J||_F^2`` (both
-    unbiased) with their standard errors; ``stats`` plugs them into :class:`Asymmetry` (the
-    ratio is then consistent, not unbiased); ``ratio_se`` is the standard error of
-    ``stats.ratio`` (see :func:`probe_asymmetry`)."""
+    """Probe estimates of a Jacobian's asymmetry (:func:`probe_asymmetry`), each a scalar.
+
+    Attributes:
+        asym_sq: unbiased estimate of ``||J - J^T||_F^2``.
+        fro_sq: unbiased estimate of ``||J||_F^2``.
+        asym_sq_se: its standard error.
+        fro_sq_se: its standard error.
+        stats: the two plugged into :class:`Asymmetry` (the ratio is then consistent, not
+            unbiased).
+        ratio_se: the standard error of ``stats.ratio`` (delta method, see
+            :func:`probe_asymmetry`).
+    """
 
     asym_sq: Array
     fro_sq: Array
@@ -221,15 +327,17 @@ def probe_asymmetry(
     method: ProbeMethod = "auto",
     checked: bool = True,
 ) -> ProbeAsymmetry:
-    """Unbiased probe estimates of ``||J - J^T||_F^2`` and ``||J||_F^2`` (``E[v v^T] = I``),
-    J never formed. ``method``:
+    """Unbiased probe estimates of ``||J - J^T||_F^2`` and ``||J||_F^2`` (``E[v v^T] = I``), ``J``
+    never formed: ``E_v[v^T J J^T v - v^T J J v] = ||J - J^T||_F^2 / 2`` (docs/design.md §1).
+
+    ``method``:
 
     - ``"vjp"``: ``||J v - J^T v||^2`` per probe, one JVP and one VJP (QCSBM's estimator).
     - ``"forward"``: ``2 ||J v||^2 - 2 v . J (J v)`` per probe, from
       ``||J - J^T||_F^2 = 2 ||J||_F^2 - 2 tr(J^2)``: two JVPs in sequence, no VJP, so it works
-      for fields with forward-mode derivatives only (a ``jax.custom_jvp`` without a transpose). It is
-      noisier: its relative standard error grows like ``1 / lambda`` where the VJP estimator's
-      does not, so compare the returned standard errors.
+      for fields with forward-mode derivatives only (a ``jax.custom_jvp`` without a transpose).
+      It is noisier: its relative standard error grows like ``1 / lambda`` where the VJP
+      estimator's does not, so compare the returned standard errors.
     - ``"auto"``: ``"vjp"`` where the field can be transposed, else ``"forward"``.
 
     ``||J||_F^2`` is ``||J v||^2`` per probe either way.
@@ -240,7 +348,25 @@ def probe_asymmetry(
     ``0.5 hypot(se_A / A, se_F / F)`` drops it, overstating the error when they move together,
     as they do per probe). Where ``A`` is within one standard error of 0 the linearisation
     fails, and ``A`` is replaced by ``se_A`` there: the s.e. is then ``~ sqrt(se_A / F) / 2``,
-    the size of a ratio the probes cannot tell from 0. Infinite for one probe."""
+    the size of a ratio the probes cannot tell from 0. Infinite for one probe.
+
+    Args:
+        field: a field ``(x (*shape), t ()) -> (*shape)``.
+        x: the point, any shape; ``D = x.size``.
+        t: the time, a scalar.
+        key: the probes.
+        num_probes: ``K``.
+        kind: ``"rademacher"`` or ``"gaussian"`` probes.
+        method: ``"auto"``, ``"vjp"`` or ``"forward"`` (above).
+        checked: raise on non-finite values.
+
+    Returns:
+        The :class:`ProbeAsymmetry`: both estimates, their standard errors, the plug-in
+        statistics and the ratio's standard error, scalars.
+
+    Raises:
+        ValueError: ``method="vjp"`` for a field without a transpose, or a non-finite value.
+    """
     x = jnp.asarray(x)
     fx_shape = (int(np.prod(jnp.shape(x))),)
     probes = make_probes(key, num_probes, fx_shape, kind=kind, dtype=jnp.result_type(x))
@@ -342,7 +468,20 @@ def _ratio_se(a2: Array, f2: Array, a2m: Array, f2m: Array, a2se: Array, se) -> 
 
 
 def curl_2d(field: Field, x: Float[Array, " 2"], t: Scalar, *, checked: bool = True) -> Array:
-    """Scalar curl ``d v_y / d x - d v_x / d y`` of a planar field at one point (for plots)."""
+    """Scalar curl ``d v_y / d x - d v_x / d y`` of a planar field at one point (for plots).
+
+    Args:
+        field: a planar field ``(x (2,), t ()) -> (2,)``.
+        x: the point, shape ``(2,)``.
+        t: the time, a scalar.
+        checked: raise on non-finite values.
+
+    Returns:
+        The curl, a scalar (0 for a gradient).
+
+    Raises:
+        ValueError: ``x`` not of shape ``(2,)``.
+    """
     if jnp.shape(x) != (2,):
         raise ValueError(f"`x` must be one planar point of shape (2,), got {jnp.shape(x)}.")
     jac = jacobian(field, x, t, checked=checked)

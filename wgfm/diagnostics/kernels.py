@@ -33,11 +33,14 @@ FAMILIES = ("circle", "bridge", "pair rotation", "noisy copies")
 
 
 class ExactAsymmetry(eqx.Module):
-    """``(lambda, NAsym)`` of the exact ``D x D`` Jacobian of ``field`` at ``(x, t)``.
+    """``(lambda, NAsym)`` of the exact ``D x D`` Jacobian of ``field`` at ``(x, t)``, scalars
+    (docs/design.md §1); called as ``kernel(field, x, t, *, checked)``.
 
-    ``chunk_size`` columns at a time (``None``: all at once; default :func:`jacobian`'s). A
-    U-Net's 784 tangents at once would hold 784 copies of its activations; chunks bound that
-    memory."""
+    Attributes:
+        chunk_size: Jacobian columns at a time (None: all at once; default :func:`jacobian`'s).
+            A U-Net's 784 tangents at once would hold 784 copies of its activations; chunks
+            bound that memory.
+    """
 
     chunk_size: int | None = eqx.field(static=True, default=JACOBIAN_CHUNK)
 
@@ -47,9 +50,14 @@ class ExactAsymmetry(eqx.Module):
 
 
 class SubAndProbe(eqx.Module):
-    """``(sub-Jacobian lambda, probe estimate of lambda, its standard error)`` at ``(x, t)``:
-    the ``k x k`` principal block on random coordinates and ``num_probes`` Rademacher probes
-    (one key per sample; the s.e. is :attr:`ProbeAsymmetry.ratio_se`, so at least 2 probes)."""
+    """``(sub-Jacobian lambda, probe estimate of lambda, its standard error)`` at ``(x, t)``,
+    scalars: the ``k x k`` principal block on random coordinates and ``num_probes`` Rademacher
+    probes (one key per sample); called as ``kernel(field, x, t, *, key, checked)``.
+
+    Attributes:
+        k: the block's size.
+        num_probes: probes, at least 2 (the s.e. is :attr:`ProbeAsymmetry.ratio_se`).
+    """
 
     k: int = eqx.field(static=True)
     num_probes: int = eqx.field(static=True)
@@ -70,14 +78,24 @@ class SubAndProbe(eqx.Module):
 
 
 class Circulation(eqx.Module):
-    """``{family: (|I|, |I_norm|, |I/L|)}`` of one loop per family through ``(x0, x_t)`` at
-    time ``t`` (``x`` is the pair). All families' points go through one evaluation of the
-    field: one copy of a network in the compiled program instead of one per family.
+    """``{family: (|I|, |I_norm|, |I/L|)}`` of one loop per family through ``(x0, x_t)`` at time
+    ``t`` (``x`` is the pair), scalars; called as ``kernel(field, (x0, x_t), t, *, key,
+    checked)``. All families' points go through one evaluation of the field: one copy of a
+    network in the compiled program instead of one per family.
 
-    Families: a circle of radius ``sigma_t / 2`` (at least 0.05) in a random plane; the
-    authors' Brownian bridge from ``x_t`` back to itself (step 0.05); their pair rotation about
-    the clean point (``||x - alpha_t x0||`` fixed); their cycle through noisy copies of ``x0``
-    kept on the noise shell."""
+    Families: a circle of radius ``sigma_t / 2`` (at least 0.05) in a random plane; the authors'
+    Brownian bridge from ``x_t`` back to itself (step 0.05); their pair rotation about the clean
+    point (``||x - alpha_t x0||`` fixed); their cycle through noisy copies of ``x0`` kept on the
+    noise shell.
+
+    Attributes:
+        process: the forward process (``alpha_t``, ``sigma_t``).
+        families: among :data:`FAMILIES`.
+        num_points: points of the circle and pair-rotation loops.
+        bridge_steps: Brownian-bridge steps.
+        noisy_copies: copies of the noisy-copy cycle.
+        noisy_points: points per segment of that cycle.
+    """
 
     process: AbstractProcess
     families: tuple[str, ...] = eqx.field(static=True)
@@ -106,6 +124,18 @@ class Circulation(eqx.Module):
         }
 
     def loop(self, family: str, x0, xt, t, key):
+        """One family's loop through the noisy sample.
+
+        Args:
+            family: one of :attr:`families`.
+            x0: the clean sample, shape ``(*shape)``.
+            xt: the noisy sample, shape ``(*shape)``.
+            t: the time, a scalar.
+            key: the loop's randomness (plane, increments, pairing or copies).
+
+        Returns:
+            The closed loop, shape ``(m + 1, *shape)``.
+        """
         p, n = self.process, self.num_points
         if family == "circle":
             q, _ = jnp.linalg.qr(jax.random.normal(key, (xt.size, 2), xt.dtype))

@@ -41,7 +41,24 @@ def _angles(n: int, dtype) -> Array:
 
 
 def circle(center: Array, u: Array, v: Array, radius: Scalar, num_points: int) -> Array:
-    """``center + r (cos th u + sin th v)`` at ``num_points`` angles; ``u, v`` orthonormal."""
+    """A circle ``center + r (cos th u + sin th v)`` in the plane ``(u, v)``, at ``num_points``
+    equally spaced angles. The field ``x -> A x`` circulates ``2 pi r^2 v^T A u`` around it
+    (docs/design.md §1).
+
+    Args:
+        center: the centre, any shape ``(*shape)``.
+        u: a unit direction shaped like ``center``.
+        v: a unit direction shaped like ``center``, orthogonal to ``u``.
+        radius: ``r > 0``.
+        num_points: points on the circle, at least 3.
+
+    Returns:
+        The closed loop, shape ``(num_points + 1, *shape)``.
+
+    Raises:
+        ValueError: ``u``, ``v`` not orthonormal or not shaped like ``center``, ``radius <= 0``
+            or fewer than 3 points.
+    """
     center, u, v = jnp.asarray(center), jnp.asarray(u), jnp.asarray(v)
     _check_orthonormal(center, u, v)
     check_positive("radius", radius)
@@ -54,7 +71,22 @@ def circle(center: Array, u: Array, v: Array, radius: Scalar, num_points: int) -
 def rectangle(
     center: Array, u: Array, v: Array, width: Scalar, height: Scalar, points_per_side: int
 ) -> Array:
-    """Planar rectangle ``width x height`` around ``center`` with sides along ``u`` and ``v``."""
+    """A planar rectangle ``width x height`` around ``center`` with sides along ``u`` and ``v``.
+
+    Args:
+        center: the centre, any shape ``(*shape)``.
+        u: a unit direction shaped like ``center`` (the ``width`` side).
+        v: a unit direction shaped like ``center``, orthogonal to ``u`` (the ``height`` side).
+        width: the side along ``u``, positive.
+        height: the side along ``v``, positive.
+        points_per_side: sub-segments of each side.
+
+    Returns:
+        The closed loop, shape ``(4 points_per_side + 1, *shape)``.
+
+    Raises:
+        ValueError: ``u``, ``v`` not orthonormal, or a non-positive side.
+    """
     center, u, v = jnp.asarray(center), jnp.asarray(u), jnp.asarray(v)
     _check_orthonormal(center, u, v)
     check_positive("width", width)
@@ -65,8 +97,20 @@ def rectangle(
 
 
 def polyline(points: Array, points_per_segment: int, *, closed: bool = False) -> Array:
-    """Piecewise-linear path through ``points`` (``(m, *shape)``), ``points_per_segment``
-    sub-segments each; ``closed=True`` also joins the last point back to the first."""
+    """A piecewise-linear path through ``points``, each segment cut into ``points_per_segment``.
+
+    Args:
+        points: the corners, shape ``(m, *shape)``, ``m >= 2``.
+        points_per_segment: sub-segments per segment, at least 1.
+        closed: also join the last point back to the first (a loop).
+
+    Returns:
+        The path, shape ``((m - 1) k + 1, *shape)``, or ``(m k + 1, *shape)`` closed
+        (``k = points_per_segment``).
+
+    Raises:
+        ValueError: fewer than 2 points or ``points_per_segment < 1``.
+    """
     points = jnp.asarray(points)
     if points.ndim < 2 or points.shape[0] < 2:
         raise ValueError(f"`points` must have shape (m >= 2, *shape), got {points.shape}.")
@@ -82,13 +126,35 @@ def polyline(points: Array, points_per_segment: int, *, closed: bool = False) ->
 
 
 def refine(path: Array, factor: int) -> Array:
-    """Subdivide every segment of a sampled path into ``factor`` equal pieces (same curve)."""
+    """The same curve with every segment of a sampled path cut into ``factor`` equal pieces
+    (the midpoint rule's error then shrinks like ``factor^-2``).
+
+    Args:
+        path: a path, shape ``(n + 1, *shape)``.
+        factor: pieces per segment, at least 1.
+
+    Returns:
+        The refined path, shape ``(n factor + 1, *shape)``.
+    """
     return polyline(path, factor, closed=False)
 
 
 def brownian_bridge(x: Array, num_steps: int, step_scale: Scalar, *, key: PRNGKeyArray) -> Array:
-    """Brownian bridge from ``x`` back to ``x``: ``W_k - (k/n) W_n`` with ``N(0, step_scale^2)``
-    increments, added to ``x``."""
+    """The authors' Brownian-bridge loop from ``x`` back to ``x``: ``x + W_k - (k/n) W_n`` with
+    ``N(0, step_scale^2)`` increments.
+
+    Args:
+        x: the start and end, any shape ``(*shape)``.
+        num_steps: ``n``, at least 3.
+        step_scale: the increments' standard deviation, positive.
+        key: the increments.
+
+    Returns:
+        The closed loop, shape ``(n + 1, *shape)``.
+
+    Raises:
+        ValueError: ``num_steps < 3`` or ``step_scale <= 0``.
+    """
     x = jnp.asarray(x)
     n = int(num_steps)
     if n < 3:
@@ -102,8 +168,23 @@ def brownian_bridge(x: Array, num_steps: int, step_scale: Scalar, *, key: PRNGKe
 
 
 def pair_rotation(x: Array, center: Array, num_points: int, *, key: PRNGKeyArray) -> Array:
-    """Pair the coordinates at random and rotate every pair of ``x - center`` by the same angle
-    ``th in [0, 2 pi)`` (an odd one out stays put): ``||x - center||`` is constant on the loop."""
+    """The authors' pair-rotation loop: the coordinates paired at random and every pair of
+    ``x - center`` rotated by the same angle ``th in [0, 2 pi)`` (an odd one out stays put), so
+    ``||x - center||`` is constant on the loop.
+
+    Args:
+        x: the start, any shape ``(*shape)`` with at least 2 entries.
+        center: the centre of rotation, broadcast to ``x``'s shape (the clean point
+            ``alpha_t x0`` in the diagnosis).
+        num_points: angles, at least 3.
+        key: the pairing.
+
+    Returns:
+        The closed loop, shape ``(num_points + 1, *shape)``.
+
+    Raises:
+        ValueError: ``x`` with fewer than 2 entries, or fewer than 3 points.
+    """
     x, center = jnp.asarray(x), jnp.broadcast_to(jnp.asarray(center), jnp.shape(x))
     d = jnp.reshape(x - center, (-1,))
     if d.shape[0] < 2:
@@ -130,9 +211,26 @@ def noisy_copy_cycle(
     points_per_segment: int,
     key: PRNGKeyArray,
 ) -> Array:
-    """Cycle through ``num_copies`` draws ``alpha_t x0 + sigma_t eps_i``, joined linearly and
-    cyclically. Each point's offset from ``alpha_t x0`` is rescaled to the norm interpolated
-    between its two end copies, so the loop stays on the noise shell (radius ~ sigma_t sqrt D)."""
+    """The authors' cycle through ``num_copies`` noisy copies ``alpha_t x0 + sigma_t eps_i``, joined
+    linearly and cyclically. Each point's offset from ``alpha_t x0`` is rescaled to the norm
+    interpolated between its two end copies, so the loop stays on the noise shell (radius
+    ``~ sigma_t sqrt D``).
+
+    Args:
+        process: the forward process (``alpha_t``, ``sigma_t``).
+        x0: the clean sample, any shape ``(*shape)``.
+        t: the time, a scalar in the process's range.
+        num_copies: copies ``m``, at least 2.
+        points_per_segment: ``k`` points per segment between copies, at least 1.
+        key: the copies' noise.
+
+    Returns:
+        The closed loop, shape ``(m k + 1, *shape)``.
+
+    Raises:
+        ValueError: ``t`` outside the process's range, ``num_copies < 2`` or
+            ``points_per_segment < 1``.
+    """
     process.check_time(t)
     if int(num_copies) < 2:
         raise ValueError(f"`num_copies` must be >= 2, got {num_copies}.")
@@ -154,7 +252,16 @@ def noisy_copy_cycle(
 
 
 def parametric_loop(curve: Callable[[Array], Array], num_points: int, *, dtype=None) -> Array:
-    """Sample a smooth closed curve ``theta -> x`` (period ``2 pi``) at ``num_points`` angles."""
+    """A smooth closed curve ``theta -> x`` (period ``2 pi``) sampled at ``num_points`` angles.
+
+    Args:
+        curve: ``theta () -> x (*shape)``.
+        num_points: angles, at least 3.
+        dtype: the angles' dtype (default: JAX's default float).
+
+    Returns:
+        The closed loop, shape ``(num_points + 1, *shape)``.
+    """
     th = _angles(num_points, dtype or jnp.result_type(float))
     return _close(jax.vmap(curve)(th))
 
@@ -238,7 +345,23 @@ def line_integral(
     rule: Rule = "midpoint",
     chunk_size: int | None = None,
 ) -> Array:
-    """``int v(x, t) . dx`` along a sampled piecewise-linear path (midpoint or trapezoid rule)."""
+    """``int v(x, t) . dx`` along a sampled piecewise-linear path (second order in the segment
+    length; exact for a linear field).
+
+    Args:
+        field: a field ``(x (*shape), t ()) -> (*shape)``.
+        path: the path, shape ``(n + 1, *shape)``.
+        t: the time, a scalar.
+        rule: ``"midpoint"`` (the field at segment midpoints) or ``"trapezoid"`` (at vertices).
+        chunk_size: points per field evaluation (None: all at once).
+
+    Returns:
+        The integral, a scalar.
+
+    Raises:
+        ValueError: a path of fewer than 2 points, an unknown rule, or a field whose output is
+            not shaped like its input.
+    """
     return jnp.sum(_segments(field, path, t, rule, chunk_size)[0])
 
 
@@ -253,8 +376,25 @@ def parametric_line_integral(
     num_panels: int = 8,
     dtype=None,
 ) -> Array:
-    """``int_start^end v(c(th), t) . c'(th) dth`` by composite Gauss–Legendre (``order`` nodes on
-    each of ``num_panels`` panels; ``c'`` by forward-mode autodiff)."""
+    """``int_start^end v(c(th), t) . c'(th) dth`` by composite Gauss-Legendre quadrature, ``c'`` by
+    forward-mode autodiff: a reference for the sampled-path integrals.
+
+    Args:
+        field: a field ``(x (*shape), t ()) -> (*shape)``.
+        curve: ``c: theta () -> x (*shape)``.
+        t: the time, a scalar.
+        start: the first angle.
+        end: the last angle (default ``2 pi``: a closed curve's circulation).
+        order: Gauss-Legendre nodes per panel.
+        num_panels: panels of ``[start, end]``.
+        dtype: the nodes' dtype (default: JAX's default float).
+
+    Returns:
+        The integral, a scalar.
+
+    Raises:
+        ValueError: a field whose output is not shaped like its input.
+    """
     nodes, weights = np.polynomial.legendre.leggauss(int(order))  # float64 reference nodes
     h = (end - start) / int(num_panels)
     mids = start + h * (np.arange(int(num_panels))[:, None] + 0.5)
@@ -272,8 +412,15 @@ def parametric_line_integral(
 
 
 class LoopReport(eqx.Module):
-    """Circulation ``I``; ``I_norm``, the circulation of the unit field ``v / ||v||`` (each
-    segment's contribution divided by the field's norm at its midpoint); length ``L``; ``I / L``."""
+    """Circulation statistics of one closed loop (docs/design.md §1), each a scalar.
+
+    Attributes:
+        I: the circulation ``oint v . dx``.
+        I_norm: the circulation of the unit field ``v / ||v||`` (each segment's contribution
+            divided by the field's norm at its midpoint).
+        L: the loop's length.
+        I_over_L: ``I / L``, the circulation per length.
+    """
 
     I: Array  # noqa: E741
     I_norm: Array
@@ -290,9 +437,23 @@ def loop_report(
     chunk_size: int | None = None,
     checked: bool = True,
 ) -> LoopReport:
-    """Circulation statistics of a closed sampled loop (raises if the loop is not closed).
-    ``checked``: raise on an open loop or non-finite values (False: leave that to the caller,
-    see :mod:`wgfm.diagnostics`)."""
+    """Circulation statistics of a closed sampled loop: zero for a gradient up to quadrature error.
+
+    Args:
+        field: a field ``(x (*shape), t ()) -> (*shape)``.
+        loop: a closed loop, shape ``(n + 1, *shape)`` with ``loop[-1] == loop[0]``.
+        t: the time, a scalar.
+        rule: ``"midpoint"`` or ``"trapezoid"`` (:func:`line_integral`).
+        chunk_size: points per field evaluation (None: all at once).
+        checked: raise on an open loop or non-finite values (False: leave that to the caller,
+            see :mod:`wgfm.diagnostics`).
+
+    Returns:
+        The :class:`LoopReport` (``I``, ``I_norm``, ``L``, ``I / L``).
+
+    Raises:
+        ValueError: an open loop, or a non-finite value (``checked``).
+    """
     loop = _materialize(check_closed("loop", jnp.asarray(loop), checked=checked))
     values = _eval(field, _query_points(loop, rule), t, chunk_size)
     return _report(values, loop, t, rule, checked)
@@ -315,10 +476,25 @@ def loop_reports(
     chunk_size: int | None = None,
     checked: bool = True,
 ) -> tuple[LoopReport, ...]:
-    """:func:`loop_report` of each of several closed loops (same sample shape, any lengths)
-    with ONE batched evaluation of ``field`` over all their points: under ``jit`` the field
-    (a network) appears once in the compiled program instead of once per loop, and one
-    batched call replaces one per loop. Same numbers as separate calls."""
+    """:func:`loop_report` of each of several closed loops with ONE batched evaluation of
+    ``field`` over all their points: under ``jit`` the field (a network) appears once in the
+    compiled program instead of once per loop. Same numbers as separate calls.
+
+    Args:
+        field: a field ``(x (*shape), t ()) -> (*shape)``.
+        loops: closed loops of one sample shape, each ``(n_i + 1, *shape)`` (any lengths).
+        t: the time, a scalar.
+        rule: ``"midpoint"`` or ``"trapezoid"``.
+        chunk_size: points per field evaluation (None: all at once).
+        checked: raise on an open loop or non-finite values.
+
+    Returns:
+        One :class:`LoopReport` per loop, in order.
+
+    Raises:
+        ValueError: no loops, loops of different sample shapes, an open loop, or a non-finite
+            value.
+    """
     if len(loops) == 0:
         raise ValueError("`loops` must hold at least one loop.")
     loops = [
@@ -336,7 +512,13 @@ def loop_reports(
 
 
 class PathDependence(eqx.Module):
-    """Line integrals from ``a`` to ``b``: straight, via a detour point, and their difference."""
+    """Line integrals from ``a`` to ``b`` along two paths (:func:`path_dependence`), scalars.
+
+    Attributes:
+        straight: along the segment ``a -> b``.
+        detour: along ``a -> via -> b``.
+        difference: ``straight - detour``: zero for a gradient, up to quadrature error.
+    """
 
     straight: Array
     detour: Array
@@ -346,7 +528,19 @@ class PathDependence(eqx.Module):
 def path_dependence(
     field: Field, a: Array, b: Array, via: Array, t: Scalar, *, num_points: int = 64
 ) -> PathDependence:
-    """Compare ``int_a^b`` along the segment ``a -> b`` with the one along ``a -> via -> b``."""
+    """``int_a^b v . dx`` along the segment ``a -> b`` against the one along ``a -> via -> b``.
+
+    Args:
+        field: a field ``(x (*shape), t ()) -> (*shape)``.
+        a: the start, shape ``(*shape)``.
+        b: the end, shape ``(*shape)``.
+        via: the detour point, shape ``(*shape)``.
+        t: the time, a scalar.
+        num_points: sub-segments per leg of the detour (twice that on the straight path).
+
+    Returns:
+        The :class:`PathDependence`: both integrals and their difference.
+    """
     straight = line_integral(field, polyline(jnp.stack([a, b]), 2 * num_points), t)
     detour = line_integral(field, polyline(jnp.stack([a, via, b]), num_points), t)
     return PathDependence(straight, detour, straight - detour)
@@ -355,8 +549,20 @@ def path_dependence(
 def triangle_identity(
     field: Field, a: Array, b: Array, c: Array, t: Scalar, *, num_points: int = 64
 ) -> Array:
-    """``I(b, a) + I(c, b) + I(a, c)`` with ``I(q, p)`` the straight-line integral from ``p`` to
-    ``q``; zero for a gradient field."""
+    """``I(b, a) + I(c, b) + I(a, c)``, with ``I(q, p)`` the straight-line integral from ``p`` to
+    ``q``: the circulation around the triangle ``a, b, c``, zero for a gradient.
+
+    Args:
+        field: a field ``(x (*shape), t ()) -> (*shape)``.
+        a: a corner, shape ``(*shape)``.
+        b: a corner, shape ``(*shape)``.
+        c: a corner, shape ``(*shape)``.
+        t: the time, a scalar.
+        num_points: sub-segments per side.
+
+    Returns:
+        The sum, a scalar.
+    """
     pts = [(a, b), (b, c), (c, a)]
     return sum(
         (line_integral(field, polyline(jnp.stack(s), num_points), t) for s in pts),

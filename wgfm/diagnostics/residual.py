@@ -33,16 +33,36 @@ def transport_residual(
     chunk_size: int | None = None,
     checked: bool = True,
 ) -> Array:
-    """``d_t log p_t + div v + v . grad log p_t`` at one point ``x``.
+    """The transport residual ``R = d_t log p_t + div v + v . grad log p_t`` at one point
+    (docs/design.md §1): the continuity equation divided by ``p_t``, zero everywhere iff ``v``
+    transports ``p_t``.
 
-    ``log_density(x, t)`` and ``dt_log_density(x, t)`` describe the target marginals (for a
-    Gaussian mixture: ``wgfm.gmm.log_density_field`` and ``wgfm.gmm.dt_log_density_field``).
-    The divergence is exact (``divergence(field, x, t)``, default the trace; ``chunk_size``
-    bounds its memory) unless ``probes`` ``(K, *x.shape)`` are given: then it is the unbiased
-    Hutchinson estimate, for large D (see :func:`wgfm.diagnostics.jacobian.make_probes`).
-    ``log_density`` and ``dt_log_density`` must return scalars (``ValueError`` naming them).
-    ``checked``: raise on non-finite values (False: leave that to the caller, see
-    :mod:`wgfm.diagnostics`; a custom ``divergence`` does its own checking)."""
+    The divergence is exact (``divergence(field, x, t)``, default the trace) unless ``probes``
+    are given: then it is the unbiased Hutchinson estimate, for large ``D``.
+
+    Args:
+        field: a velocity field ``(x (*shape), t ()) -> (*shape)``.
+        x: the point, shape ``(*shape)``.
+        t: the time, a scalar.
+        log_density: ``(x, t) -> ()``, ``log p_t`` (for a Gaussian mixture
+            :func:`wgfm.gmm.log_density_field`).
+        dt_log_density: ``(x, t) -> ()``, ``d_t log p_t``
+            (:func:`wgfm.gmm.dt_log_density_field`).
+        divergence: ``(field, x, t) -> ()``, the exact divergence (default
+            :func:`wgfm.diagnostics.divergence`).
+        probes: Hutchinson probes, shape ``(K, *shape)``
+            (:func:`wgfm.diagnostics.make_probes`), or None.
+        chunk_size: tangents per pass of the exact divergence (None: all at once).
+        checked: raise on non-finite values (False: leave that to the caller, see
+            :mod:`wgfm.diagnostics`; a custom ``divergence`` does its own checking).
+
+    Returns:
+        ``R(x, t)``, a scalar.
+
+    Raises:
+        ValueError: ``field`` not shaped like ``x``, ``log_density`` or ``dt_log_density`` not
+            scalar, or a non-finite value.
+    """
     v = field(x, t)
     if jnp.shape(v) != jnp.shape(x):
         raise ValueError(

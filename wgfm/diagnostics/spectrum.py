@@ -39,7 +39,18 @@ from .jacobian import ProbeKind
 
 
 def skew_effective_rank(jac: Float[Array, "d d"]) -> Array:
-    """Exact ``||M||_F^4 / ||M^T M||_F^2`` of ``M = J - J^T`` (0 for a symmetric ``J``)."""
+    """The exact effective rank ``||M||_F^4 / ||M^T M||_F^2`` of the skew part ``M = J - J^T``:
+    over how many directions the asymmetry is spread (module docstring).
+
+    Args:
+        jac: the Jacobian, shape ``(D, D)``.
+
+    Returns:
+        The rank, a scalar in ``[1, D]`` (0 for a symmetric ``J``).
+
+    Raises:
+        ValueError: ``jac`` not square.
+    """
     if jnp.ndim(jac) != 2 or jnp.shape(jac)[0] != jnp.shape(jac)[1]:
         raise ValueError(f"`jac` must be a square (D, D) matrix, got shape {jnp.shape(jac)}.")
     m = jac - jac.T
@@ -86,7 +97,11 @@ def estimate_effective_rank(
     Returns:
         A scalar: in ``(0, D]`` for Rademacher probes, ``> 0`` (``inf`` where the terms do not
         vary) for Gaussian ones; 0 where the spread is not resolved (fewer than 2 probes, or
-        ``abar^2 <= s^2 / K``)."""
+        ``abar^2 <= s^2 / K``).
+
+    Raises:
+        ValueError: an unknown ``kind`` or ``dim < 1``.
+    """
     if kind not in ("rademacher", "gaussian"):
         raise ValueError(f"`kind` must be 'rademacher' or 'gaussian', got {kind!r}.")
     if int(dim) < 1:

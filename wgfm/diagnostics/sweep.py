@@ -60,7 +60,18 @@ DIAGNOSTICS: dict[str, Diagnostic] = {
 
 def times_grid(process: AbstractProcess, num_levels: int) -> np.ndarray:
     """The authors' noise levels ``t = 1, 11, ..., 991`` of 1000 (100 levels), thinned evenly to
-    ``num_levels`` and clipped to ``[t_min, t_max]`` of ``process``."""
+    ``num_levels`` and clipped to ``[t_min, t_max]`` of ``process``.
+
+    Args:
+        process: the forward process (its time range).
+        num_levels: how many levels, at least 1 (100 or more: all 100).
+
+    Returns:
+        The levels, increasing, shape ``(min(num_levels, 100),)``.
+
+    Raises:
+        ValueError: ``num_levels < 1``.
+    """
     if int(num_levels) < 1:
         raise ValueError(f"`num_levels` must be a positive integer, got {num_levels!r}.")
     steps = np.arange(1, 1000, 10)
@@ -70,8 +81,16 @@ def times_grid(process: AbstractProcess, num_levels: int) -> np.ndarray:
 
 
 class SweepResult(eqx.Module):
-    """``values[i, n]`` at time ``ts[i]`` and sample ``n`` (a PyTree of such arrays if the
-    diagnostic returns one); ``mean[i]`` and ``quantiles[q, i]`` at levels ``levels[q]``."""
+    """What :func:`sweep` returns.
+
+    Attributes:
+        ts: the times, shape ``(T,)``.
+        values: the diagnostic at time ``ts[i]`` and sample ``n``, shape ``(T, n, ...)`` (a
+            PyTree of such arrays if the diagnostic returns one).
+        mean: over samples, shape ``(T, ...)``.
+        levels: the quantile levels, shape ``(Q,)``.
+        quantiles: over samples, shape ``(Q, T, ...)``.
+    """
 
     ts: Array
     values: Array
@@ -87,8 +106,18 @@ def noised_samples(
     *,
     key: PRNGKeyArray,
 ) -> Array:
-    """``x_t = alpha_t x0 + sigma_t eps`` for every time, the same clean ``x0`` at every time
-    and fresh noise: shape ``(T, n, *x0.shape[1:])``."""
+    """``x_t = alpha_t x0 + sigma_t eps`` at every time: the same clean ``x0`` at every time, fresh
+    noise.
+
+    Args:
+        process: the forward process.
+        x0: clean samples, shape ``(n, *shape)``.
+        ts: times, shape ``(T,)``.
+        key: the noise.
+
+    Returns:
+        The noisy samples, shape ``(T, n, *shape)``.
+    """
     keys = jax.random.split(key, jnp.shape(ts)[0])
     return jax.vmap(lambda t, k: process.sample_marginal(x0, t, key=k)[0])(ts, keys)
 
@@ -146,38 +175,46 @@ def sweep(
     progress: str | None = None,
     select: Sequence[int] | None = None,
 ) -> SweepResult:
-    """Evaluate ``diagnostic(field, x, t)`` (a name in ``DIAGNOSTICS`` or a function; given
-    ``key``, it is called with a fresh ``key=`` per sample) on ``xs[i, n]`` at ``ts[i]``.
-    ``xs`` may also be a tuple (any PyTree) of such arrays, e.g. ``(x0s, xts)``: the
-    diagnostic then gets the matching tuple of samples.
-    ``checked=False`` calls it with ``checked=False`` (no host callback in the compiled
-    program, so JAX's persistent cache keeps it) and leaves the finiteness check to the host;
-    ``what`` names the values in that error.
-    ``mesh`` (``wgfm.distributed.make_mesh``) splits the samples over its devices: same values.
-    ``batch_size`` evaluates the samples of a level that many at a time instead of in one
-    ``vmap``: bounded memory for large networks, and faster once a level's Jacobian tangents
-    outgrow the cache (benchmarks/README.md).
-    ``progress`` (a label) runs the levels one call each behind a tqdm bar, for sweeps that
-    take minutes (a U-Net's Jacobians): one program for a single level, compiled once, and the
-    same values as the single call up to float32 rounding (XLA may fuse the two programs
-    differently).
-    ``select`` (time indices) evaluates only those rows of the grid, with the keys the whole
-    grid would give them: one level of a sweep split over processes (``wgfm diagnose
-    --shard``); ``ts`` and the values then have ``len(select)`` rows."""
+    """One compiled evaluation of ``diagnostic(field, x, t)`` on every sample ``xs[i, n]`` at
+    ``ts[i]`` (module docstring).
+
+    Args:
+        diagnostic: a name in :data:`DIAGNOSTICS` or a function ``(field, x, t, *, [key,]
+            [checked]) -> array or PyTree`` (the kernels of :mod:`wgfm.diagnostics.kernels`).
+        field: a field ``(x (*shape), t ()) -> (*shape)``; pass the same object every call, so
+            it is not re-traced.
+        xs: samples, shape ``(T, n, *shape)`` (:func:`noised_samples`), or a tuple (any PyTree)
+            of such arrays, e.g. ``(x0s, xts)``: the diagnostic then gets the matching tuple.
+        ts: times, shape ``(T,)``.
+        key: given, the diagnostic is called with a fresh ``key=`` per sample.
+        levels: the quantile levels of the summary.
+        mesh: a mesh of :func:`wgfm.distributed.make_mesh` splitting the samples over its
+            devices (same values).
+        batch_size: samples of a level at a time instead of one ``vmap`` (None): bounded memory
+            for large networks, and faster once a level's Jacobian tangents outgrow the cache
+            (benchmarks/README.md).
+        checked: False calls the diagnostic with ``checked=False`` (no host callback in the
+            compiled program, so JAX's persistent cache keeps it) and checks the outputs on the
+            host instead (:func:`require_finite`).
+        what: the values' name in the error naming a non-finite one.
+        progress: a label: the levels then run one call each behind a tqdm bar, for sweeps that
+            take minutes (one program for a single level, compiled once; the same values up to
+            float32 rounding, as XLA may fuse the two programs differently).
+        select: time indices: only those rows of the grid are evaluated, with the keys the
+            whole grid would give them (one level of a sweep split over processes, ``wgfm
+            diagnose --shard``); ``ts`` and the values then have ``len(select)`` rows.
+
+    Returns:
+        The :class:`SweepResult`: values ``(T, n, ...)``, their means and quantiles by time.
+
+    Raises:
+        ValueError: an unknown diagnostic, mismatched shapes, ``batch_size < 1``, ``select``
+            outside the grid, or a non-finite value (naming the first time index and sample).
+    """
     diag = _resolve(diagnostic)
     ts = jnp.asarray(ts)
     xs = jax.tree_util.tree_map(jnp.asarray, xs)
-    shapes = [x.shape for x in jax.tree_util.tree_leaves(xs)]
-    if (
-        ts.ndim != 1
-        or not shapes
-        or any(len(s) < 3 or s[:2] != shapes[0][:2] or s[0] != ts.shape[0] for s in shapes)
-    ):
-        raise ValueError(
-            f"`xs` must have shape (T, n, *sample_shape) with T = len(ts), and `ts` shape (T,); "
-            f"got xs {shapes if len(shapes) != 1 else shapes[0]}, ts {ts.shape} (use "
-            "noised_samples, or broadcast shared samples)."
-        )
+    _check_shapes(xs, ts, batch_size)
     keys = None if key is None else jax.random.split(key, ts.shape[0])
     if select is not None:
         idx = np.asarray(select, int)
@@ -188,8 +225,6 @@ def sweep(
         xs = jax.tree_util.tree_map(lambda a: a[idx], xs)
         ts = ts[idx]
         keys = None if keys is None else keys[idx]
-    if batch_size is not None and int(batch_size) < 1:
-        raise ValueError(f"`batch_size` must be a positive integer or None, got {batch_size!r}.")
     try:
         if mesh is None:
             bs = None if batch_size is None else int(batch_size)
@@ -215,6 +250,24 @@ def sweep(
         jnp.asarray(q),
         jax.tree_util.tree_map(lambda v: jnp.asarray(np.quantile(v, q, axis=1)), host),
     )
+
+
+def _check_shapes(xs, ts: Array, batch_size: int | None) -> None:
+    """Raises unless every leaf of ``xs`` is ``(T, n, *sample_shape)`` with one ``(T, n)`` and
+    ``T = len(ts)``, and ``batch_size`` is None or positive."""
+    shapes = [x.shape for x in jax.tree_util.tree_leaves(xs)]
+    if (
+        ts.ndim != 1
+        or not shapes
+        or any(len(s) < 3 or s[:2] != shapes[0][:2] or s[0] != ts.shape[0] for s in shapes)
+    ):
+        raise ValueError(
+            f"`xs` must have shape (T, n, *sample_shape) with T = len(ts), and `ts` shape (T,); "
+            f"got xs {shapes if len(shapes) != 1 else shapes[0]}, ts {ts.shape} (use "
+            "noised_samples, or broadcast shared samples)."
+        )
+    if batch_size is not None and int(batch_size) < 1:
+        raise ValueError(f"`batch_size` must be a positive integer or None, got {batch_size!r}.")
 
 
 def _resolve(diagnostic: str | Diagnostic) -> Diagnostic:
@@ -248,9 +301,21 @@ def _name_nonfinite_input(field, xs, ts, err) -> None:
 
 
 def require_finite(values, ts, what: str = "diagnostic values are"):
-    """``values`` (a PyTree of ``(T, n, ...)`` arrays, time index first) as NumPy arrays, after
-    raising ``ValueError`` if any is non-finite, naming the first bad time index, its ``t`` and
-    the sample index: the host-side check of an unchecked sweep."""
+    """``values`` on the host, after checking every entry is finite: the host-side check of an
+    unchecked sweep.
+
+    Args:
+        values: a PyTree of arrays, each ``(T, n, ...)``, time index first.
+        ts: the times, shape ``(T,)``, for the error.
+        what: the values' name in the error.
+
+    Returns:
+        ``values`` as NumPy arrays (the same PyTree).
+
+    Raises:
+        ValueError: a non-finite value, naming the first bad time index, its ``t`` and the
+            sample index.
+    """
     host = jax.tree_util.tree_map(np.asarray, values)
     for arr in jax.tree_util.tree_leaves(host):
         bad = ~np.isfinite(arr).reshape(arr.shape[0], arr.shape[1], -1).all(axis=-1)

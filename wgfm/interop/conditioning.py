@@ -137,6 +137,31 @@ def conditioning(
     the null class; text families ``F(null) + w (F(c) - F(null))`` with ``negative`` as the
     null condition (the pipeline's convention, its ``guidance_scale`` itself)."""
     values = resolve(cls, conds, condition, "condition")
+    notes = _notes(conds, values, condition)
+    packed = Conditioning(channels, learned, _pack(conds, values))
+    if negative is not None and not guidance_scale:
+        raise ValueError("`negative_condition` applies only with `guidance_scale`.")
+    if not guidance_scale:
+        return packed, notes
+    w = float(guidance_scale)
+    if family.guidance == "none":
+        raise ValueError(
+            f"{cls} ({family.name}) is not guided by classifier-free guidance: FLUX.1-dev's "
+            "distilled guidance is its `guidance` condition (--condition), not `guidance_scale`."
+        )
+    if family.guidance == "class":
+        nulls, note = _class_guidance(cls, conds, values, w)
+        weight = 1 + w
+    else:
+        nulls, note = _text_guidance(cls, conds, values, negative, w)
+        weight = w
+    # Packed again: a guided null's mask may have given the condition one (ones) too.
+    packed = Conditioning(channels, learned, _pack(conds, values), _pack(conds, nulls), weight)
+    return packed, [*notes, note]
+
+
+def _notes(conds: tuple[Condition, ...], values: dict, condition) -> list[str]:
+    """What each condition of a call is: a class label, a given array or the default."""
     notes = []
     for c in conds:
         if c.name not in values:
@@ -155,32 +180,30 @@ def conditioning(
             notes.append(f"conditioned on a given {c.name} ({c.doc}) of shape {a.shape}")
         else:
             notes.append(f"{c.name} {a.tolist()} (the pipeline's default: {c.doc})")
-    packed = Conditioning(channels, learned, _pack(conds, values))
-    if negative is not None and not guidance_scale:
-        raise ValueError("`negative_condition` applies only with `guidance_scale`.")
-    if not guidance_scale:
-        return packed, notes
-    w = float(guidance_scale)
-    if family.guidance == "none":
+    return notes
+
+
+def _class_guidance(cls: str, conds: tuple[Condition, ...], values: dict, w: float):
+    """The null values and the note of class-conditional guidance, ``(1 + w) F(c) - w F(null)``
+    with the null class."""
+    label = next((c for c in conds if c.name == "class_labels"), None)
+    null = None if label is None else label.default_array()
+    if null is None or int(values["class_labels"]) == int(null):
         raise ValueError(
-            f"{cls} ({family.name}) is not guided by classifier-free guidance: FLUX.1-dev's "
-            "distilled guidance is its `guidance` condition (--condition), not `guidance_scale`."
+            f"`guidance_scale` needs a class-conditional denoiser with a null class and a "
+            f"`class_label` other than it ({cls})."
         )
-    if family.guidance == "class":
-        label = next((c for c in conds if c.name == "class_labels"), None)
-        null = None if label is None else label.default_array()
-        if null is None or int(values["class_labels"]) == int(null):
-            raise ValueError(
-                f"`guidance_scale` needs a class-conditional denoiser with a null class and a "
-                f"`class_label` other than it ({cls})."
-            )
-        nulls = {**values, "class_labels": null}
-        notes.append(
-            f"the classifier-free-guided field (1 + w) F(x, c) - w F(x, null) with w = {w:g}, "
-            f"c = {int(values['class_labels'])}, null = {int(null)}: not the score of a noised "
-            "distribution, even for exact F"
-        )
-        return dataclasses.replace(packed, null=_pack(conds, nulls), weight=1 + w), notes
+    note = (
+        f"the classifier-free-guided field (1 + w) F(x, c) - w F(x, null) with w = {w:g}, "
+        f"c = {int(values['class_labels'])}, null = {int(null)}: not the score of a noised "
+        "distribution, even for exact F"
+    )
+    return {**values, "class_labels": null}, note
+
+
+def _text_guidance(cls: str, conds: tuple[Condition, ...], values: dict, negative, w: float):
+    """The null values and the note of text guidance, ``F(null) + w (F(c) - F(null))`` with
+    ``negative`` as the null condition (the pipeline's ``guidance_scale`` convention)."""
     negs = [c for c in conds if c.negative]
     if negative is None:
         need = ", ".join(c.describe() for c in negs)
@@ -197,17 +220,16 @@ def conditioning(
     # A mask belongs to its caption: the condition's is not the null one's.
     kept = {k: v for k, v in values.items() if not next(c for c in conds if c.name == k).mask}
     nulls = {**kept, **resolve(cls, tuple(negs), negative, "negative_condition")}
-    _fill_masks(conds, values, nulls)
+    _fill_masks(conds, values, nulls)  # values too: the two are batched with the same keys
     for name, a in nulls.items():
         if a.shape != values[name].shape:
             raise ValueError(
                 f"`negative_condition`'s `{name}` has shape {a.shape}, the condition's "
                 f"{values[name].shape}: the pipeline batches the two, so they must match."
             )
-    packed = Conditioning(channels, learned, _pack(conds, values))
-    notes.append(
+    note = (
         f"the classifier-free-guided field F(x, null) + w (F(x, c) - F(x, null)) with w = {w:g} "
         "(the pipeline's guidance_scale convention), null: the given negative condition; not the "
         "score of a noised distribution, even for exact F"
     )
-    return dataclasses.replace(packed, null=_pack(conds, nulls), weight=w), notes
+    return nulls, note

@@ -84,7 +84,16 @@ class DiffusersField(AbstractScheduledField):
         return s.value(x, out, t)
 
     def untrained(self, *, key: PRNGKeyArray, sample_shape: tuple[int, ...]) -> DiffusersField:
-        """The same U-Net with :func:`~wgfm.diagnostics.controls.untrained_params`."""
+        """The same U-Net with :func:`~wgfm.diagnostics.controls.untrained_params`: the untrained
+        control.
+
+        Args:
+            key: the draw.
+            sample_shape: unused (the field's own :attr:`sample_shape` is used).
+
+        Returns:
+            A :class:`DiffusersField` with fresh parameters.
+        """
         from ..diagnostics.controls import untrained_field
 
         return untrained_field(self, key, self.sample_shape)
@@ -93,12 +102,27 @@ class DiffusersField(AbstractScheduledField):
 def load_unet2d(
     path: str | Path, *, dtype=jnp.float32, variant: str | None = None
 ) -> tuple[Model, dict, dict]:
-    """``(model, params, config)``: the flax port, its parameters (``dtype``) and the raw config.
+    """A diffusers ``UNet2DModel`` directory on the flax port.
 
     ``model.apply(params, x, timestep)`` takes diffusers timesteps (not ``wgfm`` times) and
     predicts whatever the checkpoint was trained for (``model.kind`` is only a label here).
-    Weights: one ``.safetensors`` file or shards listed by ``.safetensors.index.json``;
-    ``variant`` (e.g. ``"fp16"``) reads ``diffusion_pytorch_model.<variant>.safetensors``."""
+
+    Args:
+        path: the model directory (``config.json`` and weights), or a pipeline directory holding
+            ``unet/``.
+        dtype: the parameters' dtype.
+        variant: weights such as ``diffusion_pytorch_model.<variant>.safetensors`` (e.g.
+            ``"fp16"``); one ``.safetensors`` file or shards listed by
+            ``.safetensors.index.json``.
+
+    Returns:
+        ``(model, params, config)``: the flax port (:class:`wgfm.models.Model`), its parameters
+        in ``dtype`` and the raw config dict.
+
+    Raises:
+        ValueError: no weights, a config the port does not support, or weights that do not fit
+            it (:func:`convert_state_dict`).
+    """
     unet_dir = _unet_dir(Path(path))
     config = json.loads((unet_dir / "config.json").read_text())
     net = unet2d_from_config(config)
@@ -108,11 +132,21 @@ def load_unet2d(
 
 
 def convert_state_dict(state: dict[str, np.ndarray], net: UNet2D, *, dtype=jnp.float32) -> dict:
-    """Map a PyTorch state dict (NumPy arrays) onto ``net``'s flax parameters.
+    """A PyTorch state dict mapped onto ``net``'s flax parameters: conv kernels from OIHW to
+    HWIO, linear weights from ``(out, in)`` to ``(in, out)``.
 
-    Conv kernels go from OIHW to HWIO, linear weights from ``(out, in)`` to ``(in, out)``. Raises
-    ``ValueError`` naming every tensor whose shape does not fit, every tensor the port does not
-    use and every parameter no tensor provides."""
+    Args:
+        state: ``{name: array}`` of the PyTorch module (NumPy arrays).
+        net: the flax ``UNet2D`` the tensors are for.
+        dtype: the parameters' dtype.
+
+    Returns:
+        The flax parameter tree (nested dicts of arrays in ``dtype``).
+
+    Raises:
+        ValueError: naming every tensor whose shape does not fit, every tensor the port does not
+            use and every parameter no tensor provides.
+    """
     expected = _expected_params(net)
     flat, problems, used = {}, [], set()
     for key, value in state.items():

@@ -26,7 +26,14 @@ CALLABLE_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
 def is_callable_spec(spec: str | Path) -> bool:
-    """Whether ``spec`` reads ``package.module:function`` (and is not a directory)."""
+    """Whether ``spec`` names a function, ``package.module:function``, rather than a directory.
+
+    Args:
+        spec: a model spec as :func:`load_model` takes it.
+
+    Returns:
+        True when ``spec`` reads ``package.module:function`` and is not a directory.
+    """
     return bool(CALLABLE_SPEC.match(str(spec))) and not Path(spec).is_dir()
 
 
@@ -68,6 +75,10 @@ def load_model(
     Returns:
         The field (it declares its ``kind``, ``sample_shape`` and untrained control) and its
         process.
+
+    Raises:
+        ValueError: conditions given to a ``package.module:function`` model, or as
+            :func:`wgfm.interop.load_pipeline` and :func:`load_callable` raise.
     """
     if is_callable_spec(spec):
         given = (class_label, prompt_embedding, guidance_scale, condition, negative_condition)
@@ -122,11 +133,15 @@ def load_callable(
 
     Args:
         spec: ``package.module:function`` (the function may be an attribute path).
-        device, torch_dtype: where a ``torch.nn.Module`` field runs and in which dtype
-            (:func:`wgfm.interop.torch.module_field`).
+        device: where a ``torch.nn.Module`` field runs (:func:`wgfm.interop.torch.module_field`).
+        torch_dtype: its weights' and activations' dtype (``"bfloat16"``, ...).
 
     Returns:
         The field as an :class:`wgfm.pretrained.AbstractPretrainedField` and its process.
+
+    Raises:
+        ValueError: the module cannot be imported, has no such function, or the function or the
+            field it returns is not callable or not as described.
     """
     mod_name, fn_name = spec.split(":")
     try:

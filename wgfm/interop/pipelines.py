@@ -42,7 +42,7 @@ from .latents import (
     pixel_shape,
     read_latent,
 )
-from .schedulers import FLOW_SCHEDULERS, scheduler_map
+from .schedulers import FLOW_SCHEDULERS, SchedulerMap, scheduler_map
 from .torch_diffusers import TorchDiffusersField, torch_net
 
 __all__ = [
@@ -73,7 +73,22 @@ class PipelineDir:
 
 
 def read_pipeline(path: str | Path) -> PipelineDir:
-    """The denoiser, scheduler and autoencoder of ``path`` (module docstring)."""
+    """The denoiser, scheduler and autoencoder of a diffusers directory (module docstring), read
+    from its JSON files without loading any weights.
+
+    Args:
+        path: a pipeline directory (``model_index.json``), one of its component directories
+            (``pipe/unet``: the siblings are used), or a bare model directory.
+
+    Returns:
+        The :class:`PipelineDir`: the denoiser's directory, class and config (with diffusers'
+        class defaults filled in), the scheduler config or None, the latent autoencoder or None,
+        the pipeline class and the pipeline directory.
+
+    Raises:
+        ValueError: not a directory, no denoiser config, a pipeline without a ``unet/`` or
+            ``transformer/``, or invalid JSON.
+    """
     path = Path(path)
     if not path.is_dir():
         raise ValueError(f"`path` {str(path)!r} is not a directory.")
@@ -179,34 +194,59 @@ def load_pipeline(
     """``(field, process)`` of a diffusers pipeline or model directory (module docstring);
     exported as :func:`wgfm.interop.load_diffusers`.
 
-    The scheduler comes from ``scheduler_config`` if given, else the pipeline's ``scheduler/``
-    (also for ``pipe/unet``); a bare model directory without either gets diffusers'
-    ``DDPMScheduler`` defaults (linear betas 1e-4..0.02, 1000 steps, epsilon), with a warning.
-    ``mu``: a dynamically shifted flow-matching scheduler's shift
-    (:func:`~wgfm.interop.schedulers.scheduler_map`); default: the pipeline's own, from the
-    image's token count. Use ``wgfm.as_field(process, field, kind=field.kind, to="score" |
-    "velocity")`` for the score or the WGF velocity. ``backend``: ``"auto"`` (the flax port
-    where it applies, else PyTorch), ``"flax"`` or ``"torch"``.
-
-    ``condition``: ``{name: array}``, the denoiser's own forward keywords (and
-    ``added_cond_kwargs`` keys) for one sample, without a batch axis; the family declares the
-    names and shapes (:mod:`wgfm.interop.denoisers`) and fills the pipeline's defaults.
-    ``class_label`` (default: the null class where there is one) and ``encoder_hidden_states``
-    (``(seq, dim)`` or ``(1, seq, dim)``) are short forms of ``class_labels`` and
-    ``encoder_hidden_states``. ``guidance_scale`` ``w``: for class-conditional families the
+    Use ``wgfm.as_field(process, field, kind=field.kind, to="score" | "velocity")`` for the
+    score or the WGF velocity. ``guidance_scale`` ``w``: for class-conditional families the
     classifier-free-guided field ``(1 + w) F(x, c) - w F(x, null)`` with the null class
     (diffusers' ``guidance_scale`` is ``1 + w``); for text families the pipeline's own
     ``F(x, null) + w (F(x, c) - F(x, null))`` with ``negative_condition`` as the null one.
-    ``prompt`` (``negative_prompt``; with text guidance and none given, the empty prompt):
-    the text conditions encoded by the pipeline's own tokenizers and text encoders
-    (:mod:`wgfm.interop.prompts`, the ``wgfm[text]`` extra).
-    ``sample_size``: the latent height and width (default: the config's, FLUX: 128).
-    ``variant``: weights such as ``diffusion_pytorch_model.fp16.safetensors`` (cast to
-    ``dtype``). PyTorch denoisers: ``device`` (``"cuda"``, ``"mps"``, ``"cpu"``; None: the
-    accelerator when present) and ``torch_dtype`` (``"bfloat16"``, ``"float16"``,
-    ``"float32"`` or a ``torch.dtype``; None: ``dtype``) for the weights and activations,
-    loaded in that dtype and moved once (:func:`wgfm.interop.torch.place_module`); the field's
-    inputs and outputs stay ``dtype``."""
+
+    Args:
+        path: the directory (:func:`read_pipeline`).
+        dtype: the field's inputs and outputs (and the flax port's parameters): float32 or
+            float64.
+        scheduler_config: the scheduler config; default the pipeline's ``scheduler/`` (also for
+            ``pipe/unet``), and for a bare model directory without either diffusers'
+            ``DDPMScheduler`` defaults (linear betas 1e-4..0.02, 1000 steps, epsilon), with a
+            warning.
+        mu: a dynamically shifted flow-matching scheduler's shift
+            (:func:`~wgfm.interop.schedulers.scheduler_map`); default: the pipeline's own, from
+            the image's token count.
+        backend: ``"auto"`` (the flax port where it applies, else PyTorch), ``"flax"`` or
+            ``"torch"``.
+        class_label: short form of the ``class_labels`` condition (default: the null class
+            where there is one).
+        encoder_hidden_states: short form of that condition, shape ``(seq, dim)`` or
+            ``(1, seq, dim)``.
+        variant: weights such as ``diffusion_pytorch_model.fp16.safetensors`` (cast to
+            ``dtype``).
+        guidance_scale: ``w`` of the classifier-free-guided field (above), or None.
+        condition: ``{name: array}``, the denoiser's own forward keywords (and
+            ``added_cond_kwargs`` keys) for one sample, without a batch axis; the family
+            declares the names and shapes (:mod:`wgfm.interop.denoisers`) and fills the
+            pipeline's defaults.
+        negative_condition: the null condition of text guidance, as ``condition``.
+        sample_size: the latent height and width (default: the config's; FLUX: 128).
+        device: where a PyTorch denoiser runs (``"cuda"``, ``"mps"``, ``"cpu"``; None: the
+            accelerator when present).
+        torch_dtype: a PyTorch denoiser's weights and activations (``"bfloat16"``,
+            ``"float16"``, ``"float32"`` or a ``torch.dtype``; None: ``dtype``), loaded in that
+            dtype and moved once (:func:`wgfm.interop.torch.place_module`).
+        prompt: text conditions encoded by the pipeline's own tokenizers and text encoders
+            (:mod:`wgfm.interop.prompts`, the ``wgfm[text]`` extra).
+        negative_prompt: the null prompt of text guidance (with guidance and none given: the
+            empty prompt).
+
+    Returns:
+        ``(field, process)``: a :class:`~wgfm.interop.diffusers.DiffusersField` (the flax
+        port) or a :class:`~wgfm.interop.torch_diffusers.TorchDiffusersField`, each taking one
+        sample ``(H, W, C)`` and a wgfm time and carrying ``kind``, ``process``, ``schedule``,
+        ``sample_shape``, ``notes`` and ``latent``; and the wgfm process of its scheduler.
+
+    Raises:
+        ValueError: one line naming the class and the reason: an autoencoder, a family that is
+            not supported, a scheduler that is not mapped, conditions that do not fit the
+            family's declaration, or weights that cannot be loaded.
+    """
     from .diffusers import DiffusersField, hwc_shape, load_unet2d
 
     if backend not in ("auto", "flax", "torch"):
@@ -221,43 +261,15 @@ def load_pipeline(
         )
     family = family_for(cls, config, where)
     channels = _state_channels(family, cls, config, pd.latent, where)
-    if scheduler_config is None:
-        scheduler_config = pd.scheduler_config
-    if scheduler_config is None:
-        warnings.warn(
-            f"no scheduler in {str(path)!r}: using diffusers' DDPMScheduler defaults "
-            "(linear betas 1e-4..0.02, 1000 steps, epsilon prediction).",
-            stacklevel=2,
-        )
-        scheduler_config = {}
     size = sample_size if sample_size is not None else family.default_size(config)
     shape = hwc_shape(size, channels, cls)
-    notes = []
-    if mu is None and _dynamic(scheduler_config):
-        mu = pipeline_mu(scheduler_config, family.image_seq_len(config, shape))
-        notes.append(f"mu {mu:.4g}: the pipeline's shift for {shape[0]}x{shape[1]} latents")
-    schedule = scheduler_map(scheduler_config, mu=mu)
+    schedule, notes = _schedule(path, pd, family, shape, scheduler_config, mu)
     learned = family.output_channels(config) == 2 * channels
-    if learned:
-        notes.append(
-            f"learned variance: the network outputs {2 * channels} channels (prediction and "
-            f"variance, Improved DDPM / ADM); the field is the first {channels}, the "
-            f"{schedule.prediction_type} prediction"
-        )
-    if pd.latent is not None:
-        notes.append(f"diagnosed in {pd.latent.describe()}")
+    notes += _output_notes(pd, channels, learned, schedule.prediction_type)
     given = _given(cls, condition, class_label, encoder_hidden_states)
     port_problem = None
-    conditional = cls == "UNet2DModel" and (
-        config.get("num_class_embeds") or config.get("class_embed_type")
-    )
-    if cls == "UNet2DModel" and backend != "torch" and not conditional:
-        from ..models import unet2d_from_config
-
-        try:
-            unet2d_from_config(config)
-        except ValueError as e:
-            port_problem = str(e)
+    if _tries_the_port(cls, config, backend):
+        port_problem = _port_problem(config)
         if port_problem is None or backend == "flax":
             if given or negative_condition or guidance_scale:
                 raise ValueError(f"{cls} at {str(pd.denoiser)!r} is unconditional.")
@@ -280,10 +292,8 @@ def load_pipeline(
         )
     elif negative_prompt is not None:
         raise ValueError("`negative_prompt` applies only with `prompt`.")
-    f = 1 if pd.latent is None else pd.latent.factor()
-    conds = family.conditions(config, module, shape, (shape[0] * f, shape[1] * f))
-    cond, cond_notes = conditioning(
-        family, cls, conds, channels, learned, given, negative_condition, guidance_scale
+    cond, cond_notes = _conditioning(
+        pd, family, module, shape, channels, learned, given, negative_condition, guidance_scale
     )
     notes += cond_notes
     if port_problem:
@@ -293,6 +303,70 @@ def load_pipeline(
         net, schedule, shape, cls, tuple(notes), pd.latent, module, cond, family
     )
     return field, schedule.process
+
+
+def _schedule(
+    path, pd: PipelineDir, family: AbstractDenoiser, shape, scheduler_config: dict | None, mu
+) -> tuple[SchedulerMap, list[str]]:
+    """The denoiser's schedule: ``scheduler_config``, else the pipeline's, else diffusers'
+    ``DDPMScheduler`` defaults with a warning; a dynamically shifted flow-matching scheduler
+    takes ``mu`` or the pipeline's own for ``shape``'s token count, and a note says which."""
+    if scheduler_config is None:
+        scheduler_config = pd.scheduler_config
+    if scheduler_config is None:
+        warnings.warn(
+            f"no scheduler in {str(path)!r}: using diffusers' DDPMScheduler defaults "
+            "(linear betas 1e-4..0.02, 1000 steps, epsilon prediction).",
+            stacklevel=3,  # the caller of load_pipeline
+        )
+        scheduler_config = {}
+    notes = []
+    if mu is None and _dynamic(scheduler_config):
+        mu = pipeline_mu(scheduler_config, family.image_seq_len(pd.config, shape))
+        notes.append(f"mu {mu:.4g}: the pipeline's shift for {shape[0]}x{shape[1]} latents")
+    return scheduler_map(scheduler_config, mu=mu), notes
+
+
+def _output_notes(pd: PipelineDir, channels: int, learned: bool, prediction: str) -> list[str]:
+    """What the field is of the network's output (a learned-variance half) and in which space."""
+    notes = []
+    if learned:
+        notes.append(
+            f"learned variance: the network outputs {2 * channels} channels (prediction and "
+            f"variance, Improved DDPM / ADM); the field is the first {channels}, the "
+            f"{prediction} prediction"
+        )
+    if pd.latent is not None:
+        notes.append(f"diagnosed in {pd.latent.describe()}")
+    return notes
+
+
+def _conditioning(
+    pd: PipelineDir, family, module, shape, channels, learned, given, negative, guidance_scale
+):
+    """:func:`wgfm.interop.conditioning.conditioning` of the family's declared conditions for
+    latents (or images) of ``shape`` ``(H, W, C)``, whose decoded images' size the family may
+    need (SDXL's size conditions)."""
+    f = 1 if pd.latent is None else pd.latent.factor()
+    conds = family.conditions(pd.config, module, shape, (shape[0] * f, shape[1] * f))
+    return conditioning(family, pd.cls, conds, channels, learned, given, negative, guidance_scale)
+
+
+def _tries_the_port(cls: str, config: dict, backend: str) -> bool:
+    """Whether the flax port is tried: an unconditional ``UNet2DModel``, backend not torch."""
+    conditional = config.get("num_class_embeds") or config.get("class_embed_type")
+    return cls == "UNet2DModel" and backend != "torch" and not conditional
+
+
+def _port_problem(config: dict) -> str | None:
+    """Why the flax port cannot build a ``UNet2DModel`` of ``config``, or None if it can."""
+    from ..models import unet2d_from_config
+
+    try:
+        unet2d_from_config(config)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def _prompt(pd, family, prompt, negative_prompt, guidance_scale, given, negative, notes):

@@ -49,10 +49,18 @@ CONSISTENCY_SCHEDULERS = (
 
 
 class SchedulerMap(eqx.Module):
-    """A scheduler's process and the network's calling convention in that process's time.
-
+    """A scheduler's process and the network's calling convention in that process's time:
     ``field(x, t) = value(x, net(model_input(x, t), timestep(t)), t)`` is a field of ``kind``
-    (module docstring for each family)."""
+    (module docstring for each family).
+
+    Attributes:
+        process: the wgfm process of the scheduler's noising.
+        family: ``"betas"`` (DDPM-family), ``"flow"`` or ``"edm"``.
+        prediction_type: what the network predicts, in diffusers' words.
+        num_train_timesteps: ``K``, the scheduler's training steps.
+        scheduler: the scheduler's class name.
+        sigma_data: EDM's data standard deviation (its preconditioning).
+    """
 
     process: AbstractProcess
     family: str = eqx.field(static=True)
@@ -70,7 +78,11 @@ class SchedulerMap(eqx.Module):
         return PREDICTION_KINDS[self.prediction_type]
 
     def describe(self) -> str:
-        """One line for reports: the scheduler, its process and the network's output."""
+        """One line for reports: the scheduler, its process and the network's output.
+
+        Returns:
+            The line.
+        """
         p = self.process
         if isinstance(p, DiscreteVP):
             proc = f"DiscreteVP ({p.num_steps} steps)"
@@ -88,7 +100,15 @@ class SchedulerMap(eqx.Module):
         return self.process.sigma(t)
 
     def timestep(self, t: Float[ArrayLike, ""]) -> Array:
-        """The network's timestep argument at wgfm time ``t``."""
+        """The network's timestep argument at wgfm time ``t``: ``t K - 1`` for DDPM-family betas,
+        ``sigma_t K`` for flow matching, ``log(sigma_t) / 4`` for EDM.
+
+        Args:
+            t: the wgfm time, a scalar.
+
+        Returns:
+            The timestep, a scalar.
+        """
         t = jnp.asarray(t)
         if self.family == "flow":
             return self._s(t) * self.num_train_timesteps
@@ -97,13 +117,32 @@ class SchedulerMap(eqx.Module):
         return t * self.num_train_timesteps - 1
 
     def model_input(self, x: Array, t: Float[ArrayLike, ""]) -> Array:
-        """What the network receives for the sample ``x`` at ``t`` (EDM's ``c_in x``)."""
+        """What the network receives for the sample ``x`` at ``t`` (EDM's ``c_in x``; else ``x``).
+
+        Args:
+            x: one sample, any shape.
+            t: the wgfm time, a scalar.
+
+        Returns:
+            The network's input, shaped like ``x``.
+        """
         if self.family == "edm":
             return x / jnp.sqrt(self._s(t) ** 2 + self.sigma_data**2).astype(x.dtype)
         return x
 
     def value(self, x: Array, out: Array, t: Float[ArrayLike, ""]) -> Array:
-        """The field value of :attr:`kind` from the network output ``out`` at ``(x, t)``."""
+        """The field value of :attr:`kind` from the network output ``out`` at ``(x, t)``: the flow
+        velocity in wgfm time, EDM's preconditioned x0, or eps (a v-prediction converted,
+        ``eps = sigma_t x + alpha_t v``).
+
+        Args:
+            x: one sample, any shape.
+            out: the network's output for it, shaped like ``x``.
+            t: the wgfm time, a scalar.
+
+        Returns:
+            The field value, shaped like ``x``.
+        """
         t = jnp.asarray(t, x.dtype)
         if self.family == "flow":
             # dx/dt = (dx/ds)(ds/dt): the network predicts dx/ds = eps - x0.
@@ -121,12 +160,28 @@ class SchedulerMap(eqx.Module):
 
 
 def scheduler_map(config: dict, *, mu: float | None = None) -> SchedulerMap:
-    """The :class:`SchedulerMap` of a diffusers scheduler config (module docstring).
+    """The :class:`SchedulerMap` of a diffusers scheduler config (module docstring): the wgfm
+    process and how the network's outputs and timesteps map onto it.
 
-    ``mu``: the resolution-dependent shift of a flow-matching scheduler with
-    ``use_dynamic_shifting`` (what its pipeline passes to ``set_timesteps``); required there and
-    refused elsewhere. Options that only choose the sampler's grid (``timestep_spacing``,
-    ``use_karras_sigmas``, ``shift_terminal``, ...) do not change the process."""
+    Options that only choose the sampler's grid (``timestep_spacing``, ``use_karras_sigmas``,
+    ``shift_terminal``, ...) do not change the process.
+
+    Args:
+        config: the scheduler's ``scheduler_config.json`` as a dict (``_class_name``,
+            ``num_train_timesteps``, betas or shift, ``prediction_type``, ...).
+        mu: the resolution-dependent shift of a flow-matching scheduler with
+            ``use_dynamic_shifting`` (what its pipeline passes to ``set_timesteps``); required
+            there and refused elsewhere.
+
+    Returns:
+        The :class:`SchedulerMap`: a discrete VP of the betas, a (shifted) linear interpolant,
+        or EDM's VE, with the prediction type and the number of training steps.
+
+    Raises:
+        ValueError: a scheduler that is not mapped (consistency models, no betas, log-sigma
+            timesteps, inverted sigmas), an unknown prediction type, a missing or misplaced
+            ``mu``, or fewer than 2 training steps.
+    """
     name = config.get("_class_name", "DDPMScheduler")
     k = int(config.get("num_train_timesteps", 1000))
     if k < 2:
@@ -167,7 +222,17 @@ def scheduler_map(config: dict, *, mu: float | None = None) -> SchedulerMap:
 
 
 def scheduler_process(config: dict) -> tuple[AbstractProcess, str]:
-    """``(process, prediction_type)`` of a diffusers scheduler config (:func:`scheduler_map`)."""
+    """The process and prediction type of a diffusers scheduler config (:func:`scheduler_map`).
+
+    Args:
+        config: the scheduler's config as a dict.
+
+    Returns:
+        ``(process, prediction_type)``.
+
+    Raises:
+        ValueError: as :func:`scheduler_map`.
+    """
     m = scheduler_map(config)
     return m.process, m.prediction_type
 
@@ -226,8 +291,20 @@ def _edm_map(name: str, config: dict, k: int) -> SchedulerMap:
 
 
 def scheduler_betas(config: dict) -> np.ndarray:
-    """Per-step betas (float64) of a diffusers scheduler config, as its ``__init__`` builds them
-    (diffusers stores them in float32; here they are exact)."""
+    """The per-step betas of a diffusers scheduler config, as its ``__init__`` builds them
+    (diffusers stores them in float32; here they are exact): linear, scaled linear, GLIDE's
+    cosine, sigmoid or ``trained_betas``, with CogVideoX's SNR shift and the zero-terminal-SNR
+    rescaling where the config asks for them.
+
+    Args:
+        config: the scheduler's config as a dict.
+
+    Returns:
+        The betas, float64, shape ``(K,)`` with ``K = num_train_timesteps``.
+
+    Raises:
+        ValueError: an unsupported ``beta_schedule``.
+    """
     k = int(config.get("num_train_timesteps", 1000))
     b0, b1 = float(config.get("beta_start", 1e-4)), float(config.get("beta_end", 0.02))
     schedule = config.get("beta_schedule", "linear")

@@ -67,7 +67,16 @@ from ..processes import AbstractProcess
 
 
 class TorchField(eqx.Module):
-    """A PyTorch callable as a ``wgfm`` field ``(x, t) -> array shaped like x`` (see module)."""
+    """A PyTorch callable as a ``wgfm`` field ``(x (*shape), t ()) -> (*shape)`` (module docstring);
+    build it with :func:`torch_field`.
+
+    Attributes:
+        fn: the batched PyTorch callable ``(x (N, *shape), t (N,)) -> (N, *shape)``.
+        chunk_size: samples per PyTorch JVP or VJP call.
+        vmap_tangents: how tangents at one primal are pushed (:func:`torch_field`).
+        dtype: the dtype of the tensors passed to ``fn``; None: the JAX input's.
+        device: the device they are put on (where ``fn``'s module was placed).
+    """
 
     fn: Callable = eqx.field(static=True)
     chunk_size: int = eqx.field(static=True, default=64)
@@ -101,21 +110,38 @@ def torch_field(
     dtype=None,
     device=None,
 ) -> TorchField:
-    """Wrap ``fn(x, t) -> y`` (PyTorch) as a JAX field; ``chunk_size`` bounds the samples per
-    PyTorch JVP or VJP call (memory). Tangents at one primal: ``vmap_tangents=True`` pushes them
-    through one primal pass with ``torch.func.vmap`` over ``jvp``; ``False`` repeats the primal
-    once per tangent along ``fn``'s batch axis (works for any batched model); ``None`` tries the
-    first and falls back to the second for good if ``fn``'s ops lack batching rules.
+    """A PyTorch callable ``fn(x, t) -> y`` as a JAX field: values by callback, JVPs and VJPs by
+    ``torch.func`` (module docstring).
 
-    ``dtype`` (:func:`as_torch_dtype`) and ``device`` (:func:`resolve_device`): where the
-    ``torch.nn.Module`` found on ``fn`` (module docstring) runs, and in which dtype its weights
-    and activations are; it is moved there once, here (:func:`place_module`). ``dtype=None``
-    keeps the module's dtype (no module: the JAX input's dtype). Inputs are cast from the JAX
-    dtype to ``dtype`` on ``device``; results come back in the JAX dtype, so the estimators'
-    arithmetic stays in float32 whatever the network's precision. Without a module on ``fn``
-    the weights cannot be moved: ``fn`` gets inputs of ``dtype`` on ``device`` (None: the
-    accelerator when present) and must match them. Example, a diffusers UNet2DModel in
-    bfloat16 on the GPU: ``torch_field(diffusers_unet_fn(unet), dtype="bfloat16")``."""
+    ``dtype`` and ``device`` say where the ``torch.nn.Module`` found on ``fn`` runs and in which
+    dtype its weights and activations are; it is moved there once, here
+    (:func:`place_module`). Inputs are cast from the JAX dtype to ``dtype`` on ``device``;
+    results come back in the JAX dtype, so the estimators' arithmetic stays in float32 whatever
+    the network's precision. Without a module on ``fn`` the weights cannot be moved: ``fn`` gets
+    inputs of ``dtype`` on ``device`` and must match them. Example, a diffusers UNet2DModel in
+    bfloat16 on the GPU: ``torch_field(diffusers_unet_fn(unet), dtype="bfloat16")``.
+
+    Args:
+        fn: ``(x (N, *shape), t (N,)) -> (N, *shape)`` in PyTorch, or one sample
+            ``(x (*shape), t ()) -> (*shape)`` with ``batched=False``.
+        batched: whether ``fn`` takes a batch (False: vectorised with ``torch.func.vmap``).
+        chunk_size: samples per PyTorch JVP or VJP call (memory).
+        vmap_tangents: tangents at one primal: True pushes them through one primal pass with
+            ``torch.func.vmap`` over ``jvp``; False repeats the primal once per tangent along
+            ``fn``'s batch axis (works for any batched model); None tries the first and falls
+            back to the second for good if ``fn``'s ops lack batching rules.
+        dtype: ``"bfloat16"``, ``"float16"``, ``"float32"`` or a ``torch.dtype``
+            (:func:`as_torch_dtype`); None keeps the module's (no module: the JAX input's).
+        device: ``"cuda"``, ``"mps"``, ``"cpu"`` (:func:`resolve_device`); None: the
+            accelerator when present.
+
+    Returns:
+        The :class:`TorchField`.
+
+    Raises:
+        ValueError: ``fn`` not callable, an unknown dtype or device, or a dtype the device does
+            not support.
+    """
     if not callable(fn):
         raise ValueError(f"`fn` must be callable, got {type(fn).__name__}.")
     dtype = as_torch_dtype(dtype)
@@ -206,12 +232,21 @@ _HOOKED: weakref.WeakSet = weakref.WeakSet()  # GroupNorms already made contiguo
 
 
 def diffusers_unet_fn(unet, num_train_timesteps: int = 1000) -> Callable:
-    """``fn(x (N, C, H, W), t (N,)) = unet(x, t K - 1).sample`` for :func:`torch_field`: a
-    diffusers ``UNet2DModel`` in wgfm's DDPM time convention (``wgfm.interop.diffusers``).
+    """A diffusers ``UNet2DModel`` in wgfm's DDPM time convention, for :func:`torch_field`:
+    ``fn(x, t) = unet(x, t K - 1).sample`` (:mod:`wgfm.interop.diffusers`).
 
     Adds a pre-hook to each of ``unet``'s GroupNorms making its input contiguous (a no-op
     otherwise): PyTorch's forward-mode AD of ``group_norm`` fails on the transposed tensors of
-    diffusers' attention blocks."""
+    diffusers' attention blocks.
+
+    Args:
+        unet: the ``diffusers.UNet2DModel``.
+        num_train_timesteps: ``K``, the scheduler's training steps.
+
+    Returns:
+        ``fn(x (N, C, H, W), t (N,)) -> (N, C, H, W)``, a ``functools.partial`` that keeps the
+        unet findable (:func:`torch_field` takes its device and dtype).
+    """
     contiguous_group_norms(unet)
     # A partial (not a lambda) keeps the unet findable: torch_field takes its parameter dtype.
     return functools.partial(_unet_call, unet, int(num_train_timesteps))

@@ -68,7 +68,16 @@ class TorchDiffusersField(AbstractScheduledField):
         """The same field around the same architecture freshly initialised by diffusers
         (``from_config`` under ``torch.manual_seed`` of a seed drawn from ``key``, built on the
         model's device in its dtype: :func:`wgfm.interop.torch.reinitialised`): the untrained
-        control."""
+        control.
+
+        Args:
+            key: the seed's draw.
+            sample_shape: unused (the field's own).
+
+        Returns:
+            A :class:`TorchDiffusersField` around the fresh module, with the same schedule and
+            conditioning.
+        """
         from .torch import reinitialised
 
         fresh = reinitialised(self.module, torch_seed(key))
