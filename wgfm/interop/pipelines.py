@@ -281,11 +281,6 @@ def load_pipeline(
             f"the flax port is UNet2DModel only; {cls} needs backend 'torch' or 'auto'."
         )
     module = _load_module(pd, variant, dtype, torch_dtype)
-    notes.insert(
-        0,
-        f"read as {family.name}: input {family.about['state']}; timestep "
-        f"{family.about['timestep']}; output {family.about['output']}",
-    )
     if prompt is not None:
         negative_condition = _prompt(
             pd, family, prompt, negative_prompt, guidance_scale, given, negative_condition, notes
@@ -346,10 +341,13 @@ def _conditioning(
 ):
     """:func:`wgfm.interop.conditioning.conditioning` of the family's declared conditions for
     latents (or images) of ``shape`` ``(H, W, C)``, whose decoded images' size the family may
-    need (SDXL's size conditions)."""
+    need (SDXL's size conditions); its notes open with how the family reads the network."""
     f = 1 if pd.latent is None else pd.latent.factor()
     conds = family.conditions(pd.config, module, shape, (shape[0] * f, shape[1] * f))
-    return conditioning(family, pd.cls, conds, channels, learned, given, negative, guidance_scale)
+    cond, notes = conditioning(
+        family, pd.cls, conds, channels, learned, given, negative, guidance_scale
+    )
+    return cond, [family.reading(), *notes]
 
 
 def _tries_the_port(cls: str, config: dict, backend: str) -> bool:

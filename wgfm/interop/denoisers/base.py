@@ -113,6 +113,11 @@ class AbstractDenoiser(eqx.Module):
         F(null))``, the pipeline's own convention; ``"none"``: no classifier-free guidance."""
         return self.about["guidance"]
 
+    def reading(self) -> str:
+        """How this family reads the network, in words (a note of the field: the report)."""
+        a = self.about
+        return f"read as {self.name}: input {a['state']}; timestep {a['timestep']}; output {a['output']}"
+
     def accepts(self, config: dict) -> bool:
         """Whether this family reads a denoiser of one of :attr:`classes` with ``config``."""
         return True
