@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import statistics
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
@@ -118,6 +120,47 @@ def best_threads(torch, call, calls: int = 2) -> tuple[int, dict[str, float]]:
 def threads_extra(threads: int, tried: dict[str, float]) -> dict[str, float | int]:
     """:func:`best_threads`' choice as record extras: the count and the time at each."""
     return {"torch_threads": threads} | {f"torch_s_at_{n}_threads": s for n, s in tried.items()}
+
+
+def torch_compile(torch, fn, *, tiny: bool = False):
+    """``torch.compile(fn)`` with inductor; in the smoke test (``tiny``) with dynamo's graph
+    capture alone (``backend="eager"``): the same capture of the same calls, without the code
+    generation, which takes longer on 2 cores than the whole smoke test."""
+    return torch.compile(fn, backend="eager" if tiny else "inductor")
+
+
+def compiled_side(
+    what: str, name: str, call: Callable[[], Any], errors: dict[str, str] | None = None
+) -> float | None:
+    """Build a ``torch.compile``-d side by calling it twice: its compile seconds (the first
+    call's excess over the second), or ``None`` with the error printed (``[what] name
+    unavailable here: ...``) and kept in ``errors[name]`` when it cannot build here (no C++
+    toolchain, an op inductor lacks, ...); the caller then leaves the side out and records
+    the error in the row of its eager form (``torch_compile_error``)."""
+    try:
+        t0 = time.perf_counter()
+        call()
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        call()
+        return max(first - (time.perf_counter() - t0), 0.0)
+    except Exception as err:
+        msg = f"{type(err).__name__}: {err}"[:300]
+        print(f"[{what}] {name} unavailable here: {msg}", file=sys.stderr)
+        if errors is not None:
+            errors[name] = msg
+        return None
+
+
+def fastest_of(med: dict[str, float], groups: dict[str, list[str]]) -> dict[str, bool]:
+    """``{name: is the fastest of its group}`` for every name in ``groups``' lists, from the
+    median seconds ``med``: the flag (``fastest_peer``) a target reads so that it is never met
+    against a slower formulation of the peer only."""
+    out = {}
+    for names in filter(None, groups.values()):
+        best = min(names, key=med.__getitem__)
+        out |= {n: n == best for n in names}
+    return out
 
 
 PEAK_REPEATS = 7

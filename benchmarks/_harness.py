@@ -10,7 +10,7 @@ import json
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,32 @@ def record(
     }
 
 
+def side_rows(
+    benchmark: str,
+    case: str,
+    times: dict[str, list[float]],
+    repeats: int,
+    extras: Mapping[str, dict],
+    compile_s: Mapping[str, float | None] | None = None,
+) -> list[dict]:
+    """One :func:`record` per side of an interleaved comparison (``times``: each side's round
+    times), in its order: the median of its rounds, its compile seconds (``compile_s``, where
+    known) and its ``extras``."""
+    compile_s = compile_s or {}
+    return [
+        record(
+            benchmark,
+            case,
+            name,
+            compile_s=compile_s.get(name),
+            median_s=statistics.median(ts),
+            repeats=repeats,
+            **extras.get(name, {}),
+        )
+        for name, ts in times.items()
+    ]
+
+
 def machine_info() -> dict:
     """Where the numbers were measured (never compare across devices)."""
     dev = jax.devices()[0]
@@ -100,6 +126,15 @@ def write_results(records: list[dict], out_dir: Path, name: str = "benchmarks") 
     path.write_text(json.dumps(payload, indent=2, default=float))
     (out_dir / f"{name}.md").write_text(markdown_table(records, payload["machine"]))
     return path
+
+
+def write_payload(path: Path, payload: dict) -> int:
+    """Write a standalone script's run (``payload``: machine, run, settings, records) as JSON
+    to ``path`` and say so; returns the script's exit status, 0."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"wrote {path}")
+    return 0
 
 
 def markdown_table(records: list[dict], machine: dict) -> str:

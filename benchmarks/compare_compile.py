@@ -84,31 +84,20 @@ def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
     probes = jac.make_probes(jax.random.key(1), 4, (dim,), dtype=dt)
     diag("probe_divergence", lambda fl, xi, ti, p: jac.probe_divergence(fl, xi, ti, p), (probes,))
 
-    ctr = C.TraceCounter(field)
-    rows.append(
-        _entry(
-            "sample_ode",
-            ctr,
-            lambda: sample_ode(ctr, proc, x).samples,
-            {
-                "new x": lambda: sample_ode(ctr, proc, x2).samples,
-                "new rtol/atol": lambda: sample_ode(ctr, proc, x, rtol=1e-4, atol=1e-6).samples,
-            },
-        )
-    )
-    ctr = C.TraceCounter(field)
-    rows.append(
-        _entry(
-            "log_likelihood (exact)",
-            ctr,
-            lambda: log_likelihood(ctr, proc, x).log_likelihood,
-            {
-                "new x": lambda: log_likelihood(ctr, proc, x2).log_likelihood,
-                "new rtol/atol": lambda: (
-                    log_likelihood(ctr, proc, x, rtol=1e-3, atol=1e-3).log_likelihood
-                ),
-            },
-        )
+    def solve_entry(name, solve, rtol, atol):  # retraces on new values and on new tolerances
+        ctr = C.TraceCounter(field)
+        again = {
+            "new x": lambda: solve(ctr, x2),
+            "new rtol/atol": lambda: solve(ctr, x, rtol=rtol, atol=atol),
+        }
+        rows.append(_entry(name, ctr, lambda: solve(ctr, x), again))
+
+    solve_entry("sample_ode", lambda f, y, **kw: sample_ode(f, proc, y, **kw).samples, 1e-4, 1e-6)
+    solve_entry(
+        "log_likelihood (exact)",
+        lambda f, y, **kw: log_likelihood(f, proc, y, **kw).log_likelihood,
+        1e-3,
+        1e-3,
     )
     ctr = C.TraceCounter(field)
 

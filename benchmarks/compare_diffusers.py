@@ -31,7 +31,7 @@ import numpy as np
 from wgfm.interop import DDPM_CIFAR10_32
 
 from . import _compare as C
-from ._harness import block, interleaved, ratio_stats, record, write_results
+from ._harness import block, interleaved, ratio_stats, side_rows, write_results
 
 BENCH = "diffusers_unet"
 CIFAR_UNET: dict[str, Any] = DDPM_CIFAR10_32
@@ -68,8 +68,7 @@ def run(quick: bool = False, *, tiny: bool = False, repeats: int | None = None) 
     except ImportError:
         print(f"[{BENCH}] diffusers is not installed: skipped.")
         return []
-    from wgfm.diagnostics import sub_jacobian
-    from wgfm.interop import diffusers_unet_fn, load_diffusers, torch_field
+    from wgfm.interop import diffusers_unet_fn, load_diffusers
 
     config = TINY_UNET if tiny else CIFAR_UNET
     n_fwd, n_img, k = (2, 1, 8) if tiny else (4, 1, 64) if quick else (16, 2, 64)
@@ -82,17 +81,26 @@ def run(quick: bool = False, *, tiny: bool = False, repeats: int | None = None) 
     size, c = int(config["sample_size"]), int(config["in_channels"])
     case = f"UNet2DModel {n_params / 1e6:.1f}M params, {c}x{size}x{size}"
     rng = np.random.default_rng(0)
-    rows = []
-
-    # Forward pass on a batch, the two sides interleaved.
+    fn = diffusers_unet_fn(unet)
     xs = rng.standard_normal((n_fwd, c, size, size)).astype(np.float32)
+    rows = _forward_rows(torch, port, fn, f"{case}, forward, batch {n_fwd}", xs, repeats, n_params)
+    xs = rng.standard_normal((n_img, c, size, size)).astype(np.float32)
+    d = c * size * size
+    idxs = np.stack([rng.choice(d, k, replace=False) for _ in range(n_img)]).astype(np.int32)
+    scase = f"{case}, {k}x{k} sub-Jacobian, {n_img} image(s)"
+    return rows + _subjacobian_rows(torch, port, fn, scase, xs, idxs, repeats)
+
+
+def _forward_rows(torch, port, fn, case: str, xs, repeats: int, n_params: int) -> list[dict]:
+    """The forward pass on the batch ``xs`` (NCHW): the port (jit, vmap) against diffusers in
+    PyTorch (``no_grad``; its threads chosen on it), interleaved."""
+    n_fwd = len(xs)
     fwd = jax.jit(jax.vmap(port, in_axes=(0, None)))
     x_hwc = jnp.asarray(xs.transpose(0, 2, 3, 1))
     t0 = time.perf_counter()
     fwd_c = fwd.lower(x_hwc, jnp.float32(T)).compile()
     fwd_compile = time.perf_counter() - t0
     ref = np.asarray(fwd_c(x_hwc, jnp.float32(T))).transpose(0, 3, 1, 2)
-    fn = diffusers_unet_fn(unet)
     xt, tt = torch.from_numpy(xs), torch.full((n_fwd,), T)
 
     def torch_fwd():
@@ -101,42 +109,29 @@ def run(quick: bool = False, *, tiny: bool = False, repeats: int | None = None) 
 
     threads, tried = C.best_threads(torch, torch_fwd)
     port_name, torch_name = "wgfm flax port (jit, vmap)", "diffusers PyTorch (no_grad)"
-    vals = {torch_name: torch_fwd().numpy()}
+    got = torch_fwd().numpy()
     times = interleaved(
         {port_name: lambda: block(fwd_c(x_hwc, jnp.float32(T))), torch_name: torch_fwd}, repeats
     )
-    fcase = f"{case}, forward, batch {n_fwd}"
-    rows.append(
-        record(
-            BENCH,
-            fcase,
-            port_name,
-            compile_s=fwd_compile,
-            median_s=float(np.median(times[port_name])),
-            repeats=repeats,
-            params=n_params,
-        )
-    )
-    rows.append(
-        record(
-            BENCH,
-            fcase,
-            torch_name,
-            compile_s=None,
-            median_s=float(np.median(times[torch_name])),
-            repeats=repeats,
-            **C.threads_extra(threads, tried),
-            rel_diff_vs_wgfm=_rel(vals[torch_name], ref),
-            **_speedups(times[torch_name], times[port_name]),
-        )
-    )
+    extras = {
+        port_name: {"params": n_params},
+        torch_name: C.threads_extra(threads, tried)
+        | {"rel_diff_vs_wgfm": _rel(got, ref)}
+        | _speedups(times[torch_name], times[port_name]),
+    }
+    return side_rows(BENCH, case, times, repeats, extras, {port_name: fwd_compile})
 
-    # 64 x 64 sub-Jacobian, every side interleaved.
-    xs = rng.standard_normal((n_img, c, size, size)).astype(np.float32)
-    d = c * size * size
-    idxs = np.stack([rng.choice(d, k, replace=False) for _ in range(n_img)]).astype(np.int32)
+
+def _subjacobian_rows(torch, port, fn, scase: str, xs, idxs, repeats: int) -> list[dict]:
+    """The ``K x K`` sub-Jacobians at ``xs`` (NCHW) on the coordinates ``idxs``: the port at
+    each chunk of tangents and through ``torch_field``, against PyTorch's ``vmap(jvp)`` at each
+    chunk and the authors' repeated image, every side interleaved."""
+    from wgfm.diagnostics import sub_jacobian
+    from wgfm.interop import torch_field
+
+    k = idxs.shape[1]
     args = (jnp.asarray(xs), jnp.asarray(idxs))
-    scase = f"{case}, {k}x{k} sub-Jacobian, {n_img} image(s)"
+    vals: dict[str, np.ndarray] = {}
     chw = lambda x, t: jnp.transpose(port(jnp.transpose(x, (1, 2, 0)), t), (2, 0, 1))  # noqa: E731
 
     def subjac(field, chunk):
@@ -192,6 +187,7 @@ def run(quick: bool = False, *, tiny: bool = False, repeats: int | None = None) 
     fastest = min(peers, key=meds.__getitem__)
     fastest_port = min(ports, key=meds.__getitem__)
     ref = vals[default]
+    extras = {}
     for name, ts in times.items():
         ex: dict = {} if name == default else {"rel_diff_vs_wgfm": _rel(vals[name], ref)}
         if name != default:
@@ -206,18 +202,8 @@ def run(quick: bool = False, *, tiny: bool = False, repeats: int | None = None) 
         if name == fastest:  # each side at its fastest chunk
             r = ratio_stats(ts, times[fastest_port])
             ex |= {f"fastest_vs_fastest_{key}": v for key, v in r.items()}
-        rows.append(
-            record(
-                BENCH,
-                scase,
-                name,
-                compile_s=compile_s.get(name),
-                median_s=meds[name],
-                repeats=repeats,
-                **ex,
-            )
-        )
-    return rows
+        extras[name] = ex
+    return side_rows(BENCH, scase, times, repeats, extras, compile_s)
 
 
 def _speedups(slow, fast) -> dict:

@@ -26,7 +26,7 @@ from wgfm.processes import VP
 from wgfm.transport import log_likelihood
 
 from . import _compare as C
-from ._harness import block, ratio_stats, record, warm_interleaved, write_results
+from ._harness import block, ratio_stats, side_rows, warm_interleaved, write_results
 
 BENCH = "likelihood"
 TOL = 1e-5
@@ -97,19 +97,39 @@ def torch_mixture_velocity(torch, mix, process: VP):
     return velocity
 
 
-def torch_loop_log_likelihood(torch, velocity, prior, x: np.ndarray, t0: float, t1: float):
-    """``log p(x)`` by SciPy RK45 (``rtol = atol = TOL``) over ``[x, delta]`` with the divergence
-    from ``D`` autograd backward passes per evaluation. Returns ``(log p, nfe)``."""
+def loop_divergence(torch, velocity, xs, t: float):
+    """``(v, div v)`` at ``xs (n, D)``: ``D`` autograd backward passes (the peers' code)."""
+    xs = xs.requires_grad_(True)
+    v = velocity(xs, t)
+    div = torch.zeros(xs.shape[0], dtype=torch.float64)
+    d = xs.shape[1]
+    for i in range(d):
+        (g,) = torch.autograd.grad(v[:, i].sum(), xs, retain_graph=i < d - 1)
+        div += g[:, i]
+    return v.detach(), div
+
+
+def func_divergence(torch, velocity, xs, t: float):
+    """``(v, div v)`` at ``xs (n, D)``: the trace of ``torch.func.vmap(jacfwd)`` per sample
+    (PyTorch's batched Jacobian: ``D`` tangents in one forward-mode pass)."""
+    from torch.func import jacfwd, vmap
+
+    with torch.no_grad():
+        jac = vmap(jacfwd(lambda y: velocity(y[None], t)[0]))(xs)
+        return velocity(xs, t), torch.diagonal(jac, dim1=-2, dim2=-1).sum(-1)
+
+
+def torch_loop_log_likelihood(
+    torch, velocity, prior, x: np.ndarray, t0: float, t1: float, divergence=loop_divergence
+):
+    """``log p(x)`` by SciPy RK45 (``rtol = atol = TOL``) over ``[x, delta]``, the divergence
+    by ``divergence`` (:func:`loop_divergence`: ``D`` autograd backward passes per evaluation,
+    or :func:`func_divergence`). Returns ``(log p, nfe)``."""
     n, d = x.shape
 
     def rhs(t, y):
-        xs = torch.from_numpy(y[: n * d].reshape(n, d)).requires_grad_(True)
-        v = velocity(xs, t)
-        div = torch.zeros(n, dtype=torch.float64)
-        for i in range(d):
-            (g,) = torch.autograd.grad(v[:, i].sum(), xs, retain_graph=i < d - 1)
-            div += g[:, i]
-        return np.concatenate([v.detach().numpy().reshape(-1), div.numpy()])
+        v, div = divergence(torch, velocity, torch.from_numpy(y[: n * d].reshape(n, d)), t)
+        return np.concatenate([v.numpy().reshape(-1), div.numpy()])
 
     y0 = np.concatenate([x.reshape(-1), np.zeros(n)])
     sol = solve_ivp(rhs, (t0, t1), y0, method="RK45", rtol=TOL, atol=TOL)
@@ -117,7 +137,32 @@ def torch_loop_log_likelihood(torch, velocity, prior, x: np.ndarray, t0: float, 
     return np.asarray(jax.vmap(prior)(jnp.asarray(latents))) + delta, int(sol.nfev)
 
 
-def run_case(dim: int, n: int, repeats: int, with_loop: bool, probes=(1, 4, 16)) -> list[dict]:
+PEERS = "torch per-coordinate autograd loop in scipy RK45 (peers)"
+FUNC = "torch.func vmap(jacfwd) trace in scipy RK45"
+
+
+def torch_sides(torch, mix, process: VP, field, prior, x: np.ndarray, fns, res, extras) -> None:
+    """Add the PyTorch sides to ``fns`` (their results to ``res``, NFE and threads to
+    ``extras``): the peers' per-coordinate loop, on which PyTorch's threads are chosen (the
+    timed operation), and the divergence by ``torch.func`` (its fastest batched Jacobian)."""
+    vel = torch_mixture_velocity(torch, mix, process)
+    ref = np.asarray(jax.vmap(field, in_axes=(0, None))(x[:4], 0.3))
+    port_diff = float(np.max(np.abs(vel(torch.from_numpy(x[:4]), 0.3).numpy() - ref)))
+    t0, t1 = float(process.t_min), float(process.t_max)
+    sides = {
+        name: lambda div=div: torch_loop_log_likelihood(torch, vel, prior, x, t0, t1, div)
+        for name, div in ((PEERS, loop_divergence), (FUNC, func_divergence))
+    }
+    threads = C.threads_extra(*C.best_threads(torch, sides[PEERS], calls=1))
+    for name, solve in sides.items():
+        fns[name] = solve
+        res[name], nfe = solve()
+        extras[name] = {"nfe": nfe, "torch_port_max_diff": port_diff} | threads
+
+
+def run_case(
+    dim: int, n: int, repeats: int, with_loop: bool, probes=(1, 4, 16), both_steppings=True
+) -> list[dict]:
     process, key, mix, field, oracle_diff = C.oracle_case(dim)
     t0 = process.t_min
     marg = mix.marginal(process, t0)
@@ -136,7 +181,7 @@ def run_case(dim: int, n: int, repeats: int, with_loop: bool, probes=(1, 4, 16))
     for name, k in [("exact trace", None)] + [(f"Hutchinson K={k}", k) for k in probes]:
         # Joint steps first: with the exact trace that is log_likelihood's default
         # configuration, which every speed-up divides by.
-        for per_sample in (False, True) if k is None else (True,):
+        for per_sample in (False, True) if k is None and both_steppings else (k is not None,):
 
             def solve(k=k, per_sample=per_sample):
                 return log_likelihood(
@@ -169,37 +214,21 @@ def run_case(dim: int, n: int, repeats: int, with_loop: bool, probes=(1, 4, 16))
         res[label], extras[label] = ll, {"num_steps": int(steps)}
         torch = C.torch_or_none(BENCH)
         if torch is not None:
-            vel = torch_mixture_velocity(torch, mix, process)
-            xt = torch.from_numpy(np.array(x[:4]))
-            ref = np.asarray(jax.vmap(field, in_axes=(0, None))(x[:4], 0.3))
-            port_diff = float(np.max(np.abs(vel(xt, 0.3).numpy() - ref)))
-            xn, t0f, t1f = np.asarray(x), float(process.t_min), float(process.t_max)
-            label = "torch per-coordinate autograd loop in scipy RK45 (peers)"
-            tloop = lambda: torch_loop_log_likelihood(torch, vel, prior, xn, t0f, t1f)  # noqa: E731
-            fns[label] = tloop
-            ll, nfe = tloop()
-            res[label] = ll
-            extras[label] = {"nfe": nfe, "torch_port_max_diff": port_diff}
+            torch_sides(torch, mix, process, field, prior, np.array(x), fns, res, extras)
     compile_s, times = warm_interleaved(fns, repeats)
-    rows = []
+    peers = [p for p in (PEERS, FUNC) if p in times]
+    fastest = C.fastest_of({p: float(np.median(times[p])) for p in peers}, {"torch": peers})
     for label, ts in times.items():
-        ex = extras[label] | err(res[label])
+        extras[label] |= err(res[label])
         if not label.startswith("wgfm"):
-            ex |= {f"wgfm_exact_{k}": v for k, v in ratio_stats(ts, times[default]).items()}
-        rows.append(
-            record(
-                BENCH,
-                case,
-                label,
-                compile_s=compile_s[label]
-                if label.startswith("wgfm") or label.startswith("per-")
-                else None,
-                median_s=float(np.median(ts)),
-                repeats=repeats,
-                **ex,
-            )
-        )
-    return rows
+            extras[label] |= {
+                f"wgfm_exact_{k}": v for k, v in ratio_stats(ts, times[default]).items()
+            }
+        if label in fastest:
+            extras[label]["fastest_peer"] = fastest[label]
+    # JAX's sides have compile times; the PyTorch ones run eagerly.
+    jax_compile_s = {k: v for k, v in compile_s.items() if not k.startswith("torch")}
+    return side_rows(BENCH, case, times, repeats, extras, jax_compile_s)
 
 
 def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
@@ -211,7 +240,9 @@ def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
     else:
         cases, repeats = [(2, 256), (16, 128), (64, 64), (256, 8)], 2
     with jax.enable_x64(True):
-        return [r for d, n in cases for r in run_case(d, n, repeats, True, probes)]
+        # The smoke test times the exact trace with joint steps only (per-sample steps are the
+        # same call with per_sample=True, which the Hutchinson rows run): one program fewer.
+        return [r for d, n in cases for r in run_case(d, n, repeats, True, probes, not tiny)]
 
 
 if __name__ == "__main__":

@@ -30,8 +30,13 @@ STEPS, K = 50, 1000
 AGREE = 1e-3
 
 
-def diffusers_loop(torch, params, x0: np.ndarray):
-    """``() -> samples`` running the DDIMScheduler loop, and ``() -> None`` the bare net calls."""
+LOOP = "diffusers DDIMScheduler loop"
+COMPILED = f"{LOOP}, torch.compile network"
+
+
+def diffusers_loop(torch, params, x0: np.ndarray, wrap=None):
+    """``() -> samples`` running the DDIMScheduler loop under ``torch.inference_mode``, and
+    ``() -> None`` the bare net calls; ``wrap`` (such as ``torch.compile``) wraps the net."""
     from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 
     t_grid, ab = VPSigmoid().discrete_schedule(K)
@@ -46,6 +51,7 @@ def diffusers_loop(torch, params, x0: np.ndarray):
         steps_offset=0,
     )
     net = C.mlp_torch(torch, params)
+    net = net if wrap is None else wrap(net)
     tg = torch.from_numpy(np.asarray(t_grid, np.float32))
     xt = torch.from_numpy(np.array(x0))
     n = xt.shape[0]
@@ -69,7 +75,27 @@ def diffusers_loop(torch, params, x0: np.ndarray):
     return loop, bare
 
 
-def run_case(dim: int, n: int, repeats: int, torch) -> list[dict]:
+def peer_sides(torch, params, x0: np.ndarray, tiny: bool) -> tuple[dict, dict]:
+    """``(sides, extras by name)``: the diffusers loop (PyTorch's threads chosen on it, the timed
+    operation), its network's 50 bare calls, and the loop with the network under
+    ``torch.compile`` where that builds (its compile seconds in its extras)."""
+    loop, bare = diffusers_loop(torch, params, x0)
+    threads = C.threads_extra(*C.best_threads(torch, loop))
+    sides = {LOOP: loop, "torch net alone, 50 calls": bare}
+    extras: dict[str, dict] = {LOOP: dict(threads)}
+    wrap = lambda net: C.torch_compile(torch, net, tiny=tiny)  # noqa: E731
+    cloop, _ = diffusers_loop(torch, params, x0, wrap)
+    errors: dict[str, str] = {}
+    compile_s = C.compiled_side(BENCH, COMPILED, cloop, errors)
+    if compile_s is not None:
+        sides[COMPILED] = cloop
+        extras[COMPILED] = threads | {"torch_compile_s": compile_s}
+    else:
+        extras[LOOP]["torch_compile_error"] = errors[COMPILED]
+    return sides, extras
+
+
+def run_case(dim: int, n: int, repeats: int, torch, tiny: bool = False) -> list[dict]:
     params = C.mlp_params(dim)
     field = C.mlp_jax(params)
     x0 = np.random.default_rng(dim + n).standard_normal((n, dim)).astype(np.float32)
@@ -85,10 +111,10 @@ def run_case(dim: int, n: int, repeats: int, torch) -> list[dict]:
     tt = jnp.float32(0.5)
     block(bare(xj, tt))
     fns = {"wgfm sample_ddim": wgfm, "bare jit field eval": lambda: block(bare(xj, tt))}
+    extras = {}
     if torch is not None:
-        loop, tbare = diffusers_loop(torch, params, x0)
-        loop()
-        fns |= {"diffusers DDIMScheduler loop": loop, "torch net alone, 50 calls": tbare}
+        peers, extras = peer_sides(torch, params, x0, tiny)
+        fns |= peers
     times = interleaved(fns, repeats)
     med = {k: float(np.median(v)) for k, v in times.items()}
     floor = STEPS * med["bare jit field eval"]
@@ -106,31 +132,31 @@ def run_case(dim: int, n: int, repeats: int, torch) -> list[dict]:
             BENCH, case, "50 x bare jit field eval", compile_s=None, median_s=floor, repeats=repeats
         ),
     ]
-    if torch is not None:
-        out = np.asarray(fns["diffusers DDIMScheduler loop"]())
-        diff = float(np.max(np.abs(out - np.asarray(wgfm()))))
+    if torch is None:
+        return rows
+    fastest = C.fastest_of(med, {"diffusers": list(extras)})
+    ours = np.asarray(wgfm())
+    for name, extra in extras.items():
+        out = np.asarray(fns[name]())
+        diff = float(np.max(np.abs(out - ours)))
         scale = 1.0 + float(np.max(np.abs(out)))
-        rows += [
+        rows.append(
             record(
                 BENCH,
                 case,
-                "diffusers DDIMScheduler loop",
-                compile_s=None,
-                median_s=med["diffusers DDIMScheduler loop"],
+                name,
+                compile_s=extra.pop("torch_compile_s", None),
+                median_s=med[name],
                 repeats=repeats,
                 max_abs_diff_vs_wgfm=diff,
                 agree=diff <= AGREE * scale,
-                **ratio_stats(times["diffusers DDIMScheduler loop"], times["wgfm sample_ddim"]),
-            ),
-            record(
-                BENCH,
-                case,
-                "torch net alone, 50 calls",
-                compile_s=None,
-                median_s=med["torch net alone, 50 calls"],
-                repeats=repeats,
-            ),
-        ]
+                fastest_peer=fastest[name],
+                **extra,
+                **ratio_stats(times[name], times["wgfm sample_ddim"]),
+            )
+        )
+    name = "torch net alone, 50 calls"
+    rows.append(record(BENCH, case, name, compile_s=None, median_s=med[name], repeats=repeats))
     return rows
 
 
@@ -140,7 +166,7 @@ def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
         cases, repeats = [(2, 32)], 2
     else:
         cases, repeats = [(2, 10_000), (64, 1_000), (2, 1_000)], 3 if quick else 7
-    return [r for d, n in cases for r in run_case(d, n, repeats, torch)]
+    return [r for d, n in cases for r in run_case(d, n, repeats, torch, tiny)]
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from wgfm.processes import VP
 from wgfm.transport import log_likelihood
 
 from . import _compare as C
-from ._harness import block, interleaved, ratio_stats, record, time_call, write_results
+from ._harness import block, interleaved, ratio_stats, side_rows, time_call, write_results
 
 BENCH = "peer_likelihood"
 TOL = 1e-5
@@ -133,7 +133,7 @@ def run_case(
     exact = outs["wgfm log_likelihood exact (Dopri5, default)"]
     scale = 1.0 + float(np.max(np.abs(exact)))
     more = _hutchinson_draws(field, x, dim, peers, reps=draws - 1)
-    rows = []
+    extras = {}
     for name in fns:
         hutch = "Hutchinson" in name or "False" in name
         resid = outs[name] - exact
@@ -162,18 +162,8 @@ def run_case(
             if not hutch:
                 alt = ratio_stats(times[name], times["wgfm log_likelihood exact (Tsit5)"])
                 extra |= {f"tsit5_{k}": v for k, v in alt.items()}
-        rows.append(
-            record(
-                BENCH,
-                case,
-                name,
-                compile_s=compile_s.get(name),
-                median_s=float(np.median(times[name])),
-                repeats=repeats,
-                **extra,
-            )
-        )
-    return rows
+        extras[name] = extra
+    return side_rows(BENCH, case, times, repeats, extras, compile_s)
 
 
 def _hutchinson_draws(field, x, dim: int, peers: dict, reps: int) -> dict:

@@ -33,7 +33,22 @@ from ._summary import DEFAULT_SOLVER
 BENCH = "peer_sampling"
 TOL = 1e-5
 AGREE = 1e-3  # relative to 1 + max |x|: float32 solves at tolerance 1e-5 differ by ~1e-5..1e-4
+BARE = "bare jit field eval"
 SOLVERS = {"Dopri5": diffrax.Dopri5, "Tsit5": diffrax.Tsit5, "Bosh3": diffrax.Bosh3}
+
+
+def case_inputs(dim: int, n: int) -> tuple[list, np.ndarray, np.ndarray]:
+    """``(params, x0, reference)`` of a case: the MLP's weights, the prior draws and the
+    float64 reference solve, computed once per ``(dim, n)`` (the timed case and the
+    work-precision sweep share them)."""
+    if (dim, n) not in _CASES:
+        params = C.mlp_params(dim)
+        x0 = np.random.default_rng(dim + n).standard_normal((n, dim)).astype(np.float32)
+        _CASES[dim, n] = (params, x0, reference(params, x0))
+    return _CASES[dim, n]
+
+
+_CASES: dict[tuple[int, int], tuple[list, np.ndarray, np.ndarray]] = {}
 
 
 def reference(params, x0: np.ndarray) -> np.ndarray:
@@ -54,11 +69,17 @@ def reference(params, x0: np.ndarray) -> np.ndarray:
         return np.asarray(out)
 
 
-def torch_sides(torch, params, x0: np.ndarray, tol: float):
-    """``{name: (solve() -> samples, nfe counter)}`` for torchdiffeq and flow_matching."""
+COMPILED = ", torch.compile network"  # suffix of the sides whose network is torch.compile-d
+
+
+def torch_sides(torch, params, x0: np.ndarray, tol: float, wrap=None, label: str = ""):
+    """``({name: solve() -> samples}, nfe counter)`` for torchdiffeq and flow_matching, each
+    under ``torch.inference_mode`` on one batched network call per evaluation; ``wrap`` (such
+    as :func:`_compare.torch_compile`) wraps the network, ``label`` is added to the names."""
     from torchdiffeq import odeint
 
     net = C.mlp_torch(torch, params)
+    net = net if wrap is None else wrap(net)
     xt = torch.from_numpy(np.array(x0))
     grid = torch.tensor([1.0, 0.0])
     count = {"n": 0}
@@ -71,7 +92,7 @@ def torch_sides(torch, params, x0: np.ndarray, tol: float):
         with torch.inference_mode():
             return odeint(vf, xt, grid, method="dopri5", rtol=tol, atol=tol)[-1]
 
-    sides = {"torchdiffeq odeint dopri5": tdq}
+    sides = {f"torchdiffeq odeint dopri5{label}": tdq}
     try:
         from flow_matching.solver import ODESolver
         from flow_matching.utils import ModelWrapper
@@ -90,18 +111,38 @@ def torch_sides(torch, params, x0: np.ndarray, tol: float):
                 x_init=xt, step_size=None, method="dopri5", time_grid=grid, atol=tol, rtol=tol
             )
 
-    sides["flow_matching ODESolver.sample dopri5"] = fm
+    sides[f"flow_matching ODESolver.sample dopri5{label}"] = fm
     return sides, count
 
 
+def peer_sides(torch, params, x0: np.ndarray, tiny: bool):
+    """Every PyTorch side at ``TOL``: ``(sides, {name: its nfe counter}, extras by name)``.
+    PyTorch's threads are chosen on torchdiffeq's eager solve (the timed operation); the sides
+    with the network under ``torch.compile`` are added where it builds (compile seconds in
+    their extras)."""
+    sides, count = torch_sides(torch, params, x0, TOL)
+    counts = dict.fromkeys(sides, count)
+    threads = C.threads_extra(*C.best_threads(torch, sides["torchdiffeq odeint dopri5"]))
+    extras: dict[str, dict] = {name: dict(threads) for name in sides}
+    wrap = lambda net: C.torch_compile(torch, net, tiny=tiny)  # noqa: E731
+    compiled, ccount = torch_sides(torch, params, x0, TOL, wrap, COMPILED)
+    errors: dict[str, str] = {}
+    for name, fn in compiled.items():
+        compile_s = C.compiled_side(BENCH, name, fn, errors)
+        if compile_s is not None:
+            sides[name], counts[name] = fn, ccount
+            extras[name] = threads | {"torch_compile_s": compile_s}
+    for name, err in errors.items():
+        extras[name.removesuffix(COMPILED)]["torch_compile_error"] = err
+    return sides, counts, extras
+
+
 def run_case(
-    dim: int, n: int, repeats: int, peak: float, torch, solvers=tuple(SOLVERS)
+    dim: int, n: int, repeats: int, peak: float, torch, solvers=tuple(SOLVERS), tiny=False
 ) -> list[dict]:
-    params = C.mlp_params(dim)
+    params, x0, ref = case_inputs(dim, n)
     field = C.mlp_jax(params)
-    x0 = np.random.default_rng(dim + n).standard_normal((n, dim)).astype(np.float32)
     xj = jnp.asarray(x0)
-    ref = reference(params, x0)
     scale = 1.0 + float(np.max(np.abs(ref)))
     case = f"D={dim}, n={n}, rtol=atol={TOL:g}"
 
@@ -118,26 +159,16 @@ def run_case(
     bare = jax.jit(jax.vmap(field, in_axes=(0, None)))
     tt = jnp.float32(0.5)
     block(bare(xj, tt))
-    sides["bare jit field eval"] = lambda: block(bare(xj, tt))
-    peers, count = ({}, {"n": 0}) if torch is None else torch_sides(torch, params, x0, TOL)
+    sides[BARE] = lambda: block(bare(xj, tt))
+    peers, counts, extras = ({}, {}, {}) if torch is None else peer_sides(torch, params, x0, tiny)
     for fn in peers.values():
         fn()  # warm-up (first-call allocations)
     times = interleaved({**sides, **peers}, repeats)
     med = {k: float(np.median(v)) for k, v in times.items()}
-    eval_s = med["bare jit field eval"]
+    eval_s = med[BARE]
     gflops = C.mlp_flops(dim) * n / eval_s / 1e9
-    rows = [
-        record(
-            BENCH,
-            case,
-            "bare jit field eval",
-            compile_s=None,
-            median_s=eval_s,
-            repeats=repeats,
-            field_gflops=gflops,
-            field_frac_of_peak=gflops / peak,
-        )
-    ]
+    rate = {"field_gflops": gflops, "field_frac_of_peak": gflops / peak}
+    rows = [record(BENCH, case, BARE, compile_s=None, median_s=eval_s, repeats=repeats, **rate)]
     outs = {}
     default = f"wgfm sample_ode {DEFAULT_SOLVER}"
     for name in solvers:
@@ -160,7 +191,10 @@ def run_case(
                 max_err_vs_ref=_err(outs[impl], ref),
             )
         )
+    tools = {t: [p for p in peers if p.startswith(t)] for t in ("torchdiffeq", "flow_matching")}
+    fastest = C.fastest_of(med, {t: names for t, names in tools.items() if names})
     for impl, fn in peers.items():
+        count = counts[impl]
         count["n"] = 0
         out = np.asarray(fn())
         diff = float(np.max(np.abs(out - outs["wgfm sample_ode Dopri5"])))
@@ -169,13 +203,15 @@ def run_case(
                 BENCH,
                 case,
                 impl,
-                compile_s=None,
+                compile_s=extras[impl].pop("torch_compile_s", None),
                 median_s=med[impl],
                 repeats=repeats,
                 nfe=count["n"],
                 max_err_vs_ref=_err(out, ref),
                 max_abs_diff_vs_wgfm=diff,
                 agree=diff <= AGREE * scale,
+                fastest_peer=fastest[impl],
+                **extras[impl],
                 **ratio_stats(times[impl], times[default]),
                 **{
                     f"tsit5_{k}": v
@@ -206,10 +242,8 @@ WP_SIDES = {
 def work_precision(dim: int, n: int, tols, torch=None, sides=tuple(WP_SIDES)) -> list[dict]:
     """NFE and final error (against the float64 Dopri8 reference) of each of :data:`WP_SIDES`
     and of ``torchdiffeq`` dopri5 over ``tols``: one compile per wgfm side (array tolerances)."""
-    params = C.mlp_params(dim)
+    params, x0, ref = case_inputs(dim, n)
     field = C.mlp_jax(params)
-    x0 = np.random.default_rng(dim + n).standard_normal((n, dim)).astype(np.float32)
-    ref = reference(params, x0)
     case = f"D={dim}, n={n}"
     rows = _wgfm_work_precision(
         case,
@@ -317,11 +351,17 @@ def _wgfm_work_precision(case: str, ref: np.ndarray, tols, sides, solve) -> list
 def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
     torch = C.torch_or_none(BENCH)
     solvers, sides = tuple(SOLVERS), tuple(WP_SIDES)
+    gmm_sides = sides
     if tiny:
         cases, repeats, wp = [(2, 64)], 2, [(2, 64, (1e-3, 1e-4))]
         # Each solver and controller is its own program: the smoke test keeps the two solvers
-        # the summary compares and one PI controller (every code path; the rest is diffrax's).
-        solvers, sides = ("Dopri5", "Tsit5"), ("Tsit5", "Dopri5", "Dopri5 PI")
+        # the summary compares and one PI controller (every code path; the rest is diffrax's),
+        # and on the mixture (the same sweep's code on another field) the default alone.
+        solvers, sides, gmm_sides = (
+            ("Dopri5", "Tsit5"),
+            ("Tsit5", "Dopri5", "Dopri5 PI"),
+            ("Dopri5",),
+        )
     elif quick:
         wp = [(2, 1_000, (1e-3, 1e-4, 1e-5, 1e-6)), (64, 256, (1e-3, 1e-4, 1e-5, 1e-6))]
         cases, repeats = [(2, 10_000), (64, 1_000), (2, 1_000)], 3
@@ -329,7 +369,7 @@ def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
         wp = [(d, 1_000, (1e-3, 1e-4, 1e-5, 1e-6)) for d in (2, 64)]
         cases, repeats = [(2, 10_000), (64, 1_000), (2, 1_000)], 7
     peak = C.run_peak()["peak_gflops"]
-    rows = [r for d, n in cases for r in run_case(d, n, repeats, peak, torch, solvers)]
+    rows = [r for d, n in cases for r in run_case(d, n, repeats, peak, torch, solvers, tiny)]
     rows += [r for d, n, tols in wp for r in work_precision(d, n, tols, torch, sides)]
     mixtures = {"ring8 2-D VP": (gmm.ring(), VP())}
     if not tiny:
@@ -337,7 +377,9 @@ def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
     tols = (1e-3, 1e-4) if tiny else (1e-3, 1e-4, 1e-5, 1e-6)
     n_gmm = 32 if tiny else 500
     return rows + [
-        r for k, (m, p) in mixtures.items() for r in work_precision_gmm(k, m, p, n_gmm, tols, sides)
+        r
+        for k, (m, p) in mixtures.items()
+        for r in work_precision_gmm(k, m, p, n_gmm, tols, gmm_sides)
     ]
 
 

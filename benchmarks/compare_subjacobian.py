@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _compare as C
-from ._harness import block, interleaved, ratio_stats, record, write_results
+from ._harness import block, interleaved, ratio_stats, side_rows, write_results
 
 BENCH = "sub_jacobian_64"
 # (name, in, out, stride) of the 3x3 convs; "up" is preceded by a 2x nearest upsample and
@@ -196,7 +196,7 @@ def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
     ref = vals[default]
     meds = {n: float(np.median(ts)) for n, ts in times.items()}
     fastest = min(peers, key=meds.__getitem__) if peers else None
-    rows = []
+    extras = {}
     for name, ts in times.items():
         ex: dict = {}
         if name != default:
@@ -208,18 +208,8 @@ def run(quick: bool = False, *, tiny: bool = False) -> list[dict]:
             ex |= C.threads_extra(threads, tried)
         if name == default and compile_err is not None:
             ex["torch_compile_error"] = compile_err
-        rows.append(
-            record(
-                BENCH,
-                case,
-                name,
-                compile_s=compile_s.get(name),
-                median_s=meds[name],
-                repeats=repeats,
-                **ex,
-            )
-        )
-    return rows
+        extras[name] = ex
+    return side_rows(BENCH, case, times, repeats, extras, compile_s)
 
 
 def _torch_compiled(torch, f, txs, tidx, t, k):

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         print(json.dumps(one(tuple(args.one))), flush=True)
         return 0
-    from ._harness import machine_info
+    from ._harness import machine_info, write_payload
     from .probe_variance import run_info
 
     records = []
@@ -109,10 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"sizes": "QUICK", "target_gb": TARGET_GB, "field": "1x1 map, tanh, 1x1"},
         "records": records,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=1) + "\n")
-    print(f"wrote {args.out}")
-    return 0
+    return write_payload(args.out, payload)
 
 
 def table(payload: dict) -> str:

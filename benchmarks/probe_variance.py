@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
 
-    from ._harness import machine_info
+    from ._harness import machine_info, write_payload
 
     fields = []
     x = jnp.asarray(np.random.default_rng(3).standard_normal(DIM))
@@ -193,10 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "records": records,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=1) + "\n")
-    print(f"wrote {args.out}")
-    return 0
+    return write_payload(args.out, payload)
 
 
 def table(payload: dict) -> str:

@@ -149,11 +149,18 @@ def targets_block(runs: list[dict]) -> str:
 
 # Rows behind the targets' reasons: (benchmark, extra keys shown besides time and speed-up).
 SUPPORT = {
-    "peer_sampling": ("nfe", "max_err_vs_ref", "field_frac_of_peak", "per_nfe_vs_bare_eval"),
-    "peer_likelihood": ("nfe", "hutchinson_std", "hutchinson_std_se", "agree"),
-    "peer_ddim": (),
+    "peer_sampling": (
+        "nfe",
+        "max_err_vs_ref",
+        "field_frac_of_peak",
+        "per_nfe_vs_bare_eval",
+        "torch_threads",
+        "fastest_peer",
+    ),
+    "peer_likelihood": ("nfe", "hutchinson_std", "hutchinson_std_se", "agree", "torch_threads"),
+    "peer_ddim": ("torch_threads", "fastest_peer", "compile_s"),
     "train_step": ("frac_of_matmul_peak", "torch_threads", "fastest_in_group", "compile_s"),
-    "jacobian_asymmetry": ("peak_frac",),
+    "jacobian_asymmetry": ("peak_frac", "torch_threads", "fastest_peer", "compile_s"),
     "sub_jacobian_64": ("torch_threads", "fastest_peer", "compile_s"),
     "diffusers_unet": ("torch_threads", "fastest_peer", "fastest_port"),
 }

@@ -76,9 +76,9 @@ def test_tiny_module_runs_and_agrees(name, tmp_path):
     assert set(payload["module_seconds"]) == {name}
     assert payload["targets"] and (tmp_path / "summary.md").is_file()
     assert {r["benchmark"] for r in payload["records"]} >= EXPECTED[name]
-    if name == "compare_train":  # the MLP and the digits-sized U-Net, each against PyTorch
+    if name == "compare_train":  # the MLP and the (one-level) U-Net, each against PyTorch
         cases = {r["case"].split(",")[0] for r in payload["records"] if "torch" in r["impl"]}
-        assert cases == {"D=2", "UNet2DModel 8x8x1 (32"}, cases
+        assert cases == {"D=2", "UNet2DModel 8x8x1 (16)"}, cases
     md = (tmp_path / "benchmarks.md").read_text()
     assert md.count("\n|") == len(payload["records"]) + 2  # header, separator, one row each
     # Each comparison agrees with wgfm on identical weights/inputs.
@@ -291,3 +291,40 @@ def test_xla_flag_ab_runs_each_setting_in_its_own_process(tmp_path):
     assert [r["flags"] for r in got["rounds"]] == ["", flag]
     assert all(r["jax_ms"] > 0 and r["torch_ms"] > 0 for r in got["rounds"])
     assert set(got["median_jax_over_torch"]) == {"(none)", flag}
+
+
+def test_compiled_side_times_a_build_or_leaves_it_out(capsys):
+    from benchmarks._compare import compiled_side
+
+    calls = []
+    assert compiled_side("b", "ok", lambda: calls.append(1)) >= 0.0 and calls == [1, 1]
+
+    def broken():
+        raise RuntimeError("inductor cannot build this")
+
+    errors = {}
+    assert compiled_side("b", "side", broken, errors) is None
+    assert (
+        "[b] side unavailable here: RuntimeError: inductor cannot build" in capsys.readouterr().err
+    )
+    assert errors == {"side": "RuntimeError: inductor cannot build this"}  # for the eager row
+
+
+def test_sampling_target_reads_each_peers_fastest_formulation():
+    from benchmarks._compare import fastest_of
+    from benchmarks._harness import side_rows
+    from benchmarks._summary import targets
+
+    # Eager torchdiffeq is slower (wgfm 2.5x faster), its compiled network faster (1.5x): the
+    # target reads the compiled row only, and is not met.
+    times = {"torchdiffeq odeint dopri5": [2.5, 2.5], "torchdiffeq odeint dopri5, compiled": [1.5]}
+    flags = fastest_of({k: v[0] for k, v in times.items()}, {"torchdiffeq": list(times)})
+    assert flags == {
+        "torchdiffeq odeint dopri5": False,
+        "torchdiffeq odeint dopri5, compiled": True,
+    }
+    extras = {k: {"speedup": v[0], "fastest_peer": flags[k]} for k, v in times.items()}
+    rows = side_rows("peer_sampling", "D=2, n=1000, rtol=atol=1e-05", times, 2, extras)
+    assert [r["median_s"] for r in rows] == [2.5, 1.5] and rows[0]["compile_s"] is None
+    got = {t["target"]: t for t in targets(rows)}["sampling vs torchdiffeq, D=2, n=1000"]
+    assert got["met"] is False and got["measured"].startswith("torchdiffeq odeint dopri5, compiled")

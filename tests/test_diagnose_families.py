@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
 from test_diagnose import SIZES, TINY  # noqa: E402
-from test_interop_pipelines import DIT, _pipeline  # noqa: E402
+from test_interop_pipelines import DIT, RTOL, _pipeline  # noqa: E402
 
 from wgfm import cli  # noqa: E402
 from wgfm.diagnosis import CLAIMS  # noqa: E402
@@ -30,15 +30,20 @@ def _rows(out):
     return res, (out / "REPORT.md").read_text()
 
 
-def test_flow_matching_pipeline_generates_with_the_ode(tmp_path):
+def test_flow_matching_pipeline_generates_with_the_ode(tmp_path, monkeypatch):
+    import jax
+
+    from wgfm import transport
+
     torch.manual_seed(0)
-    root = _pipeline(
-        tmp_path / "flow",
-        "FlowPipeline",
-        {
-            "unet": diffusers.UNet2DModel(**TINY),
-            "scheduler": diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0),
-        },
+    unet = diffusers.UNet2DModel(**TINY)
+    shift, k = 3.0, 1000
+    sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=shift, num_train_timesteps=k)
+    root = _pipeline(tmp_path / "flow", "FlowPipeline", {"unet": unet, "scheduler": sched})
+    calls = []  # what the command hands the ODE sampler (the field it diagnoses, the prior key)
+    solve = transport.sample_ode
+    monkeypatch.setattr(
+        transport, "sample_ode", lambda *a, **kw: calls.append((a, kw)) or solve(*a, **kw)
     )
     out = tmp_path / "run"
     run(DiagnoseConfig(model=root / "unet", out=out), sizes=SIZES)
@@ -47,7 +52,38 @@ def test_flow_matching_pipeline_generates_with_the_ode(tmp_path):
     assert "probability-flow ODE" in md
     rows1 = res["claims"][CLAIMS["differential"].title]
     assert len(rows1) == 2 and "untrained" in rows1[1]["control"]
-    assert np.isfinite(np.load(out / "generated.npy")).all()
+
+    # diffusers' flow convention, written out here: x = (1 - s) x0 + s eps at s = shift t /
+    # (1 + (shift - 1) t), the network at timestep s K predicts dx/ds = eps - x0, so the
+    # velocity in t is ds/dt times it.
+    def velocity(x_nchw, t: float):
+        s, ds = shift * t / (1 + (shift - 1) * t), shift / (1 + (shift - 1) * t) ** 2
+        with torch.no_grad():
+            return ds * unet(x_nchw, torch.tensor([s * k])).sample
+
+    ((field, process), kw) = calls[0]
+    assert kw["kind"] == "velocity" and kw["shape"] == (8, 8, 3)
+    x = np.random.default_rng(0).standard_normal((3, *kw["shape"])).astype(np.float32)
+    for xi, t in zip(x, (0.05, 0.5, 0.95), strict=True):  # the field diagnosed is that velocity
+        got = np.asarray(field(jax.numpy.asarray(xi), t))
+        want = velocity(torch.from_numpy(xi.transpose(2, 0, 1)[None].copy()), t)
+        want = want[0].numpy().transpose(1, 2, 0)
+        assert np.abs(got - want).max() <= RTOL * np.abs(want).max(), (t, got, want)
+    # The generated images: Euler steps of that velocity from the same prior draws (the
+    # sampler's documented num_samples draws of `key`), in PyTorch, then clipped.
+    x = np.asarray(process.prior_sample((kw["num_samples"], *kw["shape"]), key=kw["key"]))
+    x = torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32))
+    t0, t1 = 1 / k, (k - 1) / k  # steps k = 1..K at t = k/K; the last is pure noise
+    dt = -(t1 - t0) / SIZES.ddim_steps
+    for i in range(SIZES.ddim_steps):
+        x = x + dt * velocity(x, t1 + i * dt)
+    want = np.clip(x.numpy().transpose(0, 2, 3, 1), -1, 1)
+    got = np.load(out / "generated.npy")
+    # float32 on both sides, 4 steps: the ports agree to 1e-4 of the output per call (RTOL of
+    # test_interop_pipelines), the steps add a few of those.
+    assert got.shape == want.shape and np.abs(got - want).max() < 1e-3, np.abs(got - want).max()
+    assert np.abs(want).max() > 0.1  # not a trivially small sample
+    assert len(calls) == 1 and isinstance(kw["key"], jax.Array)
 
 
 def test_latent_dit_pipeline_encodes_images_with_its_vae(tmp_path):

@@ -49,7 +49,10 @@ class Report:
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     notes: dict[str, str] = dataclasses.field(default_factory=dict)
     title: str = "wgfm reproduction report"
-    started: dict[str, float] = dataclasses.field(default_factory=lambda: _usage_now())
+    started: dict[str, float] = dataclasses.field(default_factory=lambda: usage_now())
+    # What the run used when it was measured elsewhere (a diagnosis written after the fact, or
+    # joined from several processes); None: from ``started`` to the write.
+    used: dict[str, Any] | None = None
 
     @property
     def fig_dir(self) -> Path:
@@ -84,7 +87,7 @@ class Report:
             "figures": self.figures,
             "timings_s": self.timings,
             "notes": self.notes,
-            "resources": resources(self.started),
+            "resources": self.used or resources(self.started),
             "all_verdicts_pass": all(r.verdict for rs in self.rows.values() for r in rs),
         }
         jpath = self.out / "results.json"
@@ -139,9 +142,9 @@ def render_results(results: dict[str, Any]) -> str:
     return report.markdown(results["header"], results.get("resources"))
 
 
-def _usage_now() -> dict[str, float]:
+def usage_now() -> dict[str, float]:
     """Wall clock, CPU seconds (user + system, this process and its waited-for children) and
-    the 1-minute load average, now."""
+    the 1-minute load average, now: the ``started`` of :func:`resources`."""
     own, kids = (
         resource.getrusage(resource.RUSAGE_SELF),
         resource.getrusage(resource.RUSAGE_CHILDREN),
@@ -151,11 +154,11 @@ def _usage_now() -> dict[str, float]:
 
 
 def resources(started: dict[str, float]) -> dict[str, Any]:
-    """What a run used from ``started`` (:func:`_usage_now` when its report began) to now: wall
+    """What a run used from ``started`` (:func:`usage_now` when the run began) to now: wall
     and CPU seconds, the process's peak resident memory, the cores it could use and the host's
     load averages at both ends (other jobs on the host slow the wall time, not the CPU time).
     Measured by the run itself, so every published timing has its record in results.json."""
-    now = _usage_now()
+    now = usage_now()
     # ru_maxrss is in KiB on Linux (bytes on macOS): the peak over the whole process.
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     peak_mb = peak / 2**20 if sys.platform == "darwin" else peak / 2**10
@@ -168,6 +171,29 @@ def resources(started: dict[str, float]) -> dict[str, Any]:
         else os.cpu_count(),
         "load_average_start": round(started["load1"], 2),
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
+        "started_at": round(started["wall"], 2),
+        "ended_at": round(now["wall"], 2),
+    }
+
+
+def combined_resources(used: list[dict[str, Any]]) -> dict[str, Any]:
+    """:func:`resources` of processes that shared one run (``wgfm diagnose --shard``): wall
+    from the first start to the last end, CPU summed, the largest peak memory, the cores of
+    all, the load at the first start and at the last end."""
+    if len(used) == 1:
+        return used[0]
+    first = min(used, key=lambda u: u["started_at"])
+    last = max(used, key=lambda u: u["ended_at"])
+    return {
+        "wall_s": round(last["ended_at"] - first["started_at"], 2),
+        "cpu_s": round(sum(u["cpu_s"] for u in used), 2),
+        "peak_rss_mb": max(u["peak_rss_mb"] for u in used),
+        "cores": sum(u["cores"] for u in used),
+        "load_average_start": first["load_average_start"],
+        "load_average_end": last["load_average_end"],
+        "started_at": first["started_at"],
+        "ended_at": last["ended_at"],
+        "processes": len(used),
     }
 
 

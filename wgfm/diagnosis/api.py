@@ -26,7 +26,7 @@ from ..diagnostics.controls import gaussian_fit_score
 from ..fields import as_field
 from ..pretrained import AbstractPretrainedField, CallableField
 from ..processes import VP, AbstractProcess
-from ..report import ClaimRow, Measurement, Report, jsonable
+from ..report import ClaimRow, Measurement, Report, jsonable, resources, usage_now
 from ..typing import Field, Kind
 from .claim import AbstractClaim, Controls
 from .registry import CLAIMS, claim_of_title
@@ -66,6 +66,8 @@ class Diagnosis:
         header: the report's header lines.
         notes: per claim title an optional note under its table.
         timings: per claim title its run time in seconds.
+        resources: what the run used (:func:`wgfm.report.resources`): wall and CPU seconds,
+            peak memory; results.json records it.
     """
 
     label: str
@@ -73,6 +75,7 @@ class Diagnosis:
     header: dict[str, Any] = dataclasses.field(default_factory=dict)
     notes: dict[str, str] = dataclasses.field(default_factory=dict)
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    resources: dict[str, Any] | None = None
 
     @property
     def rows(self) -> dict[str, list[ClaimRow]]:
@@ -97,7 +100,7 @@ class Diagnosis:
         Returns:
             The report (:meth:`wgfm.report.Report.write` writes REPORT.md and results.json).
         """
-        report = Report(Path(out), title=f"wgfm diagnose report: {self.label}")
+        report = Report(Path(out), title=f"wgfm diagnose report: {self.label}", used=self.resources)
         for title, m in self.measurements.items():
             written = {k: f for k, f in m.figures.items() if isinstance(f, str)}
             report.add_measurement(title, dataclasses.replace(m, figures={}))
@@ -214,6 +217,7 @@ def diagnose(
             images or fewer than a claim measures, non-finite images, or a non-finite value of
             a measurement (naming the level and sample).
     """
+    started = usage_now()
     if devices is not None and mesh is not None:
         raise ValueError("`devices` and `mesh` are alternatives: give one of them.")
     if devices is not None:
@@ -244,7 +248,7 @@ def diagnose(
         )
         header.update(claim.header(m.numbers))
         measurements[claim.title] = m
-    return Diagnosis(label, measurements, header)
+    return Diagnosis(label, measurements, header, resources=resources(started))
 
 
 def prepare(

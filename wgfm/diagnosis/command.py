@@ -23,6 +23,7 @@ from rich.console import Console
 from tqdm.auto import tqdm
 
 from ..interop.load import is_callable_spec, load_model, model_fingerprint, model_name
+from ..report import resources, usage_now
 from . import api, outdir, shards, sources, spaces
 from .asymmetry import JacobianAsymmetry
 from .config import DiagnoseConfig
@@ -49,6 +50,7 @@ def run(
     config.check()
     if config.merge is not None:
         return shards.merge(config.merge)
+    started = usage_now()
     console = Console(stderr=True)
     sz = dataclasses.replace(sizes or config.sizes, jacobians=config.jacobians)
     t_all = time.perf_counter()
@@ -94,6 +96,7 @@ def run(
         "latent_figure": spaces.keep_decoded_figure(field.latent, x[pick], out, label),
         "reused": reused,
         "run time (s)": round(time.perf_counter() - t_all, 1),
+        "resources": resources(started),
     }
     if not shards.finish(out, shard, record, sz):
         console.log(f"process {shard[0]}/{shard[1]} done; levels of other processes missing")

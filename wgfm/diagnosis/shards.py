@@ -28,6 +28,7 @@ import numpy as np
 from ..diagnostics import times_grid
 from ..distributed.hosts import int_env
 from ..processes import AbstractProcess
+from ..report import combined_resources
 from . import outdir, spaces
 from .api import Diagnosis
 from .asymmetry import JacobianAsymmetry
@@ -250,7 +251,9 @@ def merge(out: Path | str) -> Diagnosis:
     for claim in CLAIMS.values():
         header.update(claim.header(d.measurements[claim.title].numbers))
     header.update(cost_lines(d.timings, sizes, FULL))
-    d = dataclasses.replace(d, header=header)
+    # Each process's own record (a process rerun after a kill: its last attempt's).
+    used = combined_resources([r["resources"] for r in records])
+    d = dataclasses.replace(d, header=header, resources=used)
     save(d, out)
     return d
 
