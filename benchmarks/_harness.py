@@ -118,6 +118,30 @@ def machine_info() -> dict:
     }
 
 
+def run_record(module: str) -> dict:
+    """The command of ``python -m benchmarks.<module>``, the commit, whether ``wgfm/`` or the
+    module differ from it, and the cores and host load at the start."""
+    import os
+    import sys
+
+    from .run_all import git
+
+    status = git("status", "--porcelain", "--", "wgfm", f"benchmarks/{module}.py")
+    return {
+        "command": f"python -m benchmarks.{module} " + " ".join(sys.argv[1:]),
+        "commit": git("rev-parse", "HEAD"),
+        "code_modified": None if status is None else bool(status),
+        "loadavg_1min_start": os.getloadavg()[0],
+        "cores": len(os.sched_getaffinity(0)),
+    }
+
+
+def commit_label(run: dict) -> str:
+    """The commit a run measured, as a table's header names it."""
+    label = (run.get("commit") or "unknown")[:10]
+    return label + (" with uncommitted changes to the code" if run.get("code_modified") else "")
+
+
 def write_results(records: list[dict], out_dir: Path, name: str = "benchmarks") -> Path:
     """Write ``{name}.json`` (machine info + records) and ``{name}.md`` (a table); returns JSON path."""
     out_dir.mkdir(parents=True, exist_ok=True)

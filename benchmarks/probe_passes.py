@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -143,12 +144,147 @@ def trained_unet_cases(steps: int, probes: int, seed: int = 0) -> tuple[list[dic
     return out, info
 
 
+def _level_point(process, x0: np.ndarray, step: int, rng) -> tuple[np.ndarray, float]:
+    """``x0`` noised at DDPM step ``step`` of 1000 (``t = (step + 1) / 1000``, as
+    ``wgfm.DiscreteVP`` maps steps), float32."""
+    t = (step + 1) / 1000
+    a, s = float(process.alpha(t)), float(process.sigma(t))
+    return (a * x0 + s * rng.standard_normal(x0.shape)).astype(np.float32), t
+
+
+def latent_unet_cases(probes: int, seed: int = 0) -> tuple[list[dict], dict]:
+    """The trained latent eps U-Net of ``wgfm reproduce --preset mnist-latent --quick`` (its
+    VAE and network trained here at the quick sizes, in a temporary directory), exact
+    ``192 x 192`` Jacobians of its score at :data:`LEVELS`, on the last digit's latent."""
+    import tempfile
+
+    import jax.numpy as jnp
+
+    from experiments.assets import Context
+    from experiments.config import ReproduceConfig
+    from wgfm.diagnostics import jacobian
+
+    with tempfile.TemporaryDirectory() as out:
+        ctx = Context(ReproduceConfig(preset="mnist-latent", quick=True, out=Path(out)))
+        net = ctx.network("mnist-latent")
+        x0 = np.asarray(ctx.latent.latents[-1], np.float64)
+    score, rng, out = net.score(), np.random.default_rng(seed), []
+    for step in LEVELS:
+        x, t = _level_point(net.process, x0, step, rng)
+        t0 = time.perf_counter()
+        jac = np.asarray(jacobian(score, jnp.asarray(x), jnp.asarray(t, jnp.float32)))
+        rec = spectrum_record(jac, probes=probes, seed=seed + step)
+        rec["jacobian_s"] = round(time.perf_counter() - t0, 1)
+        out.append({"case": "wgfm latent U-Net (mnist-latent quick)", "level": step, **rec})
+        print(json.dumps(out[-1]), flush=True)
+    info = {"steps": net.steps, "final_loss": net.final_loss, "train_s": net.train_seconds}
+    return out, info
+
+
+def cifar_port_cases(probes: int, seed: int = 0, unet: dict | None = None) -> list[dict]:
+    """The flax port of diffusers' ``UNet2DModel`` in the ``google/ddpm-cifar10-32``
+    configuration (35.7M parameters) with PyTorch's random initialisation (no published
+    weights can be downloaded here): ``probes`` Rademacher probes at :data:`LEVELS` on an npm
+    digit padded to 32 x 32 x 3, no exact Jacobian (3,072 JVPs per level). Passes for a 10% s.e.
+    from the probes' own spread: ``2 K (se / lambda / 0.1)^2``, for the VJP estimator and
+    the forward one (two JVPs per probe) on the same probes. ``unet``: another
+    ``UNet2DModel`` configuration (a smoke run)."""
+    import tempfile
+
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import torch
+    from diffusers.models.unets.unet_2d import UNet2DModel
+    from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
+
+    import wgfm
+    from wgfm.diagnostics.jacobian import make_probes, probe_maps, probe_terms_of, summarise_terms
+    from wgfm.diagnostics.spectrum import estimate_effective_rank
+    from wgfm.interop import load_diffusers
+
+    cfg = json.loads((ROOT / "tests" / "fixtures" / "ddpm-cifar10-32.json").read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(seed)
+        UNet2DModel(**(unet or cfg["unet"])).save_pretrained(Path(tmp) / "unet")
+        DDPMScheduler(**cfg["scheduler"]).save_pretrained(Path(tmp) / "scheduler")
+        field, process = load_diffusers(tmp)
+    digit = np.pad(wgfm.data.load("mnist")[-1, :, :, 0], 2, constant_values=-1.0)
+    x0 = np.repeat(digit[:, :, None], 3, axis=2).astype(np.float64)  # (32, 32, 3) in [-1, 1]
+    dim = x0.size
+
+    @eqx.filter_jit
+    def terms(f, x, t, v):
+        _, jvp, vjp = probe_maps(f, x, t, method="vjp")
+        return probe_terms_of(jvp, vjp, v), probe_terms_of(jvp, None, v)
+
+    rng, out = np.random.default_rng(seed), []
+    for step in LEVELS:
+        x, t = _level_point(process, x0, step, rng)
+        v = make_probes(jax.random.key(seed + step), probes, (dim,), dtype=jnp.float32)
+        t0 = time.perf_counter()
+        (a2, f2), (a2f, f2f) = terms(field, jnp.asarray(x), jnp.asarray(t, jnp.float32), v)
+        rec: dict = {"dim": dim, "probe_only": True, "probes": probes}
+        for method, (a, f) in (("vjp", (a2, f2)), ("forward", (a2f, f2f))):
+            est = summarise_terms(a, f)
+            rel = float(est.ratio_se / est.stats.ratio)
+            k = probes * (rel / TARGET) ** 2
+            rec[method] = {"probes": k, "passes": 2 * k, "lambda": float(est.stats.ratio)}
+        rec["lambda"] = rec["vjp"]["lambda"]
+        rec[f"r_eff_from_{probes}_probes"] = float(estimate_effective_rank(a2, dim))
+        rec["probes_s"] = round(time.perf_counter() - t0, 1)
+        case = "ddpm-cifar10-32 port, random weights (not trained)"
+        out.append({"case": case, "level": step, **rec})
+        print(json.dumps(out[-1]), flush=True)
+    return out
+
+
+def add_cases(args) -> int:
+    """``--add``: the latent U-Net and the CIFAR-10 port's records into the committed JSON
+    (replacing earlier ones of those cases), with their own run record."""
+    from ._harness import machine_info
+    from .probe_variance import run_info
+
+    t0 = time.perf_counter()
+    new, info = [], {}
+    if "latent" in args.add:
+        recs, info["latent"] = latent_unet_cases(args.probes)
+        new += recs
+    if "cifar" in args.add:
+        new += cifar_port_cases(args.cifar_probes)
+    cases = {r["case"] for r in new}
+    # read last: runs adding different cases may overlap
+    payload = json.loads(args.out.read_text())
+    payload["records"] = [r for r in payload["records"] if r["case"] not in cases] + new
+    run = run_info()
+    run["command"] = "python -m benchmarks.probe_passes " + " ".join(sys.argv[1:])
+    added = {
+        "machine": machine_info(),
+        "run": {**run, "wall_s": round(time.perf_counter() - t0, 1)},
+        "cases": sorted(cases),
+        "training": info,
+        "host": f"shared with other jobs (1-minute load {os.getloadavg()[0]:.1f} at the end)",
+    }
+    payload["added"] = [a for a in payload.get("added", []) if not set(a["cases"]) & cases]
+    payload["added"].append(added)
+    args.out.write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Passes for a 10% s.e. from exact Jacobians.")
     ap.add_argument("--steps", type=int, default=600, help="training steps of the U-Net")
     ap.add_argument("--probes", type=int, default=64, help="VJP terms for the r_eff estimate")
     ap.add_argument("--threads", type=int, default=1, help="PyTorch threads")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument(
+        "--add",
+        nargs="+",
+        choices=("latent", "cifar"),
+        help="only these cases, added to the committed JSON",
+    )
+    ap.add_argument("--cifar-probes", type=int, default=16, help="probes per level, CIFAR port")
     args = ap.parse_args(argv)
     import jax
 
@@ -159,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     from .probe_variance import run_info
 
     torch.set_num_threads(args.threads)
+    if args.add:
+        return add_cases(args)
     t0 = time.perf_counter()
     records = synthetic_cases(args.probes)
     for r in records:
@@ -222,13 +360,58 @@ def table(payload: dict, variance: dict | None = None) -> str:
             got = _n(r[method]["passes"])
             return got + (f" ({_n(s[method])})" if method in s else "")
 
+        probe_only = r.get("probe_only", False)
+        ranks = next(v for k, v in r.items() if k.startswith("r_eff_from_"))
+        exact = (
+            ("-", "-", "-")
+            if probe_only
+            else (
+                f"{r['r_eff']:.3g}",
+                f"{r['top8_share']:.2f} / {r['top32_share']:.2f}",
+                str(r["singular_values_for_90pct"]),
+            )
+        )
+        lam = f"{r['lambda']:.3g}" + (f" ({r['probes']}-probe estimate)" if probe_only else "")
         lines.append(
             f"| {r['case']} | {'-' if r['level'] is None else r['level']} | {r['dim']} | "
-            f"{r['lambda']:.3g} | {r['r_eff']:.3g} | {r[key]:.3g} | "
-            f"{r['top8_share']:.2f} / {r['top32_share']:.2f} | "
-            f"{r['singular_values_for_90pct']} | {cell('vjp')} | {cell('forward')} |"
+            f"{lam} | {exact[0]} | {ranks:.3g}"
+            + (f" (from {r['probes']})" if probe_only else "")
+            + f" | {exact[1]} | {exact[2]} | {cell('vjp')} | {cell('forward')} |"
         )
-    return "\n".join(lines) + "\n\n" + deflation_note(payload)
+    return "\n".join(lines) + "\n\n" + added_note(payload) + deflation_note(payload)
+
+
+def added_note(payload: dict) -> str:
+    """Where the rows added by ``--add`` come from (their own run), and what they are."""
+    parts = []
+    for a in payload.get("added", []):
+        m, run = a["machine"], a["run"]
+        commit = (run.get("commit") or "unknown")[:10]
+        if run.get("code_modified"):
+            commit += " with uncommitted changes to the code"
+        lat = a["training"].get("latent")
+        trained = (
+            f" The latent U-Net: {lat['steps']} steps (the preset's quick training, with its "
+            f"VAE), final loss {lat['final_loss']:.3f}; its Jacobians are those of the score "
+            "in the 8 x 8 x 3 latent."
+            if lat
+            else ""
+        )
+        parts.append(
+            f"Rows of {', '.join(a['cases'])}: `{run['command'].strip()}`, "
+            f"{m['time'][:16].replace('T', ' ')}, commit `{commit}`, {run['wall_s']:.0f} s on a "
+            f"host {a['host']}.{trained}"
+        )
+        if any("random weights" in c for c in a["cases"]):
+            parts[-1] += (
+                " The CIFAR-10 port has PyTorch's random initialisation, not the published "
+                "weights (none can be downloaded here), so its numbers describe the "
+                "architecture, not a trained network; without an exact 3,072 x 3,072 Jacobian "
+                "its passes come from the probes' own spread (2 K (s.e. / lambda / 0.1)^2, the "
+                "forward estimator's on the same probes) and r_eff is the probes' estimate (an "
+                "upper bound)."
+            )
+    return "\n\n".join(parts) + ("\n\n" if parts else "")
 
 
 def deflation_note(payload: dict) -> str:
@@ -236,20 +419,36 @@ def deflation_note(payload: dict) -> str:
     sketch of ``M``'s top ``k`` directions costs about ``2k`` passes (``k`` JVPs and ``k`` VJPs,
     then the exact part on them) before the remainder's probes; it can only pay where the VJP
     estimator needs more passes than that and the top directions hold most of ``||M||_F^2``."""
-    trained = [r for r in payload["records"] if r["level"] is not None]
+    trained = [
+        r
+        for r in payload["records"]
+        if r["level"] is not None and not r.get("probe_only") and "random" not in r["case"]
+    ]
     low = [r for r in payload["records"] if "rank 4" in r["case"]]
     if not trained:
         return ""
     vjp = max(r["vjp"]["passes"] for r in trained)
+    share8 = max(r["top8_share"] for r in trained)
     share = max(r["top32_share"] for r in trained)
     rmin, rmax = min(r["r_eff"] for r in trained), max(r["r_eff"] for r in trained)
+    nets = sorted({r["case"] for r in trained})
+    if vjp <= 2:
+        why = (
+            "one probe (2 passes) already does better, so a sketch of M's top directions "
+            "(about 2 passes per direction, measured exactly) cannot save any."
+        )
+    else:
+        why = (
+            f"a sketch of M's top 8 directions costs about 16 passes (2 per direction, "
+            f"measured exactly) and would remove at most {100 * share8:.0f}% of ||M||_F^2, "
+            f"{'more than the whole VJP estimate costs' if vjp <= 16 else 'too little'}, so it "
+            "cannot save passes."
+        )
     text = (
-        f"**No deflated estimator.** On the trained U-Net the skew part's effective rank is "
-        f"{rmin:.0f}-{rmax:.0f} at every level measured, its top 32 singular values hold at "
-        f"most {100 * share:.0f}% of ||M||_F^2, and the VJP estimator needs at most "
-        f"{_n(vjp)} passes for a 10% s.e.: one probe (2 passes) already does better, so a "
-        "sketch of M's top directions (about 2 passes per direction, measured exactly) "
-        "cannot save any."
+        f"**No deflated estimator.** On the trained networks ({'; '.join(nets)}) the skew "
+        f"part's effective rank is {rmin:.0f}-{rmax:.0f} at every level measured, its top 32 "
+        f"singular values hold at most {100 * share:.0f}% of ||M||_F^2, and the VJP estimator "
+        f"needs at most {_n(vjp)} passes for a 10% s.e.: {why}"
     )
     if low:
         text += (

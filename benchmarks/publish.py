@@ -7,7 +7,7 @@ copied into ``benchmarks/results/`` first (a run of some modules, ``--only``, in
 ``benchmarks/results/reruns/``: its rows replace those modules' rows of the full run); without
 it, the committed ``benchmarks/results/`` is the source. Then, from
 ``benchmarks/results/benchmarks.json`` (and ``xla_flags_ab.json``, ``probe_variance.json``,
-``probe_passes.json``, ``diagnose_memory.json``):
+``probe_passes.json``, ``diagnose_memory.json``, ``plan_check.json``):
 
 - ``benchmarks/results/benchmarks.md`` (every record) and ``summary.md`` (the targets);
 - the blocks between ``<!-- BEGIN GENERATED: name -->`` and ``<!-- END GENERATED: name -->``
@@ -291,6 +291,14 @@ def diagnose_memory_block(results: Path = RESULTS) -> str:
     return table(json.loads((results / "diagnose_memory.json").read_text()))
 
 
+def plan_check_block(results: Path = RESULTS) -> str:
+    """The plan of a run against a measured medium-size diagnosis, from ``plan_check.json``
+    (``python -m benchmarks.plan_check``)."""
+    from .plan_check import table
+
+    return table(json.loads((results / "plan_check.json").read_text()))
+
+
 def blocks() -> dict[str, list[tuple[str, Callable[[list[dict], dict | None], str]]]]:
     """File (relative to the repository) -> its generated blocks ``(name, render)``."""
     return {
@@ -304,6 +312,7 @@ def blocks() -> dict[str, list[tuple[str, Callable[[list[dict], dict | None], st
             ("probe-variance", lambda _, __: probe_variance_block()),
             ("probe-passes", lambda _, __: probe_passes_block()),
             ("diagnose-memory", lambda _, __: diagnose_memory_block()),
+            ("plan-check", lambda _, __: plan_check_block()),
         ],
         "docs/xla_cpu.md": [("xla-flags", lambda _, ab: xla_block(ab))],
     }

@@ -1,6 +1,8 @@
 """The low-rank Gaussian-fit control (wgfm.diagnostics.gaussian_fit) against dense float64
 references: the full-covariance control, scipy's log-density, finite differences."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +10,7 @@ import pytest
 import scipy.stats
 
 import wgfm
+from wgfm.diagnosis import QUICK
 from wgfm.diagnostics import gaussian_fit_score
 from wgfm.diagnostics.gaussian_fit import LowRankLogDensity, LowRankScore, fit_low_rank_gaussian
 
@@ -108,3 +111,57 @@ def test_bad_input():
         fit_low_rank_gaussian(np.zeros((3, 2)), floor=0.0)
     with pytest.raises(ValueError, match="3 entries"):
         gaussian_fit_score(np.zeros((3, 3)), wgfm.VP())(jnp.zeros(4), 0.5)
+
+
+def test_the_fit_keeps_at_most_its_cap_of_samples_drawn_by_key():
+    from wgfm.diagnostics.gaussian_fit import fit_sample_cap, subsample_for_fit
+
+    # hand-computed: 512 MiB / (4 bytes x 262,144) = 512 samples; 10,000 at D = 784
+    assert fit_sample_cap(128 * 128 * 16) == 512
+    assert fit_sample_cap(784) == 10_000
+    assert fit_sample_cap(10, max_bytes=4 * 10 * 7) == 7
+    assert fit_sample_cap(10**9) == 2  # a fit needs two samples, whatever it costs
+    x = np.arange(30 * 4, dtype=np.float32).reshape(30, 2, 2)
+    same = subsample_for_fit(x, key=jax.random.key(0), max_bytes=4 * 4 * 30)
+    assert same is x or np.array_equal(same, x)  # under the cap: every sample, in order
+    a = subsample_for_fit(x, key=jax.random.key(0), max_bytes=4 * 4 * 8)
+    b = subsample_for_fit(x, key=jax.random.key(0), max_bytes=4 * 4 * 8)
+    c = subsample_for_fit(x, key=jax.random.key(1), max_bytes=4 * 4 * 8)
+    rows = a[:, 0, 0] // 4
+    assert a.shape == (8, 2, 2) and np.array_equal(a, b) and not np.array_equal(a, c)
+    # distinct samples of x, in their order, not just its first 8
+    assert np.all(np.diff(rows) > 0) and rows.max() > 7
+    assert np.array_equal(a, x[rows.astype(int)])
+    with pytest.raises(ValueError, match="`dim`"):
+        fit_sample_cap(0)
+
+
+def test_a_diagnosis_fits_its_gaussian_to_the_capped_subset(monkeypatch):
+    from wgfm.diagnosis import api
+
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(12, 3)).astype(np.float32)
+    seen = {}
+
+    def capped(x, *, key):
+        seen["n"] = len(x)
+        return wgfm.diagnostics.gaussian_fit.subsample_for_fit(x, key=key, max_samples=5)
+
+    monkeypatch.setattr(api, "subsample_for_fit", capped)
+    sizes = dataclasses.replace(
+        QUICK, num_levels=2, num_samples=2, max_exact_dim=64, jacobians="auto"
+    )
+    field = lambda x, t: -x  # noqa: E731  a score
+    d = api.diagnose(
+        field,
+        wgfm.VP(),
+        images,
+        key=jax.random.key(0),
+        kind="score",
+        sizes=sizes,
+        claims=("differential",),
+        untrained=None,
+    )
+    rows = next(iter(d.rows.values()))
+    assert seen["n"] == 12
+    assert "fitted to 5 clean images (a random subset of the 12)" in rows[0].control

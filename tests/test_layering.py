@@ -36,6 +36,7 @@ CORE = [
     "diagnosis/asymmetry.py",
     "diagnosis/budget.py",
     "diagnosis/circulation.py",
+    "diagnosis/plan.py",
     "diagnosis/claim.py",
     "diagnosis/registry.py",
     "diagnosis/sizes.py",

@@ -100,7 +100,7 @@ class Report:
         """REPORT.md: the header as a list (with ``used``, the run's :func:`resources`, as its
         last line), then per section its note, table, figures and time."""
         lines = [f"# {self.title}", ""]
-        lines += [f"- {k}: {v}" for k, v in header.items()]
+        lines += _list_lines(header)
         if used is not None:
             lines.append(f"- resources: {resources_line(used)}")
         lines.append("")
@@ -126,6 +126,17 @@ class Report:
             if section in self.timings:
                 lines += [f"_Run time: {self.timings[section]:.1f} s._", ""]
         return "\n".join(lines)
+
+
+def _list_lines(items: dict[str, Any], indent: str = "") -> list[str]:
+    """``- key: value`` per item; a dict value as a nested list under its key."""
+    lines = []
+    for k, v in items.items():
+        if isinstance(v, dict):
+            lines += [f"{indent}- {k}:", *_list_lines(v, indent + "  ")]
+        else:
+            lines.append(f"{indent}- {k}: {v}")
+    return lines
 
 
 def render_results(results: dict[str, Any]) -> str:

@@ -3,7 +3,7 @@
 :func:`diagnose` returns a :class:`Diagnosis` (rows, per-level numbers, figures; Markdown and
 JSON); :data:`CLAIMS` registers its claims (:class:`AbstractClaim`), whose measurements
 :func:`measure_asymmetry` and :func:`measure_circulation` also run on their own; sizes are
-:class:`DiagnoseSizes` (:data:`QUICK`, :data:`FULL`). :mod:`wgfm.diagnosis.command` is
+:class:`DiagnoseSizes` (:data:`QUICK`, :data:`FULL`, :data:`LARGE`; :data:`PRESETS` by name). :mod:`wgfm.diagnosis.command` is
 ``wgfm diagnose``, which runs it on a pretrained model into a resumable output directory.
 """
 
@@ -13,11 +13,13 @@ from .budget import JacobianPolicy
 from .circulation import LoopCirculation, measure_circulation
 from .claim import AbstractClaim, Controls
 from .registry import CLAIMS
-from .sizes import FULL, QUICK, DiagnoseSizes
+from .sizes import FULL, LARGE, PRESETS, QUICK, DiagnoseSizes
 
 __all__ = [
     "CLAIMS",
     "FULL",
+    "LARGE",
+    "PRESETS",
     "QUICK",
     "AbstractClaim",
     "Controls",

@@ -23,6 +23,7 @@ import numpy as np
 from jaxtyping import PRNGKeyArray
 
 from ..diagnostics.controls import gaussian_fit_score
+from ..diagnostics.gaussian_fit import subsample_for_fit
 from ..fields import as_field
 from ..pretrained import AbstractPretrainedField, CallableField
 from ..processes import VP, AbstractProcess
@@ -31,8 +32,6 @@ from ..typing import Field, Kind
 from .claim import AbstractClaim, Controls
 from .registry import CLAIMS, claim_of_title
 from .sizes import QUICK, DiagnoseSizes
-
-GAUSSIAN_FIT_MAX = 10_000  # clean images in the Gaussian fit: enough to pin it down
 
 
 def measured_indices(
@@ -182,7 +181,8 @@ def diagnose(
 
     The field (any kind) is converted to its score and measured at the noise levels of
     ``sizes`` on noised copies of the clean ``images``. Controls on the same points: the exact
-    score of the Gaussian fitted to up to 10,000 of ``images``, and the same architecture
+    score of the Gaussian fitted to ``images`` (a random subset of at most 10,000 and 512 MiB
+    of them: :func:`wgfm.diagnostics.gaussian_fit.fit_sample_cap`), and the same architecture
     untrained. Keys derive from ``key`` by name, so one claim run alone gives the numbers it
     gives in a full diagnosis. Claim 1's exact-or-probes choice is ``sizes``' (``jacobians``,
     ``max_exact_dim``, ``exact_budget_s``). A field that runs through PyTorch
@@ -270,7 +270,8 @@ def prepare(
     if not np.isfinite(x).all():
         raise ValueError("`images` holds non-finite values.")
     score = as_field(process, field, kind=kind, to="score")
-    fit = x[:GAUSSIAN_FIT_MAX]
+    # at most 10,000 images and 512 MiB of them (wgfm.diagnostics.gaussian_fit.fit_sample_cap)
+    fit = subsample_for_fit(x, key=derived_key(key, "gaussian-fit"))
     if untrained is None:
         pretrained = (
             field
@@ -285,7 +286,8 @@ def prepare(
         untrained=None
         if untrained is None
         else as_field(process, untrained, kind=kind, to="score"),
-        control_name=f"exact score of the Gaussian fitted to {len(fit)} clean images",
+        control_name=f"exact score of the Gaussian fitted to {len(fit)} clean images"
+        + (f" (a random subset of the {len(x)})" if len(fit) < len(x) else ""),
     )
     return score, controls, x
 

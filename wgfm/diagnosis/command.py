@@ -22,17 +22,23 @@ import jax
 from rich.console import Console
 from tqdm.auto import tqdm
 
+from ..diagnostics.gaussian_fit import fit_sample_cap
 from ..interop.load import is_callable_spec, load_model, model_fingerprint, model_name
 from ..report import resources, usage_now
 from . import api, outdir, shards, sources, spaces
 from .asymmetry import JacobianAsymmetry
 from .config import DiagnoseConfig
+from .plan import time_model
 from .registry import CLAIMS
 from .sizes import DiagnoseSizes
 
 
 def run(
-    config: DiagnoseConfig, *, sizes: DiagnoseSizes | None = None, mesh=None
+    config: DiagnoseConfig,
+    *,
+    sizes: DiagnoseSizes | None = None,
+    mesh=None,
+    plan: bool | None = None,
 ) -> api.Diagnosis | None:
     """Diagnose ``config.model`` into ``config.out`` (REPORT.md, results.json, figures/), or
     this process's share of it (``config.shard`` or the launcher's environment).
@@ -42,6 +48,9 @@ def run(
         sizes: overrides the mode's sizes (tests); ``config.jacobians`` still applies.
         mesh: a ``jax.sharding.Mesh`` (:func:`wgfm.distributed.setup_devices`) splitting the
             images over its devices.
+        plan: time the model's passes (process 0 of a split run) and write the plan of every
+            preset into the header (:mod:`wgfm.diagnosis.plan`: compiles a forward pass, a JVP
+            and a VJP); default: unless ``sizes`` overrides the preset's.
 
     Returns:
         The :class:`wgfm.diagnosis.Diagnosis` written, or None when levels of other processes
@@ -88,7 +97,7 @@ def run(
     pick = api.measured_indices(root, CLAIMS[JacobianAsymmetry.key], len(x), sz.num_samples)
     record = {
         "label": label,
-        "header": _header(config, field, fingerprint, described, mesh, sizes is not None),
+        "header": _header(config, field, fingerprint, described, mesh, sizes, x[0].size),
         "clean images": described,
         "control_name": controls.control_name,
         "image": x.ndim > 2,
@@ -98,6 +107,11 @@ def run(
         "run time (s)": round(time.perf_counter() - t_all, 1),
         "resources": resources(started),
     }
+    if shard[0] == 0 and (sizes is None if plan is None else plan):  # a preset's run plans all
+        record["plan"] = time_model(
+            field, process, x, sz, generated=config.data is None and config.images is None,
+            untrained=untrained is not None, host_callback=field.host_callback,
+        )  # fmt: skip
     if not shards.finish(out, shard, record, sz):
         console.log(f"process {shard[0]}/{shard[1]} done; levels of other processes missing")
         return None
@@ -106,18 +120,18 @@ def run(
     return d
 
 
-def _header(config: DiagnoseConfig, field, fingerprint, described, mesh, overridden) -> dict:
+def _header(config: DiagnoseConfig, field, fingerprint, described, mesh, sizes, dim) -> dict:
     """The report header's lines on the run (the claims' lines and run times come at merge)."""
     return {
-        "mode": ("quick" if config.quick else "full")
-        + (" (sizes overridden)" if overridden else ""),
+        "mode": config.preset + (" (sizes overridden)" if sizes is not None else ""),
         "model": str(config.model),  # as given: a report names no path of the machine it ran on
         "model fingerprint (sha256)": fingerprint[:16],
         "field diagnosed": field.describe(),
         "process": field.describe_process(),
         "clean images": described,
-        "controls": f"exact score of the Gaussian fitted to up to {api.GAUSSIAN_FIT_MAX} clean "
-        f"images; {field.untrained_description}",
+        "controls": f"exact score of the Gaussian fitted to up to "
+        f"{fit_sample_cap(int(dim))} clean images; "
+        f"{field.untrained_description}",
         "seed": config.seed,
         "devices": api.device_line(field, mesh),
         "python": platform.python_version(),

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 import tyro
 
 from ..interop.denoisers import supported_line
-from .sizes import FULL, QUICK, DiagnoseSizes
+from .sizes import PRESETS, DiagnoseSizes
 from .spaces import results_json
 
 # The families from their registry (wgfm.interop.denoisers), not a list written here.
@@ -38,8 +38,12 @@ class DiagnoseConfig:
     images: Path | None = None
     """a folder of PNG/JPEG images (resized to the model's sample_size) instead."""
     quick: bool = False
-    """minutes on a CPU for a ddpm-cifar10-32-sized model (few levels and images); without it,
-    the authors' sizes (meant for a GPU)."""
+    """minutes on a CPU for a ddpm-cifar10-32-sized model (few levels and images): --size
+    quick."""
+    size: Literal["quick", "full", "large"] | None = None
+    """the sizes: quick (as --quick), full (the authors' protocol, 128 images per level for
+    claim 1 and 256 for claim 2 at 100 levels; the default) or large (256 for both); the
+    report estimates the time and memory of each for the model given."""
     out: Path = Path("results/diagnose")
     """output directory: new, empty, or an earlier run of the same model and settings."""
     seed: int = 0
@@ -142,12 +146,19 @@ class DiagnoseConfig:
             )
         if self.dtype not in (None, "bfloat16", "float16", "float32"):
             raise ValueError(f"`--dtype` must be bfloat16, float16 or float32, got {self.dtype!r}.")
+        if self.quick and self.size not in (None, "quick"):
+            raise ValueError(f"`--quick` and `--size {self.size}` disagree: give one of them.")
         if Path(self.out).exists() and not Path(self.out).is_dir():
             raise ValueError(f"`--out` {str(self.out)!r} exists and is not a directory.")
 
     @property
+    def preset(self) -> str:
+        """The name of the sizes preset (:data:`wgfm.diagnosis.sizes.PRESETS`)."""
+        return "quick" if self.quick else self.size or "full"
+
+    @property
     def sizes(self) -> DiagnoseSizes:
-        """The mode's sizes with this run's exact-or-probes choice and target s.e."""
+        """The preset's sizes with this run's exact-or-probes choice and target s.e."""
         return dataclasses.replace(
-            QUICK if self.quick else FULL, jacobians=self.jacobians, rel_se=self.rel_se or None
+            PRESETS[self.preset], jacobians=self.jacobians, rel_se=self.rel_se or None
         )

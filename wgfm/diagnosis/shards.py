@@ -33,6 +33,7 @@ from . import outdir, spaces
 from .api import Diagnosis
 from .asymmetry import JacobianAsymmetry
 from .claim import AbstractClaim, ClaimInputs, Controls
+from .plan import plan_lines
 from .registry import CLAIMS
 from .sizes import FULL, DiagnoseSizes
 
@@ -251,6 +252,7 @@ def merge(out: Path | str) -> Diagnosis:
     for claim in CLAIMS.values():
         header.update(claim.header(d.measurements[claim.title].numbers))
     header.update(cost_lines(d.timings, sizes, FULL))
+    header.update(plan_lines(record.get("plan"), sizes, d.numbers))  # wgfm.diagnosis.plan
     # Each process's own record (a process rerun after a kill: its last attempt's).
     used = combined_resources([r["resources"] for r in records])
     d = dataclasses.replace(d, header=header, resources=used)

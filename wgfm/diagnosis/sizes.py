@@ -1,4 +1,6 @@
-"""The sizes of a diagnosis, one vocabulary: :class:`DiagnoseSizes`, :data:`QUICK`, :data:`FULL`.
+"""The sizes of a diagnosis, one vocabulary: :class:`DiagnoseSizes` and its presets
+:data:`QUICK`, :data:`FULL`, :data:`LARGE` (:data:`PRESETS`, by the name ``wgfm diagnose
+--size`` takes).
 
 Each claim of :data:`wgfm.diagnosis.registry.CLAIMS` reads the fields it needs; the
 reproduction's sizes (``experiments.config.Sizes``) give their view of a data set as a
@@ -17,7 +19,10 @@ from .budget import JACOBIANS
 @dataclasses.dataclass(frozen=True)
 class DiagnoseSizes:
     """Every size of a diagnosis. :data:`QUICK` runs in minutes on a CPU for the
-    ddpm-cifar10-32 U-Net (35.7 M parameters); :data:`FULL` is the authors' protocol."""
+    ddpm-cifar10-32 U-Net (35.7 M parameters); :data:`FULL` is the authors' protocol (128
+    images per level for claim 1, 256 for claim 2); :data:`LARGE` its upper end, 256 images at
+    every one of 100 levels for both claims (many GPUs: ``wgfm diagnose`` reports what each
+    preset would cost for the model given, :mod:`wgfm.diagnosis.plan`)."""
 
     num_levels: int  # noise levels of claim 1 (the authors: 100, t = 1, 11, ..., 991 of 1000)
     num_samples: int  # images per level, claim 1
@@ -123,3 +128,10 @@ FULL = DiagnoseSizes(
     rel_se=0.1,
     max_probes=256,
 )
+# The upper end of the authors' protocol (128-256 images x 100 levels): 256 images for claim 1
+# too, so that its per-level medians rest on as many images as claim 2's; every other size is
+# FULL's.
+LARGE = dataclasses.replace(FULL, num_samples=256)
+
+# The presets by name, smallest first (``wgfm diagnose --size``; the plan of each in the report).
+PRESETS: dict[str, DiagnoseSizes] = {"quick": QUICK, "full": FULL, "large": LARGE}

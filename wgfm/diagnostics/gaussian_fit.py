@@ -36,6 +36,60 @@ from .._checks import check_scalar_time
 from ..processes import AbstractProcess
 from ..typing import Scalar
 
+# The most samples a fit keeps: enough to pin down a Gaussian at any D a diagnosis meets.
+FIT_MAX_SAMPLES = 10_000
+# ...and at most this many bytes of float32 samples (N x D x 4): the thin SVD holds about three
+# N x D arrays at once (the centred samples, Q and LAPACK's workspace), so 512 MiB keeps the fit
+# near 1.5 GB, inside a quick diagnosis's 4 GB at any D. At D = 262,144 (an SD3/FLUX latent) it
+# keeps 512 samples, where 10,000 would be a 10 GB basis.
+FIT_MAX_BYTES = 2**29
+
+
+def fit_sample_cap(
+    dim: int, *, max_samples: int = FIT_MAX_SAMPLES, max_bytes: int = FIT_MAX_BYTES
+) -> int:
+    """The most samples a fit of dimension ``dim`` keeps: ``max_samples``, fewer where
+    ``N x dim`` float32 numbers would exceed ``max_bytes`` (at least 2, a fit's minimum).
+
+    Args:
+        dim: ``D``, the number of coordinates of one sample.
+        max_samples: the cap whatever ``D``.
+        max_bytes: the cap on ``4 N D`` bytes.
+
+    Returns:
+        ``N_max = max(2, min(max_samples, max_bytes // (4 D)))``."""
+    if int(dim) < 1:
+        raise ValueError(f"`dim` must be a positive integer, got {dim!r}.")
+    return max(2, min(int(max_samples), int(max_bytes) // (4 * int(dim))))
+
+
+def subsample_for_fit(
+    x: ArrayLike,
+    *,
+    key,
+    max_samples: int = FIT_MAX_SAMPLES,
+    max_bytes: int = FIT_MAX_BYTES,
+) -> np.ndarray:
+    """The samples a Gaussian fit keeps of ``x``: all of them, in order, when there are at most
+    :func:`fit_sample_cap` of them; else that many drawn without replacement with ``key`` (in
+    their original order).
+
+    Args:
+        x: ``(N, *shape)`` samples.
+        key: a JAX key, used only when ``N`` is over the cap.
+        max_samples, max_bytes: as in :func:`fit_sample_cap`.
+
+    Returns:
+        ``(min(N, N_max), *shape)``, a NumPy array."""
+    arr = np.asarray(x)
+    if arr.ndim < 2:
+        raise ValueError(f"`x` must have shape (N, *shape), got {arr.shape}.")
+    cap = fit_sample_cap(int(np.prod(arr.shape[1:])), max_samples=max_samples, max_bytes=max_bytes)
+    if len(arr) <= cap:
+        return arr
+    keep = np.sort(np.asarray(jax.random.choice(key, len(arr), (cap,), replace=False)))
+    return arr[keep]
+
 
 class LowRankGaussian(eqx.Module):
     """``N(mean, Q diag(evals) Q^T + floor I)`` with ``Q`` (``D x r``) orthonormal columns."""
