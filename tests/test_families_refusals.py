@@ -19,7 +19,7 @@ from test_families_unet import _vae  # noqa: E402
 from test_interop_pipelines import COND_UNET, _pipeline  # noqa: E402
 
 from wgfm.interop import load_diffusers, scheduler_map  # noqa: E402
-from wgfm.interop.denoisers import FAMILIES, table  # noqa: E402
+from wgfm.interop.denoisers import DESCRIPTIONS, FAMILIES, supported, table  # noqa: E402
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "diagnose_your_model.md"
 
@@ -76,10 +76,31 @@ def test_cogvideox_snr_shift_is_applied(zero_snr):
     np.testing.assert_allclose(ab, sched.alphas_cumprod.double().numpy(), rtol=2e-6, atol=1e-7)
 
 
-def test_families_table_is_generated_from_the_registry():
-    text = DOC.read_text()
+@pytest.mark.parametrize("doc", [DOC, DOC.parents[1] / "README.md"], ids=lambda p: p.name)
+def test_families_table_is_generated_from_the_registry(doc):
+    text = doc.read_text()
     start, end = "<!-- families:start -->\n", "<!-- families:end -->"
     assert start in text and end in text
     assert text.split(start)[1].split(end)[0] == table()
     for f in FAMILIES:
         assert f"| {f.name} |" in text
+
+
+def test_every_family_is_described_once():
+    # families.toml and the registry name the same families, in the same order.
+    assert list(DESCRIPTIONS) == [f.name for f in FAMILIES]
+    for name, about in DESCRIPTIONS.items():
+        assert about["guidance"] in ("class", "text", "none"), name
+        assert {"classes", "examples", "state", "timestep", "output", "needs"} <= set(about)
+
+
+def test_model_help_lists_the_registry(capsys):
+    from wgfm import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["diagnose", "--help"])
+    text = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    # Every family, by name, in registry order, then every class.
+    assert f"families {', '.join(f.name for f in FAMILIES)}; classes" in text, text
+    for cls in supported():
+        assert cls in text, cls

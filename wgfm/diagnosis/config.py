@@ -8,10 +8,21 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
+import tyro
+
+from ..interop.denoisers import supported_line
 from .sizes import PRESETS, DiagnoseSizes
 from .spaces import results_json
+
+# The families from their registry (wgfm.interop.denoisers), not a list written here.
+MODEL_HELP = (
+    "a diffusers pipeline or model directory: model_index.json chooses the denoiser, read as "
+    f"one of the families {supported_line()}. An unconditional UNet2DModel runs on the flax "
+    "port, every other through PyTorch. Or package.module:function returning (field, process) "
+    "or (field, process, kind)."
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,10 +32,7 @@ class DiagnoseConfig:
     untrained network of the same architecture and the exact score of a Gaussian fitted to the
     clean images (REPORT.md, results.json and figures/ under --out). Rerunning resumes --out."""
 
-    model: Path | None = None
-    """a diffusers pipeline or model directory (model_index.json chooses the denoiser:
-    UNet2DModel on the flax port; UNet2DConditionModel, DiT and Transformer2DModel through
-    PyTorch), or package.module:function returning (field, process) or (field, process, kind)."""
+    model: Annotated[Path | None, tyro.conf.arg(help=MODEL_HELP)] = None
     data: Path | None = None
     """CIFAR-10 python batches or MNIST IDX files, noised as the clean images."""
     images: Path | None = None
@@ -98,7 +106,7 @@ class DiagnoseConfig:
 
     def check(self) -> None:
         """Raise a ``ValueError`` naming the first option that cannot work."""
-        from ..interop.load import is_callable_spec  # interop loads flax: not at CLI start
+        from ..interop.load import is_callable_spec  # loads flax: not at CLI start
 
         if self.merge is not None:
             if not Path(self.merge).is_dir():

@@ -17,21 +17,26 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .diffusers import (
-    DDPM_CIFAR10_32,
-    DiffusersField,
-    convert_state_dict,
-    load_unet2d,
-)
-from .load import is_callable_spec, load_callable, load_model, model_fingerprint
-from .pipelines import TorchDiffusersField, load_pipeline, read_pipeline
-from .schedulers import SchedulerMap, scheduler_betas, scheduler_map, scheduler_process
-
-# The name users know: one function, under both names.
-load_diffusers = load_pipeline
-
 if TYPE_CHECKING:
+    from .diffusers import DDPM_CIFAR10_32, DiffusersField, convert_state_dict, load_unet2d
+    from .load import is_callable_spec, load_callable, load_model, model_fingerprint
+    from .pipelines import TorchDiffusersField, load_pipeline, read_pipeline
+    from .schedulers import SchedulerMap, scheduler_betas, scheduler_map, scheduler_process
     from .torch import TorchField, diffusers_unet_fn, torch_field
+
+    load_diffusers = load_pipeline
+
+# Each public name's module, imported on first use (PEP 562): importing wgfm.interop, or a
+# light part of it such as the family registry (the CLI's help), loads neither the flax port
+# nor torch.
+_HOMES = {
+    "diffusers": ("DDPM_CIFAR10_32", "DiffusersField", "convert_state_dict", "load_unet2d"),
+    "load": ("is_callable_spec", "load_callable", "load_model", "model_fingerprint"),
+    "pipelines": ("TorchDiffusersField", "load_pipeline", "read_pipeline"),
+    "schedulers": ("SchedulerMap", "scheduler_betas", "scheduler_map", "scheduler_process"),
+    "torch": ("torch_field", "TorchField", "diffusers_unet_fn", "contiguous_group_norms"),
+}
+_HOME = {name: module for module, names in _HOMES.items() for name in names}
 
 __all__ = [
     "DDPM_CIFAR10_32",
@@ -57,9 +62,10 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # Lazy: importing wgfm.interop must not import torch.
-    if name in ("torch_field", "TorchField", "diffusers_unet_fn", "contiguous_group_norms"):
-        from . import torch as _torch
+    import importlib
 
-        return getattr(_torch, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name == "load_diffusers":  # the name users know: load_pipeline under both names
+        name = "load_pipeline"
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)

@@ -67,7 +67,8 @@ def resolve(
             out[c.name] = c.check(given[c.name])  # pyright: ignore[reportArgumentType]
         elif c.default is not None:
             out[c.name] = c.default_array()
-    missing = [c for c in conds if c.name not in out]
+    _check_axes(conds, out, arg)
+    missing = [c for c in conds if c.name not in out and not c.mask]
     if missing:
         what = (
             "a text embedding"
@@ -76,12 +77,48 @@ def resolve(
             if any(c.name == "class_labels" for c in missing)
             else "inputs it has no default for"
         )
-        need = ", ".join(c.describe() + ("" if c.default is None else " optional") for c in conds)
+        optional = lambda c: c.default is not None or c.mask  # noqa: E731
+        need = ", ".join(c.describe() + " optional" * optional(c) for c in conds)
         raise ValueError(
             f"{cls} is conditioned on {what}: give `{arg}` (--condition FILE.npz) with "
             f"{', '.join(c.name for c in missing)} (it takes {need})."
         )
     return out
+
+
+def _check_axes(conds: tuple[Condition, ...], arrays: dict[str, np.ndarray], arg: str) -> None:
+    """A free axis named by several conditions (a caption's tokens: its hidden states and its
+    attention mask) has one length; a ValueError names both conditions otherwise."""
+    seen: dict[str, tuple[str, int]] = {}
+    for c in conds:
+        if c.name not in arrays:
+            continue
+        for axis, n in zip(c.shape, arrays[c.name].shape, strict=True):
+            if isinstance(axis, str):
+                other, m = seen.setdefault(axis, (c.name, n))
+                if m != n:
+                    raise ValueError(
+                        f"`{arg}`: `{c.name}` has {n} along its {axis} axis, `{other}` {m}: "
+                        "they must match."
+                    )
+
+
+def _fill_masks(conds: tuple[Condition, ...], *sets: dict[str, np.ndarray]) -> None:
+    """Where one of ``sets`` holds an attention mask and another does not, the latter gets the
+    forward's own default, every token attended (ones along the axis the mask names)."""
+    for c in conds:
+        if not c.mask or not any(c.name in s for s in sets):
+            continue
+        (axis,) = c.shape
+        for s in sets:
+            if c.name not in s:
+                # The length of that axis in this set, from the condition sharing it.
+                n = next(
+                    s[o.name].shape[o.shape.index(axis)]
+                    for o in conds
+                    if o.name in s and axis in o.shape
+                )
+                s[c.name] = np.ones(n, np.float32)
 
 
 def conditioning(
@@ -118,13 +155,18 @@ def conditioning(
     else:
         nulls, note = _text_guidance(cls, conds, values, negative, w)
         weight = w
-    return dataclasses.replace(packed, null=_pack(conds, nulls), weight=weight), [*notes, note]
+    # Packed again: a guided null's mask may have given the condition one (ones) too.
+    packed = Conditioning(channels, learned, _pack(conds, values), _pack(conds, nulls), weight)
+    return packed, [*notes, note]
 
 
 def _notes(conds: tuple[Condition, ...], values: dict, condition) -> list[str]:
     """What each condition of a call is: a class label, a given array or the default."""
     notes = []
     for c in conds:
+        if c.name not in values:
+            notes.append(f"no {c.name}: every token attended")  # a mask left out
+            continue
         a = values[c.name]
         given = c.name in (condition or {})
         if c.name == "class_labels":
@@ -175,9 +217,19 @@ def _text_guidance(cls: str, conds: tuple[Condition, ...], values: dict, negativ
                 f"`negative_condition` names `{name}`, which is not a condition {cls} replaces "
                 f"for guidance ({', '.join(c.name for c in negs)})."
             )
+    # A mask belongs to its caption: the condition's is not the null one's.
+    kept = {k: v for k, v in values.items() if not next(c for c in conds if c.name == k).mask}
+    nulls = {**kept, **resolve(cls, tuple(negs), negative, "negative_condition")}
+    _fill_masks(conds, values, nulls)  # values too: the two are batched with the same keys
+    for name, a in nulls.items():
+        if a.shape != values[name].shape:
+            raise ValueError(
+                f"`negative_condition`'s `{name}` has shape {a.shape}, the condition's "
+                f"{values[name].shape}: the pipeline batches the two, so they must match."
+            )
     note = (
         f"the classifier-free-guided field F(x, null) + w (F(x, c) - F(x, null)) with w = {w:g} "
         "(the pipeline's guidance_scale convention), null: the given negative condition; not the "
         "score of a noised distribution, even for exact F"
     )
-    return {**values, **resolve(cls, tuple(negs), negative, "negative_condition")}, note
+    return nulls, note

@@ -341,10 +341,13 @@ def _conditioning(
 ):
     """:func:`wgfm.interop.conditioning.conditioning` of the family's declared conditions for
     latents (or images) of ``shape`` ``(H, W, C)``, whose decoded images' size the family may
-    need (SDXL's size conditions)."""
+    need (SDXL's size conditions); its notes open with how the family reads the network."""
     f = 1 if pd.latent is None else pd.latent.factor()
     conds = family.conditions(pd.config, module, shape, (shape[0] * f, shape[1] * f))
-    return conditioning(family, pd.cls, conds, channels, learned, given, negative, guidance_scale)
+    cond, notes = conditioning(
+        family, pd.cls, conds, channels, learned, given, negative, guidance_scale
+    )
+    return cond, [family.reading(), *notes]
 
 
 def _tries_the_port(cls: str, config: dict, backend: str) -> bool:

@@ -7,7 +7,7 @@ family is one module with an :class:`~.base.AbstractDenoiser` and its line here.
 
 from __future__ import annotations
 
-from .base import AbstractDenoiser, Condition
+from .base import DESCRIPTIONS, AbstractDenoiser, Condition
 from .dit import DiT
 from .flux import Flux
 from .kandinsky import Kandinsky22
@@ -53,6 +53,12 @@ def supported() -> tuple[str, ...]:
     return tuple(dict.fromkeys(c for f in FAMILIES for c in f.classes))
 
 
+def supported_line() -> str:
+    """The families and their classes in one line (the CLI's ``--model`` help)."""
+    names = ", ".join(f.name for f in FAMILIES)
+    return f"{names}; classes {', '.join(supported())}"
+
+
 def family_for(cls: str, config: dict, where: str) -> AbstractDenoiser:
     """The family reading a ``cls`` denoiser with ``config``; a one-line ValueError naming the
     class and the reason otherwise (``where``: the directory, for the message)."""
@@ -82,10 +88,12 @@ def family_for(cls: str, config: dict, where: str) -> AbstractDenoiser:
 
 
 def table() -> str:
-    """The supported families as a markdown table (``docs/diagnose_your_model.md``)."""
+    """The supported families as a markdown table, from ``families.toml`` (README.md and
+    ``docs/diagnose_your_model.md``)."""
     rows = [
-        "| family | classes | e.g. | state | timestep | output | guidance |",
-        "|---|---|---|---|---|---|---|",
+        "| family | classes | e.g. | conditions (per sample) | state | timestep | output | "
+        "guidance |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     guidance = {
         "class": "class labels: (1 + w) F(c) - w F(null)",
@@ -93,17 +101,21 @@ def table() -> str:
         "none": "none (FLUX.1-dev: the `guidance` condition)",
     }
     for f in FAMILIES:
-        cells = (f.name, ", ".join(f.classes), f.examples, f.state, f.time, f.output)
+        a = f.about
+        cells = (f.name, ", ".join(f.classes), a["examples"], a["needs"], a["state"])
+        cells += (a["timestep"], a["output"])
         rows.append("| " + " | ".join((*cells, guidance[f.guidance])) + " |")
     return "\n".join(rows) + "\n"
 
 
 __all__ = [
+    "DESCRIPTIONS",
     "FAMILIES",
     "REFUSED",
     "AbstractDenoiser",
     "Condition",
     "family_for",
     "supported",
+    "supported_line",
     "table",
 ]

@@ -12,6 +12,8 @@ else of a family, and the CLI help, the unsupported-class error and the table in
 # No `from __future__ import annotations`: equinox reads AbstractClassVar annotations unstringified.
 
 import dataclasses
+import tomllib
+from importlib import resources
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import equinox as eqx
@@ -26,7 +28,9 @@ class Condition:
     ``integer``: an integer array (class labels); ``default``: the value the pipeline itself
     builds when none is given (flattened, as a tuple: the conditioning is hashed), or None when
     the condition is required; ``negative``: replaced by the negative (null) condition for
-    classifier-free guidance."""
+    classifier-free guidance; ``mask``: an attention mask over a free axis of another condition
+    (a caption's tokens), which may be left out: every token is then attended, as the forward
+    call's own default."""
 
     name: str
     shape: tuple[int | str, ...]  # a str: a free axis (a text's sequence length), named
@@ -36,6 +40,7 @@ class Condition:
     default: tuple | None = None
     negative: bool = True
     limit: int | None = None  # integer values must lie in [0, limit)
+    mask: bool = False
 
     def describe(self) -> str:
         return (
@@ -70,31 +75,48 @@ class Condition:
         return np.asarray(self.default, dtype).reshape(shape)
 
 
+def _descriptions() -> dict[str, dict]:
+    text = resources.files("wgfm.interop.denoisers").joinpath("families.toml").read_text()
+    return tomllib.loads(text)
+
+
+# Each family in words, by name (families.toml: its header says the fields).
+DESCRIPTIONS = _descriptions()
+
+
 class AbstractDenoiser(eqx.Module):
-    """A denoiser family (module docstring). Class attributes say it in words for the docs:
-    ``name``, ``classes``, ``examples``, ``state`` (input mapping), ``time`` (the timestep passed),
-    ``output`` (what the network predicts) and ``guidance`` (``"class"``: ``(1 + w) F(c) - w
-    F(null)``; ``"text"``: ``F(null) + w (F(c) - F(null))``, the pipeline's own convention;
-    ``"none"``: no classifier-free guidance)."""
+    """A denoiser family (module docstring). Its ``name`` keys its description in
+    ``families.toml`` (:attr:`about`: classes, examples, state, timestep, output, guidance,
+    needs), from which the registry reads its classes and guidance convention."""
 
     if TYPE_CHECKING:
         # Type checkers read eqx.AbstractClassVar annotations as constructor fields.
         name: ClassVar[str]
-        classes: ClassVar[tuple[str, ...]]
-        examples: ClassVar[str]
-        state: ClassVar[str]
-        time: ClassVar[str]
-        output: ClassVar[str]
     else:
         name: eqx.AbstractClassVar[str]
-        classes: eqx.AbstractClassVar[tuple[str, ...]]
-        examples: eqx.AbstractClassVar[str]
-        state: eqx.AbstractClassVar[str]
-        time: eqx.AbstractClassVar[str]
-        output: eqx.AbstractClassVar[str]
-    guidance: ClassVar[str] = "text"
     # The condition names the pipeline's own encode_prompt gives (empty: no prompt encoding).
     prompt_names: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def about(self) -> dict:
+        """This family's section of ``families.toml``."""
+        return DESCRIPTIONS[self.name]
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The diffusers denoiser classes this family may read."""
+        return tuple(self.about["classes"])
+
+    @property
+    def guidance(self) -> str:
+        """``"class"``: ``(1 + w) F(c) - w F(null)``; ``"text"``: ``F(null) + w (F(c) -
+        F(null))``, the pipeline's own convention; ``"none"``: no classifier-free guidance."""
+        return self.about["guidance"]
+
+    def reading(self) -> str:
+        """How this family reads the network, in words (a note of the field: the report)."""
+        a = self.about
+        return f"read as {self.name}: input {a['state']}; timestep {a['timestep']}; output {a['output']}"
 
     def accepts(self, config: dict) -> bool:
         """Whether this family reads a denoiser of one of :attr:`classes` with ``config``."""
@@ -132,12 +154,20 @@ class AbstractDenoiser(eqx.Module):
         (height, width): the sizes some families pass as added conditions."""
         return ()
 
+    def encode_prompt(
+        self, pipe: Any, prompt: str, negative: str | None, guided: bool
+    ) -> "tuple[tuple, tuple | None]":
+        """The pipeline's own ``encode_prompt`` outputs for the condition and, with ``guided``,
+        the negative one, as batched tensors in the order of :attr:`prompt_names`."""
+        raise NotImplementedError(f"{self.name}: no prompt encoding.")
+
     def prompt_conditions(
         self, pipe: Any, prompt: str, negative: str | None, guided: bool
     ) -> "tuple[dict, dict | None]":
-        """``(condition, negative condition or None)`` as batched tensors, from the pipeline's
-        own ``encode_prompt`` (:mod:`wgfm.interop.prompts`)."""
-        raise NotImplementedError(f"{self.name}: no prompt encoding.")
+        """``(condition, negative condition or None)``, named (:mod:`wgfm.interop.prompts`)."""
+        cond, neg = self.encode_prompt(pipe, prompt, negative, guided)
+        named = lambda v: dict(zip(self.prompt_names, v, strict=True))  # noqa: E731
+        return named(cond), (named(neg) if guided and neg is not None else None)
 
     def forward(self, module: Any, x: Any, timestep: Any, kw: dict, added: dict) -> Any:
         """The network's raw output ``(N, C_out, H, W)`` at ``x (N, C, H, W)`` and the

@@ -8,9 +8,10 @@ from typing import Any
 from .base import AbstractDenoiser, Condition
 
 
-def label_condition(module: Any) -> Condition | None:
-    """The ``class_labels`` condition of a class-conditional module: its default is the null
-    class where the label embedding has one (``num_classes + 1`` rows), else it is required."""
+def label_conditions(module: Any) -> tuple[Condition, ...]:
+    """The ``class_labels`` condition of a class-conditional module, or none: its default is
+    the null class where the label embedding has one (``num_classes + 1`` rows), else it is
+    required."""
     import torch
     from diffusers.models.embeddings import LabelEmbedding
 
@@ -18,11 +19,11 @@ def label_condition(module: Any) -> Condition | None:
         if isinstance(m, LabelEmbedding):
             n = int(m.num_classes)
             null = n if m.embedding_table.num_embeddings > n else None
-            return _labels(n, null)
+            return (_labels(n, null),)
     emb = getattr(module, "class_embedding", None)
     if isinstance(emb, torch.nn.Embedding):
-        return _labels(int(emb.num_embeddings), None)
-    return None
+        return (_labels(int(emb.num_embeddings), None),)
+    return ()
 
 
 def _labels(n: int, null: int | None) -> Condition:
@@ -34,16 +35,9 @@ def _labels(n: int, null: int | None) -> Condition:
 
 class DiT(AbstractDenoiser):
     name = "DiT"
-    classes = ("DiTTransformer2DModel", "Transformer2DModel")
-    examples = "facebook/DiT-XL-2-256"
-    state = "latents (H, W, C), patched by the network itself"
-    time = "the scheduler's timestep"
-    output = "eps (and a learned-sigma half, dropped)"
-    guidance = "class"
 
     def accepts(self, config: dict) -> bool:
         return config.get("norm_type") != "ada_norm_single"  # that is PixArt
 
     def conditions(self, config, module, shape, pixels):
-        c = label_condition(module)
-        return () if c is None else (c,)
+        return label_conditions(module)

@@ -5,6 +5,7 @@ distilled ``guidance`` embedding (a condition, not classifier-free guidance)."""
 from __future__ import annotations
 
 from .base import AbstractDenoiser, Condition
+from .sd3 import joint_text
 
 # FluxPipeline's default_sample_size: 1024-pixel images, 128 x 128 latents.
 DEFAULT_SIZE = 128
@@ -37,19 +38,13 @@ def image_ids(h: int, w: int, dtype):
 
 class Flux(AbstractDenoiser):
     name = "FLUX.1"
-    classes = ("FluxTransformer2DModel",)
-    examples = "black-forest-labs/FLUX.1-dev, black-forest-labs/FLUX.1-schnell"
-    state = "latents (H, W, 16), packed into 2x2 patches (64-channel tokens) with img_ids/txt_ids"
-    time = "sigma (the pipeline's timestep / 1000); mu from the image size if dynamically shifted"
-    output = "flow velocity eps - x0 in sigma, unpacked"
-    guidance = "none"
 
     prompt_names = ("encoder_hidden_states", "pooled_projections")
 
-    def prompt_conditions(self, pipe, prompt, negative, guided):
+    def encode_prompt(self, pipe, prompt, negative, guided):
         # No classifier-free guidance (load refuses guidance_scale): the negative is unused.
         pe, pooled, _ = pipe.encode_prompt(prompt, None, device="cpu")
-        return {"encoder_hidden_states": pe, "pooled_projections": pooled}, None
+        return (pe, pooled), None
 
     def state_channels(self, config: dict) -> int:
         return int(config["in_channels"]) // 4
@@ -64,24 +59,14 @@ class Flux(AbstractDenoiser):
         return 2
 
     def conditions(self, config, module, shape, pixels):
-        out = [
-            Condition(
-                "encoder_hidden_states",
-                ("seq", int(config["joint_attention_dim"])),
-                "T5 hidden states",
-            ),
-            Condition(
-                "pooled_projections",
-                (int(config["pooled_projection_dim"]),),
-                "CLIP's pooled embedding",
-            ),
-        ]
+        out = list(joint_text(config, "T5 hidden states", "CLIP's pooled embedding"))
         if config.get("guidance_embeds"):
             out.append(
                 Condition(
                     "guidance",
                     (),
-                    f"FLUX.1-dev's distilled guidance scale (default {DEFAULT_GUIDANCE:g})",
+                    "FLUX.1-dev's distilled guidance scale, an input of the network, not "
+                    f"classifier-free guidance (default {DEFAULT_GUIDANCE:g})",
                     default=(DEFAULT_GUIDANCE,),
                     negative=False,
                 )

@@ -3,25 +3,13 @@ conditioned on the prior's CLIP image embedding, in the latent space of its ``mo
 
 from __future__ import annotations
 
-from .base import AbstractDenoiser, Condition
-from .stable_diffusion import refuse_extra
+from .base import Condition
+from .stable_diffusion import AbstractConditionUNet
 
 
-class Kandinsky22(AbstractDenoiser):
+class Kandinsky22(AbstractConditionUNet):
     name = "Kandinsky 2.2 decoder"
-    classes = ("UNet2DConditionModel",)
-    examples = "kandinsky-community/kandinsky-2-2-decoder"
-    state = "movq latents (H, W, 4), unscaled, as NCHW"
-    time = "the scheduler's timestep"
-    output = "eps (and a learned-variance half, dropped)"
-
-    def accepts(self, config: dict) -> bool:
-        return config.get("addition_embed_type") == "image"
-
-    def refusal(self, config: dict) -> str | None:
-        return refuse_extra(
-            config, {"addition_embed_type": "image", "encoder_hid_dim_type": "image_proj"}
-        )
+    embeddings = {"addition_embed_type": "image", "encoder_hid_dim_type": "image_proj"}
 
     def conditions(self, config, module, shape, pixels):
         dim = int(config["encoder_hid_dim"])

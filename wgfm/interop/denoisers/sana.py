@@ -1,19 +1,14 @@
 """Sana: ``SanaTransformer2DModel`` in the latent space of an ``AutoencoderDC`` (32x), on
 DPM-Solver with ``prediction_type="flow_prediction"`` and flow sigmas, or on
-``FlowMatchEulerDiscreteScheduler``; conditioned on Gemma hidden states (all tokens attended)."""
+``FlowMatchEulerDiscreteScheduler``; conditioned on Gemma hidden states and their mask."""
 
 from __future__ import annotations
 
-from .base import AbstractDenoiser, Condition
+from .pixart import AbstractCaptioned, caption
 
 
-class Sana(AbstractDenoiser):
+class Sana(AbstractCaptioned):
     name = "Sana"
-    classes = ("SanaTransformer2DModel",)
-    examples = "Efficient-Large-Model/Sana_1600M_1024px_diffusers"
-    state = "AutoencoderDC latents (H, W, 32) as NCHW, patched by the network itself"
-    time = "the scheduler's timestep sigma * 1000, times the config's timestep_scale"
-    output = "flow velocity eps - x0 in sigma"
 
     def refusal(self, config: dict) -> str | None:
         if config.get("guidance_embeds"):
@@ -21,8 +16,7 @@ class Sana(AbstractDenoiser):
         return None
 
     def conditions(self, config, module, shape, pixels):
-        dim = int(config["caption_channels"])
-        return (Condition("encoder_hidden_states", ("seq", dim), "Gemma's hidden states"),)
+        return caption(int(config["caption_channels"]), "Gemma's hidden states")
 
     def forward(self, module, x, timestep, kw, added):
         scale = float(module.config.get("timestep_scale", 1.0) or 1.0)

@@ -4,27 +4,16 @@ refiner, Playground v2.5 on its EDM scheduler): a text embedding, the pooled tex
 
 from __future__ import annotations
 
-from .base import AbstractDenoiser, Condition
-from .stable_diffusion import refuse_extra
+from .base import Condition
+from .stable_diffusion import AbstractConditionUNet, text
 
 
-class SDXL(AbstractDenoiser):
+class SDXL(AbstractConditionUNet):
     name = "SDXL"
-    classes = ("UNet2DConditionModel",)
-    examples = "stabilityai/stable-diffusion-xl-base-1.0, playgroundai/playground-v2.5"
-    state = "latents (H, W, 4) as NCHW"
-    time = "the scheduler's timestep (EDM: its preconditioned noise)"
-    output = "eps or v (the scheduler's prediction_type)"
-
-    def accepts(self, config: dict) -> bool:
-        return config.get("addition_embed_type") == "text_time"
-
+    embeddings = {"addition_embed_type": "text_time"}
     prompt_names = ("encoder_hidden_states", "text_embeds")
 
-    def refusal(self, config: dict) -> str | None:
-        return refuse_extra(config, {"addition_embed_type": "text_time"})
-
-    def prompt_conditions(self, pipe, prompt, negative, guided):
+    def encode_prompt(self, pipe, prompt, negative, guided):
         pe, npe, pooled, npooled = pipe.encode_prompt(
             prompt,
             device="cpu",
@@ -32,8 +21,7 @@ class SDXL(AbstractDenoiser):
             do_classifier_free_guidance=guided,
             negative_prompt=negative if guided else None,
         )
-        cond = {"encoder_hidden_states": pe, "text_embeds": pooled}
-        return cond, ({"encoder_hidden_states": npe, "text_embeds": npooled} if guided else None)
+        return (pe, pooled), (npe, npooled)
 
     def conditions(self, config, module, shape, pixels):
         n_time = int(config["addition_time_embed_dim"])
@@ -42,11 +30,7 @@ class SDXL(AbstractDenoiser):
         # The pipeline's default: original size = target size = the image's, no crop.
         ids = (float(h), float(w), 0.0, 0.0, float(h), float(w))
         return (
-            Condition(
-                "encoder_hidden_states",
-                ("seq", int(config["cross_attention_dim"])),
-                "both text encoders' hidden states, concatenated",
-            ),
+            text(config, "both text encoders' hidden states, concatenated"),
             Condition("text_embeds", (pooled,), "the pooled text embedding", added=True),
             Condition(
                 "time_ids",

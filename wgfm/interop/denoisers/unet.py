@@ -6,18 +6,11 @@ The unconditional ones run on the flax port where it supports the config
 from __future__ import annotations
 
 from .base import AbstractDenoiser
-from .dit import label_condition
+from .dit import label_conditions
 
 
 class UNet2D(AbstractDenoiser):
     name = "UNet2DModel"
-    classes = ("UNet2DModel",)
-    examples = "google/ddpm-cifar10-32, CompVis/ldm-celebahq-256 (with its VQModel)"
-    state = "images or latents (H, W, C) as NCHW"
-    time = "the scheduler's timestep"
-    output = "eps, x0 or v (the scheduler's prediction_type); a learned-variance half dropped"
-    guidance = "class"
 
     def conditions(self, config, module, shape, pixels):
-        c = label_condition(module)
-        return () if c is None else (c,)
+        return label_conditions(module)
