@@ -99,6 +99,8 @@ LONGEST_FIRST = (
     "test_diagnose.py",
     "test_harm_design.py",
     "test_diagnose_families.py",
+    "test_families_diagnose.py",
+    "test_diagnose_shards.py",
     "test_distributed.py",
     "test_loops.py",
     "test_trained_diffusers.py",

@@ -88,12 +88,13 @@ def test_two_processes_give_the_single_process_results(single, tmp_path):
     records = sorted(p.name for p in (out / "shards").iterdir())
     assert records == ["shard-0-of-2.json", "shard-1-of-2.json"]
     # What the run used joins both processes' own records: CPU summed, wall from the first start
-    # to the last end (so at least each process's stated run time).
+    # to the last end (so at least each process's stated run time, which is rounded to 0.1 s
+    # and the wall time to 0.01 s: 0.06 s of slack).
     used = json.loads((out / "results.json").read_text())["resources"]
     own = [json.loads((out / "shards" / r).read_text()) for r in records]
     assert used["processes"] == 2, used
     assert used["cpu_s"] == pytest.approx(sum(r["resources"]["cpu_s"] for r in own), abs=0.02)
-    assert used["wall_s"] >= max(r["run time (s)"] for r in own), used
+    assert used["wall_s"] >= max(r["run time (s)"] for r in own) - 0.06, used
 
 
 def test_a_process_killed_while_writing_and_rerun_loses_nothing(single, tmp_path, capsys):

@@ -12,9 +12,7 @@ processes (``--shard I/N``, or the launcher's environment) measures its share of
 from __future__ import annotations
 
 import dataclasses
-import os
 import platform
-import re
 import time
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from rich.console import Console
 from tqdm.auto import tqdm
 
 from ..diagnostics.gaussian_fit import fit_sample_cap
-from ..interop.load import is_callable_spec, load_model, model_fingerprint, model_name
+from ..interop.load import model_fingerprint, model_label, model_name
 from ..report import resources, usage_now
 from . import api, outdir, shards, sources, spaces
 from .asymmetry import JacobianAsymmetry
@@ -63,8 +61,8 @@ def run(
     console = Console(stderr=True)
     sz = dataclasses.replace(sizes or config.sizes, jacobians=config.jacobians)
     t_all = time.perf_counter()
-    shard = _shard(config, console)
-    field, process = _load(config)
+    shard = shards.this_process(config.shard, console.log)
+    field, process = config.load()
     out = Path(config.out)
     settings = {
         "sizes": dataclasses.asdict(sz),
@@ -85,7 +83,7 @@ def run(
     # The key diagnose() would derive itself: one untrained control whichever claim runs.
     untrained = field.untrained(key=api.derived_key(root, "untrained"), sample_shape=shape)
     score, controls, x = api.prepare(field, process, images, key=root, untrained=untrained)
-    label = _label(config.model)
+    label = model_label(config.model)  # pyright: ignore[reportArgumentType]
     shards.start(out, shard)
     reused = {}
     for claim in tqdm(CLAIMS.values(), desc=f"wgfm diagnose {shard[0]}/{shard[1]}", unit="claim"):
@@ -137,43 +135,3 @@ def _header(config: DiagnoseConfig, field, fingerprint, described, mesh, sizes, 
         "python": platform.python_version(),
         "jax": jax.__version__,
     }
-
-
-def _shard(config: DiagnoseConfig, console: Console) -> tuple[int, int]:
-    """This process's ``(index, count)``: ``--shard``, else the launcher's environment."""
-    if config.shard is not None:
-        return shards.parse_shard(config.shard)
-    found = shards.shard_from_env(os.environ, (jax.process_index(), jax.process_count()))
-    if found is None:
-        return 0, 1
-    console.log(f"process {found[0]} of {found[1]} (from {found[2]})")
-    return found[0], found[1]
-
-
-# The options of load_model that DiagnoseConfig holds under the same names.
-_LOAD = (
-    "class_label", "prompt_embedding", "variant", "mu", "guidance_scale", "condition",
-    "negative_condition", "prompt", "negative_prompt", "sample_size",
-)  # fmt: skip
-
-
-def _load(config: DiagnoseConfig):
-    """``(field, process)`` of ``config.model`` with the options that shape it."""
-    field, process = load_model(
-        config.model,  # pyright: ignore[reportArgumentType]
-        **{k: getattr(config, k) for k in _LOAD},
-        device=config.torch_device,
-        torch_dtype=config.dtype,
-    )
-    if config.pixel_run is not None and field.latent is None:
-        raise ValueError(
-            f"`--pixel-run` compares a latent pipeline with a pixel-space run, but "
-            f"{str(config.model)!r} is not a latent pipeline."
-        )
-    return field, process
-
-
-def _label(model) -> str:
-    """The model's name in rows and figures: its function's or directory's name."""
-    name = str(model).rsplit(":", 1)[-1] if is_callable_spec(model) else None
-    return re.sub(r"[^\w.-]", "_", name or Path(model).resolve().name) or "model"

@@ -25,6 +25,13 @@ MODEL_HELP = (
 )
 
 
+# The options of load_model that DiagnoseConfig holds under the same names.
+_LOAD = (
+    "class_label", "prompt_embedding", "variant", "mu", "guidance_scale", "condition",
+    "negative_condition", "prompt", "negative_prompt", "sample_size",
+)  # fmt: skip
+
+
 @dataclasses.dataclass(frozen=True)
 class DiagnoseConfig:
     """Diagnose a pretrained diffusers model: the paper's claims 1 (Jacobian asymmetry at every
@@ -150,6 +157,28 @@ class DiagnoseConfig:
             raise ValueError(f"`--quick` and `--size {self.size}` disagree: give one of them.")
         if Path(self.out).exists() and not Path(self.out).is_dir():
             raise ValueError(f"`--out` {str(self.out)!r} exists and is not a directory.")
+
+    def load(self):
+        """``(field, process)`` of ``model`` with the options that shape it
+        (:func:`wgfm.interop.load_model`).
+
+        Returns:
+            The field (an :class:`wgfm.pretrained.AbstractPretrainedField`) and its process.
+        """
+        from ..interop.load import load_model
+
+        field, process = load_model(
+            self.model,  # pyright: ignore[reportArgumentType]
+            **{k: getattr(self, k) for k in _LOAD},
+            device=self.torch_device,
+            torch_dtype=self.dtype,
+        )
+        if self.pixel_run is not None and field.latent is None:
+            raise ValueError(
+                f"`--pixel-run` compares a latent pipeline with a pixel-space run, but "
+                f"{str(self.model)!r} is not a latent pipeline."
+            )
+        return field, process
 
     @property
     def preset(self) -> str:

@@ -49,6 +49,26 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+def this_process(shard: str | None, log=print) -> tuple[int, int]:
+    """This process's ``(index, count)``: ``shard`` (``--shard I/N``), else the launcher's
+    environment (:func:`shard_from_env`), else ``(0, 1)``.
+
+    Args:
+        shard: ``"I/N"`` or None.
+        log: called with a line naming where a launcher's share was read.
+
+    Returns:
+        ``(index, count)``.
+    """
+    if shard is not None:
+        return parse_shard(shard)
+    found = shard_from_env(os.environ, (jax.process_index(), jax.process_count()))
+    if found is None:
+        return 0, 1
+    log(f"process {found[0]} of {found[1]} (from {found[2]})")
+    return found[0], found[1]
+
+
 def shard_from_env(
     env: Mapping[str, str], process: tuple[int, int] = (0, 1)
 ) -> tuple[int, int, str] | None:

@@ -197,6 +197,19 @@ def model_name(spec: str | Path) -> str:
     return str(spec) if is_callable_spec(spec) else str(Path(spec).resolve())
 
 
+def model_label(spec: str | Path) -> str:
+    """The model's name in rows and figures: its function's or directory's name.
+
+    Args:
+        spec: as :func:`load_model` takes it.
+
+    Returns:
+        The name, with characters other than letters, digits, ``.``, ``_`` and ``-`` as ``_``.
+    """
+    name = str(spec).rsplit(":", 1)[-1] if is_callable_spec(spec) else None
+    return re.sub(r"[^\w.-]", "_", name or Path(spec).resolve().name) or "model"
+
+
 def model_fingerprint(spec: str | Path) -> str:
     """sha256 over what makes two models the same.
 
