@@ -252,9 +252,14 @@ def diagnose(
 
 
 def prepare(
-    field: Field, process: AbstractProcess, images, *, key: PRNGKeyArray, kind: Kind | None = None,
+    field: Field,
+    process: AbstractProcess,
+    images,
+    *,
+    key: PRNGKeyArray,
+    kind: Kind | None = None,
     untrained: Field | None = None,
-) -> tuple[Field, Controls, np.ndarray]:  # fmt: skip
+) -> tuple[Field, Controls, np.ndarray]:
     """What every claim of :func:`diagnose` measures: ``(score, controls, images)``, the
     field's score, the :class:`wgfm.diagnosis.claim.Controls` beside it and the clean images
     as a NumPy array (checked). Arguments as :func:`diagnose`'s."""

@@ -27,9 +27,17 @@ MODEL_HELP = (
 
 # The options of load_model that DiagnoseConfig holds under the same names.
 _LOAD = (
-    "class_label", "prompt_embedding", "variant", "mu", "guidance_scale", "condition",
-    "negative_condition", "prompt", "negative_prompt", "sample_size",
-)  # fmt: skip
+    "class_label",
+    "prompt_embedding",
+    "variant",
+    "mu",
+    "guidance_scale",
+    "condition",
+    "negative_condition",
+    "prompt",
+    "negative_prompt",
+    "sample_size",
+)
 
 
 @dataclasses.dataclass(frozen=True)
